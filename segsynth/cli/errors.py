@@ -1,0 +1,35 @@
+"""One place that turns expected user errors into a red one-line message and exit code 2."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import typer
+from rich.console import Console
+
+from segsynth.config import ConfigError
+from segsynth.data.format import DatasetFormatError
+from segsynth.data.io import DataReadError
+
+console = Console()
+err_console = Console(stderr=True)
+
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ConfigError,
+    DatasetFormatError,
+    DataReadError,
+    FileNotFoundError,
+    FileExistsError,
+    ValueError,
+)
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Report a bad input as ``error: <file>: <problem>`` and exit 2 instead of a traceback."""
+    try:
+        yield
+    except USER_ERRORS as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None

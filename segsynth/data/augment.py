@@ -1,0 +1,56 @@
+"""Paired augmentation: one random draw applied to image, mask (and any other spatial key).
+
+Built from MONAI dictionary transforms, which draw once and apply the same geometry to every key,
+so image and layout can never drift apart. Masks use nearest interpolation; intensity transforms
+touch the image only.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from monai.transforms import Compose, RandAdjustContrastd, RandAffined, RandFlipd, RandRotate90d
+
+
+def paired_augmentation(
+    strength: str = "light",
+    image_keys: Sequence[str] = ("image",),
+    label_keys: Sequence[str] = ("mask",),
+) -> Compose:
+    """Return a MONAI ``Compose`` of paired spatial (and image-only intensity) transforms.
+
+    Args:
+        strength: ``"none"``, ``"light"`` (flips, 90-degree rotations, mild contrast) or ``"heavy"``
+            (adds rotation over 360 degrees, scale 0.8-1.2 and shear up to 20 degrees with reflect
+            padding: STEDM's layout augmentation).
+        image_keys: continuous-valued keys (bilinear interpolation).
+        label_keys: label keys (nearest interpolation).
+    """
+    if strength not in {"none", "light", "heavy"}:
+        raise ValueError(f"strength must be 'none', 'light' or 'heavy', got {strength!r}")
+    keys = [*image_keys, *label_keys]
+    transforms: list = []
+    if strength != "none":
+        transforms += [
+            RandFlipd(keys, prob=0.5, spatial_axis=0, allow_missing_keys=True),
+            RandFlipd(keys, prob=0.5, spatial_axis=1, allow_missing_keys=True),
+            RandRotate90d(keys, prob=0.5, max_k=3, allow_missing_keys=True),
+        ]
+    if strength == "heavy":
+        shear = math.tan(math.radians(20))
+        transforms.append(
+            RandAffined(
+                keys,
+                prob=0.8,
+                rotate_range=(math.pi,),
+                scale_range=(0.2, 0.2),
+                shear_range=(shear, shear),
+                mode=["bilinear"] * len(image_keys) + ["nearest"] * len(label_keys),
+                padding_mode="reflection",
+                allow_missing_keys=True,
+            )
+        )
+    if strength != "none":
+        transforms.append(RandAdjustContrastd(list(image_keys), prob=0.3, gamma=(0.8, 1.25), allow_missing_keys=True))
+    return Compose(transforms)

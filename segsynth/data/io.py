@@ -1,0 +1,150 @@
+"""Image and mask files: PNG, TIFF, NIfTI (and JPEG for images only).
+
+Readers return numpy arrays as stored: 2D images ``(H, W)`` or ``(H, W, C)``; NIfTI volumes
+``(X, Y)`` or ``(X, Y, Z)`` whose last axis indexes 2D slices. Writers go through
+:func:`segsynth.io.atomic_write_bytes`, so a killed run never leaves a truncated file.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+
+from segsynth.io.atomic import atomic_write_bytes
+
+NIFTI_EXTENSIONS = (".nii.gz", ".nii")
+RASTER_EXTENSIONS = (".png", ".tif", ".tiff")
+LOSSY_EXTENSIONS = (".jpg", ".jpeg")
+IMAGE_EXTENSIONS = RASTER_EXTENSIONS + NIFTI_EXTENSIONS + LOSSY_EXTENSIONS
+MASK_EXTENSIONS = RASTER_EXTENSIONS + NIFTI_EXTENSIONS
+
+#: Largest image (pixels per 2D slice x channels) read without an explicit override: 64 Mpx, i.e.
+#: 256 MiB as float32. Larger files (whole-slide images) must be tiled before use.
+MAX_PIXELS = 64 * 1024 * 1024
+
+
+class DataReadError(ValueError):
+    """A file could not be read as an image; the message names the file and the problem."""
+
+    def __init__(self, path: str | Path, problem: str) -> None:
+        super().__init__(f"{path}: {problem}")
+        self.path = Path(path)
+        self.problem = problem
+
+
+def split_ext(path: str | Path) -> tuple[str, str]:
+    """``("case_001", ".nii.gz")`` for ``.../case_001.nii.gz``; the extension is lower-cased."""
+    name = Path(path).name
+    lower = name.lower()
+    for ext in IMAGE_EXTENSIONS:
+        if lower.endswith(ext):
+            return name[: -len(ext)], ext
+    suffix = Path(name).suffix
+    return name[: len(name) - len(suffix)], suffix.lower()
+
+
+def is_nifti(path: str | Path) -> bool:
+    return split_ext(path)[1] in NIFTI_EXTENSIONS
+
+
+def image_shape(path: str | Path) -> tuple[int, ...]:
+    """Shape without decoding pixel data, so oversized files are refused before they are loaded."""
+    path = Path(path)
+    ext = split_ext(path)[1]
+    try:
+        if ext in NIFTI_EXTENSIONS:
+            import nibabel as nib
+
+            return tuple(int(s) for s in nib.load(str(path)).shape)
+        if ext in (".tif", ".tiff"):
+            import tifffile
+
+            with tifffile.TiffFile(str(path)) as tif:
+                return tuple(int(s) for s in tif.series[0].shape)
+        from PIL import Image
+
+        with Image.open(path) as img:
+            bands = len(img.getbands())
+            return (img.height, img.width) if bands == 1 else (img.height, img.width, bands)
+    except DataReadError:
+        raise
+    except Exception as exc:
+        raise DataReadError(path, f"unreadable header ({type(exc).__name__}: {exc})") from None
+
+
+def read_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Decode ``path`` into a numpy array (see module docstring for the axis convention).
+
+    Raises:
+        DataReadError: unknown extension, unreadable/truncated file, zero-size or oversized image.
+    """
+    path = Path(path)
+    ext = split_ext(path)[1]
+    if ext not in IMAGE_EXTENSIONS:
+        raise DataReadError(path, f"unsupported file type {ext!r}; use one of {', '.join(IMAGE_EXTENSIONS)}")
+    shape = image_shape(path)
+    if any(s == 0 for s in shape):
+        raise DataReadError(path, f"zero-size image {shape}")
+    pixels = int(np.prod(shape[:2])) * (int(np.prod(shape[2:])) if len(shape) > 2 else 1)
+    if pixels > max_pixels:
+        raise DataReadError(
+            path, f"image of shape {shape} exceeds the safe load limit of {max_pixels} pixels; tile it first"
+        )
+    try:
+        if ext in NIFTI_EXTENSIONS:
+            import nibabel as nib
+
+            arr = np.asanyarray(nib.load(str(path)).dataobj)
+        elif ext in (".tif", ".tiff"):
+            import tifffile
+
+            arr = tifffile.imread(str(path))
+        else:
+            from PIL import Image
+
+            with Image.open(path) as img:
+                img.load()
+                arr = np.array(img)
+    except Exception as exc:
+        raise DataReadError(path, f"unreadable or truncated ({type(exc).__name__}: {exc})") from None
+    return np.asarray(arr)
+
+
+def encode_image(arr: np.ndarray, ext: str) -> bytes:
+    """Encode ``arr`` in the format of ``ext`` (deterministic: same array, same bytes)."""
+    arr = np.asarray(arr)
+    buf = io.BytesIO()
+    if ext in NIFTI_EXTENSIONS:
+        import gzip
+
+        import nibabel as nib
+
+        img = nib.Nifti1Image(arr, affine=np.eye(4))
+        raw = img.to_bytes()
+        if ext == ".nii.gz":
+            return gzip.compress(raw, compresslevel=6, mtime=0)
+        return raw
+    if ext in (".tif", ".tiff"):
+        import tifffile
+
+        tifffile.imwrite(buf, arr, photometric="rgb" if arr.ndim == 3 and arr.shape[-1] in (3, 4) else None)
+        return buf.getvalue()
+    if ext == ".png":
+        from PIL import Image
+
+        if arr.dtype == np.bool_:
+            arr = arr.astype(np.uint8)
+        if arr.dtype not in (np.uint8, np.uint16):
+            raise ValueError(f"PNG stores uint8/uint16 only, got {arr.dtype}")
+        if arr.dtype == np.uint16 and arr.ndim != 2:
+            raise ValueError("16-bit PNG supports single-channel images only")
+        Image.fromarray(arr).save(buf, format="PNG")
+        return buf.getvalue()
+    raise ValueError(f"cannot write {ext!r}; use one of {', '.join(RASTER_EXTENSIONS + NIFTI_EXTENSIONS)}")
+
+
+def write_image(path: str | Path, arr: np.ndarray) -> Path:
+    """Write ``arr`` to ``path`` atomically in the format named by its extension."""
+    return atomic_write_bytes(path, encode_image(arr, split_ext(path)[1]))
