@@ -6,6 +6,13 @@ from segsynth.cli.app import app
 
 # Each module below registers its commands on ``app`` (or a sub-app) when imported.
 from segsynth.cli import demo as _demo  # noqa: E402,F401
+from segsynth.cli import generate as _generate  # noqa: E402,F401
+from segsynth.cli import seg as _seg  # noqa: E402,F401
+from segsynth.cli import data_builtin as _data_builtin  # noqa: E402,F401
+from segsynth.cli import data as _data  # noqa: E402,F401
+from segsynth.cli import export as _export  # noqa: E402,F401
+from segsynth.cli import diffusion as _diffusion  # noqa: E402,F401
+from segsynth.cli import benchmark as _benchmark  # noqa: E402,F401
 
 
 def main() -> None:

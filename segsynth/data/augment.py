@@ -30,6 +30,8 @@ def paired_augmentation(
     if strength not in {"none", "light", "heavy"}:
         raise ValueError(f"strength must be 'none', 'light' or 'heavy', got {strength!r}")
     keys = [*image_keys, *label_keys]
+    if not keys:
+        raise ValueError("paired_augmentation needs at least one image or label key")
     transforms: list = []
     if strength != "none":
         transforms += [
@@ -51,6 +53,6 @@ def paired_augmentation(
                 allow_missing_keys=True,
             )
         )
-    if strength != "none":
+    if strength != "none" and image_keys:  # layouts alone (no image key) get geometry only
         transforms.append(RandAdjustContrastd(list(image_keys), prob=0.3, gamma=(0.8, 1.25), allow_missing_keys=True))
     return Compose(transforms)

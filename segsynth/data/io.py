@@ -7,8 +7,11 @@ Readers return numpy arrays as stored: 2D images ``(H, W)`` or ``(H, W, C)``; NI
 
 from __future__ import annotations
 
+import contextlib
 import io
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -49,6 +52,25 @@ def is_nifti(path: str | Path) -> bool:
     return split_ext(path)[1] in NIFTI_EXTENSIONS
 
 
+@contextlib.contextmanager
+def _open_pil_header(path: Path) -> Iterator[Any]:
+    """Open a PIL image for its header only, with PIL's decompression-bomb guard lifted.
+
+    PIL refuses to even *open* files over ~179 Mpx, which would hide the real size of an
+    oversized file behind an "unreadable" error; the size is enforced by :data:`MAX_PIXELS`
+    in :func:`read_image` instead, before any pixel is decoded.
+    """
+    from PIL import Image
+
+    previous = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        with Image.open(path) as img:
+            yield img
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
+
+
 def image_shape(path: str | Path) -> tuple[int, ...]:
     """Shape without decoding pixel data, so oversized files are refused before they are loaded."""
     path = Path(path)
@@ -63,9 +85,7 @@ def image_shape(path: str | Path) -> tuple[int, ...]:
 
             with tifffile.TiffFile(str(path)) as tif:
                 return tuple(int(s) for s in tif.series[0].shape)
-        from PIL import Image
-
-        with Image.open(path) as img:
+        with _open_pil_header(path) as img:
             bands = len(img.getbands())
             return (img.height, img.width) if bands == 1 else (img.height, img.width, bands)
     except DataReadError:
@@ -112,6 +132,17 @@ def read_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     return np.asarray(arr)
 
 
+def _narrow_integers(arr: np.ndarray, dtypes: tuple[type, ...], ext: str) -> np.ndarray:
+    """Cast integer ``arr`` losslessly to the first of ``dtypes`` holding all its values."""
+    lo, hi = (int(arr.min()), int(arr.max())) if arr.size else (0, 0)
+    for dtype in dtypes:
+        info = np.iinfo(dtype)
+        if info.min <= lo and hi <= info.max:
+            return arr.astype(dtype)
+    names = ", ".join(np.dtype(d).name for d in dtypes)
+    raise ValueError(f"{ext} cannot store integer values in [{lo}, {hi}] losslessly (as {names})")
+
+
 def encode_image(arr: np.ndarray, ext: str) -> bytes:
     """Encode ``arr`` in the format of ``ext`` (deterministic: same array, same bytes)."""
     arr = np.asarray(arr)
@@ -121,6 +152,9 @@ def encode_image(arr: np.ndarray, ext: str) -> bytes:
 
         import nibabel as nib
 
+        if arr.dtype in (np.int64, np.uint64):
+            # nibabel refuses 64-bit integers (few tools read them); label maps fit in int32.
+            arr = _narrow_integers(arr, (np.int32,), ext)
         img = nib.Nifti1Image(arr, affine=np.eye(4))
         raw = img.to_bytes()
         if ext == ".nii.gz":
@@ -136,6 +170,8 @@ def encode_image(arr: np.ndarray, ext: str) -> bytes:
 
         if arr.dtype == np.bool_:
             arr = arr.astype(np.uint8)
+        if np.issubdtype(arr.dtype, np.integer) and arr.dtype not in (np.uint8, np.uint16):
+            arr = _narrow_integers(arr, (np.uint8,) if arr.ndim == 3 else (np.uint8, np.uint16), ext)
         if arr.dtype not in (np.uint8, np.uint16):
             raise ValueError(f"PNG stores uint8/uint16 only, got {arr.dtype}")
         if arr.dtype == np.uint16 and arr.ndim != 2:

@@ -32,10 +32,23 @@ class SampleRef:
 
 
 def list_stems(folder: Path) -> dict[str, Path]:
-    """Map stem -> file for every non-hidden file in ``folder`` (empty if the folder is absent)."""
+    """Map stem -> file for every non-hidden file in ``folder`` (empty if the folder is absent).
+
+    Raises:
+        DataReadError: two files share a stem (``a.png`` and ``a.tif``): which one is meant is
+            ambiguous, so neither is picked silently.
+    """
     if not folder.is_dir():
         return {}
-    return {split_ext(p)[0]: p for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")}
+    stems: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if not path.is_file() or path.name.startswith("."):
+            continue
+        stem = split_ext(path)[0]
+        if stem in stems:
+            raise DataReadError(path, f"shares the stem {stem!r} with {stems[stem].name}; keep one of them")
+        stems[stem] = path
+    return stems
 
 
 def index_dataset(root: str | Path, split: str = "labeled", spec: DatasetSpec | None = None) -> list[SampleRef]:
@@ -59,12 +72,11 @@ def index_dataset(root: str | Path, split: str = "labeled", spec: DatasetSpec | 
         mask_path = masks.get(stem)
         if split == "labeled" and mask_path is None:
             raise DataReadError(image_path, f"no mask with stem {stem!r} in {root / MASKS_DIR}")
-        if is_nifti(image_path):
-            shape = image_shape(image_path)
-            depth = shape[2] if len(shape) >= 3 else 1
-            for z in range(depth):
-                refs.append(SampleRef(f"{stem}_z{z:03d}", cases[stem], image_path, mask_path, z if len(shape) >= 3 else None))
-        else:
+        shape = image_shape(image_path) if is_nifti(image_path) else ()
+        if len(shape) >= 3:
+            for z in range(shape[2]):
+                refs.append(SampleRef(f"{stem}_z{z:03d}", cases[stem], image_path, mask_path, z))
+        else:  # a raster file or a 2D NIfTI is one sample named by its stem
             refs.append(SampleRef(stem, cases[stem], image_path, mask_path))
     return sorted(refs, key=lambda r: r.id)
 
@@ -112,6 +124,8 @@ class SegDataset(Dataset):
             ``set_random_state(seed=...)``; it is re-seeded per ``(seed, epoch, index)`` so the
             augmentation of a sample does not depend on worker count or on where a run resumed.
         seed: base seed of the augmentation.
+        spec: the dataset description, for folders without a ``dataset.json`` (e.g. a plain
+            folder of style images; then ``refs`` must be given).
     """
 
     def __init__(
@@ -121,9 +135,10 @@ class SegDataset(Dataset):
         refs: Sequence[SampleRef] | None = None,
         augment: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
         seed: int = 0,
+        spec: DatasetSpec | None = None,
     ) -> None:
         self.root = Path(root)
-        self.spec = load_spec(self.root)
+        self.spec = spec if spec is not None else load_spec(self.root)
         self.split = split
         self.refs = list(refs) if refs is not None else index_dataset(self.root, split, self.spec)
         self.augment = augment

@@ -1,0 +1,316 @@
+"""nnU-Net v2 raw datasets: import them as dataset folders, and export ours so nnU-Net trains unchanged.
+
+nnU-Net raw layout: ``dataset.json`` (``channel_names``, ``labels``, ``numTraining``,
+``file_ending``), ``imagesTr/<case>_<CCCC><ending>`` (one file per channel, ``_0000`` first) and
+``labelsTr/<case><ending>``. nnU-Net splits by case identifier; a 2D export of slices or tiles
+would leak a patient into both train and validation, so exports also write ``splits_final.json``
+with folds built from *our* case ids. nnU-Net reads that file from its preprocessed folder: copy
+it to ``nnUNet_preprocessed/DatasetXXX_Name/`` after ``nnUNetv2_plan_and_preprocess``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from segsynth.data.export import Unit, iter_units, write_unit_image
+from segsynth.data.format import IMAGES_DIR, MASKS_DIR, DatasetFormatError, DatasetSpec, load_spec, save_spec
+from segsynth.data.io import NIFTI_EXTENSIONS, image_shape, is_nifti, read_image, write_image
+from segsynth.io.atomic import atomic_directory, atomic_write_bytes, atomic_write_json
+
+NNUNET_JSON = "dataset.json"
+NNUNET_IMAGES = "imagesTr"
+NNUNET_LABELS = "labelsTr"
+SPLITS_JSON = "splits_final.json"
+SYNTHETIC_PREFIX = "syn_"
+#: Key under which an export records our case id of every nnU-Net case (nnU-Net ignores it).
+CASES_KEY = "segsynth_cases"
+SUPPORTED_ENDINGS = (".png", ".tif", ".tiff", ".nii.gz", ".nii")
+_CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+
+
+# --- import ----------------------------------------------------------------------------------
+def read_nnunet_json(src: Path) -> dict[str, Any]:
+    """Read and validate ``src/dataset.json`` of an nnU-Net v2 raw dataset."""
+    path = src / NNUNET_JSON
+    if not path.is_file():
+        raise DatasetFormatError(f"{path}: missing (not an nnU-Net raw dataset folder)")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DatasetFormatError(f"{path}: not readable JSON ({exc})") from None
+    if not isinstance(meta, dict):
+        raise DatasetFormatError(f"{path}: top level must be an object")
+    if "modality" in meta or "training" in meta:
+        raise DatasetFormatError(
+            f"{path}: nnU-Net v1 dataset.json; convert it first with nnUNetv2_convert_old_nnUNet_dataset"
+        )
+    for key in ("channel_names", "labels", "file_ending"):
+        if key not in meta:
+            raise DatasetFormatError(f"{path}: key {key!r} is missing")
+    labels = meta["labels"]
+    if not isinstance(labels, dict) or not labels:
+        raise DatasetFormatError(f"{path}: key 'labels' must be a non-empty object")
+    for name, value in labels.items():
+        if isinstance(value, (list, tuple)):
+            raise DatasetFormatError(
+                f"{path}: label {name!r} is a region ({value}); region-based training (overlapping labels) "
+                "is not supported, convert it to one label per pixel first"
+            )
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise DatasetFormatError(f"{path}: label {name!r} must be an integer, got {value!r}")
+    if "ignore" in labels:
+        raise DatasetFormatError(f"{path}: the 'ignore' label (partial annotations) is not supported")
+    if not isinstance(meta["channel_names"], dict) or not meta["channel_names"]:
+        raise DatasetFormatError(f"{path}: key 'channel_names' must be a non-empty object")
+    if meta["file_ending"] not in SUPPORTED_ENDINGS:
+        raise DatasetFormatError(
+            f"{path}: file_ending {meta['file_ending']!r} is not supported; convert to one of {', '.join(SUPPORTED_ENDINGS)}"
+        )
+    return meta
+
+
+def _channel_files(src: Path, ending: str) -> dict[str, dict[int, Path]]:
+    """Identifier -> {channel index: file} for every image in ``imagesTr``."""
+    folder = src / NNUNET_IMAGES
+    if not folder.is_dir():
+        raise DatasetFormatError(f"{folder}: missing")
+    found: dict[str, dict[int, Path]] = defaultdict(dict)
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(".") or not path.name.endswith(ending):
+            continue
+        match = _CHANNEL_FILE.match(path.name[: -len(ending)])
+        if match is None:
+            raise DatasetFormatError(f"{path}: image names must end in _<4-digit channel>{ending}, e.g. case_0000{ending}")
+        found[match["case"]][int(match["channel"])] = path
+    return dict(found)
+
+
+def _case_ids(identifiers: list[str], pattern: str | None, recorded: dict[str, str], src: Path) -> dict[str, str]:
+    if pattern is None:
+        return {ident: recorded.get(ident, ident) for ident in identifiers}
+    try:
+        regex = re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"case pattern {pattern!r} is not a valid regex ({exc})") from None
+    if regex.groups < 1:
+        raise ValueError(f"case pattern {pattern!r} must capture the case id in a group, e.g. '(.+?)_slice'")
+    cases = {}
+    for ident in identifiers:
+        match = regex.match(ident)
+        case = (match.groupdict().get("case") or match.group(1)) if match else None
+        if not case:
+            raise DatasetFormatError(f"{src / NNUNET_IMAGES}: case identifier {ident!r} does not match {pattern!r}")
+        cases[ident] = case
+    return cases
+
+
+def _stack_channels(ident: str, files: dict[int, Path], num_channels: int) -> tuple[np.ndarray | None, Path]:
+    """The image of one case as stored in our format: ``(None, file)`` when the single file can be
+    copied verbatim, else the channels stacked on the last axis ``(H, W, C)``."""
+    if sorted(files) != list(range(len(files))):
+        raise DatasetFormatError(f"{files[min(files)]}: channels of {ident!r} are {sorted(files)}, expected 0..N-1")
+    counts = []
+    for path in files.values():
+        shape = image_shape(path)
+        counts.append(1 if is_nifti(path) or len(shape) == 2 else shape[-1])
+    if sum(counts) != num_channels:
+        raise DatasetFormatError(
+            f"{files[0]}: case {ident!r} has {sum(counts)} channel(s), dataset.json channel_names lists {num_channels}"
+        )
+    if len(files) == 1:
+        return None, files[0]
+    if is_nifti(files[0]):
+        raise DatasetFormatError(f"{files[0]}: multi-channel NIfTI volumes are not supported (NIfTI here is single-channel)")
+    arrays = [read_image(files[c]) for c in range(len(files))]
+    return np.stack(arrays, axis=-1), files[0]
+
+
+def import_nnunet(
+    src: str | Path,
+    out: str | Path,
+    case_pattern: str | None = None,
+    prompt: str | None = None,
+    label_provenance: Literal["human", "derived"] = "human",
+    derivation: str | None = None,
+    overwrite: bool = False,
+) -> DatasetSpec:
+    """Turn an nnU-Net v2 raw dataset (``imagesTr``/``labelsTr``) into a dataset folder.
+
+    Single-file cases are copied byte for byte; multi-channel cases (``_0000``..``_000N``) are
+    stacked into one ``(H, W, C)`` file (PNG for 8-bit data, TIFF otherwise).
+
+    Args:
+        src: the nnU-Net raw dataset folder (``DatasetXXX_Name``).
+        out: dataset folder to create (atomically: complete or absent).
+        case_pattern: regex matched at the start of each case identifier whose first group (or
+            group ``case``) is the patient id, e.g. ``r"(patient\\d+)_"``; default: the identifier
+            (or the case id recorded by :func:`export_nnunet`).
+        prompt: text prompt; default ``"<name>, <channel names>"``.
+        label_provenance: ``"human"`` annotations (nnU-Net's usual case) or ``"derived"``.
+        derivation: recipe, required when ``label_provenance`` is ``"derived"``.
+        overwrite: replace an existing ``out``.
+
+    Returns:
+        The written ``dataset.json`` contents.
+
+    Raises:
+        DatasetFormatError: missing files, region labels, unsupported file ending, bad names.
+    """
+    src = Path(src)
+    meta = read_nnunet_json(src)
+    ending = meta["file_ending"]
+    num_channels = len(meta["channel_names"])
+    images = _channel_files(src, ending)
+    labels_dir = src / NNUNET_LABELS
+    labels = {p.name[: -len(ending)]: p for p in sorted(labels_dir.glob(f"*{ending}"))} if labels_dir.is_dir() else {}
+    if not images:
+        raise DatasetFormatError(f"{src / NNUNET_IMAGES}: no *_0000{ending} images")
+    if missing := sorted(set(images) - set(labels)):
+        raise DatasetFormatError(f"{labels_dir}: no label for case(s) {missing[:10]}")
+    if extra := sorted(set(labels) - set(images)):
+        raise DatasetFormatError(f"{src / NNUNET_IMAGES}: no image for label(s) {extra[:10]}")
+    if "numTraining" in meta and meta["numTraining"] != len(images):
+        raise DatasetFormatError(f"{src / NNUNET_JSON}: numTraining is {meta['numTraining']} but {len(images)} cases exist")
+    recorded = meta.get(CASES_KEY) if isinstance(meta.get(CASES_KEY), dict) else {}
+    cases = _case_ids(sorted(images), case_pattern, recorded, src)
+    name = str(meta.get("name") or src.name)
+    modality = ", ".join(dict.fromkeys(str(v) for v in meta["channel_names"].values()))
+    with atomic_directory(out, overwrite=overwrite) as tmp:
+        for ident in sorted(images):
+            stacked, first = _stack_channels(ident, images[ident], num_channels)
+            if stacked is None:
+                atomic_write_bytes(tmp / IMAGES_DIR / f"{ident}{ending}", first.read_bytes())
+            else:
+                stacked_ext = ".png" if stacked.dtype == np.uint8 and num_channels <= 4 else ".tif"
+                write_image(tmp / IMAGES_DIR / f"{ident}{stacked_ext}", stacked)
+            atomic_write_bytes(tmp / MASKS_DIR / f"{ident}{ending}", labels[ident].read_bytes())
+        spec = DatasetSpec(
+            name=name,
+            description=str(meta.get("description", "")),
+            modality=modality,
+            prompt=prompt or str(meta.get("segsynth_prompt") or f"{name}, {modality}"),
+            channels=num_channels,
+            labels=meta["labels"],
+            label_provenance=label_provenance,
+            derivation=derivation,
+            licence=str(meta.get("licence") or meta.get("license") or "not stated in the nnU-Net dataset.json"),
+            source=f"nnU-Net raw dataset {src.name}" + (f"; {meta['reference']}" if meta.get("reference") else ""),
+            cases=cases,
+        )
+        save_spec(tmp, spec)
+    return spec
+
+
+# --- export ----------------------------------------------------------------------------------
+def case_folds(identifiers_by_case: dict[str, list[str]], num_folds: int, seed: int) -> list[list[str]]:
+    """Split case ids into ``num_folds`` groups (shuffled by ``seed``) and return each fold's identifiers."""
+    cases = sorted(identifiers_by_case)
+    order = np.random.default_rng(seed).permutation(len(cases))
+    folds: list[list[str]] = [[] for _ in range(num_folds)]
+    for rank, index in enumerate(order):
+        folds[rank % num_folds].extend(identifiers_by_case[cases[index]])
+    return [sorted(fold) for fold in folds]
+
+
+def _write_case(tmp: Path, ident: str, unit: Unit, ending: str) -> None:
+    image = unit.image
+    whole_volume = is_nifti(unit.source) and ending in NIFTI_EXTENSIONS
+    channels = [image] if whole_volume or image.ndim == 2 else [image[..., c] for c in range(image.shape[-1])]
+    for c, channel in enumerate(channels):
+        write_unit_image(tmp / NNUNET_IMAGES / f"{ident}_{c:04d}{ending}", np.ascontiguousarray(channel), unit.source)
+    write_unit_image(tmp / NNUNET_LABELS / f"{ident}{ending}", unit.mask, unit.source)
+
+
+def export_nnunet(
+    src: str | Path,
+    out: str | Path,
+    merge_real: str | Path | None = None,
+    file_ending: str = ".png",
+    num_folds: int = 5,
+    seed: int = 0,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Write the labelled part of dataset ``src`` as an nnU-Net v2 raw dataset at ``out``.
+
+    With ``merge_real``, the real dataset's cases are written as they are and the cases of ``src``
+    (synthetic) get the ``syn_`` prefix; ``splits_final.json`` then holds folds over the *real*
+    cases only, with every synthetic case in every ``train`` list and never in a ``val`` list.
+
+    Args:
+        src: dataset folder (usually a synthetic set).
+        out: nnU-Net raw dataset folder to create, e.g. ``nnUNet_raw/Dataset501_Name``.
+        merge_real: optional real dataset folder to merge with ``src``.
+        file_ending: ``.png`` (8/16-bit data), ``.tif`` or ``.nii.gz``; NIfTI keeps volumes whole.
+        num_folds: folds by case (fewer when there are fewer cases; none for a single case).
+        seed: shuffles cases into folds.
+        overwrite: replace an existing ``out``.
+
+    Returns:
+        Summary: ``{"out", "num_training", "num_real", "num_synthetic", "num_folds"}`` where
+        ``num_synthetic`` counts the ``syn_`` cases (zero without ``merge_real``).
+    """
+    if file_ending not in (".png", ".tif", ".nii.gz"):
+        raise ValueError(f"file_ending must be '.png', '.tif' or '.nii.gz', got {file_ending!r}")
+    if num_folds < 2:
+        raise ValueError(f"num_folds must be >= 2, got {num_folds}")
+    src = Path(src)
+    spec = load_spec(src)
+    parts: list[tuple[str, Path, DatasetSpec]] = []
+    if merge_real is not None:
+        real_spec = load_spec(merge_real)
+        if real_spec.labels != spec.labels or real_spec.channels != spec.channels:
+            raise ValueError(
+                f"{merge_real} and {src} differ in labels ({real_spec.labels} vs {spec.labels}) "
+                f"or channels ({real_spec.channels} vs {spec.channels}); they cannot be merged"
+            )
+        parts.append(("", Path(merge_real), real_spec))
+    parts.append((SYNTHETIC_PREFIX if merge_real is not None else "", src, spec))
+    real_cases: dict[str, list[str]] = defaultdict(list)
+    case_of: dict[str, str] = {}
+    synthetic: list[str] = []
+    with atomic_directory(out, overwrite=overwrite) as tmp:
+        for prefix, root, part_spec in parts:
+            for unit in iter_units(root, part_spec, "labeled", keep_volumes=file_ending in NIFTI_EXTENSIONS):
+                if not prefix and merge_real is not None and unit.stem.startswith(SYNTHETIC_PREFIX):
+                    raise ValueError(f"{unit.source}: real case names must not start with {SYNTHETIC_PREFIX!r}")
+                ident = f"{prefix}{unit.stem}"
+                _write_case(tmp, ident, unit, file_ending)
+                case_of[ident] = f"{prefix}{unit.case_id}"
+                if prefix:
+                    synthetic.append(ident)
+                else:
+                    real_cases[case_of[ident]].append(ident)
+        channel_names = {str(c): spec.modality if c == 0 else f"{spec.modality} (channel {c})" for c in range(spec.channels)}
+        meta = {
+            "name": spec.name,
+            "description": spec.description,
+            "channel_names": channel_names,
+            "labels": dict(sorted(spec.labels.items(), key=lambda item: item[1])),
+            "numTraining": len(case_of),
+            "file_ending": file_ending,
+            "licence": spec.licence,
+            "reference": spec.source,
+            "segsynth_prompt": spec.prompt,
+            CASES_KEY: case_of,
+        }
+        atomic_write_json(tmp / NNUNET_JSON, meta)
+        folds = min(num_folds, len(real_cases))
+        if folds >= 2:
+            splits = []
+            for val in case_folds(real_cases, folds, seed):
+                train = sorted(set(case_of) - set(val))
+                splits.append({"train": train, "val": val})
+            atomic_write_json(tmp / SPLITS_JSON, splits)
+    return {
+        "out": str(out),
+        "num_training": len(case_of),
+        "num_real": len(case_of) - len(synthetic),
+        "num_synthetic": len(synthetic),
+        "num_folds": folds if folds >= 2 else 0,
+    }

@@ -1,0 +1,122 @@
+"""The diffusion training config: model, objective, optimisation, data and preview sampling.
+
+Loaded with :func:`segsynth.config.load_config`, so unknown keys and impossible values fail before
+any data is read, with the key's dotted path in the message.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from segsynth.config import StrictModel
+from segsynth.data.style_sampling import STYLE_SAMPLERS
+from segsynth.diffusion.objective import ObjectiveConfig
+from segsynth.models.config import ModelConfig
+
+
+class TrainConfig(StrictModel):
+    """Optimisation and bookkeeping.
+
+    Attributes:
+        steps: optimiser steps in total (a resumed run continues up to this number).
+        batch_size: samples per step on each process.
+        lr: peak AdamW learning rate, reached after ``warmup`` steps.
+        lr_schedule: ``constant`` after warm-up, or ``cosine`` decay to zero at ``steps``.
+        warmup: linear warm-up steps.
+        weight_decay: AdamW weight decay.
+        ema_decay: the EMA's maximum decay (diffusers ``EMAModel`` ramps up to it).
+        grad_clip: max gradient norm (None: no clipping).
+        checkpoint_every: steps between resumable checkpoints (one is also written at the end).
+        keep_checkpoints: complete checkpoints kept on disk.
+        sample_every: steps between preview grids (0: only at the end).
+        log_every: steps between lines of ``train_log.jsonl``.
+        seed: seeds the weights, the data order, the augmentation, the style draws and the noise.
+        num_workers: DataLoader worker processes (results do not depend on it).
+        mixed_precision: ``auto`` is bf16 on CUDA and full precision on CPU.
+    """
+
+    steps: int = Field(2000, ge=1)
+    batch_size: int = Field(8, ge=1)
+    lr: float = Field(2e-4, gt=0)
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    warmup: int = Field(100, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    ema_decay: float = Field(0.999, ge=0, lt=1)
+    grad_clip: float | None = Field(1.0, gt=0)
+    checkpoint_every: int = Field(500, ge=1)
+    keep_checkpoints: int = Field(1, ge=1)
+    sample_every: int = Field(500, ge=0)
+    log_every: int = Field(10, ge=1)
+    seed: int = Field(0, ge=0)
+    num_workers: int = Field(0, ge=0)
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if self.warmup > self.steps:
+            raise ValueError(f"warmup ({self.warmup}) must not exceed steps ({self.steps})")
+        return self
+
+
+class DataConfig(StrictModel):
+    """How training samples and their style references are drawn.
+
+    Attributes:
+        augmentation: paired augmentation of image and layout (``segsynth.data.augment``).
+        style_sampler: ``multi_patch`` (default: other images of the same case, STEDM's setting,
+            so the style encoder cannot copy the target's content), ``nearby`` or ``augmented``.
+        style_augment: random flips / rotations of every style reference (None: the sampler's
+            default, on for ``augmented`` only).
+    """
+
+    augmentation: Literal["none", "light", "heavy"] = "light"
+    style_sampler: str = "multi_patch"
+    style_augment: bool | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> DataConfig:
+        if self.style_sampler not in STYLE_SAMPLERS:
+            raise ValueError(f"style_sampler {self.style_sampler!r} is not one of {sorted(STYLE_SAMPLERS)}")
+        return self
+
+
+class SamplingConfig(StrictModel):
+    """Preview sampling during training (the grids under ``RUN/samples/``).
+
+    Attributes:
+        sampler: diffusers scheduler used by the pipeline.
+        steps: denoising steps.
+        style_guidance_scale / layout_guidance_scale / guidance_rescale: classifier-free guidance
+            (STEDM: style 1.5, rescale 0.7).
+        grid_rows: training samples shown in each grid.
+        seed: noise seed of the previews, fixed so grids of different steps are comparable.
+    """
+
+    sampler: Literal["ddim", "dpmpp", "unipc"] = "dpmpp"
+    steps: int = Field(20, ge=1, le=1000)
+    style_guidance_scale: float = Field(1.5, ge=0)
+    layout_guidance_scale: float = Field(1.0, ge=0)
+    guidance_rescale: float = Field(0.7, ge=0, le=1)
+    grid_rows: int = Field(4, ge=1)
+    seed: int = Field(0, ge=0)
+
+
+class DiffusionTrainConfig(StrictModel):
+    """Everything ``segsynth train-diffusion`` needs besides the data folder and the run folder."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+
+    @model_validator(mode="after")
+    def _check(self) -> DiffusionTrainConfig:
+        if self.sampling.steps > self.objective.num_train_timesteps:
+            raise ValueError(
+                f"sampling.steps ({self.sampling.steps}) exceeds objective.num_train_timesteps "
+                f"({self.objective.num_train_timesteps})"
+            )
+        return self

@@ -1,0 +1,26 @@
+"""Samplers for generation, each derived from the training scheduler's config.
+
+Deriving them with ``from_config`` keeps the betas, T, timestep spacing and prediction type the
+model was trained with; only the solver differs. A name -> factory table (not type dispatch) so
+adding a sampler is one line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, SchedulerMixin, UniPCMultistepScheduler
+
+SAMPLERS: dict[str, Callable[[Mapping[str, Any]], SchedulerMixin]] = {
+    "ddim": lambda config: DDIMScheduler.from_config(config),
+    "dpmpp": lambda config: DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++", solver_order=2),
+    "unipc": lambda config: UniPCMultistepScheduler.from_config(config),
+}
+
+
+def make_sampler(name: str, train_config: Mapping[str, Any]) -> SchedulerMixin:
+    """A fresh sampler ``name`` (``ddim``, ``dpmpp`` or ``unipc``) on the training schedule ``train_config``."""
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; choose one of {sorted(SAMPLERS)}")
+    return SAMPLERS[name](train_config)

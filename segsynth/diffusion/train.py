@@ -1,0 +1,439 @@
+"""Train the layout- and style-conditioned denoiser on a dataset folder; resumable bit for bit.
+
+The loop is deliberately short: data order, noise and style draws are pure functions of
+``(seed, step or epoch, index, rank)``, so a resumed run needs only the weights, optimiser, EMA,
+LR-schedule and RNG states plus the sample position to continue exactly where it stopped, on
+any number of DataLoader workers. ``accelerate`` makes the same code run on CPU, one GPU or many
+(data sharded by process rank; bf16 autocast on CUDA).
+
+Run folder::
+
+    RUN/config.yaml            resolved config
+    RUN/training_data.json     data root, train ids, style sampler, N
+    RUN/train_log.jsonl        one JSON object per log interval
+    RUN/samples/step_*.png     layout | style refs | sample grids (EMA weights)
+    RUN/checkpoints/step_*/    resumable state (CheckpointManager)
+    RUN/pipeline/              released SegSynthPipeline with EMA weights
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from accelerate import Accelerator
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
+from monai.transforms import Compose, RandSpatialCropd, SpatialPadd
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from torch.utils.data import DataLoader, Dataset
+
+from segsynth.config import ConfigError, load_config, save_resolved_config
+from segsynth.data.augment import paired_augmentation
+from segsynth.data.format import DatasetSpec, load_spec
+from segsynth.data.loader import SampleRef, SegDataset, index_dataset, sample_seed
+from segsynth.data.style_sampling import StyleSampler, make_style_sampler, random_patch
+from segsynth.diffusion.config import DiffusionTrainConfig
+from segsynth.diffusion.objective import diffusion_loss, make_train_scheduler
+from segsynth.diffusion.pipeline import SegSynthPipeline
+from segsynth.diffusion.sample_grid import save_sample_grid
+from segsynth.io.atomic import atomic_directory, atomic_write_json, atomic_write_text
+from segsynth.io.checkpoint import CheckpointManager, rng_state, set_rng_state
+from segsynth.models import SegSynthModel
+
+CONFIG_YAML = "config.yaml"
+TRAINING_DATA_JSON = "training_data.json"
+TRAIN_LOG = "train_log.jsonl"
+SAMPLES_DIR = "samples"
+PIPELINE_DIR = "pipeline"
+
+# Settings that may change when a run is resumed: they decide how long and how visibly it runs,
+# not what a given step computes.
+RESUMABLE_CHANGES = {"steps", "checkpoint_every", "keep_checkpoints", "sample_every", "log_every", "num_workers"}
+
+
+def fit_config_to_data(cfg: DiffusionTrainConfig, spec: DatasetSpec, data: Path) -> DiffusionTrainConfig:
+    """Fill the model's channels and classes from ``dataset.json``; refuse explicit contradictions."""
+    wanted = {"image_channels": spec.channels, "num_classes": spec.num_classes}
+    for key, value in wanted.items():
+        if key in cfg.model.model_fields_set and getattr(cfg.model, key) != value:
+            raise ConfigError(
+                f"model.{key} is {getattr(cfg.model, key)} but {data / 'dataset.json'} declares {value}"
+            )
+    model = type(cfg.model).model_validate({**cfg.model.model_dump(), **wanted})
+    return cfg.model_copy(update={"model": model})
+
+
+def select_refs(data: Path, spec: DatasetSpec, train_ids: Sequence[str] | None) -> list[SampleRef]:
+    """The labelled samples to train on: all of ``data``, or exactly ``train_ids``."""
+    refs = index_dataset(data, "labeled", spec)
+    if not refs:
+        raise ValueError(f"{data}: no labelled images to train on")
+    if train_ids is None:
+        return refs
+    by_id = {ref.id: ref for ref in refs}
+    missing = sorted(set(train_ids) - set(by_id))
+    if missing:
+        raise ValueError(f"{data}: train_ids not in the labelled set: {missing[:10]}{' ...' if len(missing) > 10 else ''}")
+    return [by_id[i] for i in sorted(set(train_ids))]
+
+
+def epoch_order(num_samples: int, seed: int, epoch: int, rank: int = 0, world: int = 1) -> np.ndarray:
+    """This process's share of the seeded permutation of epoch ``epoch`` (equal length on every rank)."""
+    perm = np.random.default_rng([seed, epoch]).permutation(num_samples)
+    per_rank = num_samples // world
+    return perm[rank::world][:per_rank]
+
+
+class BatchPlan:
+    """Batches of ``(epoch, index)`` from sample ``position`` on: the data order as a pure function.
+
+    A run that stops at any step and restarts from ``position`` sees exactly the batches it would
+    have seen, whatever the number of DataLoader workers (no stateful sampler is involved).
+    """
+
+    def __init__(self, num_samples: int, batch_size: int, seed: int, position: int, num_batches: int,
+                 rank: int = 0, world: int = 1) -> None:
+        if num_samples < world:
+            raise ValueError(f"{num_samples} training samples cannot be shared by {world} processes")
+        self.num_samples, self.batch_size, self.seed = num_samples, batch_size, seed
+        self.position, self.num_batches, self.rank, self.world = position, num_batches, rank, world
+        self.per_rank = num_samples // world
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        position, cached = self.position, (-1, np.empty(0, dtype=np.int64))
+        for _ in range(self.num_batches):
+            batch = []
+            for _ in range(self.batch_size):
+                epoch, offset = divmod(position, self.per_rank)
+                if cached[0] != epoch:
+                    cached = (epoch, epoch_order(self.num_samples, self.seed, epoch, self.rank, self.world))
+                batch.append((epoch, int(cached[1][offset])))
+                position += 1
+            yield batch
+
+
+class TrainingSamples(Dataset):
+    """``(epoch, index) -> {"image", "mask", "style_images", "id"}`` with all randomness seeded.
+
+    Image and layout get one paired augmentation and one random ``image_size`` crop; the style
+    references come from ``sampler`` with a generator seeded by ``(seed, epoch, index)``.
+    """
+
+    def __init__(self, root: Path, refs: Sequence[SampleRef], cfg: DiffusionTrainConfig) -> None:
+        size = cfg.model.image_size
+        keys = ["image", "mask"]
+        augment = Compose([
+            paired_augmentation(cfg.data.augmentation),
+            SpatialPadd(keys, spatial_size=(size, size), mode="symmetric"),
+            RandSpatialCropd(keys, roi_size=(size, size), random_size=False),
+        ])
+        self.dataset = SegDataset(root, "labeled", refs=refs, augment=augment, seed=cfg.train.seed)
+        self.sampler: StyleSampler = make_style_sampler(cfg.data.style_sampler, size, cfg.data.style_augment)
+        self.num_refs = cfg.model.style.num_refs
+        self.image_size = size
+        self.seed = cfg.train.seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
+        epoch, index = key
+        self.dataset.set_epoch(epoch)
+        sample = self.dataset[index]
+        rng = np.random.default_rng(sample_seed(self.seed + 1, epoch, index))
+        styles, _ = self.sampler(self.dataset, index, self.num_refs, rng)
+        return {"image": sample["image"], "mask": sample["mask"], "style_images": torch.from_numpy(styles),
+                "id": sample["id"]}
+
+    def preview_rows(self, rows: int, seed: int) -> dict[str, torch.Tensor]:
+        """Fixed, un-augmented rows for the preview grids, spread over the training set."""
+        rng = np.random.default_rng(seed)
+        layouts, styles = [], []
+        for index in np.linspace(0, len(self.dataset) - 1, rows).round().astype(int):
+            image, mask = self.dataset.load_arrays(int(index))
+            stacked = np.concatenate([image, mask[None].astype(np.float32)], 0)
+            layouts.append(torch.from_numpy(random_patch(stacked, self.image_size, rng)[-1].astype(np.int64)))
+            styles.append(torch.from_numpy(self.sampler(self.dataset, int(index), self.num_refs, rng)[0]))
+        return {"layout": torch.stack(layouts), "style_images": torch.stack(styles)}
+
+
+@dataclass
+class Position:
+    """Where training stands: optimiser steps done and samples consumed (per process)."""
+
+    step: int = 0
+    samples: int = 0
+
+
+def mixed_precision(cfg: DiffusionTrainConfig) -> str:
+    """Resolve ``train.mixed_precision`` for this machine."""
+    choice = cfg.train.mixed_precision
+    if choice == "auto":
+        return "bf16" if torch.cuda.is_available() else "no"
+    if choice == "fp16" and not torch.cuda.is_available():
+        raise ConfigError("train.mixed_precision fp16 needs a CUDA device")
+    return choice
+
+
+def prepare_run_dir(out: Path, cfg: DiffusionTrainConfig, resume: bool, training_data: dict[str, Any]) -> None:
+    """Create the run folder, or check that a resumed run trains the same model on the same data."""
+    config_path, data_path = out / CONFIG_YAML, out / TRAINING_DATA_JSON
+    if config_path.exists() and not resume:
+        raise FileExistsError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    if resume and config_path.exists():
+        saved = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+        now = cfg.model_dump(mode="json")
+        changed = [
+            f"{section}.{key}"
+            for section in now
+            for key in sorted(set(now[section]) | set(saved.get(section, {})))
+            if now[section].get(key) != saved.get(section, {}).get(key)
+            and not (section == "train" and key in RESUMABLE_CHANGES)
+        ]
+        if changed:
+            raise ConfigError(f"{config_path}: cannot resume with a different {', '.join(changed)}")
+        if data_path.exists():
+            saved_data = json.loads(data_path.read_text(encoding="utf-8"))
+            if saved_data.get("train_ids") != training_data["train_ids"]:
+                raise ValueError(f"{data_path}: the training samples differ from those of the run being resumed")
+    out.mkdir(parents=True, exist_ok=True)
+    save_resolved_config(cfg, config_path)
+    atomic_write_json(data_path, training_data)
+
+
+def truncate_log(path: Path, step: int) -> None:
+    """Drop log lines written after checkpoint ``step`` (and a torn last line) before resuming."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line)
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue
+    atomic_write_text(path, "".join(f"{line}\n" for line in kept))
+
+
+class Trainer:
+    """One training run: model, optimiser, EMA, data and bookkeeping; see :func:`train_diffusion`."""
+
+    def __init__(self, data: Path, cfg: DiffusionTrainConfig, out: Path, refs: list[SampleRef]) -> None:
+        self.cfg, self.out = cfg, out
+        self.accelerator = Accelerator(mixed_precision=mixed_precision(cfg))
+        torch.manual_seed(cfg.train.seed)
+        model = SegSynthModel.from_config(cfg.model)
+        self.scheduler = make_train_scheduler(cfg.objective)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        self.lr_scheduler = get_scheduler(
+            "constant_with_warmup" if cfg.train.lr_schedule == "constant" else "cosine",
+            optimizer, num_warmup_steps=cfg.train.warmup, num_training_steps=cfg.train.steps,
+        )
+        self.ema = EMAModel(model.parameters(), decay=cfg.train.ema_decay)
+        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        self.ema.to(self.accelerator.device)
+        self.samples = TrainingSamples(data, refs, cfg)
+        self.checkpoints = CheckpointManager(out, keep=cfg.train.keep_checkpoints)
+        self.position = Position()
+
+    @property
+    def epoch(self) -> int:
+        """The epoch the next sample belongs to."""
+        return self.position.samples // (len(self.samples) // self.accelerator.num_processes)
+
+    @property
+    def raw_model(self) -> SegSynthModel:
+        return self.accelerator.unwrap_model(self.model)
+
+    def state_tree(self) -> dict[str, Any]:
+        return {
+            "model": self.raw_model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "lr_scheduler": self.lr_scheduler.state_dict(),
+            "ema": self.ema.state_dict(),
+            "rng": rng_state(),
+            "step": self.position.step,
+            "samples": self.position.samples,
+            "epoch": self.epoch,
+            "data_order": epoch_order(len(self.samples), self.cfg.train.seed, self.epoch,
+                                      self.accelerator.process_index, self.accelerator.num_processes),
+        }
+
+    def load_state_tree(self, tree: dict[str, Any]) -> None:
+        self.raw_model.load_state_dict(tree["model"])
+        self.optimizer.load_state_dict(tree["optimizer"])
+        self.lr_scheduler.load_state_dict(tree["lr_scheduler"])
+        self.ema.load_state_dict(tree["ema"])
+        self.ema.to(self.accelerator.device)
+        set_rng_state(tree["rng"])
+        self.position = Position(step=int(tree["step"]), samples=int(tree["samples"]))
+
+    def noise_generator(self, step: int) -> torch.Generator:
+        """The generator of step ``step`` on this process: resumable and independent of the others."""
+        seed = sample_seed(self.cfg.train.seed + 2, step, self.accelerator.process_index)
+        return torch.Generator(device=self.accelerator.device).manual_seed(seed)
+
+    def batches(self) -> Iterator[dict[str, Any]]:
+        cfg = self.cfg.train
+        plan = BatchPlan(len(self.samples), cfg.batch_size, cfg.seed, self.position.samples,
+                         cfg.steps - self.position.step, self.accelerator.process_index, self.accelerator.num_processes)
+        # A private generator keeps the loader's worker seeding off the global RNG (all randomness
+        # of a sample is seeded by (seed, epoch, index) anyway).
+        loader = DataLoader(self.samples, batch_sampler=plan, num_workers=cfg.num_workers,
+                            generator=torch.Generator().manual_seed(cfg.seed),
+                            pin_memory=self.accelerator.device.type == "cuda")
+        device = self.accelerator.device
+        for batch in loader:
+            yield {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+    def train_step(self, batch: dict[str, Any]) -> dict[str, float]:
+        self.model.train()
+        terms = diffusion_loss(self.model, self.scheduler, batch, self.cfg.objective,
+                               self.noise_generator(self.position.step))
+        self.accelerator.backward(terms["loss"])
+        logged = {name: value.detach() for name, value in terms.items()}
+        if self.cfg.train.grad_clip is not None:
+            logged["grad_norm"] = torch.as_tensor(
+                self.accelerator.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip))
+        self.optimizer.step()
+        self.lr_scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.ema.step(self.raw_model.parameters())
+        self.position.step += 1
+        self.position.samples += self.cfg.train.batch_size
+        return {k: float(self.accelerator.reduce(v.float().reshape(1), "mean")) for k, v in logged.items()}
+
+    def ema_pipeline(self) -> SegSynthPipeline:
+        """A pipeline sharing the live modules (swap the EMA weights in first), without a progress bar."""
+        pipeline = SegSynthPipeline.from_model(self.raw_model, self.scheduler)
+        pipeline.set_progress_bar_config(disable=True)
+        return pipeline
+
+    def write_preview(self, rows: dict[str, torch.Tensor]) -> None:
+        s = self.cfg.sampling
+        self.ema.store(self.raw_model.parameters())
+        self.ema.copy_to(self.raw_model.parameters())
+        try:
+            device = self.accelerator.device
+            generators = [torch.Generator(device=device).manual_seed(s.seed + i) for i in range(len(rows["layout"]))]
+            with torch.no_grad(), self.accelerator.autocast():
+                images = self.ema_pipeline()(
+                    rows["layout"].to(device), rows["style_images"].to(device), num_inference_steps=s.steps,
+                    sampler=s.sampler, style_guidance_scale=s.style_guidance_scale,
+                    layout_guidance_scale=s.layout_guidance_scale, guidance_rescale=s.guidance_rescale,
+                    generator=generators,
+                ).images
+        finally:
+            self.ema.restore(self.raw_model.parameters())
+        save_sample_grid(self.out / SAMPLES_DIR / f"step_{self.position.step:09d}.png",
+                         rows["layout"], rows["style_images"], images)
+
+    def release(self) -> None:
+        """Write ``RUN/pipeline`` with the EMA weights swapped in (atomically)."""
+        self.ema.store(self.raw_model.parameters())
+        self.ema.copy_to(self.raw_model.parameters())
+        try:
+            with atomic_directory(self.out / PIPELINE_DIR, overwrite=True) as tmp:
+                self.ema_pipeline().save_pretrained(tmp)
+        finally:
+            self.ema.restore(self.raw_model.parameters())
+
+
+def _progress(console: Console | None, enabled: bool) -> Progress:
+    return Progress(
+        TextColumn("[bold]train-diffusion"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[speed]} it/s"), TimeRemainingColumn(),
+        console=console, disable=console is None or not enabled, transient=False,
+    )
+
+
+def train_diffusion(
+    data: str | Path,
+    config: DiffusionTrainConfig | str | Path | None,
+    out: str | Path,
+    resume: bool = False,
+    train_ids: Sequence[str] | None = None,
+    console: Console | None = None,
+) -> Path:
+    """Train (or resume) a diffusion model on the labelled images of ``data``.
+
+    Args:
+        data: dataset folder (``dataset.json``, ``images/``, ``masks/``).
+        config: a :class:`DiffusionTrainConfig`, a YAML path, or None for the defaults.
+        out: run folder (see the module docstring for its contents).
+        resume: continue from the newest complete checkpoint in ``out``.
+        train_ids: restrict training to these sample ids (e.g. one fold's training cases).
+        console: rich console for a progress bar; None trains quietly.
+
+    Returns:
+        The run folder; its ``pipeline/`` holds the released model.
+    """
+    data, out = Path(data).resolve(), Path(out)
+    cfg = config if isinstance(config, DiffusionTrainConfig) else load_config(DiffusionTrainConfig, config)
+    spec = load_spec(data)
+    cfg = fit_config_to_data(cfg, spec, data)
+    refs = select_refs(data, spec, train_ids)
+    training_data = {"data_root": str(data), "train_ids": [ref.id for ref in refs],
+                     "style_sampler": cfg.data.style_sampler, "num_refs": cfg.model.style.num_refs}
+    trainer = Trainer(data, cfg, out, refs)
+    main = trainer.accelerator.is_main_process
+    if main:
+        prepare_run_dir(out, cfg, resume, training_data)
+    trainer.accelerator.wait_for_everyone()
+    latest = trainer.checkpoints.latest() if resume else None
+    if latest is not None:
+        trainer.load_state_tree(latest[1])
+    if main and resume:
+        truncate_log(out / TRAIN_LOG, trainer.position.step)
+    preview = trainer.samples.preview_rows(cfg.sampling.grid_rows, cfg.sampling.seed)
+    _run(trainer, preview, console if main else None)
+    return out
+
+
+def _run(trainer: Trainer, preview: dict[str, torch.Tensor], console: Console | None) -> None:
+    cfg, acc = trainer.cfg.train, trainer.accelerator
+    window: dict[str, float] = {}
+    count, tick = 0, time.perf_counter()
+    with _progress(console, acc.is_main_process) as progress:
+        task = progress.add_task("train", total=cfg.steps, completed=trainer.position.step, loss="-", speed="-")
+        for batch in trainer.batches():
+            terms = trainer.train_step(batch)
+            for name, value in terms.items():
+                window[name] = window.get(name, 0.0) + value
+            count += 1
+            step = trainer.position.step
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                elapsed = time.perf_counter() - tick
+                record = {"step": step, "epoch": trainer.epoch,
+                          "lr": trainer.lr_scheduler.get_last_lr()[0],
+                          **{name: total / count for name, total in window.items()},
+                          "it_per_s": count / elapsed if elapsed > 0 else None}
+                if acc.is_main_process:
+                    with (trainer.out / TRAIN_LOG).open("a", encoding="utf-8") as log:
+                        log.write(json.dumps(record) + "\n")
+                progress.update(task, loss=f"{record['loss']:.4f}", speed=f"{record['it_per_s'] or 0:.2f}")
+                window, count, tick = {}, 0, time.perf_counter()
+            progress.update(task, completed=step)
+            last = step == cfg.steps
+            if acc.is_main_process and ((cfg.sample_every and step % cfg.sample_every == 0) or last):
+                trainer.write_preview(preview)
+            if step % cfg.checkpoint_every == 0 or last:
+                tree = trainer.state_tree()
+                if acc.is_main_process:
+                    trainer.checkpoints.save(step, tree)
+                acc.wait_for_everyone()
+        if acc.is_main_process:
+            trainer.release()
+        acc.wait_for_everyone()

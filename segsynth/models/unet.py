@@ -1,0 +1,226 @@
+"""The conditional denoiser: a diffusers UNet with the layout concatenated and the style injected.
+
+Layout (STEDM, SegGuidedDiff): the K-class one-hot mask is concatenated to the noisy image, every
+class kept as its own channel. Optionally (SDM, Wang et al., 2022, "Semantic Image Synthesis via
+Diffusion Models") the decoder's group-norms are also modulated per pixel by the layout (SPADE,
+Park et al., 2019).
+
+Style: a ``dim``-d vector per sample, added to the time embedding of every ResBlock
+(``injection="time"``, diffusers' ``class_embed_type="identity"``), and/or projected to a few
+tokens read by cross-attention (``"cross_attention"``, a ``UNet2DConditionModel``).
+
+Both conditions have a *learned* null value, used when a sample's condition is dropped in
+training or removed for classifier-free guidance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+from diffusers.models.unets.unet_2d import UNet2DModel
+from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
+from torch import nn
+
+INJECTIONS = ("time", "cross_attention", "both")
+
+
+class SpadeGroupNorm(nn.Module):
+    """A GroupNorm whose output is scaled and shifted per pixel by the layout.
+
+    ``out = norm(x) * (1 + gamma(layout)) + beta(layout)``. ``gamma`` and ``beta`` start at zero,
+    so a fresh model behaves exactly like the plain network. The layout is resized with ``area``
+    interpolation, which keeps thin structures visible (as class fractions) at coarse levels.
+
+    Args:
+        norm: the wrapped group-norm (its affine weights are kept).
+        layout_channels: K, channels of the one-hot layout.
+        hidden: width of the shared layout embedding.
+    """
+
+    def __init__(self, norm: nn.GroupNorm, layout_channels: int, hidden: int = 32) -> None:
+        super().__init__()
+        self.norm = norm
+        self.shared = nn.Sequential(nn.Conv2d(layout_channels, hidden, 3, padding=1), nn.SiLU())
+        self.gamma = nn.Conv2d(hidden, norm.num_channels, 3, padding=1)
+        self.beta = nn.Conv2d(hidden, norm.num_channels, 3, padding=1)
+        for conv in (self.gamma, self.beta):
+            nn.init.zeros_(conv.weight)
+            nn.init.zeros_(conv.bias)
+        self.layout: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalise ``x`` ``(B, C, h, w)`` and modulate it by the layout set by the owning UNet."""
+        if self.layout is None:
+            raise RuntimeError("SpadeGroupNorm called outside LayoutStyleUNet.forward (no layout set)")
+        seg = F.interpolate(self.layout, size=x.shape[-2:], mode="area")
+        h = self.shared(seg)
+        return self.norm(x) * (1 + self.gamma(h)) + self.beta(h)
+
+
+class LayoutStyleUNet(ModelMixin, ConfigMixin):
+    """Pixel-space denoiser conditioned on a layout map and a style vector.
+
+    Args:
+        image_size: side of the training images.
+        image_channels: C of the images (input and prediction).
+        num_classes: K, labels of the layout including background.
+        block_out_channels: widths per resolution level.
+        layers_per_block: ResBlocks per level.
+        attention_levels: per level, whether its blocks carry attention (self-attention for
+            ``injection="time"``, self- and cross-attention otherwise).
+        attention_head_dim: channels per attention head.
+        norm_num_groups: GroupNorm groups.
+        style_dim: size of the style vector.
+        injection: ``time``, ``cross_attention`` or ``both``.
+        num_tokens: cross-attention tokens made from the style vector.
+        spade: modulate the decoder's group-norms by the layout.
+    """
+
+    @register_to_config
+    def __init__(
+        self,
+        image_size: int = 32,
+        image_channels: int = 1,
+        num_classes: int = 2,
+        block_out_channels: tuple[int, ...] = (32, 64, 64),
+        layers_per_block: int = 1,
+        attention_levels: tuple[bool, ...] = (False, True, True),
+        attention_head_dim: int = 8,
+        norm_num_groups: int = 8,
+        style_dim: int = 64,
+        injection: str = "time",
+        num_tokens: int = 4,
+        spade: bool = False,
+    ) -> None:
+        super().__init__()
+        if injection not in INJECTIONS:
+            raise ValueError(f"injection must be one of {INJECTIONS}, got {injection!r}")
+        if len(attention_levels) != len(block_out_channels):
+            raise ValueError(f"attention_levels {attention_levels} needs one entry per level of {block_out_channels}")
+        if num_classes < 2 or image_channels < 1 or style_dim < 1 or num_tokens < 1:
+            raise ValueError("need num_classes >= 2, image_channels >= 1, style_dim >= 1, num_tokens >= 1")
+        self.uses_time = injection in ("time", "both")
+        self.uses_cross = injection in ("cross_attention", "both")
+        if self.uses_cross and not any(attention_levels):
+            raise ValueError(f"injection {injection!r} needs at least one attention level")
+        time_embed_dim = block_out_channels[0] * 4
+        common = dict(
+            sample_size=image_size,
+            in_channels=image_channels + num_classes,
+            out_channels=image_channels,
+            block_out_channels=tuple(block_out_channels),
+            layers_per_block=layers_per_block,
+            norm_num_groups=norm_num_groups,
+        )
+        if self.uses_cross:
+            self.inner = UNet2DConditionModel(
+                down_block_types=tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attention_levels),
+                mid_block_type="UNetMidBlock2DCrossAttn",
+                up_block_types=tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention_levels)),
+                cross_attention_dim=style_dim,
+                # UNet2DConditionModel reads ``attention_head_dim`` as the number of heads.
+                attention_head_dim=tuple(c // attention_head_dim for c in block_out_channels),
+                class_embed_type="identity" if self.uses_time else None,
+                **common,
+            )
+            self.style_to_tokens = nn.Linear(style_dim, num_tokens * style_dim)
+        else:
+            self.inner = UNet2DModel(
+                down_block_types=tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attention_levels),
+                up_block_types=tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention_levels)),
+                attention_head_dim=attention_head_dim,
+                class_embed_type="identity",
+                **common,
+            )
+        if self.uses_time:
+            self.style_to_time = nn.Sequential(
+                nn.Linear(style_dim, time_embed_dim), nn.SiLU(), nn.Linear(time_embed_dim, time_embed_dim)
+            )
+        self.null_style = nn.Parameter(torch.zeros(style_dim))
+        self.null_layout = nn.Parameter(torch.zeros(num_classes))
+        if spade:
+            self._wrap_decoder_norms(num_classes)
+
+    def _wrap_decoder_norms(self, num_classes: int) -> None:
+        for block in self.inner.up_blocks:
+            for resnet in block.resnets:
+                resnet.norm1 = SpadeGroupNorm(resnet.norm1, num_classes)
+                resnet.norm2 = SpadeGroupNorm(resnet.norm2, num_classes)
+
+    @contextmanager
+    def _spade_layout(self, layout: torch.Tensor) -> Iterator[None]:
+        # Handed over as an attribute because diffusers' ResnetBlock2D calls its norms with one argument.
+        norms = [m for m in self.inner.modules() if isinstance(m, SpadeGroupNorm)]
+        for norm in norms:
+            norm.layout = layout
+        try:
+            yield
+        finally:
+            for norm in norms:
+                norm.layout = None
+
+    def layout_input(self, layout: torch.Tensor, drop_layout: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+        """One-hot ``layout`` ``(B, H, W)`` into ``(B, K, H, W)``; dropped samples get the learned null layout."""
+        k = self.config.num_classes
+        if layout.dtype not in (torch.int64, torch.int32, torch.uint8, torch.int16):
+            raise ValueError(f"layout must hold integer labels, got dtype {layout.dtype}")
+        if layout.numel() and (int(layout.min()) < 0 or int(layout.max()) >= k):
+            raise ValueError(f"layout labels must lie in [0, {k - 1}], got [{int(layout.min())}, {int(layout.max())}]")
+        onehot = F.one_hot(layout.long(), k).permute(0, 3, 1, 2).to(dtype)
+        if drop_layout is None:
+            return onehot
+        null = self.null_layout.to(dtype).view(1, k, 1, 1).expand_as(onehot)
+        return torch.where(drop_layout.view(-1, 1, 1, 1), null, onehot)
+
+    def style_input(self, style: torch.Tensor | None, drop_style: torch.Tensor | None, batch: int) -> torch.Tensor:
+        """Style vectors ``(B, dim)``; ``None`` or dropped samples get the learned null style."""
+        null = self.null_style.unsqueeze(0).expand(batch, -1)
+        if style is None:
+            return null
+        if style.shape != null.shape:
+            raise ValueError(f"style must be (B, {self.config.style_dim}) = {tuple(null.shape)}, got {tuple(style.shape)}")
+        if drop_style is None:
+            return style
+        return torch.where(drop_style.view(-1, 1), null.to(style.dtype), style)
+
+    def forward(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor,
+        layout: torch.Tensor,
+        style: torch.Tensor | None = None,
+        drop_style: torch.Tensor | None = None,
+        drop_layout: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Predict noise (or v) for ``sample``.
+
+        Args:
+            sample: noisy images ``(B, C, H, W)``.
+            timestep: ``(B,)`` or a scalar.
+            layout: integer labels ``(B, H, W)`` in ``[0, K)``.
+            style: style vectors ``(B, dim)``, or None for the null style.
+            drop_style: ``(B,)`` bool, True where the null style replaces ``style``.
+            drop_layout: ``(B,)`` bool, True where the null layout replaces ``layout``.
+
+        Returns:
+            The prediction ``(B, C, H, W)``.
+        """
+        b, c, h, w = sample.shape
+        if c != self.config.image_channels:
+            raise ValueError(f"sample has {c} channels, the model expects {self.config.image_channels}")
+        if layout.shape != (b, h, w):
+            raise ValueError(f"layout must be (B, H, W) = {(b, h, w)}, got {tuple(layout.shape)}")
+        seg = self.layout_input(layout, drop_layout, sample.dtype)
+        style_vec = self.style_input(style, drop_style, b).to(sample.dtype)
+        x = torch.cat([sample, seg], dim=1)
+        class_labels = self.style_to_time(style_vec) if self.uses_time else None
+        with self._spade_layout(seg):
+            if self.uses_cross:
+                tokens = self.style_to_tokens(style_vec).view(b, self.config.num_tokens, self.config.style_dim)
+                return self.inner(x, timestep, encoder_hidden_states=tokens, class_labels=class_labels).sample
+            return self.inner(x, timestep, class_labels=class_labels).sample

@@ -1,0 +1,65 @@
+"""Downstream segmentation: MONAI networks trained on real data mixed with synthetic sets,
+case-level splits, and per-case metrics. Works on any dataset folder, synthetic or real; it does
+not depend on the diffusion stages."""
+
+from segsynth.seg.config import MixConfig, NetworkConfig, SegTrainConfig, parse_mix
+from segsynth.seg.evaluate import evaluate_seg
+from segsynth.seg.metrics import EMPTY_MASK_CONVENTION, METRIC_NAMES, MetricAccumulator, image_metrics
+from segsynth.seg.mixing import (
+    ConcatMixing,
+    MergeMixing,
+    RatioMixing,
+    SyntheticSet,
+    load_synthetic_set,
+    make_mixing,
+    merge_cell_size,
+    merge_grid,
+    random_merge,
+)
+from segsynth.seg.networks import build_network, load_network, predict_logits, save_network
+from segsynth.seg.splits import (
+    Split,
+    hold_out_cases,
+    kfold_cases,
+    load_splits,
+    low_label_cases,
+    make_folds,
+    make_split,
+    save_splits,
+)
+from segsynth.seg.train import check_no_leakage, resolve_split, train_seg
+
+__all__ = [
+    "EMPTY_MASK_CONVENTION",
+    "METRIC_NAMES",
+    "ConcatMixing",
+    "MergeMixing",
+    "MetricAccumulator",
+    "MixConfig",
+    "NetworkConfig",
+    "RatioMixing",
+    "SegTrainConfig",
+    "Split",
+    "SyntheticSet",
+    "build_network",
+    "check_no_leakage",
+    "evaluate_seg",
+    "hold_out_cases",
+    "image_metrics",
+    "kfold_cases",
+    "load_network",
+    "load_splits",
+    "load_synthetic_set",
+    "low_label_cases",
+    "make_folds",
+    "make_mixing",
+    "make_split",
+    "merge_cell_size",
+    "merge_grid",
+    "predict_logits",
+    "random_merge",
+    "resolve_split",
+    "save_network",
+    "save_splits",
+    "train_seg",
+]

@@ -1,0 +1,406 @@
+"""How synthetic image/mask pairs enter segmentation training: one interface, three strategies.
+
+A strategy turns an epoch number into a *plan*: an ordered list of :data:`PlanItem`
+``(primary, partner)`` where each element is ``(source, index)`` -- source 0 is the real
+training set, source ``s >= 1`` the ``s``-th synthetic set -- and ``partner`` is the synthetic
+variant paired with a real image (``merge`` only). Plans depend only on ``(seed, epoch)``, so a
+resumed run replays exactly the epochs it missed.
+
+* :class:`ConcatMixing` -- plain union of real and synthetic samples, shuffled per epoch.
+* :class:`RatioMixing` -- STEDM: each epoch holds a fixed real:synthetic proportion
+  (default 0.2 : 0.8).
+* :class:`MergeMixing` + :func:`random_merge` -- DiffBoost's random merging: a real image and one
+  of its synthetic variants (same layout) go through the network under the same augmentation, and
+  a Bernoulli(alpha) grid of square cells decides, per cell, whether the real or the synthetic
+  prediction and label enter the loss.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.transforms import Compose, RandSpatialCropd, SpatialPadd
+from torch.utils.data import Dataset
+
+from segsynth.data.augment import paired_augmentation
+from segsynth.data.format import DatasetFormatError
+from segsynth.data.io import split_ext
+from segsynth.data.loader import SegDataset, sample_seed
+from segsynth.seg.config import MixConfig
+
+MANIFEST = "manifest.jsonl"
+
+#: ``(source, index)``: source 0 is the real training set, ``s >= 1`` the s-th synthetic set.
+SampleKey = tuple[int, int]
+#: One training example of an epoch: a sample and (``merge`` only) its synthetic partner.
+PlanItem = tuple[SampleKey, SampleKey | None]
+
+
+@dataclass
+class SyntheticSet:
+    """A synthetic dataset folder plus, per sample, the real sample id its layout came from.
+
+    Attributes:
+        root: the folder (dataset.json, images/, masks/, manifest.jsonl).
+        dataset: its labelled samples, un-augmented.
+        layout_ids: ``layout_ids[i]`` for ``dataset.refs[i]``; ``None`` for composed layouts or
+            images the manifest does not describe.
+        has_manifest: whether ``manifest.jsonl`` exists (without it no sample can be paired or
+            checked for leakage).
+    """
+
+    root: Path
+    dataset: SegDataset
+    layout_ids: list[str | None]
+    has_manifest: bool
+    excluded: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def without_layouts(self, forbidden: set[str]) -> SyntheticSet:
+        """A copy without the samples whose layout was drawn from a ``forbidden`` real id.
+
+        Used to keep synthetic images made from validation or test masks out of training.
+        """
+        keep = [i for i, lid in enumerate(self.layout_ids) if lid not in forbidden]
+        dropped = [self.dataset.refs[i].id for i in range(len(self)) if self.layout_ids[i] in forbidden]
+        dataset = SegDataset(self.root, refs=[self.dataset.refs[i] for i in keep])
+        return SyntheticSet(self.root, dataset, [self.layout_ids[i] for i in keep], self.has_manifest, dropped)
+
+
+def read_manifest(root: Path) -> dict[str, dict[str, Any]] | None:
+    """Rows of ``root/manifest.jsonl`` keyed by the stem of their ``image`` path (None if absent).
+
+    Raises:
+        DatasetFormatError: a line that is not a JSON object with ``id``, ``image`` and ``layout_id``.
+    """
+    path = root / MANIFEST
+    if not path.is_file():
+        return None
+    rows: dict[str, dict[str, Any]] = {}
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DatasetFormatError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
+        if not isinstance(row, dict) or not {"id", "image", "layout_id"} <= set(row):
+            raise DatasetFormatError(f"{path}:{number}: each row needs 'id', 'image' and 'layout_id'")
+        rows[split_ext(Path(str(row["image"])).name)[0]] = row
+    return rows
+
+
+def load_synthetic_set(root: str | Path, real: SegDataset) -> SyntheticSet:
+    """Open a synthetic set and check it is compatible with the real dataset ``real``.
+
+    Raises:
+        DatasetFormatError: different labels or channel count than the real data, or no samples.
+    """
+    root = Path(root)
+    dataset = SegDataset(root)
+    spec_path = root / "dataset.json"
+    if dataset.spec.labels != real.spec.labels:
+        raise DatasetFormatError(f"{spec_path}: labels {dataset.spec.labels} differ from the real data's {real.spec.labels}")
+    if dataset.spec.channels != real.spec.channels:
+        raise DatasetFormatError(
+            f"{spec_path}: {dataset.spec.channels} channels, the real data has {real.spec.channels}"
+        )
+    if len(dataset) == 0:
+        raise DatasetFormatError(f"{root}: the synthetic set holds no image/mask pairs")
+    manifest = read_manifest(root)
+    layout_ids = [None if manifest is None else manifest.get(r.id, {}).get("layout_id") for r in dataset.refs]
+    return SyntheticSet(root, dataset, layout_ids, manifest is not None)
+
+
+class MixingStrategy(Protocol):
+    """What the training loop needs from a strategy."""
+
+    #: Whether plan items carry a synthetic partner (and the loss must merge predictions).
+    paired: bool
+
+    def plan(self, epoch: int) -> list[PlanItem]:
+        """The ordered training examples of ``epoch`` (a pure function of seed and epoch)."""
+        ...
+
+
+def _stream(n: int, start: int, count: int, seed: int, tag: int) -> list[int]:
+    """Positions ``start .. start+count`` of an endless sequence of seeded permutations of ``range(n)``.
+
+    Walking one stream across epochs means every item is used once before any is reused, even
+    when an epoch takes fewer items than the pool holds.
+    """
+    out: list[int] = []
+    perms: dict[int, np.ndarray] = {}
+    for pos in range(start, start + count):
+        cycle = pos // n
+        if cycle not in perms:
+            perms[cycle] = np.random.default_rng([seed, tag, cycle]).permutation(n)
+        out.append(int(perms[cycle][pos % n]))
+    return out
+
+
+def _flat_keys(sizes: list[int]) -> list[SampleKey]:
+    return [(source, i) for source, size in enumerate(sizes) for i in range(size)]
+
+
+class ConcatMixing:
+    """Plain union: every real and every synthetic sample once per epoch, shuffled.
+
+    Args:
+        sizes: number of samples of the real set (first) and of each synthetic set.
+        seed: base seed of the per-epoch shuffle.
+    """
+
+    paired = False
+
+    def __init__(self, sizes: list[int], seed: int = 0) -> None:
+        if not sizes or sizes[0] < 1:
+            raise ValueError("concat mixing needs at least one real training sample")
+        self.keys = _flat_keys(sizes)
+        self.seed = seed
+
+    def plan(self, epoch: int) -> list[PlanItem]:
+        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.keys))
+        return [(self.keys[i], None) for i in order]
+
+
+class RatioMixing:
+    """STEDM's fixed proportion: each epoch holds ``epoch_length`` samples of which
+    ``round(synthetic_fraction * epoch_length)`` are synthetic.
+
+    Real and synthetic samples are each drawn from an endless stream of seeded permutations (all
+    synthetic sets pooled), so over consecutive epochs every sample is used before any repeats;
+    the epoch is then shuffled.
+
+    Args:
+        sizes: number of samples of the real set (first) and of each synthetic set.
+        synthetic_fraction: share of synthetic samples per epoch, in [0, 1).
+        epoch_length: samples per epoch; default ``round(n_real / (1 - synthetic_fraction))``,
+            i.e. each real image once per epoch.
+        seed: base seed.
+    """
+
+    paired = False
+
+    def __init__(self, sizes: list[int], synthetic_fraction: float, epoch_length: int | None = None, seed: int = 0) -> None:
+        if not sizes or sizes[0] < 1:
+            raise ValueError("ratio mixing needs at least one real training sample")
+        if not 0.0 <= synthetic_fraction < 1.0:
+            raise ValueError(f"synthetic_fraction must be in [0, 1), got {synthetic_fraction}")
+        self.synthetic = _flat_keys([0, *sizes[1:]])
+        if synthetic_fraction > 0 and not self.synthetic:
+            raise ValueError("ratio mixing with a synthetic fraction > 0 needs a non-empty synthetic set")
+        self.n_real_total = sizes[0]
+        self.epoch_length = epoch_length or max(1, round(sizes[0] / (1.0 - synthetic_fraction)))
+        if self.epoch_length < 1:
+            raise ValueError(f"epoch_length must be >= 1, got {epoch_length}")
+        self.n_synthetic = round(synthetic_fraction * self.epoch_length)
+        self.n_real = self.epoch_length - self.n_synthetic
+        self.seed = seed
+
+    def plan(self, epoch: int) -> list[PlanItem]:
+        real = _stream(self.n_real_total, epoch * self.n_real, self.n_real, self.seed, 0)
+        items: list[SampleKey] = [(0, i) for i in real]
+        if self.n_synthetic:
+            syn = _stream(len(self.synthetic), epoch * self.n_synthetic, self.n_synthetic, self.seed, 1)
+            items += [self.synthetic[i] for i in syn]
+        order = np.random.default_rng([self.seed, epoch, 2]).permutation(len(items))
+        return [(items[i], None) for i in order]
+
+
+class MergeMixing:
+    """DiffBoost pairing: each real sample, once per epoch, with one of its synthetic variants.
+
+    Args:
+        variants: ``variants[i]`` are the synthetic keys whose layout came from real sample ``i``
+            (may be empty: that real image then trains alone, with an all-real grid).
+        seed: base seed of the order and of the variant choice.
+    """
+
+    paired = True
+
+    def __init__(self, variants: list[list[SampleKey]], seed: int = 0) -> None:
+        if not variants:
+            raise ValueError("merge mixing needs at least one real training sample")
+        if not any(variants):
+            raise ValueError(
+                "merge mixing found no synthetic variant of any real training image "
+                "(manifest.jsonl rows whose layout_id is a training sample id)"
+            )
+        self.variants = variants
+        self.seed = seed
+
+    def plan(self, epoch: int) -> list[PlanItem]:
+        rng = np.random.default_rng([self.seed, epoch])
+        order = rng.permutation(len(self.variants))
+        picks = rng.random(len(self.variants))
+        plan: list[PlanItem] = []
+        for i in order:
+            options = self.variants[i]
+            partner = options[int(picks[i] * len(options))] if options else None
+            plan.append(((0, int(i)), partner))
+        return plan
+
+
+def make_mixing(cfg: MixConfig, real: SegDataset, synthetic: list[SyntheticSet], seed: int) -> MixingStrategy:
+    """Build the strategy named by ``cfg.strategy`` over ``real`` and ``synthetic``.
+
+    Raises:
+        ValueError: a strategy that needs synthetic data without any, or synthetic sets given
+            with ``none``; ``merge`` without any manifest.
+    """
+    sizes = [len(real), *(len(s) for s in synthetic)]
+    if cfg.strategy == "none":
+        if synthetic:
+            raise ValueError("synthetic sets were given but mix.strategy is 'none'; choose ratio, merge or concat")
+        return ConcatMixing(sizes, seed)
+    if not synthetic:
+        raise ValueError(f"mix.strategy {cfg.strategy!r} needs at least one synthetic set")
+    if cfg.strategy == "concat":
+        return ConcatMixing(sizes, seed)
+    if cfg.strategy == "ratio":
+        return RatioMixing(sizes, cfg.synthetic_fraction, cfg.epoch_length, seed)
+    for s in synthetic:
+        if not s.has_manifest:
+            raise DatasetFormatError(f"{s.root / MANIFEST}: missing; merge mixing pairs images through it")
+    index_of = {ref.id: i for i, ref in enumerate(real.refs)}
+    variants: list[list[SampleKey]] = [[] for _ in real.refs]
+    for source, s in enumerate(synthetic, start=1):
+        for j, layout_id in enumerate(s.layout_ids):
+            if layout_id in index_of:
+                variants[index_of[layout_id]].append((source, j))
+    return MergeMixing(variants, seed)
+
+
+def merge_cell_size(image_side: int, cell: int = 64, reference_side: int = 384) -> int:
+    """Cell side for an image of ``image_side`` pixels: the same fraction of the image as
+    ``cell`` px at ``reference_side`` px (DiffBoost: 64 at 384), at least 1 px."""
+    return max(1, round(cell * image_side / reference_side))
+
+
+def merge_grid(
+    batch: int, height: int, width: int, alpha: float, cell: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Boolean ``(B, 1, H, W)`` grid: each ``cell``-px square is True (take the real image) with
+    probability ``alpha``; partial cells at the right/bottom border follow their cell."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    if cell < 1:
+        raise ValueError(f"cell must be >= 1, got {cell}")
+    cells = torch.rand((batch, 1, math.ceil(height / cell), math.ceil(width / cell)), generator=generator) < alpha
+    return cells.repeat_interleave(cell, dim=2).repeat_interleave(cell, dim=3)[..., :height, :width]
+
+
+def random_merge(
+    real_logits: torch.Tensor,
+    synthetic_logits: torch.Tensor,
+    real_mask: torch.Tensor,
+    synthetic_mask: torch.Tensor,
+    grid: torch.Tensor,
+    has_partner: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Merge predictions and labels of paired real/synthetic images by one grid (DiffBoost).
+
+    Args:
+        real_logits, synthetic_logits: ``(B, K, H, W)``.
+        real_mask, synthetic_mask: ``(B, H, W)`` integer labels.
+        grid: ``(B, 1, H, W)`` bool, True where the real image is taken (see :func:`merge_grid`).
+        has_partner: ``(B,)`` bool; rows without a synthetic variant use the all-real grid.
+
+    Returns:
+        ``(logits (B, K, H, W), mask (B, H, W))``: the same cells come from the same image in both.
+    """
+    if real_logits.shape != synthetic_logits.shape or real_mask.shape != synthetic_mask.shape:
+        raise ValueError("real and synthetic tensors must have the same shapes")
+    take_real = grid | ~has_partner.view(-1, 1, 1, 1).to(grid.device)
+    logits = torch.where(take_real, real_logits, synthetic_logits)
+    mask = torch.where(take_real[:, 0], real_mask, synthetic_mask)
+    return logits, mask
+
+
+class MixedEpochDataset(Dataset):
+    """The examples of one epoch's plan, loaded and augmented.
+
+    Augmentation is drawn once per example (seeded by ``(seed, epoch, position)``) and applied to
+    the image, the mask and, for paired plans, the partner image and mask, so a real image and its
+    synthetic variant see the same geometry.
+
+    Args:
+        sources: real training set first, then the synthetic sets (all without augmentation).
+        plan: this epoch's :data:`PlanItem` list.
+        paired: whether to emit ``partner_image``/``partner_mask``/``has_partner``.
+        augment: ``"none"``, ``"light"`` or ``"heavy"`` (see :func:`paired_augmentation`).
+        patch_size: random square crop (padding smaller images) applied before augmentation.
+        seed, epoch: the augmentation draw.
+    """
+
+    def __init__(
+        self,
+        sources: list[SegDataset],
+        plan: list[PlanItem],
+        paired: bool,
+        augment: str,
+        patch_size: int | None,
+        seed: int,
+        epoch: int,
+    ) -> None:
+        self.sources = sources
+        self.plan = plan
+        self.paired = paired
+        self.seed = seed
+        self.epoch = epoch
+        image_keys = ["image", "partner_image"] if paired else ["image"]
+        label_keys = ["mask", "partner_mask"] if paired else ["mask"]
+        steps: list = []
+        if patch_size is not None:
+            roi = (patch_size, patch_size)
+            steps += [
+                SpatialPadd(image_keys + label_keys, roi),
+                RandSpatialCropd(image_keys + label_keys, roi, random_size=False),
+            ]
+        steps.append(paired_augmentation(augment, image_keys, label_keys))
+        self.transform = Compose(steps)
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    def _arrays(self, key: SampleKey) -> tuple[torch.Tensor, torch.Tensor]:
+        image, mask = self.sources[key[0]].load_arrays(key[1])
+        return torch.from_numpy(image.copy()), torch.from_numpy(mask[None].copy())
+
+    def __getitem__(self, position: int) -> dict[str, Any]:
+        primary, partner = self.plan[position]
+        sample: dict[str, Any] = {}
+        sample["image"], sample["mask"] = self._arrays(primary)
+        if self.paired:
+            if partner is None:
+                sample["partner_image"], sample["partner_mask"] = sample["image"].clone(), sample["mask"].clone()
+            else:
+                sample["partner_image"], sample["partner_mask"] = self._arrays(partner)
+                if sample["partner_image"].shape != sample["image"].shape:
+                    ref = self.sources[partner[0]].refs[partner[1]]
+                    raise ValueError(
+                        f"{ref.image_path}: shape {tuple(sample['partner_image'].shape)} differs from its real "
+                        f"layout image {tuple(sample['image'].shape)}; merge needs equal sizes"
+                    )
+        self.transform.set_random_state(seed=sample_seed(self.seed, self.epoch, position))
+        sample = self.transform(sample)
+        out: dict[str, Any] = {"source": primary[0]}
+        for key, value in sample.items():
+            tensor = value.as_tensor() if isinstance(value, MetaTensor) else torch.as_tensor(value)
+            if key.endswith("image"):
+                out[key] = tensor.float().clamp(0.0, 1.0)
+            else:
+                out[key] = tensor.round().long()[0]
+        if self.paired:
+            out["has_partner"] = partner is not None
+        return out

@@ -1,0 +1,346 @@
+"""``train_seg``: a MONAI segmentation network on real data, optionally mixed with synthetic sets.
+
+The run folder explains itself (nnU-Net manners)::
+
+    RUN/config.yaml        resolved SegTrainConfig
+    RUN/split.json         data root, train/val/test ids and cases, synthetic sets used
+    RUN/best/              model.json + model.safetensors of the best validation epoch
+    RUN/checkpoints/       resumable state (CheckpointManager: model, optimizer, scheduler, RNGs)
+    RUN/train_log.jsonl    one line per epoch: loss, val Dice, learning rate, sample counts
+
+Validation is drawn by case from the real training cases; it never holds a test case or a
+synthetic image, and synthetic samples whose layout came from a validation or test image are
+left out of training (see :func:`resolve_split` and :func:`check_no_leakage`). Every random draw
+(data order, augmentation, merge grids) is seeded by ``(seed, epoch, position)`` and the RNGs are
+checkpointed at epoch boundaries, so a resumed run on CPU equals an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from monai.losses import DiceCELoss
+from monai.metrics import DiceMetric
+from monai.networks.utils import one_hot
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from torch.utils.data import DataLoader
+
+from segsynth.config import ConfigError, load_config, save_resolved_config
+from segsynth.data.loader import SampleRef, SegDataset, index_dataset, sample_seed
+from segsynth.io.atomic import atomic_write_json, atomic_write_text
+from segsynth.io.checkpoint import CheckpointManager, rng_state, set_rng_state
+from segsynth.seg.config import SegTrainConfig
+from segsynth.seg.mixing import (
+    MixedEpochDataset,
+    SyntheticSet,
+    load_synthetic_set,
+    make_mixing,
+    merge_cell_size,
+    merge_grid,
+    random_merge,
+)
+from segsynth.seg.networks import build_network, predict_logits, save_network, size_divisor
+from segsynth.seg.splits import Split, hold_out_cases, ids_of_cases, low_label_cases, make_split
+
+CONFIG_YAML = "config.yaml"
+SPLIT_JSON = "split.json"
+TRAIN_LOG = "train_log.jsonl"
+BEST_DIR = "best"
+
+
+def resolve_split(
+    refs: Sequence[SampleRef],
+    cfg: SegTrainConfig,
+    train_ids: Sequence[str] | None = None,
+    val_ids: Sequence[str] | None = None,
+) -> Split:
+    """Train/validation/test split of the real labelled samples, always by case.
+
+    * no ids: ``split.test_fraction`` of the cases become test, an optional ``split.low_label``
+      subset of the rest is kept, and ``split.val_fraction`` of that becomes validation (cases
+      dropped by ``low_label`` are used nowhere);
+    * ``train_ids`` only: validation cases are drawn from the cases of ``train_ids``; test is every
+      sample of a case that is neither train nor validation;
+    * ``val_ids`` too: used as given (their cases must not meet the training cases).
+
+    Raises:
+        ValueError: unknown ids, a case on two sides, or too few cases for a validation split.
+    """
+    seed = cfg.split.seed
+    all_cases = sorted({r.case_id for r in refs})
+    if train_ids is None and val_ids is None:
+        pool, test_cases = all_cases, []
+        if cfg.split.test_fraction > 0:
+            pool, test_cases = hold_out_cases(all_cases, cfg.split.test_fraction, seed, what="test")
+        if cfg.split.low_label is not None:
+            pool = low_label_cases(pool, cfg.split.low_label, seed + 2)
+        train_cases, val_cases = hold_out_cases(pool, cfg.split.val_fraction, seed + 1, what="validation")
+        return make_split(
+            refs, ids_of_cases(refs, train_cases), ids_of_cases(refs, val_cases), ids_of_cases(refs, test_cases)
+        )
+    case_of = {r.id: r.case_id for r in refs}
+    if val_ids is None:
+        unknown = [i for i in train_ids or () if i not in case_of]
+        if unknown:
+            raise ValueError(f"train: unknown sample ids {unknown[:5]}")
+        pool = sorted({case_of[i] for i in train_ids or ()})
+        kept, val_cases = hold_out_cases(pool, cfg.split.val_fraction, seed + 1, what="validation")
+        train = sorted(i for i in train_ids or () if case_of[i] in set(kept))
+        val = ids_of_cases(refs, val_cases)
+    else:
+        val = sorted(val_ids)
+        unknown = [i for i in val if i not in case_of]
+        if unknown:
+            raise ValueError(f"validation: unknown sample ids {unknown[:5]}")
+        val_cases = {case_of[i] for i in val}
+        train = sorted(train_ids) if train_ids is not None else sorted(i for i in case_of if case_of[i] not in val_cases)
+    used = {case_of[i] for i in [*train, *val] if i in case_of}
+    test = sorted(i for i, c in case_of.items() if c not in used)
+    return make_split(refs, train, val, test)
+
+
+def check_no_leakage(split: Split, refs: Sequence[SampleRef], synthetic: Sequence[SyntheticSet]) -> None:
+    """Refuse a run whose validation could see a test case or a synthetic image.
+
+    Raises:
+        ValueError: a validation case that is also a test case, or a synthetic set that contains a
+            validation or test image file, or a synthetic sample made from a held-out layout.
+    """
+    shared = set(split.val_cases) & set(split.test_cases)
+    if shared:
+        raise ValueError(f"validation and test share cases {sorted(shared)[:5]}")
+    by_id = {r.id: r for r in refs}
+    held_out = {by_id[i].image_path.resolve() for i in [*split.val_ids, *split.test_ids]}
+    held_ids = set(split.val_ids) | set(split.test_ids)
+    for s in synthetic:
+        paths = {r.image_path.resolve() for r in s.dataset.refs}
+        if paths & held_out:
+            example = sorted(paths & held_out)[0]
+            raise ValueError(f"{s.root}: synthetic set contains real validation/test image {example}")
+        leaked = [r.id for r, lid in zip(s.dataset.refs, s.layout_ids, strict=True) if lid in held_ids]
+        if leaked:
+            raise ValueError(f"{s.root}: samples {leaked[:5]} use validation/test layouts")
+
+
+def _load_or_check_config(run: Path, config: SegTrainConfig | str | Path | None, resume: bool) -> SegTrainConfig:
+    saved = run / CONFIG_YAML
+    if isinstance(config, SegTrainConfig):
+        cfg = config
+    elif config is not None:
+        cfg = load_config(SegTrainConfig, config)
+    elif resume and saved.is_file():
+        return load_config(SegTrainConfig, saved)
+    else:
+        cfg = SegTrainConfig()
+    if resume and saved.is_file():
+        before = load_config(SegTrainConfig, saved).model_dump(mode="json")
+        now = cfg.model_dump(mode="json")
+        before["train"].pop("epochs")
+        now["train"].pop("epochs")
+        if before != now:
+            raise ConfigError(f"{saved}: the config differs from the run being resumed (only train.epochs may change)")
+    return cfg
+
+
+def _lr_factor(cfg: SegTrainConfig, total_steps: int):
+    def factor(step: int) -> float:
+        if cfg.optim.schedule == "constant":
+            return 1.0
+        return 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / max(1, total_steps)))
+
+    return factor
+
+
+@torch.no_grad()
+def validation_dice(
+    model: torch.nn.Module, dataset: SegDataset, num_classes: int, divisor: int, patch_size: int | None
+) -> float:
+    """Mean foreground Dice over the validation images (empty-mask convention of
+    :mod:`segsynth.seg.metrics`: both empty counts as 1)."""
+    metric = DiceMetric(include_background=False, reduction="mean", ignore_empty=False)
+    was_training = model.training
+    model.eval()
+    for index in range(len(dataset)):
+        image, mask = dataset.load_arrays(index)
+        logits = predict_logits(model, torch.from_numpy(image.copy())[None], divisor, patch_size)
+        pred = one_hot(logits.argmax(1, keepdim=True), num_classes)
+        metric(pred, one_hot(torch.from_numpy(mask.copy())[None, None], num_classes))
+    model.train(was_training)
+    return float(metric.aggregate().item())
+
+
+def _append_log(path: Path, record: dict[str, Any]) -> None:
+    old = path.read_text(encoding="utf-8") if path.is_file() else ""
+    atomic_write_text(path, old + json.dumps(record, sort_keys=True) + "\n")
+
+
+def _truncate_log(path: Path, epochs_done: int) -> None:
+    """Drop log lines of epochs that a resumed run will repeat."""
+    if not path.is_file():
+        return
+    lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    kept = [ln for ln in lines if json.loads(ln)["epoch"] < epochs_done]
+    atomic_write_text(path, "".join(ln + "\n" for ln in kept))
+
+
+def _train_epoch(
+    model: torch.nn.Module,
+    loader: DataLoader,
+    loss_fn: DiceCELoss,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    cfg: SegTrainConfig,
+    epoch: int,
+    paired: bool,
+) -> tuple[float, int]:
+    """One pass over an epoch's plan; returns ``(mean loss, optimisation steps)``."""
+    model.train()
+    total, steps = 0.0, 0
+    for batch_index, batch in enumerate(loader):
+        image, mask = batch["image"], batch["mask"]
+        if paired:
+            logits = model(torch.cat([image, batch["partner_image"]]))
+            real_logits, syn_logits = logits.split(image.shape[0])
+            side = image.shape[-2]
+            cell = merge_cell_size(side, cfg.mix.cell, cfg.mix.cell_reference_size)
+            generator = torch.Generator().manual_seed(sample_seed(cfg.train.seed + 1, epoch, batch_index))
+            grid = merge_grid(image.shape[0], *image.shape[-2:], cfg.mix.alpha, cell, generator)
+            logits, mask = random_merge(real_logits, syn_logits, mask, batch["partner_mask"], grid, batch["has_partner"])
+        else:
+            logits = model(image)
+        loss = loss_fn(logits, mask[:, None])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        total += float(loss.detach())
+        steps += 1
+    return total / max(1, steps), steps
+
+
+def train_seg(
+    data: str | Path,
+    out: str | Path,
+    config: SegTrainConfig | str | Path | None = None,
+    synthetic: Sequence[str | Path] = (),
+    train_ids: Sequence[str] | None = None,
+    val_ids: Sequence[str] | None = None,
+    resume: bool = False,
+    console: Console | None = None,
+) -> Path:
+    """Train a segmentation network on ``data`` (plus ``synthetic`` sets) into the run folder ``out``.
+
+    Args:
+        data: real labelled dataset folder.
+        out: run folder (must not hold a run unless ``resume``).
+        config: a :class:`SegTrainConfig`, a YAML path, or None for defaults (on resume: the run's).
+        synthetic: synthetic set folders (dataset format + ``manifest.jsonl``), mixed per ``config.mix``.
+        train_ids: real training sample ids (default: a split of ``data`` by case).
+        val_ids: validation ids (default: drawn by case from the training cases).
+        resume: continue from the newest complete checkpoint.
+        console: where progress goes (default: stderr).
+
+    Returns:
+        The run folder.
+
+    Raises:
+        FileExistsError: ``out`` already holds a run and ``resume`` is False.
+        ValueError / ConfigError / DatasetFormatError: bad config, split or data.
+    """
+    console = console or Console(stderr=True)
+    run = Path(out)
+    if not resume and (run / CONFIG_YAML).exists():
+        raise FileExistsError(f"{run}: already holds a segmentation run; use --resume or another --out")
+    cfg = _load_or_check_config(run, config, resume)
+    data = Path(data)
+    refs = index_dataset(data)
+    if not refs:
+        raise ValueError(f"{data}: no labelled image/mask pairs")
+    split = resolve_split(refs, cfg, train_ids, val_ids)
+    by_id = {r.id: r for r in refs}
+    real = SegDataset(data, refs=[by_id[i] for i in split.train_ids])
+    val = SegDataset(data, refs=[by_id[i] for i in split.val_ids])
+    held = set(split.val_ids) | set(split.test_ids)
+    loaded = [load_synthetic_set(root, real) for root in synthetic]
+    synthetic_sets = [s.without_layouts(held) for s in loaded]
+    check_no_leakage(split, refs, synthetic_sets)
+    split_record = {
+        "data_root": str(data.resolve()),
+        **split.model_dump(mode="json"),
+        "synthetic": [
+            {"root": str(s.root.resolve()), "used": len(s), "excluded_held_out_layouts": s.excluded, "manifest": s.has_manifest}
+            for s in synthetic_sets
+        ],
+    }
+    split_path = run / SPLIT_JSON
+    if resume and split_path.is_file():
+        if json.loads(split_path.read_text(encoding="utf-8")) != json.loads(json.dumps(split_record, sort_keys=True)):
+            raise ValueError(f"{split_path}: data, split or synthetic sets differ from the run being resumed")
+    run.mkdir(parents=True, exist_ok=True)
+    save_resolved_config(cfg, run / CONFIG_YAML)
+    atomic_write_json(split_path, split_record)
+
+    seed = cfg.train.seed
+    torch.manual_seed(seed)
+    num_classes, channels = real.spec.num_classes, real.spec.channels
+    model = build_network(cfg.network, channels, num_classes)
+    divisor = size_divisor(cfg.network)
+    mixing = make_mixing(cfg.mix, real, synthetic_sets, seed)
+    steps_per_epoch = math.ceil(len(mixing.plan(0)) / cfg.train.batch_size)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(cfg, steps_per_epoch * cfg.train.epochs))
+    loss_fn = DiceCELoss(
+        to_onehot_y=True, softmax=True, lambda_dice=cfg.loss.lambda_dice, lambda_ce=cfg.loss.lambda_ce
+    )
+    checkpoints = CheckpointManager(run, keep=1)
+    start_epoch, step, best_dice, best_epoch = 0, 0, -1.0, -1
+    latest = checkpoints.latest() if resume else None
+    if latest is not None:
+        _, state = latest
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        start_epoch, step = state["epoch"], state["step"]
+        best_dice, best_epoch = state["best_dice"], state["best_epoch"]
+    _truncate_log(run / TRAIN_LOG, start_epoch)
+    sources = [real, *(s.dataset for s in synthetic_sets)]
+    class_names = real.spec.class_names
+
+    columns = (TextColumn("[bold]train-seg"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.description}"))
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task("", total=cfg.train.epochs, completed=start_epoch)
+        for epoch in range(start_epoch, cfg.train.epochs):
+            plan = mixing.plan(epoch)
+            epoch_data = MixedEpochDataset(
+                sources, plan, mixing.paired, cfg.train.augment, cfg.train.patch_size, seed, epoch
+            )
+            loader = DataLoader(epoch_data, batch_size=cfg.train.batch_size, shuffle=False, num_workers=cfg.train.num_workers)
+            loss, n_steps = _train_epoch(model, loader, loss_fn, optimizer, scheduler, cfg, epoch, mixing.paired)
+            step += n_steps
+            dice = validation_dice(model, val, num_classes, divisor, cfg.train.patch_size)
+            if dice > best_dice:
+                best_dice, best_epoch = dice, epoch
+                save_network(
+                    run / BEST_DIR, model, cfg.network, channels, class_names,
+                    extra={"epoch": epoch, "val_dice": dice, "divisor": divisor, "patch_size": cfg.train.patch_size},
+                )
+            n_syn = sum(1 for item, _ in plan if item[0] != 0)
+            _append_log(run / TRAIN_LOG, {
+                "epoch": epoch, "step": step, "loss": loss, "val_dice": dice, "best_val_dice": best_dice,
+                "lr": scheduler.get_last_lr()[0], "real_samples": len(plan) - n_syn, "synthetic_samples": n_syn,
+                "paired_with_variant": sum(1 for _, partner in plan if partner is not None),
+            })
+            if (epoch + 1) % cfg.train.checkpoint_every == 0 or epoch + 1 == cfg.train.epochs:
+                checkpoints.save(step, {
+                    "epoch": epoch + 1, "step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "rng": rng_state(), "best_dice": best_dice, "best_epoch": best_epoch,
+                })
+            progress.update(task, advance=1, description=f"loss {loss:.4f}  val Dice {dice:.3f}  best {best_dice:.3f} (epoch {best_epoch})")
+    return run

@@ -1,0 +1,500 @@
+"""``segsynth generate``: write a synthetic image/mask dataset from a trained pipeline, resumably.
+
+Every sample ``index`` has its own seed, derived from ``(seed, index)``; it seeds a numpy generator
+for the layout and style draws and a torch generator for the noise. The pipeline receives one
+generator per sample, so what a sample is drawn from depends on neither batching, sharding nor
+resumption. (Its pixels can still differ in float rounding when it shares a batch with other
+samples, since batched kernels sum in another order: rarely one grey level after quantisation.)
+
+Crash safety: a sample is written as image PNG, mask PNG (each atomically), then its manifest line
+(flushed and fsynced). It counts as done only when all three exist. ``resume=True`` skips done
+indices and rewrites none of their files; a torn last manifest line is cut off first. Samples are
+generated in blocks aligned to multiples of ``batch_size``; a resumed run recomputes a partly
+finished block whole (writing only its missing samples), so its batches are the same as those of an
+uninterrupted run and floating-point results cannot differ with batch composition either.
+
+Shards (``shard=(i, n)``) split the index range; each writes ``manifest.shard-i-of-n.jsonl``, and
+whichever finishes last merges the parts into ``manifest.jsonl`` + ``dataset.json``
+(:func:`merge_shards` does the same on demand). Memory stays flat in ``n``: one block at a time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import Field
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from segsynth.config import StrictModel, parse_config
+from segsynth.data.format import DATASET_JSON, IMAGES_DIR, MASKS_DIR, UNLABELED_DIR, DatasetSpec, save_spec
+from segsynth.data.io import write_image
+from segsynth.data.loader import SegDataset
+from segsynth.diffusion.pipeline import SegSynthPipeline
+from segsynth.io.atomic import atomic_write_json
+from segsynth.synth.layouts import LayoutSource, make_layout_source
+from segsynth.synth.manifest import (
+    MANIFEST_JSONL,
+    Guidance,
+    ManifestRecord,
+    ManifestWriter,
+    manifest_name,
+    read_manifest,
+    write_manifest,
+)
+from segsynth.synth.styles import StyleSource, open_style_pool
+
+GENERATION_JSON = "generation.json"
+TRAINING_DATA_JSON = "training_data.json"
+PIPELINE_DIR = "pipeline"
+
+
+class GenerationConfig(StrictModel):
+    """Everything that decides the bytes of a synthetic set (saved as ``generation.json``).
+
+    Resuming, or adding a shard, with different values is refused: the set would mix two recipes.
+    The batch size is not part of it, since it does not change any sample.
+    """
+
+    n: int = Field(ge=1)
+    layouts: Literal["augmented", "variants", "composed"] = "augmented"
+    per_mask: int = Field(50, ge=1)
+    class_prior: dict[str, float] | None = None
+    layout_data: str
+    styles: str | None
+    style_sampler: str | None
+    num_refs: int = Field(ge=1)
+    sampler: Literal["ddim", "dpmpp", "unipc"] = "dpmpp"
+    steps: int = Field(20, ge=1, le=1000)
+    style_guidance: float = Field(1.5, ge=0)
+    layout_guidance: float = Field(1.0, ge=0)
+    guidance_rescale: float = Field(0.7, ge=0, le=1)
+    seed: int = Field(0, ge=0)
+    num_shards: int = Field(1, ge=1)
+    model_hash: str
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """What one call of :func:`generate` did.
+
+    Attributes:
+        out: the synthetic set's folder.
+        generated: samples written by this call.
+        skipped: samples of this shard already done before the call (resume).
+        shard_size: samples in this shard.
+        complete: every shard is done and ``manifest.jsonl`` + ``dataset.json`` are written.
+    """
+
+    out: Path
+    generated: int
+    skipped: int
+    shard_size: int
+    complete: bool
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"1/4"`` -> ``(1, 4)``: shard 1 (counting from 0) of 4."""
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise ValueError(f"shard must look like 'i/n' (e.g. 0/4), got {text!r}") from None
+    check_shard((index, count))
+    return index, count
+
+
+def check_shard(shard: tuple[int, int]) -> None:
+    index, count = shard
+    if count < 1 or not 0 <= index < count:
+        raise ValueError(f"shard i/n needs n >= 1 and 0 <= i < n, got {index}/{count}")
+
+
+def shard_range(n: int, shard: tuple[int, int]) -> range:
+    """Contiguous index range of ``shard`` when ``n`` samples are split into ``shard[1]`` parts."""
+    index, count = shard
+    return range(index * n // count, (index + 1) * n // count)
+
+
+def sample_seed(seed: int, index: int) -> int:
+    """Seed of sample ``index``: a well-mixed 32-bit value of ``(seed, index)``."""
+    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+
+
+def model_hash(pipeline_dir: str | Path) -> str:
+    """sha256 over the pipeline's safetensors files (relative path and bytes, in sorted order)."""
+    root = Path(pipeline_dir)
+    files = sorted(root.rglob("*.safetensors"), key=lambda p: p.relative_to(root).as_posix())
+    if not files:
+        raise ValueError(f"{root}: no .safetensors weights found")
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def pipeline_hash(pipeline: SegSynthPipeline) -> str:
+    """:func:`model_hash` of an in-memory pipeline, via ``save_pretrained`` to a temporary folder,
+    so it equals the hash of the same weights loaded from disk."""
+    with tempfile.TemporaryDirectory(prefix="segsynth-hash-") as tmp:
+        pipeline.save_pretrained(tmp)
+        return model_hash(tmp)
+
+
+def load_run(path: str | Path) -> tuple[SegSynthPipeline, Path, dict[str, Any]]:
+    """Load ``RUN/pipeline`` (or a pipeline folder itself) and ``RUN/training_data.json`` if present.
+
+    Returns:
+        ``(pipeline, pipeline_dir, training_data)``; ``training_data`` is ``{}`` for a bare pipeline.
+    """
+    path = Path(path)
+    pipeline_dir = path / PIPELINE_DIR if (path / PIPELINE_DIR).is_dir() else path
+    if not (pipeline_dir / "model_index.json").is_file():
+        raise FileNotFoundError(f"{path}: neither a training run (no {PIPELINE_DIR}/) nor a pipeline folder")
+    training_data: dict[str, Any] = {}
+    info = path / TRAINING_DATA_JSON
+    if info.is_file():
+        try:
+            training_data = json.loads(info.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{info}: not readable JSON ({exc})") from None
+    return SegSynthPipeline.from_pretrained(str(pipeline_dir)), pipeline_dir, training_data
+
+
+def synthetic_spec(source: DatasetSpec, config: GenerationConfig) -> DatasetSpec:
+    """``dataset.json`` of the synthetic set (without cases): the source's labels, channels,
+    modality and prompt, and an honest account of where images and masks come from.
+
+    The masks are the layouts the images were generated *from*, not annotations of them; for real
+    layouts the mask pixels keep the source's provenance (human stays human), composed layouts are
+    algorithmic and therefore ``derived``.
+    """
+    origin = {
+        "augmented": "real masks of the source dataset, augmented (flip, rotation, scale, shear)",
+        "variants": f"real masks of the source dataset, unchanged, {config.per_mask} images per mask",
+        "composed": "random smooth regions following the source dataset's class-composition prior",
+    }[config.layouts]
+    derivation = (
+        f"Masks are the conditioning layouts ({origin}); each image was generated by a diffusion model "
+        f"(weights sha256 {config.model_hash[:16]}) to match its mask, so a mask is exact for its image "
+        f"only as far as the generator follows the layout. Source labels: {source.label_provenance}"
+        + (f" ({source.derivation})" if source.derivation else "")
+        + "."
+    )
+    return DatasetSpec(
+        name=f"{source.name}-synthetic",
+        description=f"Synthetic images of {source.name} generated by segsynth; see manifest.jsonl per sample.",
+        modality=source.modality,
+        prompt=source.prompt,
+        channels=source.channels,
+        labels=source.labels,
+        label_provenance="derived" if config.layouts == "composed" else source.label_provenance,
+        derivation=derivation,
+        licence=f"synthetic; derived from data under: {source.licence}",
+        source=f"segsynth generate from {config.layout_data}",
+        cases={},
+    )
+
+
+def generate(
+    run_or_pipeline: str | Path | SegSynthPipeline,
+    out: str | Path,
+    n: int,
+    layouts: str = "augmented",
+    styles: str | Path | None = None,
+    *,
+    layout_data: str | Path | None = None,
+    per_mask: int = 50,
+    class_prior: Mapping[str, float] | None = None,
+    style_sampler: str | None = None,
+    num_refs: int | None = None,
+    sampler: str = "dpmpp",
+    steps: int = 20,
+    style_guidance: float = 1.5,
+    layout_guidance: float = 1.0,
+    guidance_rescale: float = 0.7,
+    batch_size: int = 8,
+    seed: int = 0,
+    resume: bool = False,
+    shard: tuple[int, int] = (0, 1),
+    console: Console | None = None,
+    on_sample: Callable[[ManifestRecord], None] | None = None,
+) -> GenerationResult:
+    """Generate ``n`` synthetic image/mask pairs into ``out`` (our dataset format + manifest).
+
+    Args:
+        run_or_pipeline: a training run folder (``RUN/pipeline`` + ``RUN/training_data.json``), a
+            saved pipeline folder, or a :class:`SegSynthPipeline`.
+        out: the synthetic set's folder.
+        n: samples in the whole set (over all shards).
+        layouts: ``augmented``, ``variants`` or ``composed`` (see :mod:`segsynth.synth.layouts`).
+        styles: style pool (dataset folder, its ``unlabeled/``, or a plain image folder); default
+            the ``unlabeled/`` split of the run's training data. None without a run: no references
+            (the model's learned null style).
+        layout_data: labelled dataset giving masks / composition prior and ``dataset.json`` fields;
+            default the run's training data.
+        per_mask: images per real mask for ``variants``.
+        class_prior: ``{label: weight}`` for ``augmented`` (default uniform over present classes).
+        style_sampler: ``augmented``, ``nearby`` or ``multi_patch``; default the run's sampler.
+        num_refs: style references per sample; default the run's N.
+        sampler, steps, style_guidance, layout_guidance, guidance_rescale: sampling settings of the
+            pipeline (STEDM: style 1.5, rescale 0.7).
+        batch_size: samples per pipeline call (does not change any sample).
+        seed: base seed; sample ``index`` uses :func:`sample_seed` of ``(seed, index)``.
+        resume: continue an interrupted run; without it a non-empty ``out`` is refused.
+        shard: ``(i, n)``: generate only the i-th of n contiguous index ranges.
+        console: show a progress bar with ETA on this console.
+        on_sample: called with each committed record (after its files and manifest line exist).
+
+    Raises:
+        FileExistsError: ``out`` holds files and ``resume`` is False, or a shard is started twice.
+        ValueError: inconsistent inputs (model vs data classes/channels, changed settings on resume).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    check_shard(shard)
+    out = Path(out)
+    if isinstance(run_or_pipeline, SegSynthPipeline):
+        pipeline, digest, training_data = run_or_pipeline, pipeline_hash(run_or_pipeline), {}
+    else:
+        pipeline, pipeline_dir, training_data = load_run(run_or_pipeline)
+        digest = model_hash(pipeline_dir)
+    data_root = training_data.get("data_root")
+    if layout_data is None and data_root is None:
+        raise ValueError("layout_data is required when the model does not come with a run's training_data.json")
+    layout_root = Path(layout_data if layout_data is not None else data_root).resolve()
+    if styles is None and data_root is not None:
+        styles = Path(data_root) / UNLABELED_DIR
+    pipeline.set_progress_bar_config(disable=True)
+    unet_cfg = pipeline.unet.config
+    config = parse_config(
+        GenerationConfig,
+        {
+            "n": n,
+            "layouts": layouts,
+            "per_mask": per_mask,
+            "class_prior": dict(class_prior) if class_prior is not None else None,
+            "layout_data": str(layout_root),
+            "styles": str(Path(styles).resolve()) if styles is not None else None,
+            "style_sampler": (style_sampler or training_data.get("style_sampler", "multi_patch")) if styles else None,
+            "num_refs": num_refs or training_data.get("num_refs") or pipeline.style_aggregator.config.num_refs,
+            "sampler": sampler,
+            "steps": steps,
+            "style_guidance": style_guidance,
+            "layout_guidance": layout_guidance,
+            "guidance_rescale": guidance_rescale,
+            "seed": seed,
+            "num_shards": shard[1],
+            "model_hash": digest,
+        },
+        "generate",
+    )
+    dataset = SegDataset(layout_root)
+    if layout_data is None and training_data.get("train_ids") is not None:
+        # Layouts come only from the masks the model was trained on, so a benchmark's held-out
+        # cases never reach the synthetic training data.
+        train_ids = set(training_data["train_ids"])
+        dataset = SegDataset(layout_root, refs=[ref for ref in dataset.refs if ref.id in train_ids])
+    source_spec = dataset.spec
+    if source_spec.num_classes != unet_cfg.num_classes or source_spec.channels != unet_cfg.image_channels:
+        raise ValueError(
+            f"{layout_root / DATASET_JSON}: {source_spec.num_classes} classes / {source_spec.channels} channels, "
+            f"but the model draws {unet_cfg.num_classes} classes / {unet_cfg.image_channels} channels"
+        )
+    size = int(unet_cfg.image_size)
+    layout_source = make_layout_source(layouts, dataset, size, per_mask=per_mask, class_prior=class_prior)
+    style_source = None
+    if config.styles is not None:
+        pool = open_style_pool(config.styles, source_spec.channels)
+        style_source = StyleSource(pool, config.style_sampler, config.num_refs, size)
+
+    indices = shard_range(n, shard)
+    part = out / manifest_name(*shard)
+    _claim_output(out, config, synthetic_spec(source_spec, config), part, resume)
+    done = _done_indices(out, part, indices) if resume else set()
+    guidance = Guidance(style=style_guidance, layout=layout_guidance, rescale=guidance_rescale)
+    generated = 0
+    columns = (TextColumn("generate"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    with ManifestWriter(part) as writer, Progress(*columns, console=console, disable=console is None) as bar:
+        task = bar.add_task("generate", total=len(indices), completed=len(done))
+        for block in _blocks(indices, batch_size):
+            if all(i in done for i in block):
+                continue
+            draws = [_draw(i, config.seed, layout_source, style_source) for i in block]
+            images = pipeline(
+                torch.from_numpy(np.stack([d["layout"] for d in draws])).to(pipeline.device),
+                None if style_source is None else torch.from_numpy(np.stack([d["style"] for d in draws])).to(pipeline.device),
+                num_inference_steps=steps,
+                sampler=sampler,
+                style_guidance_scale=style_guidance,
+                layout_guidance_scale=layout_guidance,
+                guidance_rescale=guidance_rescale,
+                generator=[torch.Generator().manual_seed(d["seed"]) for d in draws],
+            ).images
+            for index, draw, image in zip(block, draws, images):
+                if index in done:
+                    continue
+                record = _write_sample(out, index, draw, image, config, source_spec.prompt, guidance)
+                writer.append(record)
+                generated += 1
+                bar.advance(task)
+                if on_sample is not None:
+                    on_sample(record)
+    complete = _all_parts_complete(out, n, shard[1])
+    if complete:
+        merge_shards(out)
+    return GenerationResult(out, generated, len(done), len(indices), complete)
+
+
+def _blocks(indices: range, batch_size: int) -> list[range]:
+    """Split ``indices`` at multiples of ``batch_size`` (same blocks however often a run resumes)."""
+    first_cut = (indices.start // batch_size + 1) * batch_size
+    cuts = [indices.start, *range(first_cut, indices.stop, batch_size), indices.stop]
+    return [range(a, b) for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
+
+
+def _draw(index: int, seed: int, layouts: LayoutSource, styles: StyleSource | None) -> dict[str, Any]:
+    """Layout, style references and noise seed of sample ``index``, from its own generator only."""
+    value = sample_seed(seed, index)
+    rng = np.random.default_rng(value)
+    layout, layout_id = layouts.draw(index, rng)
+    style, style_ids = (None, []) if styles is None else styles.draw(rng)
+    return {"seed": value, "layout": layout, "layout_id": layout_id, "style": style, "style_ids": style_ids}
+
+
+def _to_pixels(image: torch.Tensor) -> np.ndarray:
+    """``(C, H, W)`` float in [0, 1] -> uint8 ``(H, W)`` (one channel) or ``(H, W, C)``."""
+    pixels = (image.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+    return pixels[0] if pixels.shape[0] == 1 else np.moveaxis(pixels, 0, -1)
+
+
+def _write_sample(
+    out: Path,
+    index: int,
+    draw: dict[str, Any],
+    image: torch.Tensor,
+    config: GenerationConfig,
+    prompt: str,
+    guidance: Guidance,
+) -> ManifestRecord:
+    sample_id = f"synth_{index:07d}"
+    image_rel, mask_rel = f"{IMAGES_DIR}/{sample_id}.png", f"{MASKS_DIR}/{sample_id}.png"
+    mask = draw["layout"]
+    write_image(out / image_rel, _to_pixels(image))
+    write_image(out / mask_rel, mask.astype(np.uint8 if mask.max() < 256 else np.uint16))
+    return ManifestRecord(
+        id=sample_id,
+        image=image_rel,
+        mask=mask_rel,
+        index=index,
+        seed=draw["seed"],
+        layout_source=config.layouts,
+        layout_id=draw["layout_id"],
+        style_source=config.styles,
+        style_sampler=config.style_sampler,
+        style_ids=draw["style_ids"],
+        prompt=prompt,
+        guidance=guidance,
+        sampler=config.sampler,
+        steps=config.steps,
+        model_hash=config.model_hash,
+    )
+
+
+def _claim_output(out: Path, config: GenerationConfig, spec: DatasetSpec, part: Path, resume: bool) -> None:
+    """Check ``out`` may be written by this call and record the recipe in ``generation.json``.
+
+    A folder that already holds a set made with other settings is refused (resume or not); without
+    ``resume``, so is any existing output of this shard (a single process owns the whole folder).
+    """
+    record_path = out / GENERATION_JSON
+    existing = [p for p in out.iterdir() if not p.name.startswith(".")] if out.is_dir() else []
+    record = {"config": config.model_dump(mode="json"), "dataset": spec.model_dump(mode="json")}
+    if existing:
+        if not record_path.is_file():
+            raise FileExistsError(f"{out}: exists, is not empty and holds no {GENERATION_JSON}; choose another folder")
+        try:
+            previous = json.loads(record_path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{record_path}: not readable JSON ({exc})") from None
+        if previous.get("config") != record["config"]:
+            changed = sorted(
+                key for key in record["config"] if previous.get("config", {}).get(key) != record["config"][key]
+            )
+            raise ValueError(f"{record_path}: this set was made with other settings (differs in {changed})")
+        if not resume and (config.num_shards == 1 or part.exists()):
+            raise FileExistsError(f"{out}: already holds generated samples; pass --resume to continue them")
+        return
+    atomic_write_json(record_path, record)
+
+
+def _done_indices(out: Path, part: Path, indices: range) -> set[int]:
+    """Indices whose image, mask and manifest line all exist; lines without files are dropped."""
+    records = read_manifest(part, repair=True)
+    kept, seen = [], set()
+    for record in records:
+        if record.index in indices and record.index not in seen and (out / record.image).is_file() and (out / record.mask).is_file():
+            kept.append(record)
+            seen.add(record.index)
+    if len(kept) != len(records):
+        write_manifest(part, kept)
+    return seen
+
+
+def _all_parts_complete(out: Path, n: int, num_shards: int) -> bool:
+    """Cheap test whether every shard's manifest part has as many lines as its range."""
+    for index in range(num_shards):
+        path = out / manifest_name(index, num_shards)
+        expected = len(shard_range(n, (index, num_shards)))
+        if not path.is_file() or path.read_bytes().count(b"\n") != expected:
+            return False
+    return True
+
+
+def merge_shards(out: str | Path) -> Path:
+    """Check that every sample of the set exists and write ``manifest.jsonl`` and ``dataset.json``.
+
+    Works for a single-process set too (it then only verifies its manifest and writes
+    ``dataset.json``). Case ids: the real sample a layout came from (so all variants of one mask
+    form one case), or the sample's own id for composed layouts.
+
+    Raises:
+        ValueError: missing, duplicate or unwritten samples, naming the shard parts to resume.
+    """
+    out = Path(out)
+    record_path = out / GENERATION_JSON
+    if not record_path.is_file():
+        raise FileNotFoundError(f"{out}: no {GENERATION_JSON}; not a segsynth synthetic set")
+    saved = json.loads(record_path.read_text(encoding="utf-8"))
+    config = parse_config(GenerationConfig, saved["config"], str(record_path))
+    records: list[ManifestRecord] = []
+    incomplete = []
+    for shard in range(config.num_shards):
+        part = out / manifest_name(shard, config.num_shards)
+        found = read_manifest(part)
+        if {r.index for r in found} != set(shard_range(config.n, (shard, config.num_shards))):
+            incomplete.append(part.name)
+        records.extend(found)
+    if incomplete:
+        raise ValueError(f"{out}: incomplete shard(s) {incomplete}; run them (with --resume) first")
+    records.sort(key=lambda r: r.index)
+    if len({r.index for r in records}) != len(records) or len({r.id for r in records}) != len(records):
+        raise ValueError(f"{out}: duplicate samples in the manifest parts")
+    missing = [r.id for r in records if not ((out / r.image).is_file() and (out / r.mask).is_file())]
+    if missing:
+        raise ValueError(f"{out}: image or mask file missing for {len(missing)} sample(s), e.g. {missing[:3]}")
+    if config.num_shards > 1:
+        write_manifest(out / MANIFEST_JSONL, records)
+    spec = DatasetSpec.model_validate({**saved["dataset"], "cases": {r.id: r.layout_id or r.id for r in records}})
+    save_spec(out, spec)
+    return out / MANIFEST_JSONL

@@ -1,0 +1,139 @@
+"""``manifest.jsonl``: one JSON line per synthetic sample, saying exactly how it was made.
+
+Lines are appended with flush + fsync after the sample's image and mask are in place, so a line
+is the commit record of its sample. A kill can leave at most a torn last line; resuming detects it
+and cuts it off (:func:`read_manifest` with ``repair=True``). A torn line anywhere else, or a line
+that is not a valid record, is corruption and is reported with its file and line number.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import IO, Literal
+
+from pydantic import Field, ValidationError
+
+from segsynth.config import StrictModel, format_validation_error
+from segsynth.io.atomic import atomic_write_text
+
+MANIFEST_JSONL = "manifest.jsonl"
+
+
+class Guidance(StrictModel):
+    """Classifier-free guidance scales of one sample (STEDM: style 1.5, rescale 0.7)."""
+
+    style: float
+    layout: float
+    rescale: float
+
+
+class ManifestRecord(StrictModel):
+    """How one synthetic sample was made; paths are relative to the synthetic set's folder."""
+
+    id: str = Field(min_length=1)
+    image: str
+    mask: str
+    index: int = Field(ge=0)
+    seed: int = Field(ge=0, description="seeds both the layout/style draw (numpy) and the noise (torch)")
+    layout_source: Literal["augmented", "variants", "composed"]
+    layout_id: str | None = Field(description="the real sample the layout came from; null for composed layouts")
+    style_source: str | None = Field(description="the style pool folder; null without style references")
+    style_sampler: str | None
+    style_ids: list[str]
+    prompt: str
+    guidance: Guidance
+    sampler: str
+    steps: int = Field(ge=1)
+    model_hash: str
+
+    def to_line(self) -> str:
+        """The record as one key-sorted JSON line (same record, same bytes)."""
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True) + "\n"
+
+
+def manifest_name(shard: int = 0, num_shards: int = 1) -> str:
+    """``manifest.jsonl`` for a single process, ``manifest.shard-I-of-N.jsonl`` for shard I of N."""
+    if num_shards == 1:
+        return MANIFEST_JSONL
+    return f"manifest.shard-{shard}-of-{num_shards}.jsonl"
+
+
+def read_manifest(path: str | Path, repair: bool = False) -> list[ManifestRecord]:
+    """Parse a manifest (missing file: no records).
+
+    Args:
+        path: the ``.jsonl`` file.
+        repair: cut a torn last line (bytes after the last newline) off the file in place, as left
+            by a kill during an append. Without it, such a line is an error.
+
+    Raises:
+        ValueError: a line that is not a valid record, naming the file and line number.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return []
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    complete, tail = lines[:-1], lines[-1]
+    records = [_parse_line(raw, f"{path}: line {number}") for number, raw in enumerate(complete, start=1)]
+    # A line is committed only with its newline (it is written in one call ending in one), so
+    # bytes after the last newline are the remains of an interrupted append.
+    if tail:
+        if not repair:
+            raise ValueError(f"{path}: line {len(complete) + 1}: incomplete (no newline); resume to repair it")
+        keep = sum(len(raw) + 1 for raw in complete)
+        with open(path, "r+b") as handle:
+            handle.truncate(keep)
+            handle.flush()
+            os.fsync(handle.fileno())
+    return records
+
+
+def _parse_line(raw: bytes, where: str) -> ManifestRecord:
+    try:
+        obj = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{where}: not JSON ({exc})") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"{where}: expected a JSON object")
+    try:
+        return ManifestRecord.model_validate(obj)
+    except ValidationError as exc:
+        raise ValueError(format_validation_error(exc, where)) from None
+
+
+def write_manifest(path: str | Path, records: Iterable[ManifestRecord]) -> Path:
+    """Write a whole manifest atomically (merging shards, dropping lines of missing samples)."""
+    return atomic_write_text(path, "".join(record.to_line() for record in records))
+
+
+class ManifestWriter:
+    """Appends records to a manifest, each one flushed and fsynced before :meth:`append` returns.
+
+    Use as a context manager; the file is created if missing and never truncated.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._handle: IO[bytes] | None = None
+
+    def __enter__(self) -> ManifestWriter:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._handle = open(self.path, "ab")
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+    def append(self, record: ManifestRecord) -> None:
+        """Commit ``record``: after this returns, a kill cannot lose or tear its line."""
+        if self._handle is None:
+            raise RuntimeError("ManifestWriter.append called outside its 'with' block")
+        self._handle.write(record.to_line().encode("utf-8"))
+        self._handle.flush()
+        os.fsync(self._handle.fileno())

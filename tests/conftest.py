@@ -1,0 +1,100 @@
+"""Shared fixtures: tiny, valid dataset folders written in a few milliseconds.
+
+``write_tiny_dataset`` is a plain function (importable as ``from conftest import write_tiny_dataset``)
+so tests can build variants; ``tiny_dataset`` is the default 3-case PNG folder as a fixture.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from segsynth.data.format import IMAGES_DIR, MASKS_DIR, UNLABELED_DIR, DatasetSpec, save_spec
+from segsynth.data.io import write_image
+
+
+def tiny_pair(rng: np.random.Generator, size: int, channels: int, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """One image/mask pair: a mask of random discs (one per foreground class) and a uint8 image
+    whose intensity follows the mask plus noise, so image and layout are visibly related.
+
+    Returns:
+        ``image`` uint8 ``(H, W)`` or ``(H, W, C)`` and ``mask`` uint8 ``(H, W)``.
+    """
+    yy, xx = np.mgrid[:size, :size]
+    mask = np.zeros((size, size), dtype=np.uint8)
+    for label in range(1, num_classes):
+        cy, cx = rng.integers(size // 4, 3 * size // 4, size=2)
+        radius = rng.integers(max(2, size // 8), max(3, size // 3))
+        mask[(yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2] = label
+    base = 40 + 180 * mask.astype(np.float32) / max(num_classes - 1, 1)
+    noise = rng.normal(0, 10, size=(size, size, channels))
+    image = np.clip(base[..., None] + noise, 0, 255).astype(np.uint8)
+    return (image[..., 0] if channels == 1 else image), mask
+
+
+def write_tiny_dataset(
+    root: str | Path,
+    cases: Sequence[str] = ("p1", "p2", "p3"),
+    per_case: int = 2,
+    size: int = 16,
+    channels: int = 1,
+    labels: Sequence[str] = ("background", "lesion"),
+    unlabeled: int = 2,
+    ext: str = ".png",
+    seed: int = 0,
+) -> Path:
+    """Write a valid dataset folder: ``per_case`` labelled images for each case, plus ``unlabeled``
+    extra images (case ``"u1"``) in ``unlabeled/``. Stems are ``<case>_<idx>``.
+
+    Returns:
+        ``root`` as a ``Path``.
+    """
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    case_of: dict[str, str] = {}
+    for case in cases:
+        for idx in range(per_case):
+            stem = f"{case}_{idx}"
+            image, mask = tiny_pair(rng, size, channels, len(labels))
+            write_image(root / IMAGES_DIR / f"{stem}{ext}", image)
+            write_image(root / MASKS_DIR / f"{stem}{ext}", mask)
+            case_of[stem] = case
+    unlabeled_of: dict[str, str] = {}
+    for idx in range(unlabeled):
+        stem = f"u1_{idx}"
+        image, _ = tiny_pair(rng, size, channels, len(labels))
+        write_image(root / UNLABELED_DIR / f"{stem}{ext}", image)
+        unlabeled_of[stem] = "u1"
+    spec = DatasetSpec(
+        name="tiny",
+        description="synthetic discs for tests",
+        modality="Fluorescence microscopy",
+        prompt="Nuclei, fluorescence microscopy",
+        channels=channels,
+        labels={name: value for value, name in enumerate(labels)},
+        label_provenance="human",
+        licence="CC0-1.0",
+        cases=case_of,
+        unlabeled_cases=unlabeled_of,
+    )
+    save_spec(root, spec)
+    return root
+
+
+@pytest.fixture
+def tiny_dataset(tmp_path: Path) -> Path:
+    """A valid 3-case, 6-image, 16 px single-channel PNG dataset with 2 unlabelled images."""
+    return write_tiny_dataset(tmp_path / "data")
+
+
+@pytest.fixture
+def dataset_factory(tmp_path: Path) -> Callable[..., Path]:
+    """``factory(name="data", **kwargs)`` writes ``write_tiny_dataset(tmp_path / name, **kwargs)``."""
+
+    def factory(name: str = "data", **kwargs) -> Path:
+        return write_tiny_dataset(tmp_path / name, **kwargs)
+
+    return factory

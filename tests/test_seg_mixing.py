@@ -1,0 +1,195 @@
+"""Mixing strategies: ratio per epoch, concat union, DiffBoost merge pairing, grid and merge maths."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from test_seg_train import make_synthetic_set, make_toy_dataset
+
+from segsynth.config import ConfigError
+from segsynth.data.format import DatasetFormatError
+from segsynth.data.loader import SegDataset
+from segsynth.seg.config import MixConfig, parse_mix
+from segsynth.seg.mixing import (
+    ConcatMixing,
+    MergeMixing,
+    MixedEpochDataset,
+    RatioMixing,
+    load_synthetic_set,
+    make_mixing,
+    merge_cell_size,
+    merge_grid,
+    random_merge,
+)
+
+
+@pytest.fixture(scope="module")
+def sets(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("mix")
+    real = make_toy_dataset(root / "real", cases=3, per_case=2, size=16)
+    # Variants only for the first four real images: the last two have none.
+    synth = make_synthetic_set(root / "synth", real, variants=2, layout_ids=["c0_0", "c0_1", "c1_0", "c1_1"])
+    return real, synth
+
+
+@pytest.mark.parametrize("fraction", [0.8, 0.5, 0.0])
+def test_ratio_holds_the_proportion_in_every_epoch(fraction: float) -> None:
+    mixing = RatioMixing([10, 30, 20], fraction, seed=3)
+    expected_length = round(10 / (1 - fraction))
+    for epoch in range(4):
+        plan = mixing.plan(epoch)
+        assert len(plan) == expected_length
+        synthetic = sum(1 for (source, _), _ in plan if source != 0)
+        assert synthetic == round(fraction * expected_length)
+        # The default epoch length shows every real image exactly once.
+        assert sorted(i for (source, i), _ in plan if source == 0) == list(range(10))
+    assert mixing.plan(2) == RatioMixing([10, 30, 20], fraction, seed=3).plan(2)
+    assert mixing.plan(1) != mixing.plan(2)
+
+
+def test_ratio_walks_the_whole_synthetic_pool_before_repeating() -> None:
+    mixing = RatioMixing([5, 30, 20], 0.8, seed=0)  # 25 per epoch, 20 synthetic of a 50-image pool
+    seen = Counter()
+    for epoch in range(5):  # 100 synthetic draws = exactly two passes over the pool
+        seen.update(key for key, _ in mixing.plan(epoch) if key[0] != 0)
+    assert len(seen) == 50 and set(seen.values()) == {2}
+
+
+def test_ratio_with_explicit_epoch_length() -> None:
+    plan = RatioMixing([4, 100], 0.8, epoch_length=50).plan(0)
+    assert len(plan) == 50 and sum(1 for (s, _), _ in plan if s == 0) == 10
+    with pytest.raises(ValueError, match="non-empty synthetic"):
+        RatioMixing([4], 0.8)
+
+
+def test_concat_is_the_plain_union_shuffled_per_epoch() -> None:
+    mixing = ConcatMixing([3, 4, 2], seed=1)
+    plans = [mixing.plan(e) for e in range(2)]
+    for plan in plans:
+        assert sorted(key for key, _ in plan) == [(0, 0), (0, 1), (0, 2), *[(1, i) for i in range(4)], (2, 0), (2, 1)]
+        assert all(partner is None for _, partner in plan)
+    assert plans[0] != plans[1]
+
+
+def test_merge_pairs_each_real_image_with_one_of_its_own_variants(sets: tuple[Path, Path]) -> None:
+    real_root, synth_root = sets
+    real = SegDataset(real_root)
+    synth = load_synthetic_set(synth_root, real)
+    mixing = make_mixing(MixConfig(strategy="merge"), real, [synth], seed=0)
+    assert isinstance(mixing, MergeMixing) and mixing.paired
+    chosen = Counter()
+    for epoch in range(40):
+        plan = mixing.plan(epoch)
+        assert sorted(i for (_, i), _ in plan) == list(range(len(real)))
+        for (_, i), partner in plan:
+            real_id = real.refs[i].id
+            if real_id in {"c2_0", "c2_1"}:
+                assert partner is None
+            else:
+                assert partner is not None and synth.layout_ids[partner[1]] == real_id
+                chosen[partner] += 1
+    # Both variants of each real image get picked.
+    assert len(chosen) == 8 and min(chosen.values()) > 5
+
+
+def test_paired_examples_share_one_augmentation(sets: tuple[Path, Path]) -> None:
+    real_root, synth_root = sets
+    real = SegDataset(real_root)
+    synth = load_synthetic_set(synth_root, real)
+    mixing = make_mixing(MixConfig(strategy="merge"), real, [synth], seed=0)
+    data = MixedEpochDataset([real, synth.dataset], mixing.plan(0), True, "heavy", None, seed=0, epoch=0)
+    flags = []
+    for k in range(len(data)):
+        item = data[k]
+        assert item["image"].shape == item["partner_image"].shape == (1, 16, 16)
+        # The toy variants keep the real mask, so identical geometry means identical masks.
+        assert torch.equal(item["mask"], item["partner_mask"])
+        flags.append(item["has_partner"])
+    assert flags.count(False) == 2
+    again = MixedEpochDataset([real, synth.dataset], mixing.plan(0), True, "heavy", None, seed=0, epoch=0)
+    assert torch.equal(again[3]["image"], data[3]["image"])
+    cropped = MixedEpochDataset([real, synth.dataset], mixing.plan(0), True, "light", 8, seed=0, epoch=0)[0]
+    assert cropped["image"].shape == cropped["partner_image"].shape == (1, 8, 8)
+
+
+def test_merge_cell_scales_with_image_size() -> None:
+    assert merge_cell_size(384) == 64
+    assert merge_cell_size(768) == 128
+    assert merge_cell_size(32) == 5  # round(64 * 32 / 384) = round(5.33)
+    assert merge_cell_size(4) == 1
+
+
+def test_merge_grid_alpha_in_expectation_and_square_cells() -> None:
+    generator = torch.Generator().manual_seed(0)
+    grid = merge_grid(64, 384, 384, alpha=0.6, cell=64, generator=generator)
+    assert grid.shape == (64, 1, 384, 384) and grid.dtype == torch.bool
+    cells = grid[:, 0, ::64, ::64].float()
+    assert abs(cells.mean().item() - 0.6) < 0.03  # 2304 Bernoulli cells: std 0.01
+    blocks = grid[:, 0].reshape(64, 6, 64, 6, 64)
+    assert torch.all(blocks.all(dim=(2, 4)) | ~blocks.any(dim=(2, 4)))  # each cell is uniform
+    partial = merge_grid(2, 10, 7, alpha=0.5, cell=4, generator=generator)
+    assert partial.shape == (2, 1, 10, 7)
+    assert merge_grid(3, 8, 8, alpha=1.0, cell=2).all() and not merge_grid(3, 8, 8, alpha=0.0, cell=2).any()
+    with pytest.raises(ValueError, match="alpha"):
+        merge_grid(1, 8, 8, alpha=1.5, cell=2)
+
+
+def test_random_merge_takes_prediction_and_label_from_the_same_cells() -> None:
+    generator = torch.Generator().manual_seed(1)
+    real_mask = torch.randint(0, 3, (4, 12, 12), generator=generator)
+    syn_mask = torch.randint(0, 3, (4, 12, 12), generator=generator)
+    # Logits that encode their own label, so a merged pair is consistent iff argmax == label.
+    real_logits = torch.nn.functional.one_hot(real_mask, 3).permute(0, 3, 1, 2).float()
+    syn_logits = torch.nn.functional.one_hot(syn_mask, 3).permute(0, 3, 1, 2).float() * 2
+    grid = merge_grid(4, 12, 12, 0.6, 4, generator)
+    has_partner = torch.tensor([True, True, True, False])
+    logits, mask = random_merge(real_logits, syn_logits, real_mask, syn_mask, grid, has_partner)
+    assert logits.shape == (4, 3, 12, 12) and mask.shape == (4, 12, 12)
+    assert torch.equal(logits.argmax(1), mask)
+    take_real = grid[:3, 0]
+    assert torch.equal(mask[:3][take_real], real_mask[:3][take_real])
+    assert torch.equal(mask[:3][~take_real], syn_mask[:3][~take_real])
+    assert torch.equal(logits[:3].amax(1)[~take_real], torch.full_like(logits[:3].amax(1)[~take_real], 2.0))
+    # No variant: the all-real grid.
+    assert torch.equal(mask[3], real_mask[3]) and torch.equal(logits[3], real_logits[3])
+
+
+def test_strategy_selection_and_errors(sets: tuple[Path, Path], tmp_path: Path) -> None:
+    real_root, synth_root = sets
+    real = SegDataset(real_root)
+    synth = load_synthetic_set(synth_root, real)
+    assert isinstance(make_mixing(MixConfig(strategy="ratio"), real, [synth], 0), RatioMixing)
+    assert isinstance(make_mixing(MixConfig(strategy="concat"), real, [synth], 0), ConcatMixing)
+    assert isinstance(make_mixing(MixConfig(), real, [], 0), ConcatMixing)
+    with pytest.raises(ValueError, match="mix.strategy is 'none'"):
+        make_mixing(MixConfig(), real, [synth], 0)
+    with pytest.raises(ValueError, match="needs at least one synthetic set"):
+        make_mixing(MixConfig(strategy="merge"), real, [], 0)
+    (tmp_path / "nomanifest").mkdir()
+    bare = make_synthetic_set(tmp_path / "nomanifest", real_root, variants=1)
+    (bare / "manifest.jsonl").unlink()
+    bare_set = load_synthetic_set(bare, real)
+    assert bare_set.layout_ids == [None] * len(bare_set)
+    with pytest.raises(DatasetFormatError, match="manifest.jsonl: missing"):
+        make_mixing(MixConfig(strategy="merge"), real, [bare_set], 0)
+    (bare / "manifest.jsonl").write_text('{"id": "x"}\n')
+    with pytest.raises(DatasetFormatError, match=r"manifest.jsonl:1: each row needs"):
+        load_synthetic_set(bare, real)
+    spec = (bare / "dataset.json").read_text().replace('"blob": 1', '"tumour": 1')
+    (bare / "dataset.json").write_text(spec)
+    with pytest.raises(DatasetFormatError, match="differ from the real data"):
+        load_synthetic_set(bare, real)
+
+
+def test_parse_mix() -> None:
+    assert parse_mix("ratio:0.8") == {"mix.strategy": "ratio", "mix.synthetic_fraction": 0.8}
+    assert parse_mix("merge:0.6") == {"mix.strategy": "merge", "mix.alpha": 0.6}
+    assert parse_mix("concat") == {"mix.strategy": "concat"}
+    for bad in ("blend", "ratio:x", "concat:0.2"):
+        with pytest.raises(ConfigError):
+            parse_mix(bad)
+    assert np.isclose(MixConfig().synthetic_fraction, 0.8) and MixConfig().alpha == 0.6
