@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import yaml
 from rich.console import Console
 
 from segsynth.benchmark.config import BenchmarkConfig
@@ -107,6 +108,40 @@ def _segmentation(
     return result
 
 
+def prepare_benchmark(data: str | Path, out: str | Path, config: BenchmarkConfig) -> list[Split]:
+    """Create (or re-open) the benchmark folder: its config and its folds.
+
+    Raises:
+        ValueError: ``out`` holds a benchmark made with another config.
+    """
+    data, out = Path(data), Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    config_path = out / "benchmark.yaml"
+    if config_path.is_file():
+        saved = parse_config(BenchmarkConfig, yaml.safe_load(config_path.read_text(encoding="utf-8")), str(config_path))
+        if saved != config:
+            raise ValueError(f"{config_path}: this folder holds a benchmark with another config; use a new --out")
+    else:
+        save_resolved_config(config, config_path)
+    return _folds(data, out, config)
+
+
+def fold_generator(
+    data: str | Path, out: str | Path, config: BenchmarkConfig, fold: int, console: Console | None = None
+) -> tuple[Path, Path]:
+    """Train (or reuse) fold ``fold``'s diffusion model and synthetic set; return both folders.
+
+    The diffusion model sees only that fold's labelled training and validation cases.
+    """
+    console = console or Console(stderr=True)
+    splits = prepare_benchmark(data, out, config)
+    if not 0 <= fold < len(splits):
+        raise ValueError(f"fold {fold} is not among the {len(splits)} folds of {Path(out) / 'splits.json'}")
+    fold_dir = Path(out) / f"fold_{fold}"
+    run = _diffusion(Path(data), fold_dir, splits[fold], config, console)
+    return run, _synthetic(run, fold_dir, config, console)
+
+
 def run_benchmark(data: str | Path, out: str | Path, config: BenchmarkConfig, console: Console | None = None) -> dict[str, Any]:
     """Run (or continue) the whole benchmark and write ``results.json`` and ``results.md``.
 
@@ -115,26 +150,16 @@ def run_benchmark(data: str | Path, out: str | Path, config: BenchmarkConfig, co
     """
     console = console or Console(stderr=True)
     data, out = Path(data), Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    config_path = out / "benchmark.yaml"
-    if config_path.is_file():
-        import yaml
-
-        saved = parse_config(BenchmarkConfig, yaml.safe_load(config_path.read_text(encoding="utf-8")), str(config_path))
-        if saved != config:
-            raise ValueError(f"{config_path}: this folder holds a benchmark with another config; use a new --out")
-    else:
-        save_resolved_config(config, config_path)
-    splits = _folds(data, out, config)
+    splits = prepare_benchmark(data, out, config)
     folds = config.run_folds if config.run_folds is not None else list(range(len(splits)))
     if max(folds) >= len(splits):
         raise ValueError(f"run_folds {folds} names a fold beyond the {len(splits)} folds of {out / 'splits.json'}")
     runs: list[dict[str, Any]] = []
     for fold in folds:
         split = splits[fold]
-        fold_dir = out / f"fold_{fold}"
         console.print(f"[bold]fold {fold}[/]: {len(split.train_cases)} train, {len(split.val_cases)} val, {len(split.test_cases)} test cases")
-        synth = _synthetic(_diffusion(data, fold_dir, split, config, console), fold_dir, config, console)
+        _, synth = fold_generator(data, out, config, fold, console)
+        fold_dir = out / f"fold_{fold}"
         for seed in config.seeds:
             for setting in [BASELINE, *config.settings]:
                 run = fold_dir / "seg" / _setting_dir(setting) / f"seed_{seed}"

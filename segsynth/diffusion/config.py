@@ -119,4 +119,14 @@ class DiffusionTrainConfig(StrictModel):
                 f"sampling.steps ({self.sampling.steps}) exceeds objective.num_train_timesteps "
                 f"({self.objective.num_train_timesteps})"
             )
+        drops = self.objective.cond_drop
+        for name, scale, drop in (
+            ("style", self.sampling.style_guidance_scale, drops.style),
+            ("layout", self.sampling.layout_guidance_scale, drops.layout),
+        ):
+            if scale != 1.0 and drop == 0.0:
+                raise ValueError(
+                    f"sampling.{name}_guidance_scale is {scale} but objective.cond_drop.{name} is 0, so the null "
+                    f"{name} embedding that guidance needs is never trained; set the drop > 0 or the scale to 1"
+                )
         return self

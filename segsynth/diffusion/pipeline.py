@@ -21,6 +21,7 @@ import torch
 from diffusers import DDPMScheduler, DiffusionPipeline
 from diffusers.guiders.guider_utils import rescale_noise_cfg
 from diffusers.utils import BaseOutput
+from diffusers.utils import logging as diffusers_logging
 from diffusers.utils.torch_utils import randn_tensor
 
 from segsynth.diffusion.schedulers import SAMPLERS, make_sampler
@@ -71,9 +72,18 @@ class SegSynthPipeline(DiffusionPipeline):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str, **kwargs) -> SegSynthPipeline:
-        """Load a saved pipeline folder; only safetensors weights are accepted (no pickle)."""
+        """Load a saved pipeline folder; only safetensors weights are accepted (no pickle).
+
+        diffusers' per-component loading bar is silenced: our commands draw their own progress.
+        """
         kwargs.setdefault("use_safetensors", True)
-        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        bar_was_on = diffusers_logging.is_progress_bar_enabled()
+        diffusers_logging.disable_progress_bar()
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        finally:
+            if bar_was_on:
+                diffusers_logging.enable_progress_bar()
 
     def check_inputs(
         self,

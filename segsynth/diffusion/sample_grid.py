@@ -60,6 +60,16 @@ def sample_grid(layouts: torch.Tensor, styles: torch.Tensor | None, samples: tor
     return np.concatenate(rows, 0)
 
 
+#: Tiles smaller than this are enlarged (nearest neighbour, integer factor) so 32-64 px samples can be judged.
+MIN_TILE = 128
+
+
 def save_sample_grid(path: str | Path, layouts: torch.Tensor, styles: torch.Tensor | None, samples: torch.Tensor) -> Path:
-    """Write :func:`sample_grid` as a PNG (atomically)."""
+    """Write :func:`sample_grid` as a PNG (atomically), each tile enlarged to at least ``MIN_TILE`` px."""
+    factor = max(1, -(-MIN_TILE // int(layouts.shape[-1])))
+    if factor > 1:
+        layouts = layouts.repeat_interleave(factor, -1).repeat_interleave(factor, -2)
+        samples = samples.repeat_interleave(factor, -1).repeat_interleave(factor, -2)
+        if styles is not None:
+            styles = styles.repeat_interleave(factor, -1).repeat_interleave(factor, -2)
     return write_image(path, sample_grid(layouts, styles, samples))

@@ -187,6 +187,17 @@ def mixed_precision(cfg: DiffusionTrainConfig) -> str:
     return choice
 
 
+def changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted paths of every leaf that differs between two nested dicts (added or removed keys too)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [
+            path
+            for key in sorted(set(old) | set(new))
+            for path in changed_keys(old.get(key), new.get(key), f"{prefix}{key}.")
+        ]
+    return [] if old == new else [prefix.rstrip(".")]
+
+
 def prepare_run_dir(out: Path, cfg: DiffusionTrainConfig, resume: bool, training_data: dict[str, Any]) -> None:
     """Create the run folder, or check that a resumed run trains the same model on the same data."""
     config_path, data_path = out / CONFIG_YAML, out / TRAINING_DATA_JSON
@@ -196,11 +207,8 @@ def prepare_run_dir(out: Path, cfg: DiffusionTrainConfig, resume: bool, training
         saved = yaml.safe_load(config_path.read_text(encoding="utf-8"))
         now = cfg.model_dump(mode="json")
         changed = [
-            f"{section}.{key}"
-            for section in now
-            for key in sorted(set(now[section]) | set(saved.get(section, {})))
-            if now[section].get(key) != saved.get(section, {}).get(key)
-            and not (section == "train" and key in RESUMABLE_CHANGES)
+            key for key in changed_keys(saved, now)
+            if not (key.startswith("train.") and key.removeprefix("train.") in RESUMABLE_CHANGES)
         ]
         if changed:
             raise ConfigError(f"{config_path}: cannot resume with a different {', '.join(changed)}")

@@ -1,0 +1,176 @@
+"""The shipped YAML recipes load strictly, and a mistyped key or value is named in the error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from segsynth.config import ConfigError, load_config, save_resolved_config
+from segsynth.diffusion.config import DiffusionTrainConfig
+from segsynth.diffusion.train import changed_keys
+from segsynth.models import SegSynthModel
+
+torch.set_num_threads(1)
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = sorted(CONFIG_DIR.glob("*.yaml")) + sorted(CONFIG_DIR.glob("*.yml"))
+
+
+def load(path: Path, **overrides) -> DiffusionTrainConfig:
+    return load_config(DiffusionTrainConfig, path, overrides or None)
+
+
+def write_yaml(tmp_path: Path, data: dict) -> Path:
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return path
+
+
+def meta_model(cfg: DiffusionTrainConfig) -> SegSynthModel:
+    """The model of ``cfg`` with shapes but no storage (building a 256 px model costs no memory)."""
+    with torch.device("meta"):
+        return SegSynthModel.from_config(cfg.model)
+
+
+def count(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def test_the_recipes_are_there():
+    names = {p.name for p in CONFIGS}
+    assert {"tiny.yaml", "base.yaml"} <= names
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_shipped_config_loads_and_sets_only_known_keys(path):
+    cfg = load(path)
+    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+
+    def check(section: dict, model, prefix: str) -> None:
+        # Every key of the file landed somewhere (nothing silently ignored) with the file's value.
+        for key, value in section.items():
+            assert key in type(model).model_fields, f"{prefix}{key}"
+            got = getattr(model, key)
+            if isinstance(value, dict):
+                check(value, got, f"{prefix}{key}.")
+            else:
+                assert got == (tuple(value) if isinstance(value, list) else value), f"{prefix}{key}"
+
+    check(raw, cfg, "")
+    # The dataset decides channels and classes (fit_config_to_data refuses a contradiction).
+    assert "image_channels" not in raw.get("model", {})
+    assert "num_classes" not in raw.get("model", {})
+
+
+def test_tiny_is_the_64px_cpu_recipe_and_base_the_256px_gpu_recipe():
+    tiny, base = load(CONFIG_DIR / "tiny.yaml"), load(CONFIG_DIR / "base.yaml")
+    assert tiny.model.image_size == 64
+    assert base.model.image_size == 256
+    assert base.model.style.num_refs == 3
+    assert base.train.batch_size == 16
+    assert base.train.mixed_precision == "auto"
+    assert base.train.ema_decay == pytest.approx(0.9999)
+    assert (base.train.checkpoint_every, base.train.sample_every) == (1000, 2000)
+    assert base.train.steps >= 10 * base.train.warmup
+    # Attention sits at the coarse levels only: never at full resolution, always at the bottom.
+    assert base.model.attention_levels[0] is False and base.model.attention_levels[-1] is True
+    assert sum(base.model.attention_levels) < len(base.model.attention_levels)
+
+
+def test_base_model_is_wider_than_tiny_and_builds_without_memory():
+    tiny, base = (meta_model(load(CONFIG_DIR / name)) for name in ("tiny.yaml", "base.yaml"))
+    assert all(p.is_meta for p in base.parameters())
+    n_tiny, n_base = count(tiny), count(base)
+    assert 1e5 < n_tiny < 5e6
+    assert 1e7 < n_base < 2e8
+    assert n_base > 10 * n_tiny
+    # The style branch stays a small part of the model, and it is built for N = 3 references.
+    assert count(base.style_encoder) + count(base.style_aggregator) < 0.1 * n_base
+    assert base.style_aggregator.config.num_refs == 3
+    assert base.unet.config.image_size == 256
+
+
+@pytest.mark.parametrize(
+    "data,key",
+    [
+        ({"trian": {"steps": 3}}, "trian"),
+        ({"model": {"stlye": {"dim": 8}}}, "model.stlye"),
+        ({"model": {"style": {"dimm": 8}}}, "model.style.dimm"),
+        ({"objective": {"cond_drop": {"styl": 0.1}}}, "objective.cond_drop.styl"),
+    ],
+)
+def test_unknown_key_fails_naming_the_key(tmp_path, data, key):
+    path = write_yaml(tmp_path, data)
+    with pytest.raises(ConfigError) as info:
+        load(path)
+    message = str(info.value)
+    assert f"{path}: {key}: unknown key" in message
+    assert message.count("\n") == 0  # only the bad key is reported
+
+
+def test_unknown_key_in_an_override_fails_naming_the_key():
+    with pytest.raises(ConfigError, match=r"train\.stpes: unknown key"):
+        load(CONFIG_DIR / "tiny.yaml", **{"train.stpes": 3})
+
+
+@pytest.mark.parametrize(
+    "data,key",
+    [
+        ({"train": {"lr": -1.0}}, "train.lr"),
+        ({"train": {"batch_size": "sixteen"}}, "train.batch_size"),
+        ({"model": {"style": {"num_refs": 0}}}, "model.style.num_refs"),
+        ({"model": {"style": {"aggregator": "median"}}}, "model.style.aggregator"),
+        ({"sampling": {"sampler": "euler"}}, "sampling.sampler"),
+        ({"train": {"mixed_precision": "fp8"}}, "train.mixed_precision"),
+    ],
+)
+def test_bad_value_names_its_dotted_key(tmp_path, data, key):
+    with pytest.raises(ConfigError) as info:
+        load(write_yaml(tmp_path, data))
+    assert f": {key}: " in str(info.value)
+
+
+def test_all_bad_keys_are_reported_at_once(tmp_path):
+    path = write_yaml(tmp_path, {"train": {"lr": 0, "stpes": 1}, "model": {"image_size": 2}})
+    with pytest.raises(ConfigError) as info:
+        load(path)
+    lines = str(info.value).splitlines()
+    assert sorted(line.split(": ")[1] for line in lines) == ["model.image_size", "train.lr", "train.stpes"]
+
+
+def test_cross_field_check_fails_before_work():
+    # base.yaml has 4 levels, so the image side must be a multiple of 2**3.
+    with pytest.raises(ConfigError, match="image_size 100 is not divisible"):
+        load(CONFIG_DIR / "base.yaml", **{"model.image_size": 100})
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_resolved_config_round_trips(tmp_path, path):
+    cfg = load(path, **{"train.steps": 1234})
+    saved = save_resolved_config(cfg, tmp_path / "run" / "config.yaml")
+    again = load(saved)
+    assert again == cfg
+    assert again.train.steps == 1234
+    # The resolved file spells out every default, so it no longer depends on the code's defaults.
+    raw = yaml.safe_load(saved.read_text(encoding="utf-8"))
+    assert set(raw) == set(DiffusionTrainConfig.model_fields)
+    assert set(raw["model"]["style"]) == set(type(cfg.model.style).model_fields)
+
+
+def test_guidance_needs_a_trained_null_embedding() -> None:
+    with pytest.raises(ConfigError, match=r"sampling.layout_guidance_scale is 2.0 but objective.cond_drop.layout is 0"):
+        load_config(DiffusionTrainConfig, None, {"sampling.layout_guidance_scale": 2.0})
+    with pytest.raises(ConfigError, match=r"objective.cond_drop.style is 0"):
+        load_config(DiffusionTrainConfig, None, {"objective.cond_drop.style": 0.0})
+    ok = load_config(DiffusionTrainConfig, None, {"objective.cond_drop.style": 0.0, "sampling.style_guidance_scale": 1.0})
+    assert ok.sampling.style_guidance_scale == 1.0
+
+
+def test_resume_names_the_exact_changed_key() -> None:
+    old = {"model": {"style": {"dim": 64, "num_refs": 2}}, "train": {"lr": 1e-3}}
+    new = {"model": {"style": {"dim": 32, "num_refs": 2}}, "train": {"lr": 1e-3, "extra": 1}}
+    assert changed_keys(old, new) == ["model.style.dim", "train.extra"]
+    assert changed_keys(old, old) == []
