@@ -60,7 +60,7 @@ def test_summary_pairs_by_fold_seed_and_case() -> None:
     assert paired["n"] == 12 and paired["mean"] == pytest.approx(0.05) and paired["wins"] == 1.0
     assert results["paired"]["ratio:0.8"]["hd95"]["mean"] == pytest.approx(-0.5)
     table = markdown_table(results)
-    assert "| ratio:0.8 | 4 | 0.650 ± 0.000" in table and "+0.050 [+0.050, +0.050]" in table
+    assert "| ratio:0.8 | 4 | 0.650 ± 0.000" in table and "Wilcoxon" in table and "| +0.050 | [+0.050, +0.050] |" in table
 
 
 def test_config_refuses_baseline_as_setting_and_bad_mix() -> None:

@@ -84,31 +84,44 @@ def _fmt(value: float, digits: int = 3) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
 
+def _fmt_p(value: float) -> str:
+    """p-values: three decimals down to 0.001, then two significant digits (never a bare 0.000)."""
+    if value is None or math.isnan(value):
+        return "n/a"
+    return f"{value:.3f}" if value >= 0.001 else f"{value:.1e}"
+
+
 def _row_cells(results: dict[str, Any], name: str) -> list[str]:
     row = results["settings"][name]
     cells = [name, str(row["runs"])]
     for metric in TABLE_METRICS:
         m = row[metric]
-        cells.append(f"{_fmt(m['mean'])} ± {_fmt(m['std'])}")
+        digits = 1 if metric == "hd95" else 3
+        cells.append(f"{_fmt(m['mean'], digits)} ± {_fmt(m['std'], digits)}")
     cells.append(_fmt(row["dice"]["case_std"]))
     pair = results["paired"].get(name)
     if pair is None:
-        cells += ["—", "—"]
+        cells += ["—", "—", "—"]
     else:
         d = pair["dice"]
-        cells.append(f"{d['mean']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]" if d["n"] else "n/a")
-        cells.append(_fmt(d["p_wilcoxon"], 3))
+        cells += [f"{d['mean']:+.3f}", f"[{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]"] if d["n"] else ["n/a", "n/a"]
+        cells.append(_fmt_p(d["p_wilcoxon"]))
     return cells
 
 
-HEADERS = ["setting", "runs", "Dice", "IoU", "HD95 (px)", "Dice across-case std", "ΔDice vs baseline [95% CI]", "p (Wilcoxon)"]
+HEADERS = ["setting", "runs", "Dice", "IoU", "HD95 px", "case std", "ΔDice", "95% CI", "p"]
+LEGEND = (
+    "Dice, IoU, HD95: mean ± std over runs (folds × seeds) of the mean over test cases. case std: Dice std "
+    "across test cases (per-patient variability). ΔDice: paired difference vs baseline over (fold, seed, test "
+    "case) with a bootstrap 95% CI; p: Wilcoxon signed-rank."
+)
 
 
 def rich_table(results: dict[str, Any]) -> Table:
     """The benchmark table for the terminal."""
-    table = Table(title="segsynth benchmark (mean ± std over folds × seeds; per-case paired differences)")
+    table = Table(title="segsynth benchmark", caption=LEGEND)
     for header in HEADERS:
-        table.add_column(header, justify="left" if header == "setting" else "right")
+        table.add_column(header, justify="left" if header == "setting" else "right", no_wrap=header != "95% CI")
     for name in results["settings"]:
         table.add_row(*_row_cells(results, name))
     return table
@@ -120,5 +133,5 @@ def markdown_table(results: dict[str, Any]) -> str:
     for name in results["settings"]:
         lines.append("| " + " | ".join(_row_cells(results, name)) + " |")
     lines.append("")
-    lines.append(f"Unit: {results['unit']}. Paired differences over (fold, seed, test case); CI by bootstrap.")
+    lines.append(LEGEND)
     return "\n".join(lines) + "\n"

@@ -12,7 +12,9 @@ from segsynth.config import ConfigError
 from segsynth.data.format import DatasetFormatError
 from segsynth.data.io import DataReadError
 
-console = Console()
+#: Tables (benchmark, dataset summary) need ~120 columns; when output goes to a file or a CI log
+#: (no terminal, where rich would assume 80) print them that wide instead of wrapping every cell.
+console = Console() if Console().is_terminal else Console(width=120)
 err_console = Console(stderr=True)
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
