@@ -10,7 +10,8 @@ The public API, stage by stage (each stage reads and writes plain folders):
   :class:`DiffusionTrainConfig`, :func:`train_diffusion`;
 - synthesis: :func:`generate`;
 - segmentation: :class:`SegTrainConfig`, :func:`train_seg`, :func:`evaluate_seg`;
-- experiment: :class:`BenchmarkConfig`, :func:`run_benchmark`.
+- experiment: :class:`BenchmarkConfig`, :func:`run_benchmark`;
+- evaluation and reporting: :func:`evaluate_synth`, :func:`build_report`.
 """
 
 from segsynth.benchmark import BenchmarkConfig, run_benchmark
@@ -36,8 +37,10 @@ from segsynth.data.nnunet import export_nnunet, import_nnunet
 from segsynth.diffusion import ObjectiveConfig, SegSynthPipeline, diffusion_loss, make_train_scheduler
 from segsynth.diffusion.config import DiffusionTrainConfig
 from segsynth.diffusion.train import train_diffusion
+from segsynth.evaluation import evaluate_synth
 from segsynth.io import CheckpointManager
 from segsynth.models import ModelConfig, SegSynthModel
+from segsynth.report import build_report
 from segsynth.seg import SegTrainConfig, evaluate_seg, train_seg
 from segsynth.synth import generate, merge_shards
 
@@ -62,10 +65,12 @@ __all__ = [
     "SegTrainConfig",
     "__version__",
     "build_builtin",
+    "build_report",
     "check_dataset",
     "dataset_info",
     "diffusion_loss",
     "evaluate_seg",
+    "evaluate_synth",
     "export_dataset",
     "export_nnunet",
     "generate",

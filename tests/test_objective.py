@@ -133,7 +133,7 @@ def test_scheduler_follows_the_objective_and_mismatch_is_refused():
     "data,message",
     [
         ({"cond_drop": {"style": 1.5}}, "cond_drop.style"),
-        ({"cond_drop": {"text": 0.1}}, "cond_drop.text: unknown key"),
+        ({"cond_drop": {"colour": 0.1}}, "cond_drop.colour: unknown key"),
         ({"min_snr_gamma": 0}, "min_snr_gamma"),
         ({"prediction_type": "sample"}, "prediction_type"),
     ],

@@ -117,8 +117,9 @@ def test_run_folder_contract(blobs: Path, tmp_path: Path) -> None:
     assert CheckpointManager(run).complete_steps() == [4]
     grids = sorted(p.name for p in (run / "samples").iterdir())
     assert grids == ["step_000000002.png", "step_000000004.png"]
-    # rows: grid_rows of 16 px tiles + 2 px gaps; columns: layout | 2 style refs | sample
-    assert Image.open(run / "samples" / grids[-1]).size == (4 * 18, 2 * 18)
+    # rows: grid_rows of 16 px tiles, enlarged 8x to 128 px (sample_grid.MIN_TILE), + 2 px gaps;
+    # columns: layout | 2 style refs | sample
+    assert Image.open(run / "samples" / grids[-1]).size == (4 * 130, 2 * 130)
 
     pipeline = SegSynthPipeline.from_pretrained(run / "pipeline")
     ema = CheckpointManager(run).latest()[1]["ema"]["shadow_params"]

@@ -19,7 +19,8 @@ from rich.console import Console
 from segsynth.benchmark.config import BenchmarkConfig
 from segsynth.benchmark.summary import markdown_table, summarise
 from segsynth.config import load_config, parse_config, save_resolved_config
-from segsynth.data.loader import index_dataset
+from segsynth.data.format import load_spec
+from segsynth.data.loader import SegDataset, index_dataset
 from segsynth.diffusion.config import DiffusionTrainConfig
 from segsynth.diffusion.train import train_diffusion
 from segsynth.io.atomic import atomic_write_json, atomic_write_text
@@ -44,7 +45,10 @@ def _folds(data: Path, out: Path, cfg: BenchmarkConfig) -> list[Split]:
     path = out / "splits.json"
     if path.is_file():
         return load_splits(path)
-    splits = make_folds(index_dataset(data), cfg.folds, cfg.fold_seed, cfg.val_fraction, cfg.low_label)
+    try:
+        splits = make_folds(index_dataset(data), cfg.folds, cfg.fold_seed, cfg.val_fraction, cfg.low_label)
+    except ValueError as exc:
+        raise ValueError(f"{data / 'dataset.json'}: {exc}") from None
     save_splits(path, splits, cfg.fold_seed)
     return splits
 
@@ -108,13 +112,44 @@ def _segmentation(
     return result
 
 
-def prepare_benchmark(data: str | Path, out: str | Path, config: BenchmarkConfig) -> list[Split]:
+def check_inputs(data: Path, config: BenchmarkConfig) -> None:
+    """Everything that would otherwise fail hours in: every stage's config (each key named), the
+    folds, every labelled and unlabelled file, and a non-empty style pool.
+
+    Raises:
+        ConfigError / DataReadError / ValueError: the first problem, naming its key or file.
+    """
+    load_config(DiffusionTrainConfig, config.diffusion_config, config.diffusion_overrides)
+    for seed in config.seeds:
+        for setting in [BASELINE, *config.settings]:
+            overrides = {**config.segmentation_overrides, "train.seed": seed}
+            if setting != BASELINE:
+                overrides.update(parse_mix(setting))
+            load_config(SegTrainConfig, config.segmentation_config, overrides)
+    spec = load_spec(data)
+    labelled = index_dataset(data, "labeled", spec)
+    if not labelled:
+        raise ValueError(f"{data / 'images'}: no labelled images")
+    try:
+        make_folds(labelled, config.folds, config.fold_seed, config.val_fraction, config.low_label)
+    except ValueError as exc:
+        raise ValueError(f"{data / 'dataset.json'}: {exc}") from None
+    unlabeled = index_dataset(data, "unlabeled", spec)
+    if not unlabeled:
+        raise ValueError(f"{data / 'unlabeled'}: no unlabelled images; the benchmark draws its style references from them")
+    SegDataset(data, refs=labelled, spec=spec).verify()
+    SegDataset(data, "unlabeled", refs=unlabeled, spec=spec).verify()
+
+
+def prepare_benchmark(data: str | Path, out: str | Path, config: BenchmarkConfig, check: bool = True) -> list[Split]:
     """Create (or re-open) the benchmark folder: its config and its folds.
 
     Raises:
         ValueError: ``out`` holds a benchmark made with another config.
     """
     data, out = Path(data), Path(out)
+    if check:
+        check_inputs(data, config)
     out.mkdir(parents=True, exist_ok=True)
     config_path = out / "benchmark.yaml"
     if config_path.is_file():
@@ -127,14 +162,15 @@ def prepare_benchmark(data: str | Path, out: str | Path, config: BenchmarkConfig
 
 
 def fold_generator(
-    data: str | Path, out: str | Path, config: BenchmarkConfig, fold: int, console: Console | None = None
+    data: str | Path, out: str | Path, config: BenchmarkConfig, fold: int, console: Console | None = None,
+    check: bool = True,
 ) -> tuple[Path, Path]:
     """Train (or reuse) fold ``fold``'s diffusion model and synthetic set; return both folders.
 
     The diffusion model sees only that fold's labelled training and validation cases.
     """
     console = console or Console(stderr=True)
-    splits = prepare_benchmark(data, out, config)
+    splits = prepare_benchmark(data, out, config, check=check)
     if not 0 <= fold < len(splits):
         raise ValueError(f"fold {fold} is not among the {len(splits)} folds of {Path(out) / 'splits.json'}")
     fold_dir = Path(out) / f"fold_{fold}"
@@ -158,7 +194,7 @@ def run_benchmark(data: str | Path, out: str | Path, config: BenchmarkConfig, co
     for fold in folds:
         split = splits[fold]
         console.print(f"[bold]fold {fold}[/]: {len(split.train_cases)} train, {len(split.val_cases)} val, {len(split.test_cases)} test cases")
-        _, synth = fold_generator(data, out, config, fold, console)
+        _, synth = fold_generator(data, out, config, fold, console, check=False)
         fold_dir = out / f"fold_{fold}"
         for seed in config.seeds:
             for setting in [BASELINE, *config.settings]:

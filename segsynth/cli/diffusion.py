@@ -26,7 +26,9 @@ def parse_overrides(items: list[str]) -> dict[str, object]:
 
 @app.command("train-diffusion")
 def train_diffusion_command(
-    data: Path = typer.Argument(..., help="Dataset folder (dataset.json, images/, masks/)."),
+    data: list[Path] = typer.Argument(
+        ..., help="Dataset folder (dataset.json, images/, masks/); several folders train one model on all of them."
+    ),
     config: Path | None = typer.Option(None, "--config", "-c", help="YAML config, e.g. configs/tiny.yaml."),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint in --out."),
@@ -39,7 +41,7 @@ def train_diffusion_command(
         from segsynth.diffusion.train import PIPELINE_DIR, TRAIN_LOG, train_diffusion
 
         cfg = load_config(DiffusionTrainConfig, config, parse_overrides(overrides))
-        run = train_diffusion(data, cfg, out, resume=resume, console=console)
+        run = train_diffusion(data[0] if len(data) == 1 else data, cfg, out, resume=resume, console=console)
     lines = (run / TRAIN_LOG).read_text(encoding="utf-8").splitlines()
     last = json.loads(lines[-1]) if lines else {}
     console.print(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 from collections.abc import Iterator
 
 import typer
@@ -27,6 +28,10 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+#: Environment problems a user fixes outside segsynth (then re-runs with --resume): no traceback.
+ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES}
+
+
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
     """Report a bad input as ``error: <file>: <problem>`` and exit 2 instead of a traceback."""
@@ -34,4 +39,13 @@ def user_errors() -> Iterator[None]:
         yield
     except USER_ERRORS as exc:
         err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    except OSError as exc:
+        if exc.errno not in ENVIRONMENT_ERRNOS:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        err_console.print(
+            f"[bold red]error:[/] {where}{exc.strerror}; completed work is kept, fix this and re-run with --resume",
+            highlight=False, soft_wrap=True,
+        )
         raise typer.Exit(2) from None

@@ -52,6 +52,12 @@ def generate(
     seed: int = typer.Option(0, help="Base seed; each sample's seed derives from (seed, index)."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run; done samples are kept."),
     shard: str = typer.Option("0/1", help="Generate only index range i of n (counting from 0), e.g. 1/4."),
+    edges: str = typer.Option(
+        None, help="Edge models: layout (mask boundary, default) | image (also the real image's edges; --layouts variants)."
+    ),
+    edge_guidance: float = typer.Option(1.0, help="Edge guidance scale (edge models; 1: off)."),
+    prompt: str = typer.Option(None, help="Text models: the prompt (default: the layout data's dataset.json prompt)."),
+    text_guidance: float = typer.Option(1.0, help="Text guidance scale (text models; 1: off)."),
 ) -> None:
     """Generate synthetic images for layouts in the style of unlabelled reference images."""
     with user_errors():
@@ -79,6 +85,10 @@ def generate(
             resume=resume,
             shard=parse_shard(shard),
             console=console,
+            edges=edges,
+            edge_guidance=edge_guidance,
+            prompt=prompt,
+            text_guidance=text_guidance,
         )
     table = Table(title=f"synthetic set {result.out}", show_header=False)
     table.add_row("generated now", str(result.generated))

@@ -46,6 +46,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from segsynth.data.format import DATASET_JSON, IMAGES_DIR, MASKS_DIR, UNLABELED_DIR, DatasetSpec
+from segsynth.data.loader import LABEL_HINT
 from segsynth.data.io import (
     IMAGE_EXTENSIONS,
     MASK_EXTENSIONS,
@@ -321,7 +322,7 @@ class _Checker:
             if bad.size:
                 self.add(
                     "error", path, "undeclared_label",
-                    f"values {bad.tolist()[:10]} are not declared labels {sorted(labels.values())}",
+                    f"values {bad.tolist()[:10]} are not declared labels {sorted(labels.values())}; {LABEL_HINT}",
                 )
         return shape
 

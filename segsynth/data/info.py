@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 
 from segsynth.data.format import DatasetSpec, load_spec
-from segsynth.data.io import DataReadError, image_shape, read_image
-from segsynth.data.loader import SampleRef, index_dataset
+from segsynth.data.io import DataReadError, image_shape, is_nifti, read_image
+from segsynth.data.loader import LABEL_HINT, SampleRef, index_dataset
 from segsynth.io.atomic import atomic_write_json
 
 FINGERPRINT_JSON = "fingerprint.json"
@@ -32,14 +32,14 @@ def _mask_slices(path: Path, num_classes: int) -> Iterator[np.ndarray]:
     arr = arr.astype(np.int64)
     if arr.size and (arr.min() < 0 or arr.max() >= num_classes):
         bad = np.setdiff1d(np.unique(arr), np.arange(num_classes)).tolist()
-        raise DataReadError(path, f"undeclared label values {bad[:10]} (run `segsynth data check`)")
+        raise DataReadError(path, f"undeclared label values {bad[:10]}; {LABEL_HINT} (run `segsynth data check`)")
     if arr.ndim == 2:
         yield arr
-    elif arr.ndim == 3:
+    elif arr.ndim == 3 and is_nifti(path):
         for z in range(arr.shape[2]):
             yield arr[..., z]
     else:
-        raise DataReadError(path, f"mask must be 2D or a NIfTI volume, got shape {arr.shape}")
+        raise DataReadError(path, f"mask must be 2D (H, W) or a NIfTI volume, got shape {arr.shape}")
 
 
 def _stats(values: list[int]) -> dict[str, float]:

@@ -17,7 +17,13 @@ import torch
 from torch.utils.data import Dataset
 
 from segsynth.data.format import IMAGES_DIR, MASKS_DIR, UNLABELED_DIR, DatasetSpec, load_spec
-from segsynth.data.io import DataReadError, image_shape, is_nifti, read_image, split_ext
+from segsynth.data.io import MASK_EXTENSIONS, DataReadError, image_shape, is_nifti, read_image, split_ext
+
+#: Raster images hold at most this many channels in their last axis; more means a slice stack.
+MAX_RASTER_CHANNELS = 4
+
+#: Appended to an undeclared-label error: the two usual causes.
+LABEL_HINT = "masks must hold the label values of dataset.json (a 0/255 mask or anti-aliased edges?)"
 
 
 @dataclass(frozen=True)
@@ -31,18 +37,23 @@ class SampleRef:
     slice_index: int | None = None
 
 
-def list_stems(folder: Path) -> dict[str, Path]:
+def list_stems(folder: Path, root: Path | None = None) -> dict[str, Path]:
     """Map stem -> file for every non-hidden file in ``folder`` (empty if the folder is absent).
 
     Raises:
         DataReadError: two files share a stem (``a.png`` and ``a.tif``): which one is meant is
-            ambiguous, so neither is picked silently.
+            ambiguous, so neither is picked silently; or a symlink leads out of ``root`` (the
+            dataset folder), which ``segsynth data check`` reports as ``symlink_outside``.
     """
     if not folder.is_dir():
         return {}
     stems: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
-        if not path.is_file() or path.name.startswith("."):
+        if path.name.startswith("."):
+            continue
+        if root is not None and path.is_symlink() and not is_inside(path, root):
+            raise DataReadError(path, f"symlink to {path.resolve()} leaves the dataset folder {root}; copy the file in")
+        if not path.is_file():
             continue
         stem = split_ext(path)[0]
         if stem in stems:
@@ -60,9 +71,9 @@ def index_dataset(root: str | Path, split: str = "labeled", spec: DatasetSpec | 
     root = Path(root)
     spec = spec or load_spec(root)
     if split == "labeled":
-        images, cases, masks = list_stems(root / IMAGES_DIR), spec.cases, list_stems(root / MASKS_DIR)
+        images, cases, masks = list_stems(root / IMAGES_DIR, root), spec.cases, list_stems(root / MASKS_DIR, root)
     elif split == "unlabeled":
-        images, cases, masks = list_stems(root / UNLABELED_DIR), spec.unlabeled_cases, {}
+        images, cases, masks = list_stems(root / UNLABELED_DIR, root), spec.unlabeled_cases, {}
     else:
         raise ValueError(f"split must be 'labeled' or 'unlabeled', got {split!r}")
     refs: list[SampleRef] = []
@@ -72,7 +83,11 @@ def index_dataset(root: str | Path, split: str = "labeled", spec: DatasetSpec | 
         mask_path = masks.get(stem)
         if split == "labeled" and mask_path is None:
             raise DataReadError(image_path, f"no mask with stem {stem!r} in {root / MASKS_DIR}")
+        if mask_path is not None and split_ext(mask_path)[1] not in MASK_EXTENSIONS:
+            raise DataReadError(mask_path, "lossy JPEG cannot hold exact labels; store masks as PNG, TIFF or NIfTI")
         shape = image_shape(image_path) if is_nifti(image_path) else ()
+        if len(shape) > 3:
+            raise DataReadError(image_path, f"NIfTI images must be (X, Y) or (X, Y, Z) single-channel, got {shape}")
         if len(shape) >= 3:
             for z in range(shape[2]):
                 refs.append(SampleRef(f"{stem}_z{z:03d}", cases[stem], image_path, mask_path, z))
@@ -98,12 +113,17 @@ def to_unit_range(arr: np.ndarray) -> np.ndarray:
     lo, hi = np.percentile(data, [0.5, 99.5])
     if hi <= lo:
         return np.zeros_like(data)
-    return np.clip((data - lo) / (hi - lo), 0.0, 1.0)
+    # np.percentile returns float64 scalars; keep the documented float32.
+    return np.clip((data - np.float32(lo)) / np.float32(hi - lo), 0.0, 1.0).astype(np.float32, copy=False)
 
 
 def _channels_first(arr: np.ndarray, channels: int, path: Path) -> np.ndarray:
     if arr.ndim == 2:
         arr = arr[None]
+    elif arr.ndim == 3 and arr.shape[-1] > MAX_RASTER_CHANNELS:
+        raise DataReadError(
+            path, f"expected (H, W) or (H, W, C<={MAX_RASTER_CHANNELS}), got {arr.shape}; a slice stack belongs in NIfTI"
+        )
     elif arr.ndim == 3:
         arr = np.moveaxis(arr, -1, 0)
     else:
@@ -186,8 +206,19 @@ class SegDataset(Dataset):
             mask = mask.astype(np.int64)
             bad = np.setdiff1d(np.unique(mask), np.arange(self.spec.num_classes))
             if bad.size:
-                raise DataReadError(ref.mask_path, f"undeclared label values {bad.tolist()}")
+                raise DataReadError(ref.mask_path, f"undeclared label values {bad.tolist()[:10]}; {LABEL_HINT}")
         return image, mask
+
+    def verify(self) -> None:
+        """Read every sample once, so a bad file stops a command before any work, naming the file.
+
+        The arrays stay cached, so the reading is not wasted for a run that goes on to train.
+
+        Raises:
+            DataReadError: the first unreadable, non-finite, misshapen or mislabelled sample.
+        """
+        for index in range(len(self)):
+            self.load_arrays(index)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         ref = self.refs[index]
@@ -204,6 +235,15 @@ class SegDataset(Dataset):
         sample["case_id"] = ref.case_id
         sample["id"] = ref.id
         return sample
+
+
+def is_inside(path: Path, root: Path) -> bool:
+    """Whether ``path`` (after following links) lies inside ``root``."""
+    try:
+        path.resolve().relative_to(root.resolve())
+    except ValueError:
+        return False
+    return True
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:

@@ -69,11 +69,15 @@ class DataConfig(StrictModel):
             so the style encoder cannot copy the target's content), ``nearby`` or ``augmented``.
         style_augment: random flips / rotations of every style reference (None: the sampler's
             default, on for ``augmented`` only).
+        edge_image_prob: for edge models (``model.edge``), the fraction of training samples whose
+            edge map also holds the image's edges; the others get the mask boundary alone, which is
+            what generation from a layout (no real image) provides.
     """
 
     augmentation: Literal["none", "light", "heavy"] = "light"
     style_sampler: str = "multi_patch"
     style_augment: bool | None = None
+    edge_image_prob: float = Field(0.5, ge=0.0, le=1.0)
 
     @model_validator(mode="after")
     def _check(self) -> DataConfig:
@@ -90,6 +94,8 @@ class SamplingConfig(StrictModel):
         steps: denoising steps.
         style_guidance_scale / layout_guidance_scale / guidance_rescale: classifier-free guidance
             (STEDM: style 1.5, rescale 0.7).
+        edge_guidance_scale / text_guidance_scale: guidance of the edge and text conditions (used
+            only by models built with them; 1 is off).
         grid_rows: training samples shown in each grid.
         seed: noise seed of the previews, fixed so grids of different steps are comparable.
     """
@@ -99,6 +105,8 @@ class SamplingConfig(StrictModel):
     style_guidance_scale: float = Field(1.5, ge=0)
     layout_guidance_scale: float = Field(1.0, ge=0)
     guidance_rescale: float = Field(0.7, ge=0, le=1)
+    edge_guidance_scale: float = Field(1.0, ge=0)
+    text_guidance_scale: float = Field(1.0, ge=0)
     grid_rows: int = Field(4, ge=1)
     seed: int = Field(0, ge=0)
 
@@ -123,6 +131,8 @@ class DiffusionTrainConfig(StrictModel):
         for name, scale, drop in (
             ("style", self.sampling.style_guidance_scale, drops.style),
             ("layout", self.sampling.layout_guidance_scale, drops.layout),
+            *((("edge", self.sampling.edge_guidance_scale, drops.edge),) if self.model.edge else ()),
+            *((("text", self.sampling.text_guidance_scale, drops.text),) if self.model.text else ()),
         ):
             if scale != 1.0 and drop == 0.0:
                 raise ValueError(

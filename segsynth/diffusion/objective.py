@@ -22,10 +22,16 @@ PredictionType = Literal["epsilon", "v_prediction"]
 
 
 class CondDrop(StrictModel):
-    """Independent per-sample probabilities of replacing a condition by its learned null (for CFG)."""
+    """Independent per-sample probabilities of replacing a condition by its learned null (for CFG).
+
+    ``edge`` and ``text`` apply only to models built with those conditions (``model.edge``,
+    ``model.text``); for others they draw nothing.
+    """
 
     style: float = Field(0.25, ge=0.0, le=1.0)
     layout: float = Field(0.0, ge=0.0, le=1.0)
+    edge: float = Field(0.1, ge=0.0, le=1.0)
+    text: float = Field(0.1, ge=0.0, le=1.0)
 
 
 class ObjectiveConfig(StrictModel):
@@ -108,14 +114,17 @@ def diffusion_loss(
         model: a :class:`~segsynth.models.SegSynthModel` (or a wrapper with the same ``forward``).
         scheduler: the training scheduler from :func:`make_train_scheduler`.
         batch: ``{"image": (B, C, H, W) in [0, 1], "mask": (B, H, W) int64, "style_images":
-            (B, N, C, H, W) in [0, 1] (optional)}``.
+            (B, N, C, H, W) in [0, 1] (optional), "edge": (B, 1, H, W) in [0, 1] (edge models),
+            "text": (B, text_dim) prompt embeddings (text models)}``.
         cfg: the objective.
-        generator: source of all randomness (timesteps, noise, condition drops, in this order).
+        generator: source of all randomness (timesteps, noise, condition drops, in this order;
+            the edge and text drops are drawn after the others, only when the batch has them).
 
     Returns:
         ``{"loss": weighted scalar to backpropagate, "loss_unweighted": plain mean loss,
         "snr_weight": mean Min-SNR weight, "drop_style": fraction of samples with the null style,
-        "drop_layout": same for the layout}`` (all but ``loss`` detached).
+        "drop_layout": same for the layout, "drop_edge" / "drop_text": same, when present}`` (all
+        but ``loss`` detached).
     """
     if scheduler.config.prediction_type != cfg.prediction_type:
         raise ValueError(
@@ -133,9 +142,14 @@ def diffusion_loss(
         "style": _uniform(b, generator, device) < cfg.cond_drop.style,
         "layout": _uniform(b, generator, device) < cfg.cond_drop.layout,
     }
+    extra = {}
+    for name in ("edge", "text"):  # optional conditions: drawn only when present, after the others
+        if batch.get(name) is not None:
+            drop[name] = _uniform(b, generator, device) < getattr(cfg.cond_drop, name)
+            extra[name] = batch[name]
     noisy = scheduler.add_noise(x0, noise, t)
     target = noise if cfg.prediction_type == "epsilon" else scheduler.get_velocity(x0, noise, t)
-    pred = model(noisy, t, batch["mask"], batch.get("style_images"), drop)
+    pred = model(noisy, t, batch["mask"], batch.get("style_images"), drop, **extra)
     err = F.mse_loss(pred.float(), target.float(), reduction="none") if cfg.loss == "l2" else (pred.float() - target.float()).abs()
     per_sample = err.mean(dim=(1, 2, 3))
     if cfg.min_snr_gamma is None:
@@ -148,4 +162,5 @@ def diffusion_loss(
         "snr_weight": weights.mean().detach(),
         "drop_style": drop["style"].float().mean(),
         "drop_layout": drop["layout"].float().mean(),
+        **{f"drop_{name}": drop[name].float().mean() for name in extra},
     }

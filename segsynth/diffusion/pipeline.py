@@ -9,8 +9,11 @@ InstructPix2Pix)::
     pred = e(∅, ∅) + s_layout · (e(L, ∅) - e(∅, ∅)) + s_style · (e(L, S) - e(L, ∅))
 
 optionally rescaled towards the conditional prediction's standard deviation (Lin et al., 2023,
-φ = ``guidance_rescale``; STEDM uses s_style = 1.5, φ = 0.7). Only the passes a setting needs are
-run, all in one batched UNet call; with both scales at 1 it is exactly the conditional pass.
+φ = ``guidance_rescale``; STEDM uses s_style = 1.5, φ = 0.7). Models with an edge and/or text
+condition extend the chain in the order layout -> edge -> text -> style: with e_k the prediction
+keeping the first k conditions, ``pred = e_0 + Σ_k s_k · (e_k - e_{k-1})``. Only the passes a
+setting needs are run, all in one batched UNet call; with every scale at 1 it is exactly the
+conditional pass.
 """
 
 from __future__ import annotations
@@ -27,7 +30,12 @@ from diffusers.utils.torch_utils import randn_tensor
 from segsynth.diffusion.schedulers import SAMPLERS, make_sampler
 from segsynth.models.model import SegSynthModel
 from segsynth.models.style import StyleAggregator, StyleEncoder, encode_style
+from segsynth.models.text import encode_prompts
 from segsynth.models.unet import LayoutStyleUNet
+
+#: The nested guidance chain: each condition is guided against the prediction without it and
+#: without every condition after it.
+GUIDANCE_ORDER = ("layout", "edge", "text", "style")
 
 
 @dataclass
@@ -93,9 +101,25 @@ class SegSynthPipeline(DiffusionPipeline):
         sampler: str,
         scales: tuple[float, float, float],
         generator: torch.Generator | list[torch.Generator] | None,
+        edge: torch.Tensor | None = None,
+        text: torch.Tensor | None = None,
+        extra_scales: tuple[float, float] = (1.0, 1.0),
     ) -> None:
         """Reject malformed inputs before any compute, naming the argument."""
         cfg = self.unet.config
+        b, h, w = layout.shape if layout.ndim == 3 else (0, 0, 0)
+        if edge is not None:
+            if not self.unet.uses_edge:
+                raise ValueError("edge maps were given but this model has no edge condition")
+            if tuple(edge.shape) not in ((b, h, w), (b, 1, h, w)):
+                raise ValueError(f"edge must be (B, 1, H, W) = {(b, 1, h, w)}, got {tuple(edge.shape)}")
+        if text is not None:
+            if not self.unet.uses_text:
+                raise ValueError("a prompt was given but this model has no text condition")
+            if tuple(text.shape) != (b, cfg.text_dim):
+                raise ValueError(f"prompt_embeds must be (B, {cfg.text_dim}) = {(b, cfg.text_dim)}, got {tuple(text.shape)}")
+        if min(extra_scales) < 0:
+            raise ValueError(f"edge and text guidance scales must be >= 0, got {extra_scales}")
         if layout.ndim != 3 or layout.dtype.is_floating_point:
             raise ValueError(f"layout must be an integer tensor (B, H, W), got {layout.dtype} {tuple(layout.shape)}")
         factor = 2 ** (len(cfg.block_out_channels) - 1)
@@ -124,6 +148,12 @@ class SegSynthPipeline(DiffusionPipeline):
             return None
         return encode_style(self.style_encoder, self.style_aggregator, style_images.to(self.device, self.unet.dtype))
 
+    @property
+    def conditions(self) -> tuple[str, ...]:
+        """The model's conditions in guidance order (layout, [edge], [text], style)."""
+        has = {"layout": True, "edge": self.unet.uses_edge, "text": self.unet.uses_text, "style": True}
+        return tuple(name for name in GUIDANCE_ORDER if has[name])
+
     def guided_prediction(
         self,
         x: torch.Tensor,
@@ -133,30 +163,67 @@ class SegSynthPipeline(DiffusionPipeline):
         style_scale: float,
         layout_scale: float,
         rescale: float,
+        *,
+        edge: torch.Tensor | None = None,
+        text: torch.Tensor | None = None,
+        edge_scale: float = 1.0,
+        text_scale: float = 1.0,
     ) -> torch.Tensor:
-        """The guided prediction for ``x`` ``(B, C, H, W)``, running all needed passes in one UNet call."""
-        need_style_null = style is not None and (style_scale != 1.0 or layout_scale != 1.0)
-        need_all_null = layout_scale != 1.0
-        branches = [(False, False)] + [(True, False)] * need_style_null + [(True, True)] * need_all_null
+        """The guided prediction for ``x`` ``(B, C, H, W)``, running all needed passes in one UNet call.
+
+        Level k of the chain keeps the first k conditions (the rest get their learned nulls); a
+        condition that is not given (None) is null at every level, so its term vanishes.
+        """
+        chain = self.conditions
+        given = {"layout": True, "edge": edge is not None, "text": text is not None, "style": style is not None}
+        scale = {"layout": layout_scale, "edge": edge_scale, "text": text_scale, "style": style_scale}
+        n_levels = len(chain)
+        needed = {n_levels}
+        for k, name in enumerate(chain, start=1):
+            if given[name] and scale[name] != 1.0:
+                needed |= {k - 1, k}
+        levels = sorted(needed, reverse=True)  # the full conditional pass first
+        flags = {k: tuple(not (i < k and given[name]) for i, name in enumerate(chain)) for k in levels}
+        branches = list(dict.fromkeys(flags[k] for k in levels))
         b, n = x.shape[0], len(branches)
         t = t.reshape(-1).expand(b) if t.numel() == 1 else t
-        drop_style = torch.tensor([s for s, _ in branches], device=x.device).repeat_interleave(b)
-        drop_layout = torch.tensor([lay for _, lay in branches], device=x.device).repeat_interleave(b)
+
+        def drops(name: str) -> torch.Tensor:
+            col = chain.index(name)
+            return torch.tensor([branch[col] for branch in branches], device=x.device).repeat_interleave(b)
+
+        extra: dict[str, torch.Tensor | None] = {}
+        if "edge" in chain:
+            extra.update(edge=None if edge is None else edge.repeat(n, *([1] * (edge.ndim - 1))), drop_edge=drops("edge"))
+        if "text" in chain:
+            extra.update(text=None if text is None else text.repeat(n, 1), drop_text=drops("text"))
         preds = self.unet(
             x.repeat(n, 1, 1, 1),
             t.repeat(n),
             layout.repeat(n, 1, 1),
             style=None if style is None else style.repeat(n, 1),
-            drop_style=drop_style,
-            drop_layout=drop_layout,
+            drop_style=drops("style"),
+            drop_layout=drops("layout"),
+            **extra,
         ).chunk(n)
         if n == 1:
             return preds[0]
+        pred = {k: preds[branches.index(flags[k])] for k in levels}
+        ascending = levels[::-1]
+        guided = pred[ascending[0]]
+        for low, high in zip(ascending, ascending[1:]):
+            # Between two computed levels every skipped condition has scale 1, so the terms telescope.
+            s = scale[chain[high - 1]] if high == low + 1 else 1.0
+            guided = guided + s * (pred[high] - pred[low])
         full = preds[0]
-        layout_only = preds[1] if need_style_null else full
-        base = preds[-1] + layout_scale * (layout_only - preds[-1]) if need_all_null else layout_only
-        guided = base + style_scale * (full - layout_only)
         return rescale_noise_cfg(guided, full, guidance_rescale=rescale) if rescale > 0 else guided
+
+    def encode_prompt(self, prompt: str | list[str], batch: int) -> torch.Tensor:
+        """Prompt(s) -> ``(B, text_dim)`` embeddings with the frozen offline encoder (cached on disk)."""
+        prompts = [prompt] * batch if isinstance(prompt, str) else list(prompt)
+        if len(prompts) != batch:
+            raise ValueError(f"got {len(prompts)} prompts for a batch of {batch}")
+        return encode_prompts(prompts).to(self.device, self.unet.dtype)
 
     @torch.no_grad()
     def __call__(
@@ -170,6 +237,11 @@ class SegSynthPipeline(DiffusionPipeline):
         layout_guidance_scale: float = 1.0,
         guidance_rescale: float = 0.7,
         generator: torch.Generator | list[torch.Generator] | None = None,
+        edge: torch.Tensor | None = None,
+        prompt: str | list[str] | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        edge_guidance_scale: float = 1.0,
+        text_guidance_scale: float = 1.0,
     ) -> SegSynthPipelineOutput:
         """Draw one image per layout.
 
@@ -183,15 +255,30 @@ class SegSynthPipeline(DiffusionPipeline):
             guidance_rescale: φ of CFG-rescale; 0 is plain CFG.
             generator: one generator, or one per sample so each sample depends only on its own
                 generator (independent of the rest of the batch).
+            edge: ``(B, 1, H, W)`` edge maps in [0, 1] for edge models (e.g.
+                :func:`segsynth.data.edges.edge_map` of the layout); None: the learned null edge.
+            prompt: text for text models, one string or one per sample (encoded offline, cached).
+            prompt_embeds: ``(B, text_dim)`` precomputed prompt embeddings instead of ``prompt``.
+            edge_guidance_scale: s_edge; 1 disables edge guidance.
+            text_guidance_scale: s_text; 1 disables text guidance.
 
         Returns:
             :class:`SegSynthPipelineOutput` with ``images`` ``(B, C, H, W)`` in [0, 1] on the CPU.
         """
         scales = (style_guidance_scale, layout_guidance_scale, guidance_rescale)
-        self.check_inputs(layout, style_images, num_inference_steps, sampler, scales, generator)
+        if prompt is not None and prompt_embeds is not None:
+            raise ValueError("give prompt or prompt_embeds, not both")
+        if prompt is not None and not self.unet.uses_text:
+            raise ValueError("a prompt was given but this model has no text condition")
+        text = self.encode_prompt(prompt, layout.shape[0]) if prompt is not None else prompt_embeds
+        self.check_inputs(layout, style_images, num_inference_steps, sampler, scales, generator,
+                          edge, text, (edge_guidance_scale, text_guidance_scale))
         device, dtype = self.device, self.unet.dtype
         layout = layout.to(device=device, dtype=torch.long)
         style = self.encode_style(style_images)
+        guide = {"edge": None if edge is None else edge.to(device, dtype),
+                 "text": None if text is None else text.to(device, dtype),
+                 "edge_scale": edge_guidance_scale, "text_scale": text_guidance_scale}
 
         solver = make_sampler(sampler, self.scheduler.config)
         solver.set_timesteps(num_inference_steps, device=device)
@@ -200,7 +287,7 @@ class SegSynthPipeline(DiffusionPipeline):
         x = x * solver.init_noise_sigma
 
         for t in self.progress_bar(solver.timesteps):
-            pred = self.guided_prediction(solver.scale_model_input(x, t), t, layout, style, *scales)
+            pred = self.guided_prediction(solver.scale_model_input(x, t), t, layout, style, *scales, **guide)
             x = solver.step(pred, t, x).prev_sample
 
         images = (x.float() / 2 + 0.5).clamp(0, 1).cpu()

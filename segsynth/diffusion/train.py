@@ -38,6 +38,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from segsynth.config import ConfigError, load_config, save_resolved_config
 from segsynth.data.augment import paired_augmentation
+from segsynth.data.edges import edge_map
 from segsynth.data.format import DatasetSpec, load_spec
 from segsynth.data.loader import SampleRef, SegDataset, index_dataset, sample_seed
 from segsynth.data.style_sampling import StyleSampler, make_style_sampler, random_patch
@@ -45,9 +46,10 @@ from segsynth.diffusion.config import DiffusionTrainConfig
 from segsynth.diffusion.objective import diffusion_loss, make_train_scheduler
 from segsynth.diffusion.pipeline import SegSynthPipeline
 from segsynth.diffusion.sample_grid import save_sample_grid
-from segsynth.io.atomic import atomic_directory, atomic_write_json, atomic_write_text
+from segsynth.io.atomic import atomic_directory, atomic_write_json, atomic_write_text, remove_stale_temporaries
 from segsynth.io.checkpoint import CheckpointManager, rng_state, set_rng_state
 from segsynth.models import SegSynthModel
+from segsynth.models.text import encode_prompts
 
 CONFIG_YAML = "config.yaml"
 TRAINING_DATA_JSON = "training_data.json"
@@ -68,6 +70,24 @@ def fit_config_to_data(cfg: DiffusionTrainConfig, spec: DatasetSpec, data: Path)
             raise ConfigError(
                 f"model.{key} is {getattr(cfg.model, key)} but {data / 'dataset.json'} declares {value}"
             )
+    model = type(cfg.model).model_validate({**cfg.model.model_dump(), **wanted})
+    return cfg.model_copy(update={"model": model})
+
+
+def fit_config_to_datasets(cfg: DiffusionTrainConfig, specs: Sequence[DatasetSpec],
+                           roots: Sequence[Path]) -> DiffusionTrainConfig:
+    """Several datasets (one model for several modalities): the model draws the largest channel
+    count (single-channel images are repeated to it) and the largest label count."""
+    if len(specs) == 1:
+        return fit_config_to_data(cfg, specs[0], roots[0])
+    channels = sorted({spec.channels for spec in specs})
+    if len(channels) > 1 and channels[:-1] != [1]:
+        raise ConfigError(f"datasets {[str(r) for r in roots]} mix {channels} channels; only 1-channel data can be "
+                          "combined with data of another channel count (it is repeated)")
+    wanted = {"image_channels": channels[-1], "num_classes": max(spec.num_classes for spec in specs)}
+    for key, value in wanted.items():
+        if key in cfg.model.model_fields_set and getattr(cfg.model, key) != value:
+            raise ConfigError(f"model.{key} is {getattr(cfg.model, key)} but the datasets need {value}")
     model = type(cfg.model).model_validate({**cfg.model.model_dump(), **wanted})
     return cfg.model_copy(update={"model": model})
 
@@ -125,13 +145,28 @@ class BatchPlan:
 
 
 class TrainingSamples(Dataset):
-    """``(epoch, index) -> {"image", "mask", "style_images", "id"}`` with all randomness seeded.
+    """``(epoch, index) -> {"image", "mask", "style_images", "id"[, "edge"][, "text"]}``, all randomness seeded.
 
     Image and layout get one paired augmentation and one random ``image_size`` crop; the style
-    references come from ``sampler`` with a generator seeded by ``(seed, epoch, index)``.
+    references come from ``sampler`` with a generator seeded by ``(seed, epoch, index)``. For edge
+    models the edge map is computed *after* that draw, from the augmented mask (and, with
+    probability ``data.edge_image_prob``, the augmented image), so it is aligned with both. For text
+    models each sample carries the prompt embedding of its dataset.
+
+    Several datasets (``extra`` sources) are indexed one after another; style references are
+    drawn within a sample's own dataset, and single-channel images are repeated to the model's
+    channel count.
+
+    Args:
+        root: the (first) dataset folder.
+        refs: its samples to train on.
+        cfg: the training config.
+        text: ``(num_datasets, text_dim)`` prompt embeddings, one row per dataset (text models).
+        extra: further ``(root, refs)`` datasets.
     """
 
-    def __init__(self, root: Path, refs: Sequence[SampleRef], cfg: DiffusionTrainConfig) -> None:
+    def __init__(self, root: Path, refs: Sequence[SampleRef], cfg: DiffusionTrainConfig,
+                 text: torch.Tensor | None = None, extra: Sequence[tuple[Path, Sequence[SampleRef]]] = ()) -> None:
         size = cfg.model.image_size
         keys = ["image", "mask"]
         augment = Compose([
@@ -139,34 +174,84 @@ class TrainingSamples(Dataset):
             SpatialPadd(keys, spatial_size=(size, size), mode="symmetric"),
             RandSpatialCropd(keys, roi_size=(size, size), random_size=False),
         ])
-        self.dataset = SegDataset(root, "labeled", refs=refs, augment=augment, seed=cfg.train.seed)
+        sources = [(root, refs), *extra]
+        # Dataset 0 keeps the plain seed, so a single-dataset run draws exactly as before.
+        self.datasets = [SegDataset(r, "labeled", refs=rf, augment=augment, seed=cfg.train.seed + 7919 * i)
+                         for i, (r, rf) in enumerate(sources)]
+        self.dataset = self.datasets[0]
+        self.offsets = np.cumsum([0] + [len(d) for d in self.datasets])
         self.sampler: StyleSampler = make_style_sampler(cfg.data.style_sampler, size, cfg.data.style_augment)
         self.num_refs = cfg.model.style.num_refs
         self.image_size = size
         self.seed = cfg.train.seed
+        self.channels = cfg.model.image_channels
+        self.edge = cfg.model.edge
+        self.edge_sigma = cfg.model.edge_sigma
+        self.edge_image_prob = cfg.data.edge_image_prob
+        if text is not None and len(text) != len(self.datasets):
+            raise ValueError(f"{len(text)} prompt embeddings for {len(self.datasets)} datasets")
+        self.text = text
 
     def __len__(self) -> int:
-        return len(self.dataset)
+        return int(self.offsets[-1])
+
+    def locate(self, index: int) -> tuple[int, int]:
+        """``(dataset number, index within it)`` of global sample ``index``."""
+        source = int(np.searchsorted(self.offsets, index, side="right") - 1)
+        return source, index - int(self.offsets[source])
+
+    def verify(self) -> None:
+        """Read every sample of every dataset once (see :meth:`SegDataset.verify`)."""
+        for dataset in self.datasets:
+            dataset.verify()
+
+    def _channels(self, images: torch.Tensor, dim: int) -> torch.Tensor:
+        if images.shape[dim] == self.channels:
+            return images
+        return images.repeat_interleave(self.channels // images.shape[dim], dim=dim)
 
     def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
         epoch, index = key
-        self.dataset.set_epoch(epoch)
-        sample = self.dataset[index]
+        source, local = self.locate(index)
+        dataset = self.datasets[source]
+        dataset.set_epoch(epoch)
+        sample = dataset[local]
         rng = np.random.default_rng(sample_seed(self.seed + 1, epoch, index))
-        styles, _ = self.sampler(self.dataset, index, self.num_refs, rng)
-        return {"image": sample["image"], "mask": sample["mask"], "style_images": torch.from_numpy(styles),
-                "id": sample["id"]}
+        styles, _ = self.sampler(dataset, local, self.num_refs, rng)
+        out = {"image": self._channels(sample["image"], 0), "mask": sample["mask"],
+               "style_images": self._channels(torch.from_numpy(styles), 1), "id": sample["id"]}
+        if self.edge:
+            # Its own stream, so edge models leave the other draws of a sample unchanged.
+            with_image = np.random.default_rng(sample_seed(self.seed + 3, epoch, index)).random() < self.edge_image_prob
+            image = sample["image"].numpy() if with_image else None
+            out["edge"] = torch.from_numpy(edge_map(sample["mask"].numpy(), image, self.edge_sigma))[None]
+        if self.text is not None:
+            out["text"] = self.text[source]
+        return out
 
     def preview_rows(self, rows: int, seed: int) -> dict[str, torch.Tensor]:
-        """Fixed, un-augmented rows for the preview grids, spread over the training set."""
+        """Fixed, un-augmented rows for the preview grids, spread over the training set.
+
+        Edge models get the layout's boundary (as at generation without a real image); text
+        models the prompt of each row's dataset.
+        """
         rng = np.random.default_rng(seed)
-        layouts, styles = [], []
-        for index in np.linspace(0, len(self.dataset) - 1, rows).round().astype(int):
-            image, mask = self.dataset.load_arrays(int(index))
+        layouts, styles, texts = [], [], []
+        for index in np.linspace(0, len(self) - 1, rows).round().astype(int):
+            source, local = self.locate(int(index))
+            dataset = self.datasets[source]
+            image, mask = dataset.load_arrays(local)
             stacked = np.concatenate([image, mask[None].astype(np.float32)], 0)
             layouts.append(torch.from_numpy(random_patch(stacked, self.image_size, rng)[-1].astype(np.int64)))
-            styles.append(torch.from_numpy(self.sampler(self.dataset, int(index), self.num_refs, rng)[0]))
-        return {"layout": torch.stack(layouts), "style_images": torch.stack(styles)}
+            styles.append(self._channels(torch.from_numpy(self.sampler(dataset, local, self.num_refs, rng)[0]), 1))
+            if self.text is not None:
+                texts.append(self.text[source])
+        out = {"layout": torch.stack(layouts), "style_images": torch.stack(styles)}
+        if self.edge:
+            out["edge"] = torch.stack([torch.from_numpy(edge_map(m.numpy()))[None] for m in out["layout"]])
+        if texts:
+            out["text"] = torch.stack(texts)
+        return out
 
 
 @dataclass
@@ -205,6 +290,10 @@ def prepare_run_dir(out: Path, cfg: DiffusionTrainConfig, resume: bool, training
         raise FileExistsError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     if resume and config_path.exists():
         saved = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+        try:  # a run saved before a config key existed resumes with that key at its default
+            saved = type(cfg).model_validate(saved).model_dump(mode="json")
+        except ValueError:
+            pass  # compare as saved: the changed keys name the difference
         now = cfg.model_dump(mode="json")
         changed = [
             key for key in changed_keys(saved, now)
@@ -238,7 +327,8 @@ def truncate_log(path: Path, step: int) -> None:
 class Trainer:
     """One training run: model, optimiser, EMA, data and bookkeeping; see :func:`train_diffusion`."""
 
-    def __init__(self, data: Path, cfg: DiffusionTrainConfig, out: Path, refs: list[SampleRef]) -> None:
+    def __init__(self, data: Path, cfg: DiffusionTrainConfig, out: Path, refs: list[SampleRef],
+                 text: torch.Tensor | None = None, extra: Sequence[tuple[Path, Sequence[SampleRef]]] = ()) -> None:
         self.cfg, self.out = cfg, out
         self.accelerator = Accelerator(mixed_precision=mixed_precision(cfg))
         torch.manual_seed(cfg.train.seed)
@@ -252,7 +342,7 @@ class Trainer:
         self.ema = EMAModel(model.parameters(), decay=cfg.train.ema_decay)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         self.ema.to(self.accelerator.device)
-        self.samples = TrainingSamples(data, refs, cfg)
+        self.samples = TrainingSamples(data, refs, cfg, text=text, extra=extra)
         self.checkpoints = CheckpointManager(out, keep=cfg.train.keep_checkpoints)
         self.position = Position()
 
@@ -342,6 +432,10 @@ class Trainer:
                     sampler=s.sampler, style_guidance_scale=s.style_guidance_scale,
                     layout_guidance_scale=s.layout_guidance_scale, guidance_rescale=s.guidance_rescale,
                     generator=generators,
+                    **({"edge": rows["edge"].to(device), "edge_guidance_scale": s.edge_guidance_scale}
+                       if "edge" in rows else {}),
+                    **({"prompt_embeds": rows["text"].to(device), "text_guidance_scale": s.text_guidance_scale}
+                       if "text" in rows else {}),
                 ).images
         finally:
             self.ema.restore(self.raw_model.parameters())
@@ -368,7 +462,7 @@ def _progress(console: Console | None, enabled: bool) -> Progress:
 
 
 def train_diffusion(
-    data: str | Path,
+    data: str | Path | Sequence[str | Path],
     config: DiffusionTrainConfig | str | Path | None,
     out: str | Path,
     resume: bool = False,
@@ -378,7 +472,9 @@ def train_diffusion(
     """Train (or resume) a diffusion model on the labelled images of ``data``.
 
     Args:
-        data: dataset folder (``dataset.json``, ``images/``, ``masks/``).
+        data: dataset folder (``dataset.json``, ``images/``, ``masks/``), or a list of them to train
+            one model on several datasets (e.g. several modalities told apart by their prompts
+            with ``model.text``); ``training_data.json`` then names the first as ``data_root``.
         config: a :class:`DiffusionTrainConfig`, a YAML path, or None for the defaults.
         out: run folder (see the module docstring for its contents).
         resume: continue from the newest complete checkpoint in ``out``.
@@ -388,14 +484,33 @@ def train_diffusion(
     Returns:
         The run folder; its ``pipeline/`` holds the released model.
     """
-    data, out = Path(data).resolve(), Path(out)
+    roots = [Path(d).resolve() for d in ([data] if isinstance(data, (str, Path)) else data)]
+    if not roots:
+        raise ValueError("no dataset folder to train on")
+    if len(set(roots)) != len(roots):
+        raise ValueError(f"a dataset folder is listed twice: {[str(r) for r in roots]}")
+    if len(roots) > 1 and train_ids is not None:
+        raise ValueError("train_ids select samples of one dataset; they cannot be combined with several datasets")
+    data, out = roots[0], Path(out)
     cfg = config if isinstance(config, DiffusionTrainConfig) else load_config(DiffusionTrainConfig, config)
-    spec = load_spec(data)
-    cfg = fit_config_to_data(cfg, spec, data)
+    specs = [load_spec(root) for root in roots]
+    spec = specs[0]
+    cfg = fit_config_to_datasets(cfg, specs, roots)
     refs = select_refs(data, spec, train_ids)
+    extra = [(root, select_refs(root, s, None)) for root, s in zip(roots[1:], specs[1:])]
     training_data = {"data_root": str(data), "train_ids": [ref.id for ref in refs],
                      "style_sampler": cfg.data.style_sampler, "num_refs": cfg.model.style.num_refs}
-    trainer = Trainer(data, cfg, out, refs)
+    if extra:
+        training_data["datasets"] = [{"data_root": str(root), "train_ids": [r.id for r in rf], "prompt": s.prompt}
+                                     for (root, rf), s in zip([(data, refs), *extra], specs)]
+    text = None
+    if cfg.model.text:
+        text = encode_prompts([s.prompt for s in specs])
+        if text.shape[1] != cfg.model.text_dim:
+            raise ConfigError(f"model.text_dim is {cfg.model.text_dim} but the text encoder makes {text.shape[1]}-d embeddings")
+        training_data["prompts"] = [s.prompt for s in specs]
+    trainer = Trainer(data, cfg, out, refs, text=text, extra=extra)
+    trainer.samples.verify()  # a bad file fails now, naming it, before the run folder is touched
     main = trainer.accelerator.is_main_process
     if main:
         prepare_run_dir(out, cfg, resume, training_data)
@@ -405,6 +520,7 @@ def train_diffusion(
         trainer.load_state_tree(latest[1])
     if main and resume:
         truncate_log(out / TRAIN_LOG, trainer.position.step)
+        remove_stale_temporaries(out, out / SAMPLES_DIR, out / "checkpoints")
     preview = trainer.samples.preview_rows(cfg.sampling.grid_rows, cfg.sampling.seed)
     _run(trainer, preview, console if main else None)
     return out

@@ -59,6 +59,28 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+def remove_stale_temporaries(*folders: str | os.PathLike[str]) -> list[Path]:
+    """Delete the hidden ``.*.tmp`` / ``.*.old`` entries a killed writer left directly in ``folders``.
+
+    Only call this for folders that a single process owns (a run folder being resumed): a
+    temporary of a writer that is still alive would be deleted under it.
+
+    Returns:
+        What was removed.
+    """
+    removed = []
+    for folder in map(Path, folders):
+        if not folder.is_dir():
+            continue
+        for entry in [*folder.glob(".*.tmp"), *folder.glob(".*.old")]:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            removed.append(entry)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_directory(final: str | os.PathLike[str], *, overwrite: bool = False) -> Iterator[Path]:
     """Build a directory under a temporary name and rename it into place only when complete.

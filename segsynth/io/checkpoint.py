@@ -125,6 +125,7 @@ class CheckpointManager:
             extra_files: small side files (e.g. the resolved config) stored with the state.
         """
         final = self.path(step)
+        self.remove_stale()
         with atomic_directory(final, overwrite=True) as tmp:
             save_state_tree(tmp, tree)
             for name, data in (extra_files or {}).items():
@@ -133,6 +134,15 @@ class CheckpointManager:
         for old in self.complete_steps()[: -self.keep]:
             shutil.rmtree(self.path(old), ignore_errors=True)
         return final
+
+    def remove_stale(self) -> None:
+        """Delete what a killed save left behind: hidden ``.step_*.tmp`` folders (never complete).
+
+        Only one process writes a run's checkpoints, so any such folder belongs to a dead writer.
+        """
+        if self.root.is_dir():
+            for child in self.root.glob(".step_*.tmp"):
+                shutil.rmtree(child, ignore_errors=True)
 
     def latest(self) -> tuple[int, Any] | None:
         """The newest complete checkpoint as ``(step, tree)``, or ``None`` when there is none."""

@@ -60,6 +60,14 @@ class ModelConfig(StrictModel):
         norm_num_groups: GroupNorm groups; must divide every UNet and style-encoder width.
         style: the style branch.
         spade: also modulate the decoder's group-norms by the layout (SDM), on top of concatenation.
+        edge: also condition on an edge map (mask boundary ∪ image edges, DiffBoost), concatenated
+            as one more input channel, with its own learned null for guidance.
+        edge_sigma: Canny smoothing (pixels) of the image edges in the edge map; kept with the
+            model so generation draws edges the way training did.
+        text: also condition on a prompt embedding (from ``dataset.json``'s ``prompt``, encoded
+            offline by a frozen sentence encoder), projected to cross-attention tokens.
+        text_dim: size of the prompt embedding (384 for all-MiniLM-L6-v2).
+        text_tokens: cross-attention tokens made from the prompt embedding.
     """
 
     image_size: int = Field(32, ge=4)
@@ -72,6 +80,11 @@ class ModelConfig(StrictModel):
     norm_num_groups: int = Field(8, ge=1)
     style: StyleConfig = Field(default_factory=StyleConfig)
     spade: bool = False
+    edge: bool = False
+    edge_sigma: float = Field(1.0, ge=0.0)
+    text: bool = False
+    text_dim: int = Field(384, ge=1)
+    text_tokens: int = Field(4, ge=1)
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
@@ -97,4 +110,6 @@ class ModelConfig(StrictModel):
             )
         if self.style.injection != "time" and not any(self.attention_levels):
             raise ValueError(f"style.injection {self.style.injection!r} needs at least one attention level")
+        if self.text and not any(self.attention_levels):
+            raise ValueError("model.text needs at least one attention level (prompts enter by cross-attention)")
         return self

@@ -52,6 +52,8 @@ class SegSynthModel(nn.Module):
             injection=style.injection,
             num_tokens=style.num_tokens,
             spade=cfg.spade,
+            **({"edge": True, "edge_sigma": cfg.edge_sigma} if cfg.edge else {}),
+            **({"text_dim": cfg.text_dim, "text_tokens": cfg.text_tokens} if cfg.text else {}),
         )
         encoder = StyleEncoder(cfg.image_channels, tuple(style.encoder_channels), style.dim, cfg.norm_num_groups)
         aggregator = StyleAggregator(style.dim, style.aggregator, style.num_refs, num_heads=math.gcd(style.dim, 4))
@@ -69,6 +71,11 @@ class SegSynthModel(nn.Module):
     def image_size(self) -> int:
         return self.unet.config.image_size
 
+    @property
+    def conditions(self) -> tuple[str, ...]:
+        """The droppable conditions of this model: ``layout``, ``style`` and, if built with them, ``edge``, ``text``."""
+        return ("style", "layout") + ("edge",) * self.unet.uses_edge + ("text",) * self.unet.uses_text
+
     def encode_style(self, style_images: torch.Tensor | None) -> torch.Tensor | None:
         """``(B, N, C, H, W)`` references in [0, 1] -> ``(B, dim)``; None stays None (null style)."""
         if style_images is None:
@@ -82,6 +89,8 @@ class SegSynthModel(nn.Module):
         layout: torch.Tensor,
         style_images: torch.Tensor | None = None,
         drop: dict[str, torch.Tensor] | None = None,
+        edge: torch.Tensor | None = None,
+        text: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Predict the diffusion target for ``noisy``.
 
@@ -90,16 +99,30 @@ class SegSynthModel(nn.Module):
             timesteps: ``(B,)`` integer timesteps.
             layout: ``(B, H, W)`` int64 labels.
             style_images: ``(B, N, C, H, W)`` references in [0, 1], or None for the null style.
-            drop: optional ``{"style": (B,) bool, "layout": (B,) bool}``; True selects the learned
-                null embedding for that sample.
+            drop: optional ``{"style": (B,) bool, "layout": (B,) bool, "edge": ..., "text": ...}``
+                (``edge`` / ``text`` only for models built with them); True selects the learned null
+                embedding for that sample.
+            edge: ``(B, 1, H, W)`` edge maps in [0, 1] (edge models), None for the null edge.
+            text: ``(B, text_dim)`` prompt embeddings (text models), None for the null prompt.
 
         Returns:
             ``(B, C, H, W)`` prediction (epsilon or v, per the training objective).
         """
         drop = drop or {}
-        unknown = set(drop) - {"style", "layout"}
+        unknown = set(drop) - set(self.conditions)
         if unknown:
-            raise ValueError(f"unknown condition(s) to drop: {sorted(unknown)}; expected 'style' and/or 'layout'")
+            raise ValueError(
+                f"unknown condition(s) to drop: {sorted(unknown)}; this model has {', '.join(map(repr, self.conditions))}"
+            )
+        extra: dict[str, torch.Tensor | None] = {}
+        if self.unet.uses_edge:
+            extra.update(edge=edge, drop_edge=drop.get("edge"))
+        elif edge is not None:
+            raise ValueError("edge maps were given but the model has no edge condition (model.edge is off)")
+        if self.unet.uses_text:
+            extra.update(text=text, drop_text=drop.get("text"))
+        elif text is not None:
+            raise ValueError("prompt embeddings were given but the model has no text condition (model.text is off)")
         return self.unet(
             noisy,
             timesteps,
@@ -107,4 +130,5 @@ class SegSynthModel(nn.Module):
             style=self.encode_style(style_images),
             drop_style=drop.get("style"),
             drop_layout=drop.get("layout"),
+            **extra,
         )

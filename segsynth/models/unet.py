@@ -9,7 +9,12 @@ Style: a ``dim``-d vector per sample, added to the time embedding of every ResBl
 (``injection="time"``, diffusers' ``class_embed_type="identity"``), and/or projected to a few
 tokens read by cross-attention (``"cross_attention"``, a ``UNet2DConditionModel``).
 
-Both conditions have a *learned* null value, used when a sample's condition is dropped in
+Edge (DiffBoost, Zhang et al., 2025; optional): a one-channel edge map (mask boundary ∪ image
+edges) concatenated after the layout. Text (optional): a prompt embedding from a frozen sentence
+encoder, projected to ``text_tokens`` cross-attention tokens (appended to the style tokens when
+the style is injected by cross-attention too).
+
+Every condition has a *learned* null value, used when a sample's condition is dropped in
 training or removed for classifier-free guidance.
 """
 
@@ -79,6 +84,11 @@ class LayoutStyleUNet(ModelMixin, ConfigMixin):
         injection: ``time``, ``cross_attention`` or ``both``.
         num_tokens: cross-attention tokens made from the style vector.
         spade: modulate the decoder's group-norms by the layout.
+        edge: take a one-channel edge map ``(B, 1, H, W)`` as one more input channel.
+        edge_sigma: Canny smoothing of the image edges the model was trained with (recorded so
+            generation draws edge maps the same way; the network itself does not use it).
+        text_dim: size of the prompt embedding; 0 means no text condition.
+        text_tokens: cross-attention tokens made from the prompt embedding.
     """
 
     @register_to_config
@@ -96,6 +106,10 @@ class LayoutStyleUNet(ModelMixin, ConfigMixin):
         injection: str = "time",
         num_tokens: int = 4,
         spade: bool = False,
+        edge: bool = False,
+        edge_sigma: float = 1.0,
+        text_dim: int = 0,
+        text_tokens: int = 4,
     ) -> None:
         super().__init__()
         if injection not in INJECTIONS:
@@ -104,14 +118,21 @@ class LayoutStyleUNet(ModelMixin, ConfigMixin):
             raise ValueError(f"attention_levels {attention_levels} needs one entry per level of {block_out_channels}")
         if num_classes < 2 or image_channels < 1 or style_dim < 1 or num_tokens < 1:
             raise ValueError("need num_classes >= 2, image_channels >= 1, style_dim >= 1, num_tokens >= 1")
+        if text_dim < 0 or text_tokens < 1:
+            raise ValueError(f"need text_dim >= 0 (0: no text) and text_tokens >= 1, got {text_dim}, {text_tokens}")
         self.uses_time = injection in ("time", "both")
-        self.uses_cross = injection in ("cross_attention", "both")
-        if self.uses_cross and not any(attention_levels):
+        self.style_cross = injection in ("cross_attention", "both")
+        self.uses_text = text_dim > 0
+        self.uses_edge = bool(edge)
+        self.uses_cross = self.style_cross or self.uses_text
+        if self.style_cross and not any(attention_levels):
             raise ValueError(f"injection {injection!r} needs at least one attention level")
+        if self.uses_text and not any(attention_levels):
+            raise ValueError("a text condition needs at least one attention level (it enters by cross-attention)")
         time_embed_dim = block_out_channels[0] * 4
         common = dict(
             sample_size=image_size,
-            in_channels=image_channels + num_classes,
+            in_channels=image_channels + num_classes + int(self.uses_edge),
             out_channels=image_channels,
             block_out_channels=tuple(block_out_channels),
             layers_per_block=layers_per_block,
@@ -128,7 +149,11 @@ class LayoutStyleUNet(ModelMixin, ConfigMixin):
                 class_embed_type="identity" if self.uses_time else None,
                 **common,
             )
-            self.style_to_tokens = nn.Linear(style_dim, num_tokens * style_dim)
+            if self.style_cross:
+                self.style_to_tokens = nn.Linear(style_dim, num_tokens * style_dim)
+            if self.uses_text:
+                self.text_to_tokens = nn.Linear(text_dim, text_tokens * style_dim)
+                self.null_text = nn.Parameter(torch.zeros(text_dim))
         else:
             self.inner = UNet2DModel(
                 down_block_types=tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attention_levels),
@@ -143,6 +168,8 @@ class LayoutStyleUNet(ModelMixin, ConfigMixin):
             )
         self.null_style = nn.Parameter(torch.zeros(style_dim))
         self.null_layout = nn.Parameter(torch.zeros(num_classes))
+        if self.uses_edge:
+            self.null_edge = nn.Parameter(torch.zeros(1))
         if spade:
             self._wrap_decoder_norms(num_classes)
 
@@ -188,6 +215,33 @@ class LayoutStyleUNet(ModelMixin, ConfigMixin):
             return style
         return torch.where(drop_style.view(-1, 1), null.to(style.dtype), style)
 
+    def edge_input(self, edge: torch.Tensor | None, drop_edge: torch.Tensor | None, shape: torch.Size,
+                   dtype: torch.dtype) -> torch.Tensor:
+        """Edge maps ``(B, 1, H, W)`` (or ``(B, H, W)``); None or dropped samples get the learned null edge."""
+        b, _, h, w = shape
+        null = self.null_edge.to(dtype).view(1, 1, 1, 1).expand(b, 1, h, w)
+        if edge is None:
+            return null
+        if edge.ndim == 3:
+            edge = edge.unsqueeze(1)
+        if edge.shape != (b, 1, h, w):
+            raise ValueError(f"edge must be (B, 1, H, W) = {(b, 1, h, w)}, got {tuple(edge.shape)}")
+        edge = edge.to(dtype)
+        if drop_edge is None:
+            return edge
+        return torch.where(drop_edge.view(-1, 1, 1, 1), null, edge)
+
+    def text_input(self, text: torch.Tensor | None, drop_text: torch.Tensor | None, batch: int) -> torch.Tensor:
+        """Prompt embeddings ``(B, text_dim)``; None or dropped samples get the learned null text."""
+        null = self.null_text.unsqueeze(0).expand(batch, -1)
+        if text is None:
+            return null
+        if text.shape != null.shape:
+            raise ValueError(f"text must be (B, {self.config.text_dim}) = {tuple(null.shape)}, got {tuple(text.shape)}")
+        if drop_text is None:
+            return text
+        return torch.where(drop_text.view(-1, 1), null.to(text.dtype), text)
+
     def forward(
         self,
         sample: torch.Tensor,
@@ -196,6 +250,10 @@ class LayoutStyleUNet(ModelMixin, ConfigMixin):
         style: torch.Tensor | None = None,
         drop_style: torch.Tensor | None = None,
         drop_layout: torch.Tensor | None = None,
+        edge: torch.Tensor | None = None,
+        drop_edge: torch.Tensor | None = None,
+        text: torch.Tensor | None = None,
+        drop_text: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Predict noise (or v) for ``sample``.
 
@@ -206,6 +264,10 @@ class LayoutStyleUNet(ModelMixin, ConfigMixin):
             style: style vectors ``(B, dim)``, or None for the null style.
             drop_style: ``(B,)`` bool, True where the null style replaces ``style``.
             drop_layout: ``(B,)`` bool, True where the null layout replaces ``layout``.
+            edge: edge maps ``(B, 1, H, W)`` in [0, 1] (models built with ``edge``), None for the null edge.
+            drop_edge: ``(B,)`` bool, True where the null edge replaces ``edge``.
+            text: prompt embeddings ``(B, text_dim)`` (models with text), None for the null prompt.
+            drop_text: ``(B,)`` bool, True where the null prompt replaces ``text``.
 
         Returns:
             The prediction ``(B, C, H, W)``.
@@ -217,10 +279,23 @@ class LayoutStyleUNet(ModelMixin, ConfigMixin):
             raise ValueError(f"layout must be (B, H, W) = {(b, h, w)}, got {tuple(layout.shape)}")
         seg = self.layout_input(layout, drop_layout, sample.dtype)
         style_vec = self.style_input(style, drop_style, b).to(sample.dtype)
-        x = torch.cat([sample, seg], dim=1)
+        if not self.uses_edge and (edge is not None or drop_edge is not None):
+            raise ValueError("this model has no edge condition (built with edge=False)")
+        if not self.uses_text and (text is not None or drop_text is not None):
+            raise ValueError("this model has no text condition (built with text_dim=0)")
+        parts = [sample, seg]
+        if self.uses_edge:
+            parts.append(self.edge_input(edge, drop_edge, sample.shape, sample.dtype))
+        x = torch.cat(parts, dim=1)
         class_labels = self.style_to_time(style_vec) if self.uses_time else None
         with self._spade_layout(seg):
             if self.uses_cross:
-                tokens = self.style_to_tokens(style_vec).view(b, self.config.num_tokens, self.config.style_dim)
-                return self.inner(x, timestep, encoder_hidden_states=tokens, class_labels=class_labels).sample
+                tokens = []
+                if self.style_cross:
+                    tokens.append(self.style_to_tokens(style_vec).view(b, self.config.num_tokens, self.config.style_dim))
+                if self.uses_text:
+                    text_vec = self.text_input(text, drop_text, b).to(sample.dtype)
+                    tokens.append(self.text_to_tokens(text_vec).view(b, self.config.text_tokens, self.config.style_dim))
+                states = tokens[0] if len(tokens) == 1 else torch.cat(tokens, dim=1)
+                return self.inner(x, timestep, encoder_hidden_states=states, class_labels=class_labels).sample
             return self.inner(x, timestep, class_labels=class_labels).sample

@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader
 
 from segsynth.config import ConfigError, load_config, save_resolved_config
 from segsynth.data.loader import SampleRef, SegDataset, index_dataset, sample_seed
-from segsynth.io.atomic import atomic_write_json, atomic_write_text
+from segsynth.io.atomic import atomic_write_json, atomic_write_text, remove_stale_temporaries
 from segsynth.io.checkpoint import CheckpointManager, rng_state, set_rng_state
 from segsynth.seg.config import SegTrainConfig
 from segsynth.seg.mixing import (
@@ -262,12 +262,18 @@ def train_seg(
     refs = index_dataset(data)
     if not refs:
         raise ValueError(f"{data}: no labelled image/mask pairs")
-    split = resolve_split(refs, cfg, train_ids, val_ids)
+    SegDataset(data, refs=refs).verify()  # every labelled file, before anything is written
+    try:
+        split = resolve_split(refs, cfg, train_ids, val_ids)
+    except ValueError as exc:
+        raise ValueError(f"{data / 'dataset.json'}: {exc}") from None
     by_id = {r.id: r for r in refs}
     real = SegDataset(data, refs=[by_id[i] for i in split.train_ids])
     val = SegDataset(data, refs=[by_id[i] for i in split.val_ids])
     held = set(split.val_ids) | set(split.test_ids)
     loaded = [load_synthetic_set(root, real) for root in synthetic]
+    for s in loaded:
+        s.dataset.verify()
     synthetic_sets = [s.without_layouts(held) for s in loaded]
     check_no_leakage(split, refs, synthetic_sets)
     split_record = {
@@ -310,6 +316,8 @@ def train_seg(
         start_epoch, step = state["epoch"], state["step"]
         best_dice, best_epoch = state["best_dice"], state["best_epoch"]
     _truncate_log(run / TRAIN_LOG, start_epoch)
+    if resume:
+        remove_stale_temporaries(run, run / "checkpoints")
     sources = [real, *(s.dataset for s in synthetic_sets)]
     class_names = real.spec.class_names
 

@@ -35,12 +35,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from segsynth.config import StrictModel, parse_config
+from segsynth.data.edges import EDGE_SOURCES, edge_map
 from segsynth.data.format import DATASET_JSON, IMAGES_DIR, MASKS_DIR, UNLABELED_DIR, DatasetSpec, save_spec
 from segsynth.data.io import write_image
 from segsynth.data.loader import SegDataset
 from segsynth.diffusion.pipeline import SegSynthPipeline
 from segsynth.io.atomic import atomic_write_json
-from segsynth.synth.layouts import LayoutSource, make_layout_source
+from segsynth.models.text import encode_prompts
+from segsynth.synth.layouts import LayoutSource, VariantLayouts, make_layout_source
 from segsynth.synth.manifest import (
     MANIFEST_JSONL,
     Guidance,
@@ -80,6 +82,20 @@ class GenerationConfig(StrictModel):
     seed: int = Field(0, ge=0)
     num_shards: int = Field(1, ge=1)
     model_hash: str
+    edge_source: Literal["layout", "image"] | None = None
+    edge_guidance: float = Field(1.0, ge=0)
+    prompt: str | None = None
+    text_guidance: float = Field(1.0, ge=0)
+
+    def record(self) -> dict[str, Any]:
+        """The config as saved in ``generation.json``: keys of the optional conditions (edge, text) only
+        when they differ from their defaults, so a set made without them keeps its bytes and resumes."""
+        data = self.model_dump(mode="json")
+        return {k: v for k, v in data.items() if not (k in OPTIONAL_DEFAULTS and v == OPTIONAL_DEFAULTS[k])}
+
+
+#: Keys of :class:`GenerationConfig` that only edge / text models use, with their defaults.
+OPTIONAL_DEFAULTS: dict[str, Any] = {"edge_source": None, "edge_guidance": 1.0, "prompt": None, "text_guidance": 1.0}
 
 
 @dataclass(frozen=True)
@@ -151,6 +167,38 @@ def pipeline_hash(pipeline: SegSynthPipeline) -> str:
         return model_hash(tmp)
 
 
+#: Files that could run code when loaded (pickled weights) or imported (modules): a pipeline folder
+#: holding one is refused, whatever the loader would do with it.
+UNSAFE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".npy", ".npz", ".py", ".pyc")
+#: Libraries a pipeline component may be loaded from (``model_index.json``).
+SAFE_LIBRARIES = ("diffusers", "transformers")
+
+
+def check_pipeline_folder(pipeline_dir: Path) -> None:
+    """Refuse a pipeline folder that is not made of JSON + safetensors only.
+
+    Raises:
+        ValueError: a pickle or Python file in the folder, or a component whose library is not
+            segsynth, diffusers or transformers (naming the file).
+    """
+    for path in sorted(pipeline_dir.rglob("*")):
+        if path.suffix.lower() in UNSAFE_SUFFIXES:
+            raise ValueError(f"{path}: refused; segsynth loads models from safetensors + JSON only, never pickle or code")
+    index_path = pipeline_dir / "model_index.json"
+    try:
+        index = json.loads(index_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{index_path}: not readable JSON ({exc})") from None
+    if not isinstance(index, dict):
+        raise ValueError(f"{index_path}: top level must be an object")
+    for name, entry in index.items():
+        if name.startswith("_") or entry is None or entry == [None, None]:
+            continue
+        library = entry[0] if isinstance(entry, list) and len(entry) == 2 else None
+        if not isinstance(library, str) or not (library in SAFE_LIBRARIES or library.startswith("segsynth.")):
+            raise ValueError(f"{index_path}: component {name!r} names {entry!r}; only segsynth, diffusers and transformers classes load")
+
+
 def load_run(path: str | Path) -> tuple[SegSynthPipeline, Path, dict[str, Any]]:
     """Load ``RUN/pipeline`` (or a pipeline folder itself) and ``RUN/training_data.json`` if present.
 
@@ -168,7 +216,12 @@ def load_run(path: str | Path) -> tuple[SegSynthPipeline, Path, dict[str, Any]]:
             training_data = json.loads(info.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as exc:
             raise ValueError(f"{info}: not readable JSON ({exc})") from None
-    return SegSynthPipeline.from_pretrained(str(pipeline_dir)), pipeline_dir, training_data
+    check_pipeline_folder(pipeline_dir)
+    try:
+        pipeline = SegSynthPipeline.from_pretrained(str(pipeline_dir))
+    except (OSError, KeyError, TypeError) as exc:  # diffusers reports missing/odd files with these
+        raise ValueError(f"{pipeline_dir}: not a loadable segsynth pipeline ({exc})") from None
+    return pipeline, pipeline_dir, training_data
 
 
 def synthetic_spec(source: DatasetSpec, config: GenerationConfig) -> DatasetSpec:
@@ -229,6 +282,10 @@ def generate(
     shard: tuple[int, int] = (0, 1),
     console: Console | None = None,
     on_sample: Callable[[ManifestRecord], None] | None = None,
+    edges: str | None = None,
+    edge_guidance: float = 1.0,
+    prompt: str | None = None,
+    text_guidance: float = 1.0,
 ) -> GenerationResult:
     """Generate ``n`` synthetic image/mask pairs into ``out`` (our dataset format + manifest).
 
@@ -255,6 +312,12 @@ def generate(
         shard: ``(i, n)``: generate only the i-th of n contiguous index ranges.
         console: show a progress bar with ETA on this console.
         on_sample: called with each committed record (after its files and manifest line exist).
+        edges: edge models only: ``layout`` (default; the layout's boundary, no real image needed)
+            or ``image`` (also the Canny edges of the real image behind each mask; needs
+            ``layouts="variants"``, whose masks are the real images' own, uncropped differently).
+        edge_guidance: guidance scale of the edge condition (1: off).
+        prompt: text models only: the prompt (default: ``prompt`` of the layout data's dataset.json).
+        text_guidance: guidance scale of the text condition (1: off).
 
     Raises:
         FileExistsError: ``out`` holds files and ``resume`` is False, or a shard is started twice.
@@ -287,7 +350,9 @@ def generate(
             "layout_data": str(layout_root),
             "styles": str(Path(styles).resolve()) if styles is not None else None,
             "style_sampler": (style_sampler or training_data.get("style_sampler", "multi_patch")) if styles else None,
-            "num_refs": num_refs or training_data.get("num_refs") or pipeline.style_aggregator.config.num_refs,
+            "num_refs": num_refs if num_refs is not None else (
+                training_data.get("num_refs") or pipeline.style_aggregator.config.num_refs
+            ),
             "sampler": sampler,
             "steps": steps,
             "style_guidance": style_guidance,
@@ -296,6 +361,7 @@ def generate(
             "seed": seed,
             "num_shards": shard[1],
             "model_hash": digest,
+            **_optional_conditions(pipeline, layouts, edges, edge_guidance, prompt, text_guidance),
         },
         "generate",
     )
@@ -313,14 +379,23 @@ def generate(
         )
     size = int(unet_cfg.image_size)
     layout_source = make_layout_source(layouts, dataset, size, per_mask=per_mask, class_prior=class_prior)
+    if config.prompt is None and pipeline.unet.uses_text:
+        config = config.model_copy(update={"prompt": source_spec.prompt})
+    text = encode_prompts([config.prompt]) if config.prompt is not None else None
     style_source = None
     if config.styles is not None:
         pool = open_style_pool(config.styles, source_spec.channels)
         style_source = StyleSource(pool, config.style_sampler, config.num_refs, size)
+    # Read every layout and style file now: a bad one fails here, naming it, before any output.
+    dataset.verify()
+    if style_source is not None:
+        style_source.pool.verify()
 
     indices = shard_range(n, shard)
     part = out / manifest_name(*shard)
     _claim_output(out, config, synthetic_spec(source_spec, config), part, resume)
+    if resume:
+        _remove_stale_temporaries(out, indices)
     done = _done_indices(out, part, indices) if resume else set()
     guidance = Guidance(style=style_guidance, layout=layout_guidance, rescale=guidance_rescale)
     generated = 0
@@ -340,11 +415,12 @@ def generate(
                 layout_guidance_scale=layout_guidance,
                 guidance_rescale=guidance_rescale,
                 generator=[torch.Generator().manual_seed(d["seed"]) for d in draws],
+                **_condition_inputs(block, draws, config, layout_source, text, pipeline),
             ).images
             for index, draw, image in zip(block, draws, images):
                 if index in done:
                     continue
-                record = _write_sample(out, index, draw, image, config, source_spec.prompt, guidance)
+                record = _write_sample(out, index, draw, image, config, config.prompt or source_spec.prompt, guidance)
                 writer.append(record)
                 generated += 1
                 bar.advance(task)
@@ -354,6 +430,44 @@ def generate(
     if complete:
         merge_shards(out)
     return GenerationResult(out, generated, len(done), len(indices), complete)
+
+
+def _optional_conditions(pipeline: SegSynthPipeline, layouts: str, edges: str | None, edge_guidance: float,
+                         prompt: str | None, text_guidance: float) -> dict[str, Any]:
+    """The edge / text settings of :class:`GenerationConfig`, checked against the model."""
+    unet = pipeline.unet
+    if edges is not None and edges not in EDGE_SOURCES:
+        raise ValueError(f"edges must be one of {EDGE_SOURCES}, got {edges!r}")
+    if not unet.uses_edge and (edges is not None or edge_guidance != 1.0):
+        raise ValueError("edge settings were given but the model has no edge condition (trained without model.edge)")
+    if not unet.uses_text and (prompt is not None or text_guidance != 1.0):
+        raise ValueError("a prompt or text guidance was given but the model has no text condition (model.text)")
+    found: dict[str, Any] = {}
+    if unet.uses_edge:
+        source = edges or "layout"
+        if source == "image" and layouts != "variants":
+            raise ValueError("edges from the real image need --layouts variants (a mask unchanged next to its own image)")
+        found.update(edge_source=source, edge_guidance=edge_guidance)
+    if unet.uses_text:
+        found.update(prompt=prompt, text_guidance=text_guidance)
+    return found
+
+
+def _condition_inputs(block: range, draws: list[dict[str, Any]], config: GenerationConfig, layouts: LayoutSource,
+                      text: torch.Tensor | None, pipeline: SegSynthPipeline) -> dict[str, Any]:
+    """Edge maps and prompt embeddings of one block, for edge / text models (nothing otherwise)."""
+    inputs: dict[str, Any] = {}
+    if config.edge_source is not None:
+        maps = []
+        for index, draw in zip(block, draws):
+            image = layouts.source_image(index) if config.edge_source == "image" and isinstance(layouts, VariantLayouts) else None
+            maps.append(edge_map(draw["layout"], image, pipeline.unet.config.edge_sigma))
+        inputs.update(edge=torch.from_numpy(np.stack(maps))[:, None].to(pipeline.device),
+                      edge_guidance_scale=config.edge_guidance)
+    if text is not None:
+        inputs.update(prompt_embeds=text.expand(len(draws), -1).to(pipeline.device),
+                      text_guidance_scale=config.text_guidance)
+    return inputs
 
 
 def _blocks(indices: range, batch_size: int) -> list[range]:
@@ -408,6 +522,9 @@ def _write_sample(
         sampler=config.sampler,
         steps=config.steps,
         model_hash=config.model_hash,
+        edge_source=config.edge_source,
+        edge_guidance=config.edge_guidance if config.edge_source is not None else None,
+        text_guidance=config.text_guidance if config.prompt is not None else None,
     )
 
 
@@ -419,7 +536,7 @@ def _claim_output(out: Path, config: GenerationConfig, spec: DatasetSpec, part: 
     """
     record_path = out / GENERATION_JSON
     existing = [p for p in out.iterdir() if not p.name.startswith(".")] if out.is_dir() else []
-    record = {"config": config.model_dump(mode="json"), "dataset": spec.model_dump(mode="json")}
+    record = {"config": config.record(), "dataset": spec.model_dump(mode="json")}
     if existing:
         if not record_path.is_file():
             raise FileExistsError(f"{out}: exists, is not empty and holds no {GENERATION_JSON}; choose another folder")
@@ -436,6 +553,20 @@ def _claim_output(out: Path, config: GenerationConfig, spec: DatasetSpec, part: 
             raise FileExistsError(f"{out}: already holds generated samples; pass --resume to continue them")
         return
     atomic_write_json(record_path, record)
+
+
+def _remove_stale_temporaries(out: Path, indices: range) -> None:
+    """Delete the hidden temporaries a killed run of this shard left (``.synth_0000003.png.*.tmp``).
+
+    Only this shard's indices are touched, so shards running beside it keep their files.
+    """
+    for folder in (out / IMAGES_DIR, out / MASKS_DIR):
+        if not folder.is_dir():
+            continue
+        for path in folder.glob(".synth_*.tmp"):
+            digits = path.name[len(".synth_"):].split(".", 1)[0]
+            if digits.isdigit() and int(digits) in indices:
+                path.unlink(missing_ok=True)
 
 
 def _done_indices(out: Path, part: Path, indices: range) -> set[int]:

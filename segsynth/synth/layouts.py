@@ -67,6 +67,15 @@ def fit_mask(mask: np.ndarray, size: int, center: tuple[int, int] | None = None)
     A mask smaller than ``size`` is first reflect-padded, like the style references
     (:func:`segsynth.data.style_sampling.random_patch`), so scale is never changed.
     """
+    return np.ascontiguousarray(_fit_2d(mask, size, center), dtype=np.int64)
+
+
+def fit_image(image: np.ndarray, size: int, center: tuple[int, int] | None = None) -> np.ndarray:
+    """Crop ``image`` ``(C, H, W)`` exactly as :func:`fit_mask` crops its mask (same padding and window)."""
+    return np.ascontiguousarray(np.stack([_fit_2d(channel, size, center) for channel in image]), dtype=np.float32)
+
+
+def _fit_2d(mask: np.ndarray, size: int, center: tuple[int, int] | None) -> np.ndarray:
     height, width = mask.shape
     pad_h, pad_w = max(size - height, 0), max(size - width, 0)
     if pad_h or pad_w:
@@ -77,7 +86,7 @@ def fit_mask(mask: np.ndarray, size: int, center: tuple[int, int] | None = None)
     cy, cx = center if center is not None else (height // 2, width // 2)
     top = int(np.clip(cy - size // 2, 0, height - size))
     left = int(np.clip(cx - size // 2, 0, width - size))
-    return np.ascontiguousarray(mask[top : top + size, left : left + size], dtype=np.int64)
+    return mask[top : top + size, left : left + size]
 
 
 class _RealMaskLayouts(LayoutSource):
@@ -168,9 +177,18 @@ class VariantLayouts(_RealMaskLayouts):
         super().__init__(dataset, size)
         self.per_mask = per_mask
 
+    def position(self, index: int) -> int:
+        """Dataset position of the real sample whose mask sample ``index`` reuses."""
+        return (index // self.per_mask) % len(self.dataset)
+
     def draw(self, index: int, rng: np.random.Generator) -> tuple[np.ndarray, str | None]:
-        position = (index // self.per_mask) % len(self.dataset)
+        position = self.position(index)
         return fit_mask(self.mask(position), self.size), self.dataset.refs[position].id
+
+    def source_image(self, index: int) -> np.ndarray:
+        """The real image ``(C, size, size)`` in [0, 1] behind sample ``index``, cropped like its mask
+        (so its edges are aligned with the layout)."""
+        return fit_image(self.dataset.load_arrays(self.position(index))[0], self.size)
 
 
 @dataclass(frozen=True)

@@ -11,15 +11,17 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import IO, Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 
 from segsynth.config import StrictModel, format_validation_error
 from segsynth.io.atomic import atomic_write_text
 
 MANIFEST_JSONL = "manifest.jsonl"
+#: Record keys of the optional conditions (edge, text), left out of a line when unset.
+OPTIONAL_KEYS = ("edge_source", "edge_guidance", "text_guidance")
 
 
 class Guidance(StrictModel):
@@ -48,10 +50,29 @@ class ManifestRecord(StrictModel):
     sampler: str
     steps: int = Field(ge=1)
     model_hash: str
+    edge_source: Literal["layout", "image"] | None = Field(
+        None, description="edge models: edges of the layout alone, or also of the real image (layout_id)"
+    )
+    edge_guidance: float | None = Field(None, description="edge models: guidance scale of the edge condition")
+    text_guidance: float | None = Field(None, description="text models: guidance scale of the prompt")
+
+    @field_validator("image", "mask")
+    @classmethod
+    def _inside_the_set(cls, path: str) -> str:
+        # A manifest may come from anywhere: its paths must not lead out of the set's folder.
+        parts = PurePosixPath(path).parts
+        if not parts or path.startswith(("/", "\\")) or "\\" in path or ":" in parts[0] or ".." in parts:
+            raise ValueError(f"{path!r} must be a relative path inside the synthetic set (no '..', not absolute)")
+        return path
 
     def to_line(self) -> str:
         """The record as one key-sorted JSON line (same record, same bytes)."""
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True) + "\n"
+        data = self.model_dump(mode="json")
+        # Keys of optional conditions are written only when used, so other lines keep their bytes.
+        for key in OPTIONAL_KEYS:
+            if data[key] is None:
+                del data[key]
+        return json.dumps(data, sort_keys=True) + "\n"
 
 
 def manifest_name(shard: int = 0, num_shards: int = 1) -> str:

@@ -14,7 +14,7 @@ import numpy as np
 
 from segsynth.data.format import DATASET_JSON, UNLABELED_DIR, DatasetSpec, load_spec
 from segsynth.data.io import IMAGE_EXTENSIONS, DataReadError, image_shape, is_nifti, split_ext
-from segsynth.data.loader import SampleRef, SegDataset, index_dataset
+from segsynth.data.loader import SampleRef, SegDataset, index_dataset, is_inside
 from segsynth.data.style_sampling import make_style_sampler
 
 
@@ -42,6 +42,8 @@ class ImageFolderPool(SegDataset):
             stem, ext = split_ext(path)
             if ext not in IMAGE_EXTENSIONS:
                 continue
+            if not is_inside(path, root):
+                raise DataReadError(path, f"symlink to {path.resolve()} leaves the style folder {root}; copy the file in")
             case = relative.parts[0] if len(relative.parts) > 1 else stem.rsplit("_", 1)[0] or stem
             sample_id = (relative.parent / stem).as_posix()
             if sample_id in seen:

@@ -1,0 +1,195 @@
+"""Edge and text conditions on the built-in datasets: layout fidelity with / without edges, and
+prompt -> modality accuracy of one model trained on several modalities.
+
+1. **Edge** (``nuclei-fluo``): the same tiny model trained with and without ``model.edge``; each
+   generates one image per real training mask (``--layouts variants``); a small segmenter trained
+   on the real images segments every synthetic image, scored against its layout (mean foreground
+   Dice, as in :mod:`segsynth.evaluation.layout_fidelity`). Edge runs are scored with edges from the
+   layout alone (no real image) and from the real image (variants mode).
+2. **Text** (``nuclei-fluo`` + ``brain-mri`` + ``histo-he``): one ``model.text`` model on all three
+   (grey repeated to RGB). Samples are drawn for each prompt with the *null style* and layouts
+   cycled over all three datasets, so only the prompt can tell the modality; a small classifier
+   trained on real tiles of the three datasets names the modality of each sample -> accuracy per
+   prompt. Control: the same samples with the null prompt (chance is 1/3).
+
+Everything is CPU-sized (32 px tiles, a few hundred steps): the numbers say whether the conditions
+steer the model at all, not what a full-size run reaches.
+
+Run: ``.venv/bin/python benchmarks/edge_text.py --out /tmp/edge_text --steps 400``  (needs the
+``[text]`` extra for part 2; ``--skip-text`` runs part 1 only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from segsynth.config import load_config
+from segsynth.data.builtin import build_builtin
+from segsynth.data.loader import SegDataset
+from segsynth.diffusion.config import DiffusionTrainConfig
+from segsynth.diffusion.pipeline import SegSynthPipeline
+from segsynth.diffusion.train import train_diffusion
+from segsynth.evaluation.layout_fidelity import score_layouts
+from segsynth.models.text import encode_prompts
+from segsynth.synth.generate import generate
+from segsynth.synth.layouts import fit_mask
+
+DATASETS = ("nuclei-fluo", "brain-mri", "histo-he")
+
+
+def model_overrides(size: int, steps: int) -> dict[str, object]:
+    return {
+        "model.image_size": size, "model.block_out_channels": [32, 64], "model.attention_levels": [False, True],
+        "model.attention_head_dim": 16, "model.style.encoder_channels": [16, 32], "model.style.dim": 32,
+        "model.style.num_refs": 2, "train.steps": steps, "train.batch_size": 8, "train.lr": 1e-3,
+        "train.warmup": 20, "train.ema_decay": 0.99, "train.checkpoint_every": steps, "train.sample_every": 0,
+        "train.log_every": 50, "sampling.steps": 10,
+    }
+
+
+def real_arrays(root: Path, size: int, channels: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    ds = SegDataset(root)
+    images, masks = [], []
+    for i in range(len(ds)):
+        image, mask = ds.load_arrays(i)
+        images.append(np.stack([_crop(c, size) for c in image]))
+        masks.append(fit_mask(mask, size))
+    x = np.stack(images).astype(np.float32)
+    if channels is not None and x.shape[1] != channels:
+        x = np.repeat(x, channels // x.shape[1], axis=1)
+    return x, np.stack(masks)
+
+
+def _crop(channel: np.ndarray, size: int) -> np.ndarray:
+    h, w = channel.shape
+    top, left = max((h - size) // 2, 0), max((w - size) // 2, 0)
+    return channel[top: top + size, left: left + size]
+
+
+def small_net(in_ch: int, out_ch: int, classify: bool) -> nn.Module:
+    layers: list[nn.Module] = []
+    c = in_ch
+    for width, dilation in ((32, 1), (32, 2), (32, 4), (32, 1)):
+        layers += [nn.Conv2d(c, width, 3, padding=dilation, dilation=dilation), nn.GroupNorm(8, width), nn.SiLU()]
+        c = width
+    if classify:
+        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, out_ch)]
+    else:
+        layers += [nn.Conv2d(c, out_ch, 1)]
+    return nn.Sequential(*layers)
+
+
+def fit(net: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, seed: int = 0) -> nn.Module:
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(net.parameters(), lr=2e-3)
+    for _ in range(steps):
+        idx = torch.randint(0, len(x), (16,), generator=g)
+        xb, yb = x[idx], y[idx]
+        if torch.rand((), generator=g) < 0.5:
+            xb, yb = xb.flip(-1), yb.flip(-1) if yb.ndim > 1 else yb
+        loss = nn.functional.cross_entropy(net(xb), yb)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return net.eval()
+
+
+def edge_experiment(data: Path, work: Path, size: int, steps: int, n: int) -> dict[str, object]:
+    x, y = real_arrays(data, size)
+    k = SegDataset(data).spec.num_classes
+    seg = fit(small_net(x.shape[1], k, classify=False), torch.from_numpy(x), torch.from_numpy(y), steps=400)
+    names = SegDataset(data).spec.class_names
+
+    def predict(images: torch.Tensor) -> torch.Tensor:
+        return seg(images).argmax(1)
+
+    rows: dict[str, object] = {"real_ceiling": score_layouts(x, y, predict, names)["summary"]["dice"]["mean_fg"]["mean"]}
+    for edge in (False, True):
+        cfg = load_config(DiffusionTrainConfig, None, {**model_overrides(size, steps), "model.edge": edge})
+        run = work / f"run_edge_{edge}"
+        tick = time.perf_counter()
+        if not (run / "pipeline").is_dir():
+            train_diffusion(data, cfg, run)
+        train_s = time.perf_counter() - tick
+        for source in (["layout", "image"] if edge else [None]):
+            out = work / f"synth_edge_{edge}_{source}"
+            if not (out / "manifest.jsonl").is_file():
+                generate(run, out, n, "variants", per_mask=1, steps=10, edges=source, batch_size=16)
+            sx, sy = real_arrays(out, size)
+            dice = score_layouts(sx, sy, predict, names)["summary"]["dice"]["mean_fg"]["mean"]
+            rows[f"edge={edge},edges_from={source}"] = {"dice_mean_fg": dice, "train_s": round(train_s, 1)}
+            print(json.dumps({f"edge={edge},edges_from={source}": rows[f"edge={edge},edges_from={source}"]}), flush=True)
+    return rows
+
+
+def text_experiment(roots: list[Path], work: Path, size: int, steps: int, per_prompt: int) -> dict[str, object]:
+    cfg = load_config(DiffusionTrainConfig, None, {**model_overrides(size, steps), "model.text": True})
+    run = work / "run_text"
+    tick = time.perf_counter()
+    if not (run / "pipeline").is_dir():
+        train_diffusion(roots, cfg, run)
+    train_s = time.perf_counter() - tick
+    pipe = SegSynthPipeline.from_pretrained(run / "pipeline")
+    pipe.set_progress_bar_config(disable=True)
+    channels = pipe.unet.config.image_channels
+    real = [real_arrays(r, size, channels) for r in roots]
+    xs = torch.from_numpy(np.concatenate([x for x, _ in real]))
+    ys = torch.cat([torch.full((len(x),), i) for i, (x, _) in enumerate(real)])
+    clf = fit(small_net(channels, len(roots), classify=True), xs, ys, steps=300)
+    prompts = [SegDataset(r).spec.prompt for r in roots]
+    texts = encode_prompts(prompts)
+    layouts = torch.from_numpy(np.stack([real[i % len(real)][1][(i // len(real)) % len(real[i % len(real)][1])]
+                                         for i in range(per_prompt)]))
+    rows: dict[str, object] = {"train_s": round(train_s, 1), "prompts": prompts}
+    for name, embeds in [*((p, texts[i:i + 1]) for i, p in enumerate(prompts)), ("<null prompt>", None)]:
+        with torch.no_grad():
+            images = pipe(layouts, None, num_inference_steps=10, style_guidance_scale=1.0,
+                          prompt_embeds=None if embeds is None else embeds.expand(per_prompt, -1),
+                          generator=[torch.Generator().manual_seed(i) for i in range(per_prompt)]).images
+            predicted = clf(images).argmax(1)
+        counts = torch.bincount(predicted, minlength=len(roots)).tolist()
+        target = prompts.index(name) if name in prompts else None
+        row = {"predicted_counts": dict(zip(prompts, counts))}
+        if target is not None:
+            row["accuracy"] = counts[target] / per_prompt
+        rows[name] = row
+        print(json.dumps({name: row}), flush=True)
+    accs = [rows[p]["accuracy"] for p in prompts]
+    rows["mean_accuracy"] = float(np.mean(accs))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True, help="work folder (datasets, runs, results.json)")
+    parser.add_argument("--size", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--samples", type=int, default=48, help="synthetic images per setting / prompt")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--skip-text", action="store_true")
+    parser.add_argument("--skip-edge", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    data = args.out / "data"
+    for name in DATASETS:
+        if not (data / name).is_dir():
+            build_builtin(name, data / name, tile_size=args.size)
+    results: dict[str, object] = {"size": args.size, "steps": args.steps, "samples": args.samples}
+    if not args.skip_edge:
+        results["edge"] = edge_experiment(data / "nuclei-fluo", args.out, args.size, args.steps, args.samples)
+    if not args.skip_text:
+        results["text"] = text_experiment([data / n for n in DATASETS], args.out, args.size, args.steps, args.samples)
+    (args.out / "results.json").write_text(json.dumps(results, indent=2))
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,218 @@
+"""``evaluate_synth``: every measure of a synthetic set against the real data, in one ``metrics.json``.
+
+Output folder (default ``SYNTH/evaluation``)::
+
+    OUT/metrics.json   layout fidelity, style retrieval, FID/KID, diversity (written atomically)
+    OUT/seg_real/      the segmentation run trained on the real data, when none was given
+
+Without ``seg_run``, a small network is trained on the real data with the ordinary
+:func:`segsynth.train_seg` (:func:`default_seg_config`: a 3-level UNet trained on crops of the
+synthetic image size, with a held-out test split by case). It never sees a synthetic image. A later
+call with the same output folder reuses it. Each measure that cannot be computed (e.g. a set made
+without style references has no style retrieval) is recorded as ``{"skipped": reason}``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+
+from segsynth.config import load_config
+from segsynth.data.format import load_spec
+from segsynth.evaluation.distribution import distribution_distance
+from segsynth.evaluation.diversity import diversity
+from segsynth.evaluation.features import SegEncoderFeatures, StainTextureFeatures
+from segsynth.evaluation.layout_fidelity import layout_fidelity
+from segsynth.evaluation.sets import load_style_references, load_synthetic, real_tiles
+from segsynth.evaluation.style_retrieval import style_retrieval
+from segsynth.io.atomic import atomic_write_json
+from segsynth.seg.config import SegTrainConfig
+from segsynth.seg.networks import load_network, size_divisor
+from segsynth.seg.train import BEST_DIR, train_seg
+
+METRICS_JSON = "metrics.json"
+EVALUATION_DIR = "evaluation"
+SEG_RUN_DIR = "seg_real"
+#: Marks a ``metrics.json`` as written by :func:`evaluate_synth` (the report looks for it).
+KIND = "segsynth.evaluate_synth"
+FORMAT_VERSION = 1
+
+
+def default_seg_config(image_size: int, epochs: int = 30) -> SegTrainConfig:
+    """The segmentation recipe used when no run is given: UNet (16, 32, 64), Dice+CE, ``epochs``
+    epochs on random crops of ``image_size`` (the synthetic size), 20 % of the cases held out."""
+    cfg = load_config(
+        SegTrainConfig,
+        None,
+        {
+            "network.channels": [16, 32, 64],
+            "network.strides": [2, 2],
+            "network.num_res_units": 1,
+            "train.epochs": epochs,
+            "train.batch_size": 8,
+            "split.test_fraction": 0.2,
+        },
+    )
+    if image_size >= 8 and image_size % size_divisor(cfg.network) == 0:
+        cfg.train.patch_size = image_size
+    return cfg
+
+
+def _seg_run(real: Path, out: Path, seg_run: str | Path | None, seg_config: Any, image_size: int, console: Console) -> tuple[Path, bool]:
+    """The run to use and whether this call (or an earlier one into ``out``) trained it."""
+    if seg_run is not None:
+        return Path(seg_run), False
+    run = out / SEG_RUN_DIR
+    if (run / BEST_DIR / "model.json").is_file():
+        return run, True
+    config = seg_config if seg_config is not None else default_seg_config(image_size)
+    console.print(f"no --seg-run given: training a segmentation network on the real data into {run}")
+    resume = (run / "config.yaml").is_file()
+    train_seg(real, run, config, resume=resume, console=console)
+    return run, True
+
+
+def _skip(reason: str) -> dict[str, str]:
+    return {"skipped": reason}
+
+
+def evaluate_synth(
+    synth: str | Path,
+    real: str | Path,
+    seg_run: str | Path | None = None,
+    *,
+    out: str | Path | None = None,
+    seg_config: SegTrainConfig | str | Path | None = None,
+    real_split: str = "all",
+    max_samples: int | None = 2000,
+    max_real_tiles: int | None = 1000,
+    kid_subsets: int = 50,
+    seed: int = 0,
+    console: Console | None = None,
+) -> dict[str, Any]:
+    """Measure a synthetic set against the real data and write ``OUT/metrics.json``.
+
+    Args:
+        synth: synthetic set folder (dataset format + ``manifest.jsonl``).
+        real: the real labelled dataset folder the generator learnt from (same labels and channels).
+        seg_run: a ``train_seg`` run trained on real data only; None trains one into ``OUT/seg_real``.
+        out: output folder (default ``synth/evaluation``).
+        seg_config: recipe of that training (default :func:`default_seg_config`).
+        real_split: real images used for FID/KID and diversity: ``all``, ``labeled`` or ``unlabeled``
+            (cut into tiles of the synthetic size; layout fidelity always uses labelled images).
+        max_samples: synthetic samples evaluated (a seeded subset of larger sets).
+        max_real_tiles: real tiles used (a seeded subset).
+        kid_subsets: random subsets KID is averaged over.
+        seed: seed of every subset and of the random style / texture network.
+        console: progress messages (default: stderr).
+
+    Returns:
+        The contents of ``metrics.json``: ``kind``, paths, sizes, provenance, and the sections
+        ``layout_fidelity``, ``style_retrieval``, ``distribution``, ``diversity``.
+
+    Raises:
+        ValueError: the synthetic and real data disagree on labels or channels, or a set is empty.
+    """
+    console = console or Console(stderr=True)
+    started = time.perf_counter()
+    synth, real = Path(synth), Path(real)
+    out = Path(out) if out is not None else synth / EVALUATION_DIR
+    real_spec = load_spec(real)
+    synthetic = load_synthetic(synth, max_samples, seed)
+    spec = synthetic.spec
+    if spec.labels != real_spec.labels or spec.channels != real_spec.channels:
+        raise ValueError(
+            f"{synth}: labels {spec.labels} / {spec.channels} channels differ from the real data's "
+            f"{real_spec.labels} / {real_spec.channels} channels ({real})"
+        )
+    size = synthetic.image_size
+    run, trained_here = _seg_run(real, out, seg_run, seg_config, size[0] if size[0] == size[1] else 0, console)
+    result: dict[str, Any] = {
+        "kind": KIND,
+        "format_version": FORMAT_VERSION,
+        "synthetic": str(synth.resolve()),
+        "real": str(real.resolve()),
+        "seg_run": {"path": str(run.resolve()), "trained_here": trained_here},
+        "image_size": list(size),
+        "num_synthetic": len(synthetic.ids),
+        "seed": seed,
+        "provenance": {
+            "synthetic": {"label_provenance": spec.label_provenance, "derivation": spec.derivation},
+            "real": {"label_provenance": real_spec.label_provenance, "derivation": real_spec.derivation},
+        },
+    }
+
+    console.print("layout fidelity: segmenting synthetic images with the real-data network")
+    result["layout_fidelity"] = layout_fidelity(
+        synthetic.images, synthetic.masks, run, real, synthetic.ids, synthetic.case_ids, spec.class_names
+    )
+
+    console.print("style retrieval")
+    result["style_retrieval"] = _style_section(synthetic, seed)
+
+    console.print("distribution distance (FID / KID) and diversity")
+    tiles = real_tiles(real, size, real_split, max_real_tiles, seed)
+    result["real_tiles"] = {"split": tiles.split, "num_tiles": len(tiles.case_ids), "num_images": tiles.num_images,
+                            "num_cases": len(set(tiles.case_ids)), "tile_size": list(size)}
+    model, network_cfg, meta = load_network(run / BEST_DIR)
+    extractors = {
+        "seg_encoder": SegEncoderFeatures(model, meta.get("divisor", size_divisor(network_cfg)), spec.channels, network_cfg.name),
+        "stain_texture": StainTextureFeatures(spec.channels, seed),
+    }
+    if len(synthetic.ids) >= 2 and len(tiles.case_ids) >= 2:
+        result["distribution"] = distribution_distance(extractors, tiles.images, synthetic.images, tiles.case_ids, kid_subsets, seed)
+    else:
+        result["distribution"] = _skip("FID/KID need at least 2 synthetic and 2 real images")
+    layout_ids = [r.layout_id if r is not None else None for r in synthetic.records]
+    result["diversity"] = diversity(
+        synthetic.images, synthetic.masks, layout_ids, tiles.images, tiles.case_ids, tiles.source_ids,
+        extractors["stain_texture"], seed=seed,
+    )
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / METRICS_JSON, _jsonable(result))
+    return json.loads(json.dumps(_jsonable(result)))
+
+
+def _style_section(synthetic, seed: int) -> dict[str, Any]:
+    with_refs = [i for i, r in enumerate(synthetic.records) if r is not None and r.style_ids and r.style_source]
+    if not with_refs:
+        return _skip("no sample of the set was generated with style references")
+    try:
+        images = load_style_references(synthetic)
+    except (OSError, ValueError) as exc:
+        return _skip(f"style references unavailable: {exc}")
+    sets = [[(synthetic.records[i].style_source, ref) for ref in synthetic.records[i].style_ids] for i in with_refs]
+    try:
+        section = style_retrieval([synthetic.images[i] for i in with_refs], sets, images, synthetic.spec.channels, seed)
+    except ValueError as exc:
+        return _skip(str(exc))
+    section["style_sources"] = sorted({synthetic.records[i].style_source for i in with_refs})
+    return section
+
+
+def _jsonable(value: Any) -> Any:
+    """NaN/inf become null (JSON has neither); numpy scalars become Python numbers."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (np.floating, float)):
+        return float(value) if np.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def read_metrics(path: str | Path) -> dict[str, Any] | None:
+    """A ``metrics.json`` written by :func:`evaluate_synth` (None for any other or unreadable file)."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and data.get("kind") == KIND else None

@@ -1,0 +1,434 @@
+"""``build_report``: one self-contained HTML page about runs, benchmarks and synthetic sets.
+
+Give it any mix of folders (a demo output, a benchmark, a diffusion run, a segmentation run, a
+synthetic set, an ``evaluate-synth`` output, a dataset); what each is is recognised from its files
+(:mod:`segsynth.report.detect`) and the page gets, always in this order and each present even when
+empty:
+
+1. overview: what was found where;
+2. sample grids: the diffusion runs' preview grids and, per synthetic set, ``layout | style refs |
+   sample`` grids per class and per style source;
+3. training curves: diffusion loss terms and learning rate; segmentation loss and validation Dice;
+4. benchmark: the results table and per-case Dice as box + strip plots per setting;
+5. generator fidelity: the ``evaluate-synth`` metrics (layout Dice/IoU vs the real ceiling, style
+   retrieval vs chance, FID/KID vs the real-vs-real baseline, diversity);
+6. resolved configs;
+7. data provenance: every dataset involved, with human vs derived labels and the recipe.
+
+Images are embedded (base64 PNG), text is escaped, and the file is written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from segsynth.benchmark.summary import markdown_table
+from segsynth.data.format import load_spec
+from segsynth.evaluation.evaluate_synth import METRICS_JSON, read_metrics
+from segsynth.evaluation.sets import load_synthetic
+from segsynth.io.atomic import atomic_write_text
+from segsynth.report import figures
+from segsynth.report.detect import Found, discover
+from segsynth.report.grids import synthetic_grids
+from segsynth.report.html import Raw, Section, heading, image, page, paragraph, path_text, preformatted, table, tag
+
+KIND_LABELS = {
+    "benchmark": "benchmark",
+    "diffusion_run": "diffusion run",
+    "seg_run": "segmentation run",
+    "synthetic_set": "synthetic set",
+    "evaluation": "evaluate-synth metrics",
+    "dataset": "dataset",
+}
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The complete, parseable lines of a log (a torn last line is skipped)."""
+    rows = []
+    if not path.is_file():
+        return rows
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        if not np.isfinite(value):
+            return "n/a"
+        return f"{value:.{digits}g}" if value != 0 and abs(value) < 10 ** -digits else f"{value:.{digits}f}"
+    return str(value)
+
+
+def _rel(path: Path, roots: Sequence[Path]) -> str:
+    """``path`` relative to the given folder it lies in (absolute otherwise)."""
+    resolved = path.resolve()
+    for root in roots:
+        base = root.resolve()
+        try:
+            relative = resolved.relative_to(base)
+        except ValueError:
+            continue
+        return f"{base.name}/{relative.as_posix()}" if relative.parts else base.name
+    return str(resolved)
+
+
+class _Report:
+    def __init__(self, paths: Sequence[Path], found: list[Found], rows_per_grid: int, max_synthetic: int) -> None:
+        self.paths = list(paths)
+        self.found = found
+        self.rows_per_grid = rows_per_grid
+        self.max_synthetic = max_synthetic
+        self.sections = {
+            "overview": Section("overview", "Overview"),
+            "samples": Section("samples", "Sample grids"),
+            "curves": Section("curves", "Training curves"),
+            "benchmark": Section("benchmark", "Benchmark"),
+            "fidelity": Section("fidelity", "Generator fidelity"),
+            "configs": Section("configs", "Resolved configs"),
+            "provenance": Section("provenance", "Data provenance"),
+        }
+        self.datasets: dict[Path, set[str]] = {}
+
+    def of(self, kind: str) -> list[Path]:
+        return [f.path for f in self.found if f.kind == kind]
+
+    def rel(self, path: Path) -> str:
+        return _rel(path, self.paths)
+
+    def guarded(self, section: str, what: Path, action: Callable[[], None]) -> None:
+        """Run one folder's part; a broken folder becomes a note instead of ending the report."""
+        try:
+            action()
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            self.sections[section].add(paragraph(f"{self.rel(what)}: could not be read ({type(exc).__name__}: {exc})"))
+
+    def dataset(self, root: str | Path | None, role: str) -> None:
+        if root:
+            self.datasets.setdefault(Path(root).resolve(), set()).add(role)
+
+    # --- sections ---------------------------------------------------------------------------
+
+    def overview(self) -> None:
+        rows = [(KIND_LABELS[f.kind], path_text(self.rel(f.path))) for f in self.found]
+        self.sections["overview"].add(
+            paragraph("Folders recognised in the given paths (kind decided from the files each stage writes)."),
+            table(["kind", "folder"], rows, text_columns=(1,)),
+        )
+
+    def diffusion_run(self, run: Path) -> None:
+        samples, curves, configs = self.sections["samples"], self.sections["curves"], self.sections["configs"]
+        grids = sorted((run / "samples").glob("step_*.png"))
+        if grids:
+            samples.add(heading(f"diffusion run {self.rel(run)}"))
+            shown = [grids[0], grids[-1]] if len(grids) > 1 else grids
+            for grid in shown:
+                step = grid.stem.removeprefix("step_").lstrip("0") or "0"
+                samples.add(image(grid.read_bytes(), f"preview grid at step {step}",
+                                  f"step {step}{' (latest)' if grid == grids[-1] else ''}: layout | style references | sample (EMA weights)"))
+        log = _read_jsonl(run / "train_log.jsonl")
+        if log:
+            curves.add(heading(f"diffusion run {self.rel(run)}"),
+                       image(figures.diffusion_curves(log, self.rel(run)), "diffusion training curves",
+                             f"{len(log)} log records, last step {log[-1].get('step')}"))
+        if (run / "config.yaml").is_file():
+            configs.add(preformatted((run / "config.yaml").read_text(encoding="utf-8"), f"diffusion run {self.rel(run)}: config.yaml"))
+        if (run / "training_data.json").is_file():
+            info = _read_json(run / "training_data.json")
+            self.dataset(info.get("data_root"), "diffusion training data")
+            for extra in info.get("datasets", []) or []:
+                self.dataset(extra.get("data_root"), "diffusion training data")
+            summary = {k: v for k, v in info.items() if k not in ("train_ids", "datasets")}
+            summary["train_ids"] = f"{len(info.get('train_ids', []))} samples"
+            configs.add(preformatted(yaml.safe_dump(summary, sort_keys=True), f"diffusion run {self.rel(run)}: training_data.json"))
+
+    def synthetic_set(self, root: Path) -> None:
+        self.dataset(root, "synthetic set")
+        synthetic = load_synthetic(root, self.max_synthetic)
+        grids, note = synthetic_grids(synthetic, self.rows_per_grid)
+        section = self.sections["samples"]
+        section.add(heading(f"synthetic set {self.rel(root)}"))
+        total = len(load_spec(root).cases)
+        section.add(paragraph(f"{total} samples; rows picked from {len(synthetic.ids)} of them"
+                              if total > len(synthetic.ids) else f"{total} samples"))
+        if note:
+            section.add(paragraph(note))
+        for grid in grids:
+            section.add(image(figures.array_png(grid.pixels), grid.title, f"{grid.title}: {grid.caption}"))
+        if (root / "generation.json").is_file():
+            config = _read_json(root / "generation.json").get("config", {})
+            self.dataset(config.get("layout_data"), "layout source of a synthetic set")
+            self.sections["configs"].add(
+                preformatted(yaml.safe_dump(config, sort_keys=True), f"synthetic set {self.rel(root)}: generation.json")
+            )
+
+    def seg_runs(self, runs: list[Path]) -> None:
+        groups: dict[str, list[list[dict[str, Any]]]] = {}
+        configs: dict[str, list[str]] = {}
+        for run in runs:
+            log = _read_jsonl(run / "train_log.jsonl")
+            group = run.parent.name if run.name.startswith("seed_") else run.name
+            if log:
+                groups.setdefault(group, []).append(log)
+            if (run / "config.yaml").is_file():
+                configs.setdefault((run / "config.yaml").read_text(encoding="utf-8"), []).append(self.rel(run))
+            if (run / "split.json").is_file():
+                split = _read_json(run / "split.json")
+                self.dataset(split.get("data_root"), "segmentation training data (real)")
+                for synthetic in split.get("synthetic", []) or []:
+                    self.dataset(synthetic.get("root"), "synthetic data mixed into segmentation training")
+        if groups:
+            count = sum(len(v) for v in groups.values())
+            self.sections["curves"].add(
+                heading(f"segmentation runs ({count})"),
+                image(figures.segmentation_curves(groups), "segmentation training curves",
+                      "one line per run, one colour per setting / run; validation Dice picks each run's best network"),
+            )
+        for text, where in configs.items():
+            label = where[0] if len(where) == 1 else f"{where[0]} and {len(where) - 1} more with the same config"
+            self.sections["configs"].add(preformatted(text, f"segmentation run {label}: config.yaml"))
+
+    def benchmark(self, bench: Path) -> None:
+        section = self.sections["benchmark"]
+        section.add(heading(f"benchmark {self.rel(bench)}"))
+        results_path = bench / "results.json"
+        per_setting: dict[str, list[float]] = {}
+        if results_path.is_file():
+            results = _read_json(results_path)
+            self.dataset(results.get("data"), "benchmark data (real)")
+            lines = [ln for ln in markdown_table(results).splitlines() if ln.strip()]
+            header = [c.strip() for c in lines[0].strip("|").split("|")]
+            rows = [[c.strip() for c in ln.strip("|").split("|")] for ln in lines[2:] if ln.startswith("|")]
+            section.add(table(header, rows), paragraph(lines[-1]), paragraph(str(results.get("unit", ""))))
+            for run in results.get("runs", []):
+                per_setting.setdefault(run["setting"], []).extend(run.get("case_dice", {}).values())
+        else:
+            section.add(paragraph("no results.json yet (benchmark unfinished): per-case Dice from the finished runs' metrics.json"))
+            for metrics_path in sorted(bench.glob("fold_*/seg/*/seed_*/metrics.json")):
+                metrics = _read_json(metrics_path)
+                setting = metrics_path.parent.parent.name
+                for values in metrics.get("per_case", {}).values():
+                    per_setting.setdefault(setting, []).append(float(np.mean(list(values["dice"].values()))))
+        if per_setting:
+            counts = ", ".join(f"{name}: {len(v)}" for name, v in per_setting.items())
+            section.add(image(
+                figures.case_dice_plot(per_setting, "per-case Dice (test cases × folds × seeds)"),
+                "per-case Dice per setting",
+                f"box: quartiles; dots: one test case of one run; red bar: mean. Points per setting: {counts}",
+            ))
+        if (bench / "benchmark.yaml").is_file():
+            self.sections["configs"].add(
+                preformatted((bench / "benchmark.yaml").read_text(encoding="utf-8"), f"benchmark {self.rel(bench)}: benchmark.yaml")
+            )
+
+    def evaluation(self, folder: Path) -> None:
+        metrics = read_metrics(folder / METRICS_JSON)
+        if metrics is None:
+            return
+        self.dataset(metrics.get("real"), "real data of a generator evaluation")
+        self.dataset(metrics.get("synthetic"), "synthetic set")
+        section = self.sections["fidelity"]
+        seg = metrics.get("seg_run", {})
+        section.add(
+            heading(f"evaluation {self.rel(folder)}"),
+            table(["", "value"], [
+                ("synthetic set", path_text(metrics.get("synthetic", ""))),
+                ("real data", path_text(metrics.get("real", ""))),
+                ("segmentation network (real data only)",
+                 Raw(path_text(seg.get("path", "")).markup + (" (trained by evaluate-synth)" if seg.get("trained_here") else ""))),
+                ("synthetic samples", metrics.get("num_synthetic")),
+                ("image size", " × ".join(map(str, metrics.get("image_size", [])))),
+            ], text_columns=(1,)),
+        )
+        self._layout(section, metrics["layout_fidelity"])
+        self._style(section, metrics["style_retrieval"])
+        self._distribution(section, metrics["distribution"], metrics.get("real_tiles", {}))
+        self._diversity(section, metrics["diversity"])
+
+    def _layout(self, section: Section, fidelity: dict[str, Any]) -> None:
+        section.add(heading("layout fidelity: real-data network on synthetic images vs their conditioning masks"))
+        synthetic = fidelity["synthetic"]["summary"]
+        ceiling = fidelity.get("real_held_out", {})
+        real = ceiling.get("summary", {})
+        ratio = fidelity.get("fraction_of_ceiling", {})
+        rows = []
+        for cls in synthetic["dice"]:
+            rows.append((
+                cls,
+                f"{_fmt(synthetic['dice'][cls]['mean'])} ± {_fmt(synthetic['dice'][cls]['std'])}",
+                _fmt(real.get("dice", {}).get(cls, {}).get("mean")),
+                f"{_fmt(synthetic['iou'][cls]['mean'])} ± {_fmt(synthetic['iou'][cls]['std'])}",
+                _fmt(real.get("iou", {}).get(cls, {}).get("mean")),
+                _fmt(ratio.get(cls)),
+            ))
+        section.add(table(["class", "Dice synthetic", "Dice real held-out", "IoU synthetic", "IoU real held-out",
+                           "synthetic / real Dice"], rows))
+        if "skipped" in ceiling:
+            section.add(paragraph(f"real ceiling skipped: {ceiling['skipped']}"))
+        else:
+            section.add(paragraph(f"ceiling: the same network on {ceiling.get('num_images')} real images ({ceiling.get('selection')})"))
+        classes = [c for c in synthetic["dice"] if c != "mean_fg"]
+        section.add(image(
+            figures.fidelity_bars(classes, [synthetic["dice"][c]["mean"] for c in classes],
+                                  [real.get("dice", {}).get(c, {}).get("mean") for c in classes]),
+            "layout Dice per class", "mean Dice per class, synthetic images vs the real held-out ceiling",
+        ))
+
+    def _style(self, section: Section, style: dict[str, Any]) -> None:
+        section.add(heading("style retrieval (zero-shot): is a sample nearest its own references?"))
+        if "skipped" in style:
+            section.add(paragraph(f"skipped: {style['skipped']}"))
+            return
+        rows = [("all (stain + Gram)", _fmt(style["top1_accuracy"]), _fmt(style["top1_chance"]),
+                 _fmt(style["pairwise_accuracy"]), _fmt(style["pairwise_chance"]))]
+        for part, values in style.get("by_part", {}).items():
+            rows.append((f"{part} only", _fmt(values["top1_accuracy"]), _fmt(values["top1_chance"]),
+                         _fmt(values["pairwise_accuracy"]), _fmt(values["pairwise_chance"])))
+        section.add(
+            table(["style space", "top-1 accuracy", "top-1 chance", "pairwise accuracy", "pairwise chance"], rows),
+            paragraph(f"{style['num_samples']} samples, {style['num_reference_sets']} distinct reference sets of "
+                      f"{style['num_reference_images']} pool images. Space: {style['space']}."),
+        )
+
+    def _distribution(self, section: Section, distribution: dict[str, Any], tiles: dict[str, Any]) -> None:
+        section.add(heading("distribution distance: FID / KID on offline features"))
+        if "skipped" in distribution:
+            section.add(paragraph(f"skipped: {distribution['skipped']}"))
+            return
+        rows, names = [], []
+        for key, entry in distribution.items():
+            ours, base = entry["synthetic_vs_real"], entry["real_vs_real"]
+            rows.append((
+                key, _fmt(ours["fid"]), _fmt(base.get("fid")),
+                f"{_fmt(ours['kid_mean'])} ± {_fmt(ours['kid_std'])}",
+                f"{_fmt(base.get('kid_mean'))} ± {_fmt(base.get('kid_std'))}" if "kid_mean" in base else "n/a",
+                f"{ours['n_fake']} / {ours['n_real']}", base.get("split", base.get("skipped", "")),
+            ))
+            names.append(f"{key}: {entry['extractor']}")
+        section.add(
+            table(["extractor", "FID synthetic vs real", "FID real vs real", "KID synthetic vs real", "KID real vs real",
+                   "n synthetic / real", "real halves split"], rows, text_columns=(6,)),
+            paragraph("Extractors (no downloaded weights): " + "; ".join(names)),
+            paragraph(f"Real images: {tiles.get('num_tiles')} tiles of {' × '.join(map(str, tiles.get('tile_size', [])))} px from "
+                      f"{tiles.get('num_images')} {tiles.get('split')} images of {tiles.get('num_cases')} cases. "
+                      "Lower is closer; the real-vs-real column is what a perfect generator would reach."),
+        )
+
+    def _diversity(self, section: Section, diversity: dict[str, Any]) -> None:
+        section.add(heading("diversity: mean pairwise distance of samples for the same layout"))
+        rows = []
+        for name in ("pixel_rmse", "stain_texture"):
+            rows.append((
+                name,
+                _fmt(diversity["synthetic_same_layout"][name]),
+                _fmt(diversity["real_different_images"][name]),
+                _fmt(diversity["real_same_case"][name]),
+                _fmt(diversity["ratio_to_real"][name]),
+            ))
+        section.add(
+            table(["distance", "synthetic, same layout", "real, different images", "real, same case", "synthetic / real"], rows),
+            paragraph(f"Grouped by {diversity['grouping']}: {diversity['num_groups']} groups, "
+                      f"{diversity['synthetic_same_layout']['num_pairs']} pairs. Near 0: the generator ignores its noise."),
+        )
+
+    def provenance(self) -> None:
+        for root in self.of("dataset"):
+            self.dataset(root, "dataset folder given")
+        rows = []
+        for root, roles in sorted(self.datasets.items(), key=lambda item: str(item[0])):
+            try:
+                spec = load_spec(root)
+            except (OSError, ValueError) as exc:
+                rows.append(("?", ", ".join(sorted(roles)), "", f"dataset.json unreadable: {exc}", "", "", "", "", path_text(str(root))))
+                continue
+            rows.append((
+                spec.name, ", ".join(sorted(roles)), tag(spec.label_provenance, spec.label_provenance),
+                spec.derivation or "masks drawn by people" if spec.label_provenance == "human" else spec.derivation,
+                spec.licence, len(spec.cases), len(spec.unlabeled_cases), len(set(spec.cases.values())),
+                path_text(str(root)),
+            ))
+        if rows:
+            self.sections["provenance"].add(
+                paragraph("Labels are human (drawn by people) or derived (made by an algorithm, recipe given). "
+                          "A synthetic set's masks are the layouts its images were generated from."),
+                table(["dataset", "role", "labels", "how the labels were made", "licence", "labelled images",
+                       "unlabelled images", "cases", "folder"], rows, text_columns=(1, 3, 4, 8)),
+            )
+
+    def build(self, title: str) -> str:
+        self.overview()
+        for run in self.of("diffusion_run"):
+            self.guarded("samples", run, lambda run=run: self.diffusion_run(run))
+        for root in self.of("synthetic_set"):
+            self.guarded("samples", root, lambda root=root: self.synthetic_set(root))
+        self.guarded("curves", Path("segmentation runs"), lambda: self.seg_runs(self.of("seg_run")))
+        for bench in self.of("benchmark"):
+            self.guarded("benchmark", bench, lambda bench=bench: self.benchmark(bench))
+        for folder in self.of("evaluation"):
+            self.guarded("fidelity", folder, lambda folder=folder: self.evaluation(folder))
+        self.provenance()
+        s = self.sections
+        empty = {
+            "overview": "Nothing recognised.",
+            "samples": "No diffusion run with preview grids and no synthetic set found.",
+            "curves": "No train_log.jsonl found.",
+            "benchmark": "No benchmark found.",
+            "fidelity": "No evaluate-synth metrics.json found (run: segsynth evaluate-synth SYNTH --real DATA).",
+            "configs": "No resolved config found.",
+            "provenance": "No dataset.json reachable from the given folders.",
+        }
+        subtitle = f"{len(self.found)} folders from: " + ", ".join(str(p) for p in self.paths)
+        return page(title, subtitle, [(s[key], empty[key]) for key in s])
+
+
+def build_report(
+    paths: Sequence[str | Path],
+    out: str | Path = "report.html",
+    title: str = "segsynth report",
+    *,
+    rows_per_grid: int = 4,
+    max_synthetic: int = 500,
+) -> Path:
+    """Write one self-contained HTML report about ``paths`` to ``out`` (atomically).
+
+    Args:
+        paths: benchmark, run, synthetic set, evaluation or dataset folders (or a folder holding
+            some, e.g. a demo output); each is recognised automatically.
+        out: the HTML file.
+        title: the page title.
+        rows_per_grid: rows of each synthetic sample grid.
+        max_synthetic: synthetic samples read per set to pick grid rows from (seeded subset).
+
+    Returns:
+        ``out``.
+
+    Raises:
+        FileNotFoundError: a path does not exist.
+        ValueError: nothing recognisable at or below a path.
+    """
+    if not paths:
+        raise ValueError("give at least one run, benchmark or synthetic set folder")
+    paths = [Path(p) for p in paths]
+    found = discover(paths)
+    report = _Report(paths, found, rows_per_grid, max_synthetic)
+    return atomic_write_text(out, report.build(title))
+
+
+__all__ = ["build_report"]
