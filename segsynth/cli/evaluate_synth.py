@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from segsynth.cli.app import app
@@ -24,24 +25,28 @@ def metrics_table(result: dict[str, Any]) -> Table:
     fidelity = result["layout_fidelity"]
     ceiling = fidelity.get("real_held_out", {})
     for metric in ("dice", "iou"):
-        for cls, stats in fidelity["synthetic"]["summary"][metric].items():
+        per_class = fidelity["synthetic"]["summary"][metric]
+        # With one structure, the mean over foreground classes repeats it.
+        shown = [c for c in per_class if c != "mean_fg"] if len(per_class) == 2 else list(per_class)
+        for cls in shown:
+            stats = per_class[cls]
             real = ceiling.get("summary", {}).get(metric, {}).get(cls, {}).get("mean")
             table.add_row(f"layout {metric} {cls}", _num(stats["mean"]), _num(real), "real held-out images (ceiling)")
     style = result["style_retrieval"]
     if "skipped" in style:
-        table.add_row("style retrieval", "skipped", "", style["skipped"])
+        table.add_row("style retrieval", "skipped", "", escape(style["skipped"]))
     else:
         table.add_row("style retrieval top-1", _num(style["top1_accuracy"]), _num(style["top1_chance"]), "chance")
         table.add_row("style retrieval pairwise", _num(style["pairwise_accuracy"]), _num(style["pairwise_chance"]), "chance")
     distribution = result["distribution"]
     if "skipped" in distribution:
-        table.add_row("FID / KID", "skipped", "", distribution["skipped"])
+        table.add_row("FID / KID", "skipped", "", escape(distribution["skipped"]))
     else:
         for key, entry in distribution.items():
             baseline = entry["real_vs_real"]
             for name in ("fid", "kid_mean"):
                 table.add_row(
-                    f"{name.replace('_mean', '')} [{key}]", _num(entry["synthetic_vs_real"][name]),
+                    f"{name.replace('_mean', '')} ({key})", _num(entry["synthetic_vs_real"][name]),
                     _num(baseline.get(name)), "real vs real, split by case",
                 )
     diversity = result["diversity"]
@@ -73,5 +78,5 @@ def evaluate_synth_command(
         console.print(metrics_table(result))
         if "skipped" not in result["distribution"]:
             for key, entry in result["distribution"].items():
-                console.print(f"[bold]{key}[/]: {entry['extractor']}")
+                console.print(f"[bold]{key}[/]: {escape(entry['extractor'])}")
         console.print(f"[green]wrote[/] {(out or synth / EVALUATION_DIR) / METRICS_JSON}")

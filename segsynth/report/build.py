@@ -36,7 +36,7 @@ from segsynth.io.atomic import atomic_write_text
 from segsynth.report import figures
 from segsynth.report.detect import Found, discover
 from segsynth.report.grids import synthetic_grids
-from segsynth.report.html import Raw, Section, heading, image, page, paragraph, path_text, preformatted, table, tag
+from segsynth.report.html import Raw, Section, gallery, heading, image, page, paragraph, path_text, preformatted, table, tag
 
 KIND_LABELS = {
     "benchmark": "benchmark",
@@ -139,10 +139,12 @@ class _Report:
         if grids:
             samples.add(heading(f"diffusion run {self.rel(run)}"))
             shown = [grids[0], grids[-1]] if len(grids) > 1 else grids
+            figures_shown = []
             for grid in shown:
                 step = grid.stem.removeprefix("step_").lstrip("0") or "0"
-                samples.add(image(grid.read_bytes(), f"preview grid at step {step}",
-                                  f"step {step}{' (latest)' if grid == grids[-1] else ''}: layout | style references | sample (EMA weights)"))
+                figures_shown.append(image(grid.read_bytes(), f"preview grid at step {step}",
+                                           f"step {step}{' (latest)' if grid == grids[-1] else ''}: layout | style references | sample (EMA weights)"))
+            samples.add(gallery(figures_shown))
         log = _read_jsonl(run / "train_log.jsonl")
         if log:
             curves.add(heading(f"diffusion run {self.rel(run)}"),
@@ -170,8 +172,7 @@ class _Report:
                               if total > len(synthetic.ids) else f"{total} samples"))
         if note:
             section.add(paragraph(note))
-        for grid in grids:
-            section.add(image(figures.array_png(grid.pixels), grid.title, f"{grid.title}: {grid.caption}"))
+        section.add(gallery([image(figures.array_png(g.pixels), g.title, f"{g.title}: {g.caption}") for g in grids]))
         if (root / "generation.json").is_file():
             config = _read_json(root / "generation.json").get("config", {})
             self.dataset(config.get("layout_data"), "layout source of a synthetic set")

@@ -90,6 +90,20 @@ def _grid(synthetic: SyntheticSet, rows: list[int], refs: _References) -> np.nda
     return sample_grid(layouts, style_tensor, samples)
 
 
+def _distinct_layouts(masks: np.ndarray, ranked: list[int], rows: int) -> list[int]:
+    """The first ``rows`` of ``ranked`` with distinct masks (``variants`` sets repeat each mask),
+    topped up with repeats when there are fewer distinct ones."""
+    chosen, seen = [], set()
+    for i in ranked:
+        key = masks[i].tobytes()
+        if key not in seen:
+            seen.add(key)
+            chosen.append(i)
+        if len(chosen) == rows:
+            return chosen
+    return chosen + [i for i in ranked if i not in chosen][: rows - len(chosen)]
+
+
 def synthetic_grids(synthetic: SyntheticSet, rows_per_grid: int = 4, max_style_groups: int = 6) -> tuple[list[Grid], str | None]:
     """Grids per foreground class and per style source.
 
@@ -99,15 +113,16 @@ def synthetic_grids(synthetic: SyntheticSet, rows_per_grid: int = 4, max_style_g
     refs = _References(synthetic.spec.channels)
     grids: list[Grid] = []
     names = synthetic.spec.class_names
-    columns = "layout | style references | sample"
+    columns = "layout | style references (centre crops of the pool images named in the manifest) | sample"
     for value, name in enumerate(names):
         if value == 0:
             continue
         fraction = (synthetic.masks == value).mean(axis=(1, 2))
-        chosen = [int(i) for i in np.argsort(-fraction, kind="stable")[:rows_per_grid] if fraction[i] > 0]
+        ranked = [int(i) for i in np.argsort(-fraction, kind="stable") if fraction[i] > 0]
+        chosen = _distinct_layouts(synthetic.masks, ranked, rows_per_grid)
         if chosen:
             grids.append(Grid(f"class '{name}'", _grid(synthetic, chosen, refs),
-                              f"{columns}; the {len(chosen)} samples whose layout holds the most '{name}'"))
+                              f"{columns}; samples whose layout holds the most '{name}'"))
     groups: dict[str, list[int]] = {}
     for i, record in enumerate(synthetic.records):
         if record is None or not record.style_source or not record.style_ids:

@@ -31,6 +31,8 @@ th { background: #eef2f6; }
 td:first-child, th:first-child { text-align: left; }
 td.text, th.text { text-align: left; max-width: 520px; }
 figure { margin: 8px 0 16px 0; }
+.gallery { display: flex; flex-wrap: wrap; gap: 8px 24px; align-items: flex-start; }
+.gallery figure { max-width: 540px; }
 figure img { max-width: 100%; border: 1px solid #dde3ea; image-rendering: pixelated; }
 figcaption { font-size: 12px; color: #5b6875; margin-top: 2px; }
 pre { background: #f3f5f8; border: 1px solid #dde3ea; padding: 8px; font-size: 12px; overflow-x: auto; }
@@ -79,6 +81,11 @@ def image(png: bytes, alt: str, caption: str | None = None, width: int | None = 
     style = f' style="width:{int(width)}px"' if width else ""
     caption_html = f"<figcaption>{esc(caption)}</figcaption>" if caption else ""
     return Raw(f'<figure><img src="data:image/png;base64,{data}" alt="{esc(alt)}"{style}>{caption_html}</figure>')
+
+
+def gallery(parts: Sequence[Raw]) -> Raw:
+    """Figures side by side, wrapping to the page width."""
+    return Raw(f'<div class="gallery">{"".join(p.markup for p in parts)}</div>')
 
 
 def paragraph(text: str, css: str = "note") -> Raw:
