@@ -5,7 +5,9 @@
    fold's labelled training cases only, save its sample grid, generate a synthetic set in the
    style of unlabelled (never-seen) images and export it for nnU-Net;
 3. benchmark real-only vs real + synthetic segmentation on the fold's held-out test cases
-   (low-label regime, 3 seeds) and print the table.
+   (low-label regime, 3 seeds) and print the table;
+4. measure the synthetic set (layout fidelity, zero-shot style retrieval, FID/KID, diversity) and
+   write one self-contained HTML report of everything.
 
 Every stage writes an ordinary run folder under ``out``; re-running the demo continues where it
 stopped instead of starting over.
@@ -26,6 +28,9 @@ from segsynth.data.builtin import BUILTIN_DATASETS, build_builtin
 from segsynth.data.check import check_dataset
 from segsynth.data.info import dataset_info
 from segsynth.data.nnunet import export_nnunet
+from segsynth.cli.evaluate_synth import metrics_table
+from segsynth.evaluation import evaluate_synth
+from segsynth.report import build_report
 
 #: The demo's diffusion recipe (CPU, 64 px), read from the checkout the package is installed from.
 TINY_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "tiny.yaml"
@@ -96,11 +101,11 @@ def run_demo(out: str | Path, console: Console | None = None) -> dict[str, Any]:
     def stage(title: str) -> None:
         console.rule(f"[bold]{title}[/]  (t = {time.perf_counter() - start:.0f} s)")
 
-    stage("1/3 built-in real datasets")
+    stage("1/4 built-in real datasets")
     data = build_data(out, console)[DEMO_DATASET]
     bench, cfg = out / "benchmark", demo_benchmark_config()
 
-    stage(f"2/3 generator for {DEMO_DATASET}, fold 0: layout + style diffusion, synthetic set in unseen styles")
+    stage(f"2/4 generator for {DEMO_DATASET}, fold 0: layout + style diffusion, synthetic set in unseen styles")
     run, synth = fold_generator(data, bench, cfg, fold=0, console=console)
     grids = sorted((run / "samples").glob("*.png"))
     console.print(f"diffusion run: {run}")
@@ -110,9 +115,16 @@ def run_demo(out: str | Path, console: Console | None = None) -> dict[str, Any]:
         export_nnunet(synth, nnunet, merge_real=data)
     console.print(f"synthetic set: {synth}  ·  nnU-Net export (real + syn_ cases): {nnunet}")
 
-    stage("3/3 benchmark: real only vs + synthetic, fold 0 test cases, 3 seeds")
+    stage("3/4 benchmark: real only vs + synthetic, fold 0 test cases, 3 seeds")
     results = run_benchmark(data, bench, cfg, console=console)
     console.print(rich_table(results))
     console.print(f"benchmark: {bench / 'results.md'}")
+
+    stage("4/4 generator fidelity and the report")
+    # The baseline network (real data of fold 0 only) judges the layouts: it never saw a synthetic image.
+    fidelity = evaluate_synth(synth, data, seg_run=bench / "fold_0" / "seg" / "baseline" / "seed_0", console=console)
+    console.print(metrics_table(fidelity))
+    report = build_report([out], out / "report.html", title="segsynth demo")
+    console.print(f"report: {report}")
     stage("done")
     return results
