@@ -16,6 +16,14 @@ from segsynth.data.format import IMAGES_DIR, MASKS_DIR, UNLABELED_DIR, DatasetSp
 from segsynth.data.io import write_image
 
 
+#: The smallest diffusion model the trainer accepts (16 px, two levels): for CLI and subprocess tests.
+TINY_DIFFUSION_MODEL = {
+    "image_size": 16,
+    "block_out_channels": [8, 16],
+    "attention_levels": [False, True],
+    "style": {"encoder_channels": [8, 16], "dim": 16, "num_refs": 2},
+}
+
 def tiny_pair(rng: np.random.Generator, size: int, channels: int, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
     """One image/mask pair: a mask of random discs (one per foreground class) and a uint8 image
     whose intensity follows the mask plus noise, so image and layout are visibly related.

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import write_tiny_dataset
+from conftest import TINY_DIFFUSION_MODEL, write_tiny_dataset
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageDraw
@@ -48,12 +48,7 @@ ALL = (CHECK, INFO, DIFFUSION, SEG, GENERATE, BENCHMARK)
 IMAGE_READERS = (CHECK, DIFFUSION, SEG, GENERATE, BENCHMARK)
 
 TINY_DIFFUSION = {
-    "model": {
-        "image_size": 16,
-        "block_out_channels": [8, 16],
-        "attention_levels": [False, True],
-        "style": {"encoder_channels": [8, 16], "dim": 16, "num_refs": 2},
-    },
+    "model": TINY_DIFFUSION_MODEL,
     "train": {"steps": 1, "batch_size": 2, "warmup": 0, "log_every": 1, "sample_every": 0, "checkpoint_every": 1},
     "sampling": {"steps": 1, "grid_rows": 1},
 }

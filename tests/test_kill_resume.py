@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import write_tiny_dataset
+from conftest import TINY_DIFFUSION_MODEL, write_tiny_dataset
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
@@ -43,12 +43,7 @@ SEGSYNTH = [sys.executable, "-c", "import sys; from segsynth.cli import main; sy
 SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 DIFFUSION = {
-    "model": {
-        "image_size": 16,
-        "block_out_channels": [8, 16],
-        "attention_levels": [False, True],
-        "style": {"encoder_channels": [8, 16], "dim": 16, "num_refs": 2},
-    },
+    "model": TINY_DIFFUSION_MODEL,
     "train": {"steps": 8, "batch_size": 3, "warmup": 1, "log_every": 1, "sample_every": 3, "checkpoint_every": 2},
     "sampling": {"steps": 2, "grid_rows": 2},
 }
