@@ -28,8 +28,8 @@ from segsynth.data.builtin import BUILTIN_DATASETS, build_builtin
 from segsynth.data.check import check_dataset
 from segsynth.data.info import dataset_info
 from segsynth.data.nnunet import export_nnunet
-from segsynth.cli.evaluate_synth import metrics_table
 from segsynth.evaluation import evaluate_synth
+from segsynth.evaluation.table import metrics_table
 from segsynth.report import build_report
 
 #: The demo's diffusion recipe (CPU, 64 px), read from the checkout the package is installed from.
