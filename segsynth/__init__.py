@@ -8,12 +8,15 @@ The public API, stage by stage (each stage reads and writes plain folders):
   :func:`build_builtin`, :func:`import_nnunet`, :func:`export_nnunet`;
 - diffusion: :class:`ModelConfig`, :class:`SegSynthModel`, :class:`SegSynthPipeline`,
   :class:`DiffusionTrainConfig`, :func:`train_diffusion`;
-- synthesis: :func:`generate`;
+- latent mode and backbones: :class:`AutoencoderTrainConfig`, :func:`train_autoencoder`,
+  :class:`BackboneTrainConfig`, :func:`train_controlnet` (ControlNet on a frozen Stable Diffusion);
+- synthesis: :func:`generate` (large images in blended tiles with ``size``);
 - segmentation: :class:`SegTrainConfig`, :func:`train_seg`, :func:`evaluate_seg`;
 - experiment: :class:`BenchmarkConfig`, :func:`run_benchmark`;
 - evaluation and reporting: :func:`evaluate_synth`, :func:`build_report`.
 """
 
+from segsynth.backbone import BackboneTrainConfig, train_controlnet
 from segsynth.benchmark import BenchmarkConfig, run_benchmark
 from segsynth.config import ConfigError, load_config
 from segsynth.data import (
@@ -39,6 +42,7 @@ from segsynth.diffusion.config import DiffusionTrainConfig
 from segsynth.diffusion.train import train_diffusion
 from segsynth.evaluation import evaluate_synth
 from segsynth.io import CheckpointManager
+from segsynth.latent import AutoencoderTrainConfig, train_autoencoder
 from segsynth.models import ModelConfig, SegSynthModel
 from segsynth.report import build_report
 from segsynth.seg import SegTrainConfig, evaluate_seg, train_seg
@@ -47,7 +51,9 @@ from segsynth.synth import generate, merge_shards
 __version__ = "0.1.0"
 
 __all__ = [
+    "AutoencoderTrainConfig",
     "BUILTIN_DATASETS",
+    "BackboneTrainConfig",
     "BenchmarkConfig",
     "CheckReport",
     "CheckpointManager",
@@ -84,6 +90,8 @@ __all__ = [
     "read_image",
     "run_benchmark",
     "save_spec",
+    "train_autoencoder",
+    "train_controlnet",
     "train_diffusion",
     "train_seg",
     "write_image",

@@ -10,13 +10,16 @@ import yaml
 
 from segsynth.config import ConfigError, load_config, save_resolved_config
 from segsynth.diffusion.config import DiffusionTrainConfig
-from segsynth.diffusion.train import changed_keys
+from segsynth.io.run_log import changed_keys
+from segsynth.latent.config import AutoencoderTrainConfig
 from segsynth.models import SegSynthModel
 
 torch.set_num_threads(1)
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 CONFIGS = sorted(CONFIG_DIR.glob("*.yaml")) + sorted(CONFIG_DIR.glob("*.yml"))
+#: The diffusion recipes (the others configure train-autoencoder).
+DIFFUSION_CONFIGS = [p for p in CONFIGS if not p.name.startswith("autoencoder")]
 
 
 def load(path: Path, **overrides) -> DiffusionTrainConfig:
@@ -41,12 +44,22 @@ def count(module: torch.nn.Module) -> int:
 
 def test_the_recipes_are_there():
     names = {p.name for p in CONFIGS}
-    assert {"tiny.yaml", "base.yaml"} <= names
+    assert {"tiny.yaml", "base.yaml", "autoencoder-f4.yaml", "autoencoder-tiny.yaml", "latent-512.yaml"} <= names
+
+
+def test_the_latent_recipe_denoises_128_px_latents_of_512_px_images():
+    ae = load_config(AutoencoderTrainConfig, CONFIG_DIR / "autoencoder-f4.yaml")
+    cfg = load(CONFIG_DIR / "latent-512.yaml")
+    model = cfg.model.model_copy(update={"latent_channels": ae.model.latent_channels, "latent_factor": ae.model.factor})
+    with torch.device("meta"):
+        unet = SegSynthModel.from_config(model).unet
+    assert ae.model.factor == 4 and unet.inner.config.sample_size == 128 and unet.sample_channels == 4
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_every_shipped_config_loads_and_sets_only_known_keys(path):
-    cfg = load(path)
+    autoencoder = path.name.startswith("autoencoder")
+    cfg = load_config(AutoencoderTrainConfig, path) if autoencoder else load(path)
     raw = yaml.safe_load(path.read_text(encoding="utf-8"))
 
     def check(section: dict, model, prefix: str) -> None:
@@ -147,7 +160,7 @@ def test_cross_field_check_fails_before_work():
         load(CONFIG_DIR / "base.yaml", **{"model.image_size": 100})
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", DIFFUSION_CONFIGS, ids=lambda p: p.name)
 def test_resolved_config_round_trips(tmp_path, path):
     cfg = load(path, **{"train.steps": 1234})
     saved = save_resolved_config(cfg, tmp_path / "run" / "config.yaml")

@@ -163,7 +163,7 @@ def test_bad_inputs_are_named():
 @pytest.mark.parametrize(
     "overrides,message",
     [
-        ({"image_size": 18, "block_out_channels": (8, 16, 16), "attention_levels": (False, False, True)}, "not divisible by 2\\*\\*\\(levels-1\\) = 4"),
+        ({"image_size": 18, "block_out_channels": (8, 16, 16), "attention_levels": (False, False, True)}, "not divisible by 2\\*\\*\\(levels-1\\) \\* latent_factor = 4"),
         ({"style": {"num_refs": 0}}, "style.num_refs"),
         ({"attention_levels": (False,)}, "attention_levels has 1 entries"),
         ({"attention_levels": (False, False), "style": {"injection": "cross_attention"}}, "needs at least one attention level"),

@@ -12,6 +12,7 @@ from segsynth.cli import data_builtin as _data_builtin  # noqa: E402,F401
 from segsynth.cli import data as _data  # noqa: E402,F401
 from segsynth.cli import export as _export  # noqa: E402,F401
 from segsynth.cli import diffusion as _diffusion  # noqa: E402,F401
+from segsynth.cli import autoencoder as _autoencoder  # noqa: E402,F401
 from segsynth.cli import benchmark as _benchmark  # noqa: E402,F401
 from segsynth.cli import evaluate_synth as _evaluate_synth  # noqa: E402,F401
 from segsynth.cli import report as _report  # noqa: E402,F401

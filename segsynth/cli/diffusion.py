@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import typer
@@ -33,18 +34,51 @@ def train_diffusion_command(
     out: Path = typer.Option(..., "--out", "-o", help="Run folder."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint in --out."),
     overrides: list[str] = typer.Option([], "--set", help="Override a config value: key.path=value (repeatable)."),
+    autoencoder: Path | None = typer.Option(
+        None, "--autoencoder", help="train-autoencoder folder: denoise its latents instead of pixels (latent mode)."
+    ),
+    backbone: Path | None = typer.Option(
+        None, "--backbone", help="Local Stable Diffusion folder (diffusers layout): train a ControlNet on it, frozen "
+        "(needs the backbone extra; see docs/backbone.md)."
+    ),
 ) -> None:
     """Train the layout- and style-conditioned diffusion model; resumable with --resume."""
+    if backbone is not None:
+        train_backbone_command(data, backbone, config, out, resume, overrides, autoencoder)
+        return
     with user_errors():
         from segsynth.config import load_config
         from segsynth.diffusion.config import DiffusionTrainConfig
         from segsynth.diffusion.train import PIPELINE_DIR, TRAIN_LOG, train_diffusion
 
         cfg = load_config(DiffusionTrainConfig, config, parse_overrides(overrides))
-        run = train_diffusion(data[0] if len(data) == 1 else data, cfg, out, resume=resume, console=console)
+        run = train_diffusion(data[0] if len(data) == 1 else data, cfg, out, resume=resume, console=console,
+                              autoencoder=autoencoder)
+    if os.environ.get("RANK", "0") != "0":
+        return  # under a multi-process launch the main process reports for all
     lines = (run / TRAIN_LOG).read_text(encoding="utf-8").splitlines()
     last = json.loads(lines[-1]) if lines else {}
     console.print(
         f"[green]trained[/] {last.get('step', cfg.train.steps)} steps, last loss {last.get('loss', float('nan')):.4f}; "
         f"pipeline: {run / PIPELINE_DIR}"
+    )
+
+
+def train_backbone_command(data: list[Path], backbone: Path, config: Path | None, out: Path, resume: bool,
+                           overrides: list[str], autoencoder: Path | None) -> None:
+    """``train-diffusion --backbone``: a ControlNet on a frozen Stable Diffusion folder (segsynth.backbone)."""
+    with user_errors():
+        from segsynth.backbone.config import BackboneTrainConfig
+        from segsynth.backbone.train import CONTROLNET_DIR, TRAIN_LOG, train_controlnet
+        from segsynth.config import load_config
+
+        if autoencoder is not None:
+            raise ConfigError("--autoencoder and --backbone exclude each other (the backbone brings its own VAE)")
+        cfg = load_config(BackboneTrainConfig, config, parse_overrides(overrides))
+        run = train_controlnet(data[0] if len(data) == 1 else data, backbone, cfg, out, resume=resume, console=console)
+    lines = (run / TRAIN_LOG).read_text(encoding="utf-8").splitlines()
+    last = json.loads(lines[-1]) if lines else {}
+    console.print(
+        f"[green]trained[/] {last.get('step', cfg.train.steps)} steps, last loss {last.get('loss', float('nan')):.4f}; "
+        f"controlnet: {run / CONTROLNET_DIR}"
     )

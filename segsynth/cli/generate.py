@@ -51,18 +51,29 @@ def generate(
     batch_size: int = typer.Option(8, help="Samples per pipeline call."),
     seed: int = typer.Option(0, help="Base seed; each sample's seed derives from (seed, index)."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run; done samples are kept."),
-    shard: str = typer.Option("0/1", help="Generate only index range i of n (counting from 0), e.g. 1/4."),
+    shard: str = typer.Option(
+        None,
+        help="Generate only index range i of n (counting from 0), e.g. 1/4. Default: the whole set, or, under "
+        "accelerate launch / torchrun, shard RANK/WORLD_SIZE for each process.",
+    ),
     edges: str = typer.Option(
         None, help="Edge models: layout (mask boundary, default) | image (also the real image's edges; --layouts variants)."
     ),
     edge_guidance: float = typer.Option(1.0, help="Edge guidance scale (edge models; 1: off)."),
     prompt: str = typer.Option(None, help="Text models: the prompt (default: the layout data's dataset.json prompt)."),
     text_guidance: float = typer.Option(1.0, help="Text guidance scale (text models; 1: off)."),
+    size: int = typer.Option(
+        None, help="Side of the images (default: the model's). Larger ones are sampled in blended overlapping tiles."
+    ),
+    tile_overlap: int = typer.Option(None, help="Pixels shared by neighbouring tiles with --size (default: tile/4)."),
+    device: str = typer.Option(None, help="cpu, cuda or cuda:N (default: this process's GPU if there is one)."),
 ) -> None:
     """Generate synthetic images for layouts in the style of unlabelled reference images."""
     with user_errors():
         from segsynth.synth.generate import generate as run_generation
-        from segsynth.synth.generate import parse_shard
+        from segsynth.synth.generate import resolve_shard
+
+        chosen = resolve_shard(shard)
 
         result = run_generation(
             run,
@@ -83,16 +94,19 @@ def generate(
             batch_size=batch_size,
             seed=seed,
             resume=resume,
-            shard=parse_shard(shard),
+            shard=chosen,
             console=console,
             edges=edges,
             edge_guidance=edge_guidance,
             prompt=prompt,
             text_guidance=text_guidance,
+            size=size,
+            tile_overlap=tile_overlap,
+            device=device,
         )
     table = Table(title=f"synthetic set {result.out}", show_header=False)
     table.add_row("generated now", str(result.generated))
     table.add_row("already done", str(result.skipped))
-    table.add_row("shard size", f"{result.shard_size} (shard {shard})")
+    table.add_row("shard size", f"{result.shard_size} (shard {chosen[0]}/{chosen[1]})")
     table.add_row("set complete", "yes: manifest.jsonl + dataset.json written" if result.complete else "no: other shards pending")
     console.print(table)

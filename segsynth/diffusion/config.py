@@ -35,6 +35,12 @@ class TrainConfig(StrictModel):
         seed: seeds the weights, the data order, the augmentation, the style draws and the noise.
         num_workers: DataLoader worker processes (results do not depend on it).
         mixed_precision: ``auto`` is bf16 on CUDA and full precision on CPU.
+        channels_last: store the model's convolution weights (and so its activations) in NHWC
+            order, the native layout of tensor-core convolutions; same results up to rounding.
+        compile: run the denoiser's UNet through ``torch.compile`` (inductor); the first training
+            step and the first preview compile it (minutes), later calls run the compiled graph
+            (``benchmarks/bench_gpu.py`` measures what it gains). Needs Triton on a GPU, a C++
+            compiler on a CPU; the run stops before any work when they are missing.
     """
 
     steps: int = Field(2000, ge=1)
@@ -52,6 +58,8 @@ class TrainConfig(StrictModel):
     seed: int = Field(0, ge=0)
     num_workers: int = Field(0, ge=0)
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    channels_last: bool = False
+    compile: bool = False
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
@@ -72,17 +80,25 @@ class DataConfig(StrictModel):
         edge_image_prob: for edge models (``model.edge``), the fraction of training samples whose
             edge map also holds the image's edges; the others get the mask boundary alone, which is
             what generation from a layout (no real image) provides.
+        cache_latents: latent models only: encode each training image once, store the latents in
+            ``RUN/latent_cache/`` and train on latent-aligned crops of them instead of encoding
+            every crop (one autoencoder pass per image instead of per sample and step). Needs
+            ``augmentation: none`` (see :mod:`segsynth.latent.cache`).
     """
 
     augmentation: Literal["none", "light", "heavy"] = "light"
     style_sampler: str = "multi_patch"
     style_augment: bool | None = None
     edge_image_prob: float = Field(0.5, ge=0.0, le=1.0)
+    cache_latents: bool = False
 
     @model_validator(mode="after")
     def _check(self) -> DataConfig:
         if self.style_sampler not in STYLE_SAMPLERS:
             raise ValueError(f"style_sampler {self.style_sampler!r} is not one of {sorted(STYLE_SAMPLERS)}")
+        if self.cache_latents and self.augmentation != "none":
+            raise ValueError(f"cache_latents needs augmentation 'none' (cached latents cannot be flipped, rotated "
+                             f"or rescaled exactly), got {self.augmentation!r}")
         return self
 
 

@@ -3,6 +3,14 @@
 The objective takes the model as an argument and returns a dict of named terms, so training logs
 show what moves (guided-diffusion style). Every random draw (timesteps, noise, condition drops)
 comes from the one ``generator`` passed in, so a resumed run replays exactly.
+
+Data-parallel training (``share=(rank, world)``): every process seeds the same generator, draws
+each random tensor for the whole global batch of ``world * b`` samples and keeps its own rows
+``rank::world``. Those are the global positions of the samples the process holds (the trainer
+deals sample ``i`` of rank ``r`` to position ``r + world * i``), so W processes of batch ``b``
+noise, time and drop every sample exactly as one process of batch ``W * b`` does, and the same
+seed gives the same model whatever the number of processes. Independent per-process streams
+would be just as random, but the result would then depend on how many processes ran.
 """
 
 from __future__ import annotations
@@ -101,24 +109,36 @@ def _uniform(n: int, generator: torch.Generator | None, device: torch.device) ->
     return torch.rand((n,), generator=generator, device=_gen_device(generator)).to(device)
 
 
+def _own_rows(draw: torch.Tensor, share: tuple[int, int]) -> torch.Tensor:
+    """This process's rows ``rank::world`` of a draw made for the whole global batch."""
+    rank, world = share
+    return draw if world == 1 else draw[rank::world]
+
+
 def diffusion_loss(
     model: torch.nn.Module,
     scheduler: DDPMScheduler,
     batch: dict[str, torch.Tensor],
     cfg: ObjectiveConfig,
     generator: torch.Generator | None = None,
+    share: tuple[int, int] = (0, 1),
 ) -> dict[str, torch.Tensor]:
     """One training loss evaluation.
 
     Args:
         model: a :class:`~segsynth.models.SegSynthModel` (or a wrapper with the same ``forward``).
         scheduler: the training scheduler from :func:`make_train_scheduler`.
-        batch: ``{"image": (B, C, H, W) in [0, 1], "mask": (B, H, W) int64, "style_images":
+        batch: ``{"image": (B, C, H, W) in [0, 1] (or ``"latents"``: its scaled autoencoder latents,
+            denoised instead), "mask": (B, H, W) int64, "style_images":
             (B, N, C, H, W) in [0, 1] (optional), "edge": (B, 1, H, W) in [0, 1] (edge models),
             "text": (B, text_dim) prompt embeddings (text models)}``.
         cfg: the objective.
         generator: source of all randomness (timesteps, noise, condition drops, in this order;
             the edge and text drops are drawn after the others, only when the batch has them).
+        share: ``(rank, world)`` of data-parallel training, where ``batch`` holds global positions
+            ``rank::world`` of a ``world * B`` batch: every draw is made for the whole global batch
+            (the same on every process, given the same generator state) and this process keeps
+            its rows. ``(0, 1)`` draws for ``batch`` alone.
 
     Returns:
         ``{"loss": weighted scalar to backpropagate, "loss_unweighted": plain mean loss,
@@ -133,19 +153,24 @@ def diffusion_loss(
     image = batch["image"]
     if image.ndim != 4:
         raise ValueError(f"batch['image'] must be (B, C, H, W), got {tuple(image.shape)}")
-    x0 = image * 2.0 - 1.0
-    b, device = x0.shape[0], x0.device
+    rank, world = share
+    if world < 1 or not 0 <= rank < world:
+        raise ValueError(f"share must be (rank, world) with 0 <= rank < world, got {share}")
+    # Latent models: the trainer puts the autoencoder's scaled latents of ``image`` in the batch.
+    x0 = batch["latents"] if batch.get("latents") is not None else image * 2.0 - 1.0
+    device = x0.device
+    n = x0.shape[0] * world  # the global batch: every process makes the same draws, in the same order
     num_t = scheduler.config.num_train_timesteps
-    t = torch.randint(0, num_t, (b,), generator=generator, device=_gen_device(generator)).to(device)
-    noise = randn_tensor(x0.shape, generator=generator, device=device, dtype=x0.dtype)
+    t = _own_rows(torch.randint(0, num_t, (n,), generator=generator, device=_gen_device(generator)), share).to(device)
+    noise = _own_rows(randn_tensor((n, *x0.shape[1:]), generator=generator, device=device, dtype=x0.dtype), share)
     drop = {
-        "style": _uniform(b, generator, device) < cfg.cond_drop.style,
-        "layout": _uniform(b, generator, device) < cfg.cond_drop.layout,
+        "style": _own_rows(_uniform(n, generator, device), share) < cfg.cond_drop.style,
+        "layout": _own_rows(_uniform(n, generator, device), share) < cfg.cond_drop.layout,
     }
     extra = {}
     for name in ("edge", "text"):  # optional conditions: drawn only when present, after the others
         if batch.get(name) is not None:
-            drop[name] = _uniform(b, generator, device) < getattr(cfg.cond_drop, name)
+            drop[name] = _own_rows(_uniform(n, generator, device), share) < getattr(cfg.cond_drop, name)
             extra[name] = batch[name]
     noisy = scheduler.add_noise(x0, noise, t)
     target = noise if cfg.prediction_type == "epsilon" else scheduler.get_velocity(x0, noise, t)

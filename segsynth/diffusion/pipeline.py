@@ -14,6 +14,10 @@ condition extend the chain in the order layout -> edge -> text -> style: with e_
 keeping the first k conditions, ``pred = e_0 + Σ_k s_k · (e_k - e_{k-1})``. Only the passes a
 setting needs are run, all in one batched UNet call; with every scale at 1 it is exactly the
 conditional pass.
+
+Layouts larger than the training size are denoised in overlapping tiles
+(:mod:`segsynth.diffusion.tiling`); latent models (trained with ``--autoencoder``) carry their
+frozen ``AutoencoderKL`` as the ``vae`` component and decode the final latents with it.
 """
 
 from __future__ import annotations
@@ -21,13 +25,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from diffusers import DDPMScheduler, DiffusionPipeline
+from diffusers import AutoencoderKL, DDPMScheduler, DiffusionPipeline
 from diffusers.guiders.guider_utils import rescale_noise_cfg
 from diffusers.utils import BaseOutput
 from diffusers.utils import logging as diffusers_logging
 from diffusers.utils.torch_utils import randn_tensor
 
 from segsynth.diffusion.schedulers import SAMPLERS, make_sampler
+from segsynth.latent.autoencoder import decode_latents
+from segsynth.diffusion.tiling import DEFAULT_TILES_PER_CALL, Window, tiled_prediction
 from segsynth.models.model import SegSynthModel
 from segsynth.models.style import StyleAggregator, StyleEncoder, encode_style
 from segsynth.models.text import encode_prompts
@@ -57,9 +63,11 @@ class SegSynthPipeline(DiffusionPipeline):
         style_encoder: per-reference encoder.
         style_aggregator: pools the N reference vectors.
         scheduler: the *training* scheduler; samplers are derived from its config per call.
+        vae: the frozen autoencoder of a latent model (None in pixel space).
     """
 
-    model_cpu_offload_seq = "style_encoder->style_aggregator->unet"
+    model_cpu_offload_seq = "style_encoder->style_aggregator->unet->vae"
+    _optional_components = ["vae"]
 
     def __init__(
         self,
@@ -67,16 +75,21 @@ class SegSynthPipeline(DiffusionPipeline):
         style_encoder: StyleEncoder,
         style_aggregator: StyleAggregator,
         scheduler: DDPMScheduler,
+        vae: AutoencoderKL | None = None,
     ) -> None:
         super().__init__()
+        if (vae is None) != (unet.latent_factor == 1):
+            raise ValueError("a latent UNet needs its autoencoder (vae) and a pixel-space UNet takes none")
+        if vae is not None and vae.config.latent_channels != unet.sample_channels:
+            raise ValueError(f"the vae makes {vae.config.latent_channels}-channel latents, the UNet denoises {unet.sample_channels}")
         self.register_modules(
-            unet=unet, style_encoder=style_encoder, style_aggregator=style_aggregator, scheduler=scheduler
+            unet=unet, style_encoder=style_encoder, style_aggregator=style_aggregator, scheduler=scheduler, vae=vae
         )
 
     @classmethod
-    def from_model(cls, model: SegSynthModel, scheduler: DDPMScheduler) -> SegSynthPipeline:
+    def from_model(cls, model: SegSynthModel, scheduler: DDPMScheduler, vae: AutoencoderKL | None = None) -> SegSynthPipeline:
         """Wrap a trained :class:`SegSynthModel` (its modules are shared, not copied)."""
-        return cls(model.unet, model.style_encoder, model.style_aggregator, scheduler)
+        return cls(model.unet, model.style_encoder, model.style_aggregator, scheduler, vae)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str, **kwargs) -> SegSynthPipeline:
@@ -122,7 +135,7 @@ class SegSynthPipeline(DiffusionPipeline):
             raise ValueError(f"edge and text guidance scales must be >= 0, got {extra_scales}")
         if layout.ndim != 3 or layout.dtype.is_floating_point:
             raise ValueError(f"layout must be an integer tensor (B, H, W), got {layout.dtype} {tuple(layout.shape)}")
-        factor = 2 ** (len(cfg.block_out_channels) - 1)
+        factor = 2 ** (len(cfg.block_out_channels) - 1) * self.unet.latent_factor
         if layout.shape[1] % factor or layout.shape[2] % factor:
             raise ValueError(f"layout height and width must be multiples of {factor}, got {tuple(layout.shape[1:])}")
         if style_images is not None:
@@ -242,11 +255,14 @@ class SegSynthPipeline(DiffusionPipeline):
         prompt_embeds: torch.Tensor | None = None,
         edge_guidance_scale: float = 1.0,
         text_guidance_scale: float = 1.0,
+        tile_overlap: int | None = None,
+        tiles_per_call: int = DEFAULT_TILES_PER_CALL,
     ) -> SegSynthPipelineOutput:
         """Draw one image per layout.
 
         Args:
-            layout: ``(B, H, W)`` integer labels in ``[0, K)``.
+            layout: ``(B, H, W)`` integer labels in ``[0, K)``; larger than the model's
+                ``image_size``, it is denoised in overlapping tiles of that size.
             style_images: ``(B, N, C, h, w)`` references in [0, 1], or None (null style).
             num_inference_steps: solver steps.
             sampler: ``ddim``, ``dpmpp`` (DPM-Solver++ 2M) or ``unipc``.
@@ -261,6 +277,9 @@ class SegSynthPipeline(DiffusionPipeline):
             prompt_embeds: ``(B, text_dim)`` precomputed prompt embeddings instead of ``prompt``.
             edge_guidance_scale: s_edge; 1 disables edge guidance.
             text_guidance_scale: s_text; 1 disables text guidance.
+            tile_overlap: image pixels shared by neighbouring tiles of a large layout (default a
+                quarter of the tile); unused when the layout fits the model.
+            tiles_per_call: tiles denoised together in one UNet call (peak memory vs. speed).
 
         Returns:
             :class:`SegSynthPipelineOutput` with ``images`` ``(B, C, H, W)`` in [0, 1] on the CPU.
@@ -282,14 +301,45 @@ class SegSynthPipeline(DiffusionPipeline):
 
         solver = make_sampler(sampler, self.scheduler.config)
         solver.set_timesteps(num_inference_steps, device=device)
+        f = self.unet.latent_factor
         b, (h, w) = layout.shape[0], layout.shape[1:]
-        x = randn_tensor((b, self.unet.config.image_channels, h, w), generator=generator, device=device, dtype=dtype)
+        x = randn_tensor((b, self.unet.sample_channels, h // f, w // f), generator=generator, device=device, dtype=dtype)
         x = x * solver.init_noise_sigma
+        tile = self.unet.config.image_size // f
+        overlap = (tile // 4 if tile_overlap is None else tile_overlap // f)
+        multiple = 2 ** (len(self.unet.config.block_out_channels) - 1)
 
         for t in self.progress_bar(solver.timesteps):
-            pred = self.guided_prediction(solver.scale_model_input(x, t), t, layout, style, *scales, **guide)
-            x = solver.step(pred, t, x).prev_sample
+            def predict(x_tiles: torch.Tensor, windows: list[Window]) -> torch.Tensor:
+                tiles = self._tile_inputs(windows, layout, style, guide)
+                return self.guided_prediction(x_tiles, t, tiles.pop("layout"), tiles.pop("style"), *scales, **tiles)
 
-        images = (x.float() / 2 + 0.5).clamp(0, 1).cpu()
+            x = solver.step(tiled_prediction(predict, solver.scale_model_input(x, t), tile, overlap, multiple,
+                                             tiles_per_call), t, x).prev_sample
+
+        images = (self.decode(x).float() / 2 + 0.5).clamp(0, 1).cpu()
         self.maybe_free_model_hooks()
         return SegSynthPipelineOutput(images=images)
+
+    def _tile_inputs(self, windows: list[Window], layout: torch.Tensor, style: torch.Tensor | None,
+                     guide: dict) -> dict:
+        """The conditions of the tiles in ``windows`` (denoiser-grid slices), stacked tile-major like
+        their noisy crops: layout and edge crops at image resolution, style and prompt repeated."""
+        f, n = self.unet.latent_factor, len(windows)
+
+        def crop(full: torch.Tensor) -> torch.Tensor:
+            return torch.cat([full[..., r.start * f : r.stop * f, c.start * f : c.stop * f] for r, c in windows])
+
+        return {"layout": crop(layout), "style": None if style is None else style.repeat(n, 1),
+                "edge": None if guide["edge"] is None else crop(guide["edge"]),
+                "text": None if guide["text"] is None else guide["text"].repeat(n, 1),
+                "edge_scale": guide["edge_scale"], "text_scale": guide["text_scale"]}
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """Final sample -> images in [-1, 1]: identity in pixel space, the vae decoder for latents
+        (tiled by diffusers when larger than the autoencoder's tile, so memory stays bounded)."""
+        if self.vae is None:
+            return x
+        if max(x.shape[-2:]) * self.unet.latent_factor > self.vae.config.sample_size:
+            self.vae.enable_tiling()
+        return decode_latents(self.vae, x)

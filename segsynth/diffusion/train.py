@@ -6,6 +6,15 @@ LR-schedule and RNG states plus the sample position to continue exactly where it
 any number of DataLoader workers. ``accelerate`` makes the same code run on CPU, one GPU or many
 (data sharded by process rank; bf16 autocast on CUDA).
 
+Data parallelism does not change what is learned: W processes of ``train.batch_size`` b take
+one step on the same samples, with the same noise, timesteps and condition drops, as one process
+of batch W * b (rank r holds global positions ``r::W``; see :class:`BatchPlan` and
+:func:`~segsynth.diffusion.objective.diffusion_loss`), and DDP's gradient average over processes
+of per-process mean losses is the gradient of the global mean. Only float summation order
+differs. This holds when the number of training samples is a multiple of W (otherwise each
+epoch leaves out its last ``N mod W`` samples of the permutation). Launch with
+``accelerate launch`` or ``torchrun``; on a machine without CUDA the processes talk over gloo.
+
 Run folder::
 
     RUN/config.yaml            resolved config
@@ -14,11 +23,13 @@ Run folder::
     RUN/samples/step_*.png     layout | style refs | sample grids (EMA weights)
     RUN/checkpoints/step_*/    resumable state (CheckpointManager)
     RUN/pipeline/              released SegSynthPipeline with EMA weights
+    RUN/latent_cache/          latent models with data.cache_latents: one latent per image
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -29,6 +40,7 @@ import numpy as np
 import torch
 import yaml
 from accelerate import Accelerator
+from diffusers import AutoencoderKL
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from monai.transforms import Compose, RandSpatialCropd, SpatialPadd
@@ -44,10 +56,15 @@ from segsynth.data.loader import SampleRef, SegDataset, index_dataset, sample_se
 from segsynth.data.style_sampling import StyleSampler, make_style_sampler, random_patch
 from segsynth.diffusion.config import DiffusionTrainConfig
 from segsynth.diffusion.objective import diffusion_loss, make_train_scheduler
+from segsynth.diffusion.performance import apply_memory_format, maybe_compile
 from segsynth.diffusion.pipeline import SegSynthPipeline
 from segsynth.diffusion.sample_grid import save_sample_grid
-from segsynth.io.atomic import atomic_directory, atomic_write_json, atomic_write_text, remove_stale_temporaries
+from segsynth.io.atomic import atomic_directory, atomic_write_json, remove_stale_temporaries
 from segsynth.io.checkpoint import CheckpointManager, rng_state, set_rng_state
+from segsynth.io.run_log import changed_keys, truncate_log
+from segsynth.io.hashing import model_hash
+from segsynth.latent.autoencoder import encode_images, latent_factor, load_autoencoder
+from segsynth.latent.cache import LatentCache
 from segsynth.models import SegSynthModel
 from segsynth.models.text import encode_prompts
 
@@ -56,10 +73,12 @@ TRAINING_DATA_JSON = "training_data.json"
 TRAIN_LOG = "train_log.jsonl"
 SAMPLES_DIR = "samples"
 PIPELINE_DIR = "pipeline"
+LATENT_CACHE_DIR = "latent_cache"
 
-# Settings that may change when a run is resumed: they decide how long and how visibly it runs,
-# not what a given step computes.
-RESUMABLE_CHANGES = {"steps", "checkpoint_every", "keep_checkpoints", "sample_every", "log_every", "num_workers"}
+# Settings that may change when a run is resumed: they decide how long, how fast and how visibly
+# it runs, not what a given step computes (the memory format and compilation only up to float rounding).
+RESUMABLE_CHANGES = {"steps", "checkpoint_every", "keep_checkpoints", "sample_every", "log_every", "num_workers",
+                     "channels_last", "compile"}
 
 
 def fit_config_to_data(cfg: DiffusionTrainConfig, spec: DatasetSpec, data: Path) -> DiffusionTrainConfig:
@@ -92,6 +111,19 @@ def fit_config_to_datasets(cfg: DiffusionTrainConfig, specs: Sequence[DatasetSpe
     return cfg.model_copy(update={"model": model})
 
 
+def fit_config_to_autoencoder(cfg: DiffusionTrainConfig, vae: AutoencoderKL, folder: Path) -> DiffusionTrainConfig:
+    """Latent mode: take the latent channels and factor from the autoencoder; refuse contradictions."""
+    if vae.config.in_channels != cfg.model.image_channels:
+        raise ConfigError(f"{folder}: the autoencoder codes {vae.config.in_channels}-channel images, "
+                          f"the data has {cfg.model.image_channels}")
+    wanted = {"latent_channels": vae.config.latent_channels, "latent_factor": latent_factor(vae)}
+    for key, value in wanted.items():
+        if getattr(cfg.model, key) not in (type(cfg.model).model_fields[key].default, value):
+            raise ConfigError(f"model.{key} is {getattr(cfg.model, key)} but the autoencoder {folder} has {value}")
+    model = type(cfg.model).model_validate({**cfg.model.model_dump(), **wanted})
+    return cfg.model_copy(update={"model": model})
+
+
 def select_refs(data: Path, spec: DatasetSpec, train_ids: Sequence[str] | None) -> list[SampleRef]:
     """The labelled samples to train on: all of ``data``, or exactly ``train_ids``."""
     refs = index_dataset(data, "labeled", spec)
@@ -118,6 +150,12 @@ class BatchPlan:
 
     A run that stops at any step and restarts from ``position`` sees exactly the batches it would
     have seen, whatever the number of DataLoader workers (no stateful sampler is involved).
+
+    Rank ``r`` of ``world`` takes every ``world``-th entry of each epoch's permutation, from ``r``
+    on, so its ``i``-th sample of a step is entry ``r + world * i`` of the batch one process of
+    ``world * batch_size`` would take (when ``world`` divides ``num_samples``, epochs end at the
+    same samples too). :func:`~segsynth.diffusion.objective.diffusion_loss` relies on this to give
+    every sample the random draws of its global position.
     """
 
     def __init__(self, num_samples: int, batch_size: int, seed: int, position: int, num_batches: int,
@@ -188,6 +226,7 @@ class TrainingSamples(Dataset):
         self.edge = cfg.model.edge
         self.edge_sigma = cfg.model.edge_sigma
         self.edge_image_prob = cfg.data.edge_image_prob
+        self.latent_cache: LatentCache | None = None  # set by the trainer for data.cache_latents
         if text is not None and len(text) != len(self.datasets):
             raise ValueError(f"{len(text)} prompt embeddings for {len(self.datasets)} datasets")
         self.text = text
@@ -214,8 +253,11 @@ class TrainingSamples(Dataset):
         epoch, index = key
         source, local = self.locate(index)
         dataset = self.datasets[source]
-        dataset.set_epoch(epoch)
-        sample = dataset[local]
+        if self.latent_cache is not None:
+            sample = self._cached_crop(source, local, epoch, index)
+        else:
+            dataset.set_epoch(epoch)
+            sample = dataset[local]
         rng = np.random.default_rng(sample_seed(self.seed + 1, epoch, index))
         styles, _ = self.sampler(dataset, local, self.num_refs, rng)
         out = {"image": self._channels(sample["image"], 0), "mask": sample["mask"],
@@ -227,7 +269,24 @@ class TrainingSamples(Dataset):
             out["edge"] = torch.from_numpy(edge_map(sample["mask"].numpy(), image, self.edge_sigma))[None]
         if self.text is not None:
             out["text"] = self.text[source]
+        if "latents" in sample:
+            out["latents"] = sample["latents"]
         return out
+
+    def _cached_crop(self, source: int, local: int, epoch: int, index: int) -> dict[str, Any]:
+        """A random latent-aligned crop of a cached latent with the same window of image and mask."""
+        cache = self.latent_cache
+        assert cache is not None
+        image, mask = cache.padded_arrays(self.datasets[source], local)
+        latent, f, size = cache.load(source, local), cache.factor, self.image_size
+        rng = np.random.default_rng(sample_seed(self.seed + 4, epoch, index))
+        top = f * int(rng.integers((mask.shape[0] - size) // f + 1))
+        left = f * int(rng.integers((mask.shape[1] - size) // f + 1))
+        rows, cols = slice(top, top + size), slice(left, left + size)
+        return {"image": torch.from_numpy(np.ascontiguousarray(image[:, rows, cols])),
+                "mask": torch.from_numpy(np.ascontiguousarray(mask[rows, cols])).long(),
+                "latents": latent[:, top // f : (top + size) // f, left // f : (left + size) // f].clone(),
+                "id": self.datasets[source].refs[local].id}
 
     def preview_rows(self, rows: int, seed: int) -> dict[str, torch.Tensor]:
         """Fixed, un-augmented rows for the preview grids, spread over the training set.
@@ -272,15 +331,22 @@ def mixed_precision(cfg: DiffusionTrainConfig) -> str:
     return choice
 
 
-def changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
-    """Dotted paths of every leaf that differs between two nested dicts (added or removed keys too)."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        return [
-            path
-            for key in sorted(set(old) | set(new))
-            for path in changed_keys(old.get(key), new.get(key), f"{prefix}{key}.")
-        ]
-    return [] if old == new else [prefix.rstrip(".")]
+def make_accelerator(cfg: DiffusionTrainConfig) -> Accelerator:
+    """The run's :class:`Accelerator`, on gloo when a multi-process launch finds no accelerator device.
+
+    ``torchrun`` and ``accelerate launch --multi_gpu`` set ``WORLD_SIZE``; on a machine without
+    CUDA, ``accelerate`` then sets up the process group only when told to run on the CPU (else
+    every process would train alone, each thinking it is rank 0 of 1, and all would write the
+    same run folder). A launch that still ends up with another process count is refused.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    device_api = getattr(torch, "accelerator", None)  # torch >= 2.6 knows every device type
+    has_device = device_api.is_available() if device_api is not None else torch.cuda.is_available()
+    accelerator = Accelerator(mixed_precision=mixed_precision(cfg), cpu=world > 1 and not has_device)
+    if world > 1 and accelerator.num_processes != world:
+        raise ValueError(f"launched as {world} processes (WORLD_SIZE) but accelerate set up "
+                           f"{accelerator.num_processes}; on CPU launch with ACCELERATE_USE_CPU=true")
+    return accelerator
 
 
 def prepare_run_dir(out: Path, cfg: DiffusionTrainConfig, resume: bool, training_data: dict[str, Any]) -> None:
@@ -305,34 +371,25 @@ def prepare_run_dir(out: Path, cfg: DiffusionTrainConfig, resume: bool, training
             saved_data = json.loads(data_path.read_text(encoding="utf-8"))
             if saved_data.get("train_ids") != training_data["train_ids"]:
                 raise ValueError(f"{data_path}: the training samples differ from those of the run being resumed")
+            saved_ae, ae = saved_data.get("autoencoder", {}).get("sha256"), training_data.get("autoencoder", {}).get("sha256")
+            if saved_ae != ae:
+                raise ValueError(f"{data_path}: the run being resumed was trained with another autoencoder (or none)")
     out.mkdir(parents=True, exist_ok=True)
     save_resolved_config(cfg, config_path)
     atomic_write_json(data_path, training_data)
-
-
-def truncate_log(path: Path, step: int) -> None:
-    """Drop log lines written after checkpoint ``step`` (and a torn last line) before resuming."""
-    if not path.exists():
-        return
-    kept = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            if json.loads(line)["step"] <= step:
-                kept.append(line)
-        except (json.JSONDecodeError, KeyError, TypeError):
-            continue
-    atomic_write_text(path, "".join(f"{line}\n" for line in kept))
 
 
 class Trainer:
     """One training run: model, optimiser, EMA, data and bookkeeping; see :func:`train_diffusion`."""
 
     def __init__(self, data: Path, cfg: DiffusionTrainConfig, out: Path, refs: list[SampleRef],
-                 text: torch.Tensor | None = None, extra: Sequence[tuple[Path, Sequence[SampleRef]]] = ()) -> None:
+                 text: torch.Tensor | None = None, extra: Sequence[tuple[Path, Sequence[SampleRef]]] = (),
+                 vae: AutoencoderKL | None = None) -> None:
         self.cfg, self.out = cfg, out
-        self.accelerator = Accelerator(mixed_precision=mixed_precision(cfg))
+        self.accelerator = make_accelerator(cfg)
         torch.manual_seed(cfg.train.seed)
-        model = SegSynthModel.from_config(cfg.model)
+        model = apply_memory_format(SegSynthModel.from_config(cfg.model), cfg.train.channels_last)
+        maybe_compile(model, cfg.train.compile, self.accelerator.device)
         self.scheduler = make_train_scheduler(cfg.objective)
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         self.lr_scheduler = get_scheduler(
@@ -340,9 +397,16 @@ class Trainer:
             optimizer, num_warmup_steps=cfg.train.warmup, num_training_steps=cfg.train.steps,
         )
         self.ema = EMAModel(model.parameters(), decay=cfg.train.ema_decay)
+        # Several processes: DDP with its default find_unused_parameters=False (no extra graph walk per
+        # step). That holds because a dropped condition is swapped for its learned null by
+        # torch.where, so every null embedding and encoder is in every step's graph (with zero
+        # gradient where unused). The LR scheduler stays unprepared: prepared, it would step once
+        # per process.
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         self.ema.to(self.accelerator.device)
         self.samples = TrainingSamples(data, refs, cfg, text=text, extra=extra)
+        # Frozen and outside the optimiser, EMA and checkpoints: it is an input transform here.
+        self.vae = vae.to(self.accelerator.device) if vae is not None else None
         self.checkpoints = CheckpointManager(out, keep=cfg.train.keep_checkpoints)
         self.position = Position()
 
@@ -379,8 +443,14 @@ class Trainer:
         self.position = Position(step=int(tree["step"]), samples=int(tree["samples"]))
 
     def noise_generator(self, step: int) -> torch.Generator:
-        """The generator of step ``step`` on this process: resumable and independent of the others."""
-        seed = sample_seed(self.cfg.train.seed + 2, step, self.accelerator.process_index)
+        """The generator of step ``step``, the same on every process.
+
+        Every process draws the noise of the whole global batch from it and keeps its own rows
+        (``share`` of :func:`diffusion_loss`), so the draws do not depend on the number of
+        processes. The last seed word stays 0, as it was for the single process, so seeds and
+        runs of one process are unchanged.
+        """
+        seed = sample_seed(self.cfg.train.seed + 2, step, 0)
         return torch.Generator(device=self.accelerator.device).manual_seed(seed)
 
     def batches(self) -> Iterator[dict[str, Any]]:
@@ -398,8 +468,9 @@ class Trainer:
 
     def train_step(self, batch: dict[str, Any]) -> dict[str, float]:
         self.model.train()
+        acc = self.accelerator
         terms = diffusion_loss(self.model, self.scheduler, batch, self.cfg.objective,
-                               self.noise_generator(self.position.step))
+                               self.noise_generator(self.position.step), share=(acc.process_index, acc.num_processes))
         self.accelerator.backward(terms["loss"])
         logged = {name: value.detach() for name, value in terms.items()}
         if self.cfg.train.grad_clip is not None:
@@ -413,9 +484,21 @@ class Trainer:
         self.position.samples += self.cfg.train.batch_size
         return {k: float(self.accelerator.reduce(v.float().reshape(1), "mean")) for k, v in logged.items()}
 
+    @torch.no_grad()
+    def to_latents(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Latent models: add the autoencoder's latents of the batch's images (unchanged otherwise).
+
+        Encoded on the fly because every sample is a fresh augmented crop; the posterior mean
+        makes the code of a given crop deterministic, so resumption stays exact.
+        """
+        if self.vae is None or "latents" in batch:
+            return batch
+        with self.accelerator.autocast():
+            return {**batch, "latents": encode_images(self.vae, batch["image"]).float()}
+
     def ema_pipeline(self) -> SegSynthPipeline:
         """A pipeline sharing the live modules (swap the EMA weights in first), without a progress bar."""
-        pipeline = SegSynthPipeline.from_model(self.raw_model, self.scheduler)
+        pipeline = SegSynthPipeline.from_model(self.raw_model, self.scheduler, self.vae)
         pipeline.set_progress_bar_config(disable=True)
         return pipeline
 
@@ -468,6 +551,7 @@ def train_diffusion(
     resume: bool = False,
     train_ids: Sequence[str] | None = None,
     console: Console | None = None,
+    autoencoder: str | Path | None = None,
 ) -> Path:
     """Train (or resume) a diffusion model on the labelled images of ``data``.
 
@@ -480,6 +564,9 @@ def train_diffusion(
         resume: continue from the newest complete checkpoint in ``out``.
         train_ids: restrict training to these sample ids (e.g. one fold's training cases).
         console: rich console for a progress bar; None trains quietly.
+        autoencoder: a ``train-autoencoder`` folder: latent mode. The denoiser works on the
+            autoencoder's latents (``model.image_size`` stays the image crop, the layout is pooled
+            to the latent grid), and the released pipeline carries the autoencoder to decode.
 
     Returns:
         The run folder; its ``pipeline/`` holds the released model.
@@ -496,6 +583,13 @@ def train_diffusion(
     specs = [load_spec(root) for root in roots]
     spec = specs[0]
     cfg = fit_config_to_datasets(cfg, specs, roots)
+    vae = None
+    if autoencoder is not None:
+        vae, vae_dir = load_autoencoder(autoencoder)
+        cfg = fit_config_to_autoencoder(cfg, vae, vae_dir)
+    elif cfg.model.latent_channels or cfg.data.cache_latents:
+        raise ConfigError("model.latent_channels / data.cache_latents are set but no autoencoder was given "
+                          "(train-diffusion --autoencoder AE)")
     refs = select_refs(data, spec, train_ids)
     extra = [(root, select_refs(root, s, None)) for root, s in zip(roots[1:], specs[1:])]
     training_data = {"data_root": str(data), "train_ids": [ref.id for ref in refs],
@@ -509,11 +603,18 @@ def train_diffusion(
         if text.shape[1] != cfg.model.text_dim:
             raise ConfigError(f"model.text_dim is {cfg.model.text_dim} but the text encoder makes {text.shape[1]}-d embeddings")
         training_data["prompts"] = [s.prompt for s in specs]
-    trainer = Trainer(data, cfg, out, refs, text=text, extra=extra)
+    if vae is not None:
+        training_data["autoencoder"] = {"path": str(vae_dir.resolve()), "sha256": model_hash(vae_dir)}
+    trainer = Trainer(data, cfg, out, refs, text=text, extra=extra, vae=vae)
     trainer.samples.verify()  # a bad file fails now, naming it, before the run folder is touched
     main = trainer.accelerator.is_main_process
     if main:
         prepare_run_dir(out, cfg, resume, training_data)
+    if vae is not None and cfg.data.cache_latents:
+        trainer.samples.latent_cache = LatentCache(out / LATENT_CACHE_DIR, cfg.model.latent_factor, cfg.model.image_size)
+        if main:
+            remove_stale_temporaries(out / LATENT_CACHE_DIR)
+            trainer.samples.latent_cache.build(vae, trainer.samples.datasets, cfg.model.image_channels)
     trainer.accelerator.wait_for_everyone()
     latest = trainer.checkpoints.latest() if resume else None
     if latest is not None:
@@ -533,7 +634,7 @@ def _run(trainer: Trainer, preview: dict[str, torch.Tensor], console: Console | 
     with _progress(console, acc.is_main_process) as progress:
         task = progress.add_task("train", total=cfg.steps, completed=trainer.position.step, loss="-", speed="-")
         for batch in trainer.batches():
-            terms = trainer.train_step(batch)
+            terms = trainer.train_step(trainer.to_latents(batch))
             for name, value in terms.items():
                 window[name] = window.get(name, 0.0) + value
             count += 1

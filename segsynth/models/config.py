@@ -68,6 +68,9 @@ class ModelConfig(StrictModel):
             offline by a frozen sentence encoder), projected to cross-attention tokens.
         text_dim: size of the prompt embedding (384 for all-MiniLM-L6-v2).
         text_tokens: cross-attention tokens made from the prompt embedding.
+        latent_channels / latent_factor: latent mode (0 / 1: pixel space). Filled in from the
+            autoencoder given to ``train-diffusion --autoencoder``; a value set by hand that
+            contradicts it is refused.
     """
 
     image_size: int = Field(32, ge=4)
@@ -85,6 +88,8 @@ class ModelConfig(StrictModel):
     text: bool = False
     text_dim: int = Field(384, ge=1)
     text_tokens: int = Field(4, ge=1)
+    latent_channels: int = Field(0, ge=0)
+    latent_factor: int = Field(1, ge=1)
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
@@ -95,9 +100,12 @@ class ModelConfig(StrictModel):
             raise ValueError(
                 f"attention_levels has {len(self.attention_levels)} entries but block_out_channels has {levels} levels"
             )
-        factor = 2 ** (levels - 1)
+        if (self.latent_channels == 0) != (self.latent_factor == 1):
+            raise ValueError(f"latent_channels {self.latent_channels} and latent_factor {self.latent_factor} "
+                             "must both be set (latent mode) or both left at 0 / 1 (pixel space)")
+        factor = 2 ** (levels - 1) * self.latent_factor
         if self.image_size % factor:
-            raise ValueError(f"image_size {self.image_size} is not divisible by 2**(levels-1) = {factor}")
+            raise ValueError(f"image_size {self.image_size} is not divisible by 2**(levels-1) * latent_factor = {factor}")
         widths = {"block_out_channels": self.block_out_channels, "style.encoder_channels": self.style.encoder_channels}
         for name, values in widths.items():
             bad = [c for c in values if c % self.norm_num_groups]

@@ -54,6 +54,8 @@ class SegSynthModel(nn.Module):
             spade=cfg.spade,
             **({"edge": True, "edge_sigma": cfg.edge_sigma} if cfg.edge else {}),
             **({"text_dim": cfg.text_dim, "text_tokens": cfg.text_tokens} if cfg.text else {}),
+            **({"latent_channels": cfg.latent_channels, "latent_factor": cfg.latent_factor}
+               if cfg.latent_channels else {}),
         )
         encoder = StyleEncoder(cfg.image_channels, tuple(style.encoder_channels), style.dim, cfg.norm_num_groups)
         aggregator = StyleAggregator(style.dim, style.aggregator, style.num_refs, num_heads=math.gcd(style.dim, 4))

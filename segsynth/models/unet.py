@@ -89,6 +89,12 @@ class LayoutStyleUNet(ModelMixin, ConfigMixin):
             generation draws edge maps the same way; the network itself does not use it).
         text_dim: size of the prompt embedding; 0 means no text condition.
         text_tokens: cross-attention tokens made from the prompt embedding.
+        latent_channels: 0 for a pixel-space model; otherwise the model denoises the latents of
+            an autoencoder (this many channels, ``latent_factor`` times smaller per side), while
+            ``image_size`` / ``image_channels`` still describe the images and the layout (and edge
+            map) still come at image resolution: the UNet pools them to the latent grid itself
+            (class fractions per latent cell, as STEDM's spatial rescaler feeds LDM).
+        latent_factor: the autoencoder's downsampling factor (1 in pixel space).
     """
 
     @register_to_config
@@ -110,8 +116,15 @@ class LayoutStyleUNet(ModelMixin, ConfigMixin):
         edge_sigma: float = 1.0,
         text_dim: int = 0,
         text_tokens: int = 4,
+        latent_channels: int = 0,
+        latent_factor: int = 1,
     ) -> None:
         super().__init__()
+        if latent_channels < 0 or latent_factor < 1 or (latent_channels == 0) != (latent_factor == 1):
+            raise ValueError(f"need latent_channels > 0 with latent_factor > 1 (or 0 and 1 in pixel space), "
+                             f"got {latent_channels}, {latent_factor}")
+        if image_size % latent_factor:
+            raise ValueError(f"image_size {image_size} is not a multiple of latent_factor {latent_factor}")
         if injection not in INJECTIONS:
             raise ValueError(f"injection must be one of {INJECTIONS}, got {injection!r}")
         if len(attention_levels) != len(block_out_channels):
@@ -130,10 +143,11 @@ class LayoutStyleUNet(ModelMixin, ConfigMixin):
         if self.uses_text and not any(attention_levels):
             raise ValueError("a text condition needs at least one attention level (it enters by cross-attention)")
         time_embed_dim = block_out_channels[0] * 4
+        sample_channels = latent_channels or image_channels
         common = dict(
-            sample_size=image_size,
-            in_channels=image_channels + num_classes + int(self.uses_edge),
-            out_channels=image_channels,
+            sample_size=image_size // latent_factor,
+            in_channels=sample_channels + num_classes + int(self.uses_edge),
+            out_channels=sample_channels,
             block_out_channels=tuple(block_out_channels),
             layers_per_block=layers_per_block,
             norm_num_groups=norm_num_groups,
@@ -173,6 +187,16 @@ class LayoutStyleUNet(ModelMixin, ConfigMixin):
         if spade:
             self._wrap_decoder_norms(num_classes)
 
+    @property
+    def sample_channels(self) -> int:
+        """Channels of what the model denoises: the latents' in latent mode, else the images'."""
+        return self.config.latent_channels or self.config.image_channels
+
+    @property
+    def latent_factor(self) -> int:
+        """Image pixels per denoised pixel along each side (1 in pixel space)."""
+        return self.config.latent_factor
+
     def _wrap_decoder_norms(self, num_classes: int) -> None:
         for block in self.inner.up_blocks:
             for resnet in block.resnets:
@@ -199,6 +223,8 @@ class LayoutStyleUNet(ModelMixin, ConfigMixin):
         if layout.numel() and (int(layout.min()) < 0 or int(layout.max()) >= k):
             raise ValueError(f"layout labels must lie in [0, {k - 1}], got [{int(layout.min())}, {int(layout.max())}]")
         onehot = F.one_hot(layout.long(), k).permute(0, 3, 1, 2).to(dtype)
+        if self.latent_factor > 1:
+            onehot = F.avg_pool2d(onehot, self.latent_factor)
         if drop_layout is None:
             return onehot
         null = self.null_layout.to(dtype).view(1, k, 1, 1).expand_as(onehot)
@@ -217,16 +243,21 @@ class LayoutStyleUNet(ModelMixin, ConfigMixin):
 
     def edge_input(self, edge: torch.Tensor | None, drop_edge: torch.Tensor | None, shape: torch.Size,
                    dtype: torch.dtype) -> torch.Tensor:
-        """Edge maps ``(B, 1, H, W)`` (or ``(B, H, W)``); None or dropped samples get the learned null edge."""
+        """Edge maps ``(B, 1, H, W)`` at image resolution (or ``(B, H, W)``); None or dropped samples get
+        the learned null edge. In latent mode a latent cell is on an edge if any of its pixels is
+        (max-pooling keeps one-pixel boundaries that averaging would dilute)."""
         b, _, h, w = shape
+        f = self.latent_factor
         null = self.null_edge.to(dtype).view(1, 1, 1, 1).expand(b, 1, h, w)
         if edge is None:
             return null
         if edge.ndim == 3:
             edge = edge.unsqueeze(1)
-        if edge.shape != (b, 1, h, w):
-            raise ValueError(f"edge must be (B, 1, H, W) = {(b, 1, h, w)}, got {tuple(edge.shape)}")
+        if edge.shape != (b, 1, h * f, w * f):
+            raise ValueError(f"edge must be (B, 1, H, W) = {(b, 1, h * f, w * f)}, got {tuple(edge.shape)}")
         edge = edge.to(dtype)
+        if f > 1:
+            edge = F.max_pool2d(edge, f)
         if drop_edge is None:
             return edge
         return torch.where(drop_edge.view(-1, 1, 1, 1), null, edge)
@@ -258,9 +289,9 @@ class LayoutStyleUNet(ModelMixin, ConfigMixin):
         """Predict noise (or v) for ``sample``.
 
         Args:
-            sample: noisy images ``(B, C, H, W)``.
+            sample: noisy images (or latents) ``(B, C, H, W)``.
             timestep: ``(B,)`` or a scalar.
-            layout: integer labels ``(B, H, W)`` in ``[0, K)``.
+            layout: integer labels ``(B, H·f, W·f)`` in ``[0, K)`` (f = ``latent_factor``, 1 in pixel space).
             style: style vectors ``(B, dim)``, or None for the null style.
             drop_style: ``(B,)`` bool, True where the null style replaces ``style``.
             drop_layout: ``(B,)`` bool, True where the null layout replaces ``layout``.
@@ -273,10 +304,11 @@ class LayoutStyleUNet(ModelMixin, ConfigMixin):
             The prediction ``(B, C, H, W)``.
         """
         b, c, h, w = sample.shape
-        if c != self.config.image_channels:
-            raise ValueError(f"sample has {c} channels, the model expects {self.config.image_channels}")
-        if layout.shape != (b, h, w):
-            raise ValueError(f"layout must be (B, H, W) = {(b, h, w)}, got {tuple(layout.shape)}")
+        f = self.latent_factor
+        if c != self.sample_channels:
+            raise ValueError(f"sample has {c} channels, the model expects {self.sample_channels}")
+        if layout.shape != (b, h * f, w * f):
+            raise ValueError(f"layout must be (B, H, W) = {(b, h * f, w * f)}, got {tuple(layout.shape)}")
         seg = self.layout_input(layout, drop_layout, sample.dtype)
         style_vec = self.style_input(style, drop_style, b).to(sample.dtype)
         if not self.uses_edge and (edge is not None or drop_edge is not None):

@@ -20,8 +20,8 @@ whichever finishes last merges the parts into ``manifest.jsonl`` + ``dataset.jso
 
 from __future__ import annotations
 
-import hashlib
 import json
+import os
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -41,6 +41,7 @@ from segsynth.data.io import write_image
 from segsynth.data.loader import SegDataset
 from segsynth.diffusion.pipeline import SegSynthPipeline
 from segsynth.io.atomic import atomic_write_json
+from segsynth.io.hashing import model_hash
 from segsynth.models.text import encode_prompts
 from segsynth.synth.layouts import LayoutSource, VariantLayouts, make_layout_source
 from segsynth.synth.manifest import (
@@ -86,16 +87,20 @@ class GenerationConfig(StrictModel):
     edge_guidance: float = Field(1.0, ge=0)
     prompt: str | None = None
     text_guidance: float = Field(1.0, ge=0)
+    size: int | None = Field(None, ge=8)
+    tile_overlap: int | None = Field(None, ge=0)
 
     def record(self) -> dict[str, Any]:
-        """The config as saved in ``generation.json``: keys of the optional conditions (edge, text) only
-        when they differ from their defaults, so a set made without them keeps its bytes and resumes."""
+        """The config as saved in ``generation.json``: keys of the optional settings (edge, text, large
+        images) only when they differ from their defaults, so a set made without them keeps its
+        bytes and resumes."""
         data = self.model_dump(mode="json")
         return {k: v for k, v in data.items() if not (k in OPTIONAL_DEFAULTS and v == OPTIONAL_DEFAULTS[k])}
 
 
-#: Keys of :class:`GenerationConfig` that only edge / text models use, with their defaults.
-OPTIONAL_DEFAULTS: dict[str, Any] = {"edge_source": None, "edge_guidance": 1.0, "prompt": None, "text_guidance": 1.0}
+#: Keys of :class:`GenerationConfig` that only edge / text models or large images use, with their defaults.
+OPTIONAL_DEFAULTS: dict[str, Any] = {"edge_source": None, "edge_guidance": 1.0, "prompt": None, "text_guidance": 1.0,
+                                     "size": None, "tile_overlap": None}
 
 
 @dataclass(frozen=True)
@@ -127,6 +132,51 @@ def parse_shard(text: str) -> tuple[int, int]:
     return index, count
 
 
+def default_device(env: Mapping[str, str] | None = None) -> str:
+    """Where a loaded pipeline samples: this process's GPU (``LOCAL_RANK`` under a multi-process
+    launch, so each process of a node takes its own) when there is one, else the CPU."""
+    env = os.environ if env is None else env
+    return f"cuda:{int(env.get('LOCAL_RANK', '0'))}" if torch.cuda.is_available() else "cpu"
+
+
+def launched_shard(env: Mapping[str, str] | None = None) -> tuple[int, int] | None:
+    """``(RANK, WORLD_SIZE)`` when a launcher started several processes, else None.
+
+    ``accelerate launch`` and ``torchrun`` start the same command once per process and tell each
+    its place only through these variables; generation needs no process group, so taking shard
+    RANK of WORLD_SIZE is all it takes for the processes to split the set between them.
+    """
+    env = os.environ if env is None else env
+    world = int(env.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return None
+    if "RANK" not in env:
+        raise ValueError(f"WORLD_SIZE is {world} but RANK is not set; launch with accelerate launch or torchrun")
+    shard = (int(env["RANK"]), world)
+    check_shard(shard)
+    return shard
+
+
+def resolve_shard(text: str | None, env: Mapping[str, str] | None = None) -> tuple[int, int]:
+    """The shard of this process: ``--shard`` if given, else the launcher's, else the whole set.
+
+    Raises:
+        ValueError: ``--shard`` names another shard than the multi-process launch gives this
+            process (the processes would write the same part, or leave parts undone).
+    """
+    launched = launched_shard(env)
+    if text is None:
+        return launched or (0, 1)
+    shard = parse_shard(text)
+    if launched is not None and shard != launched:
+        raise ValueError(
+            f"--shard {text} contradicts the launch: this is process {launched[0]} of {launched[1]} "
+            f"(RANK, WORLD_SIZE), which takes shard {launched[0]}/{launched[1]}; leave out --shard under a "
+            "multi-process launch"
+        )
+    return shard
+
+
 def check_shard(shard: tuple[int, int]) -> None:
     index, count = shard
     if count < 1 or not 0 <= index < count:
@@ -142,21 +192,6 @@ def shard_range(n: int, shard: tuple[int, int]) -> range:
 def sample_seed(seed: int, index: int) -> int:
     """Seed of sample ``index``: a well-mixed 32-bit value of ``(seed, index)``."""
     return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
-
-
-def model_hash(pipeline_dir: str | Path) -> str:
-    """sha256 over the pipeline's safetensors files (relative path and bytes, in sorted order)."""
-    root = Path(pipeline_dir)
-    files = sorted(root.rglob("*.safetensors"), key=lambda p: p.relative_to(root).as_posix())
-    if not files:
-        raise ValueError(f"{root}: no .safetensors weights found")
-    digest = hashlib.sha256()
-    for path in files:
-        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
-        with open(path, "rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
 
 
 def pipeline_hash(pipeline: SegSynthPipeline) -> str:
@@ -286,6 +321,9 @@ def generate(
     edge_guidance: float = 1.0,
     prompt: str | None = None,
     text_guidance: float = 1.0,
+    size: int | None = None,
+    tile_overlap: int | None = None,
+    device: str | None = None,
 ) -> GenerationResult:
     """Generate ``n`` synthetic image/mask pairs into ``out`` (our dataset format + manifest).
 
@@ -318,6 +356,12 @@ def generate(
         edge_guidance: guidance scale of the edge condition (1: off).
         prompt: text models only: the prompt (default: ``prompt`` of the layout data's dataset.json).
         text_guidance: guidance scale of the text condition (1: off).
+        size: side of the generated images and masks (default: the model's training size). Larger
+            layouts are denoised in overlapping tiles of the training size, blended at every step
+            (:mod:`segsynth.diffusion.tiling`), so memory is bounded by the tile, not the image.
+        tile_overlap: pixels shared by neighbouring tiles (default: a quarter of the tile).
+        device: where a pipeline loaded from a folder samples (default :func:`default_device`);
+            a pipeline object passed in stays where it is unless this is given.
 
     Raises:
         FileExistsError: ``out`` holds files and ``resume`` is False, or a shard is started twice.
@@ -329,9 +373,12 @@ def generate(
     out = Path(out)
     if isinstance(run_or_pipeline, SegSynthPipeline):
         pipeline, digest, training_data = run_or_pipeline, pipeline_hash(run_or_pipeline), {}
+        if device is not None:
+            pipeline.to(device)
     else:
         pipeline, pipeline_dir, training_data = load_run(run_or_pipeline)
         digest = model_hash(pipeline_dir)
+        pipeline.to(default_device() if device is None else device)
     data_root = training_data.get("data_root")
     if layout_data is None and data_root is None:
         raise ValueError("layout_data is required when the model does not come with a run's training_data.json")
@@ -361,6 +408,8 @@ def generate(
             "seed": seed,
             "num_shards": shard[1],
             "model_hash": digest,
+            "size": size,
+            "tile_overlap": tile_overlap,
             **_optional_conditions(pipeline, layouts, edges, edge_guidance, prompt, text_guidance),
         },
         "generate",
@@ -377,7 +426,8 @@ def generate(
             f"{layout_root / DATASET_JSON}: {source_spec.num_classes} classes / {source_spec.channels} channels, "
             f"but the model draws {unet_cfg.num_classes} classes / {unet_cfg.image_channels} channels"
         )
-    size = int(unet_cfg.image_size)
+    model_size = int(unet_cfg.image_size)
+    size = _output_size(pipeline, size)
     layout_source = make_layout_source(layouts, dataset, size, per_mask=per_mask, class_prior=class_prior)
     if config.prompt is None and pipeline.unet.uses_text:
         config = config.model_copy(update={"prompt": source_spec.prompt})
@@ -385,7 +435,7 @@ def generate(
     style_source = None
     if config.styles is not None:
         pool = open_style_pool(config.styles, source_spec.channels)
-        style_source = StyleSource(pool, config.style_sampler, config.num_refs, size)
+        style_source = StyleSource(pool, config.style_sampler, config.num_refs, model_size)
     # Read every layout and style file now: a bad one fails here, naming it, before any output.
     dataset.verify()
     if style_source is not None:
@@ -415,6 +465,7 @@ def generate(
                 layout_guidance_scale=layout_guidance,
                 guidance_rescale=guidance_rescale,
                 generator=[torch.Generator().manual_seed(d["seed"]) for d in draws],
+                tile_overlap=tile_overlap,
                 **_condition_inputs(block, draws, config, layout_source, text, pipeline),
             ).images
             for index, draw, image in zip(block, draws, images):
@@ -426,10 +477,25 @@ def generate(
                 bar.advance(task)
                 if on_sample is not None:
                     on_sample(record)
+    # Every shard appends its last line before this test, so the last to finish sees all parts
+    # complete. Shards finishing together may both merge: harmless, as both write the same bytes
+    # under the same names, each by an atomic rename (segsynth.io.atomic), so readers see one
+    # whole copy.
     complete = _all_parts_complete(out, n, shard[1])
     if complete:
         merge_shards(out)
     return GenerationResult(out, generated, len(done), len(indices), complete)
+
+
+def _output_size(pipeline: SegSynthPipeline, size: int | None) -> int:
+    """The side of the generated images: the model's training size, or ``size`` if it fits the UNet's grid."""
+    cfg = pipeline.unet.config
+    if size is None:
+        return int(cfg.image_size)
+    factor = 2 ** (len(cfg.block_out_channels) - 1) * pipeline.unet.latent_factor
+    if size % factor:
+        raise ValueError(f"size {size} must be a multiple of {factor} (the model's downsampling factor)")
+    return size
 
 
 def _optional_conditions(pipeline: SegSynthPipeline, layouts: str, edges: str | None, edge_guidance: float,
