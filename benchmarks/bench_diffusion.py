@@ -282,17 +282,22 @@ def time_sampling(model: SegSynthModel, cfg: DiffusionTrainConfig, batch: dict[s
 # --------------------------------------------------------------------------------------------
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="CPU-sized run: tiny.yaml, 64 px, batch 4, few steps")
+def add_model_arguments(parser: argparse.ArgumentParser, quick_help: str) -> None:
+    """The options every speed benchmark shares: which model, at what size, timed for how long."""
+    parser.add_argument("--quick", action="store_true", help=quick_help)
     parser.add_argument("--config", type=Path, default=None, help="training config (default base.yaml; tiny.yaml with --quick)")
     parser.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
     parser.add_argument("--image-size", type=int, default=None, help="override model.image_size")
     parser.add_argument("--batch-size", type=int, default=None, help="override train.batch_size")
     parser.add_argument("--num-classes", type=int, default=None, help="override model.num_classes (K of the layout)")
-    parser.add_argument("--warmup-steps", type=int, default=None, help="untimed training steps per model")
-    parser.add_argument("--train-steps", type=int, default=None, help="timed training steps per model")
+    parser.add_argument("--warmup-steps", type=int, default=None, help="untimed training steps per model / variant")
+    parser.add_argument("--train-steps", type=int, default=None, help="timed training steps per model / variant")
     parser.add_argument("--sample-images", type=int, default=None, help="images per sampling setting")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_model_arguments(parser, "CPU-sized run: tiny.yaml, 64 px, batch 4, few steps")
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=None,
                         help="precision/layout variants (default: fp32 on CPU, all three on CUDA)")
     parser.add_argument("--ema", action="store_true", help="include an EMA update in both training steps")

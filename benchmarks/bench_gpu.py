@@ -50,7 +50,7 @@ from typing import Any
 
 import diffusers
 import torch
-from bench_diffusion import TrainLoop, count_calls, ours_loss, synthetic_batch
+from bench_diffusion import TrainLoop, add_model_arguments, count_calls, ours_loss, synthetic_batch
 from rich.console import Console
 from rich.table import Table
 
@@ -230,17 +230,8 @@ def run_variant(variant: Variant, cfg: DiffusionTrainConfig, batch: dict[str, to
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="CPU-sized run: tiny.yaml, 32 px, batch 4, few steps; on a CPU one compiled variant, "
-                             "training only")
-    parser.add_argument("--config", type=Path, default=None, help="training config (default base.yaml; tiny.yaml with --quick)")
-    parser.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
-    parser.add_argument("--image-size", type=int, default=None, help="override model.image_size")
-    parser.add_argument("--batch-size", type=int, default=None, help="override train.batch_size")
-    parser.add_argument("--num-classes", type=int, default=None, help="override model.num_classes (K of the layout)")
-    parser.add_argument("--warmup-steps", type=int, default=None, help="untimed training steps per variant (>= 1)")
-    parser.add_argument("--train-steps", type=int, default=None, help="timed training steps per variant")
-    parser.add_argument("--sample-images", type=int, default=None, help="images per sampling run (at most the batch)")
+    add_model_arguments(parser, "CPU-sized run: tiny.yaml, 32 px, batch 4, few steps; on a CPU one compiled "
+                                "variant, training only")
     parser.add_argument("--sample-steps", type=int, default=None, help="sampler steps (default: the config's)")
     parser.add_argument("--variants", nargs="+", type=Variant.parse, default=None,
                         help="e.g. fp32 bf16+cl bf16+cl+compile (default: all eight on CUDA; a CPU-sized set with --quick)")

@@ -33,7 +33,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-import yaml
 from diffusers import ControlNetModel, DDPMScheduler
 from diffusers.optimization import get_scheduler
 from rich.console import Console
@@ -52,7 +51,7 @@ from segsynth.diffusion.train import BatchPlan, TrainingSamples, select_refs
 from segsynth.io.atomic import atomic_directory, atomic_write_json, remove_stale_temporaries
 from segsynth.io.checkpoint import CheckpointManager, rng_state, set_rng_state
 from segsynth.io.hashing import model_hash
-from segsynth.io.run_log import changed_keys, truncate_log
+from segsynth.io.run_log import check_resume, check_same_record, train_keys, truncate_log
 
 CONFIG_YAML = "config.yaml"
 BACKBONE_JSON = "backbone.json"
@@ -247,23 +246,12 @@ def prepare_backbone_run(out: Path, cfg: BackboneTrainConfig, resume: bool, trai
                          backbone_info: dict[str, Any]) -> None:
     """Create the run folder, or check that a resumed run trains on the same data and backbone."""
     config_path, data_path, backbone_path = out / CONFIG_YAML, out / TRAINING_DATA_JSON, out / BACKBONE_JSON
-    if config_path.exists() and not resume:
-        raise FileExistsError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
-    if resume and config_path.exists():
-        saved = yaml.safe_load(config_path.read_text(encoding="utf-8"))
-        changed = [key for key in changed_keys(saved, cfg.model_dump(mode="json"))
-                   if not (key.startswith("train.") and key.removeprefix("train.") in RESUMABLE_CHANGES)]
-        if changed:
-            raise ConfigError(f"{config_path}: cannot resume with a different {', '.join(changed)}")
-        if data_path.exists():
-            saved_data = json.loads(data_path.read_text(encoding="utf-8"))
-            if saved_data.get("train_ids") != training_data["train_ids"]:
-                raise ValueError(f"{data_path}: the training samples differ from those of the run being resumed")
-        if backbone_path.exists():
-            saved_backbone = json.loads(backbone_path.read_text(encoding="utf-8"))
-            if saved_backbone.get("sha256") != backbone_info["sha256"]:
-                raise ValueError(f"{backbone_path}: the run being resumed was trained on another backbone "
-                                 f"({saved_backbone.get('path')}, sha256 {str(saved_backbone.get('sha256'))[:16]}...)")
+    check_resume(config_path, cfg, resume, train_keys(RESUMABLE_CHANGES))
+    if resume:
+        check_same_record(data_path, "train_ids", training_data["train_ids"],
+                          "the training samples differ from those of the run being resumed")
+        check_same_record(backbone_path, "sha256", backbone_info["sha256"],
+                          "the run being resumed was trained on another backbone")
     out.mkdir(parents=True, exist_ok=True)
     save_resolved_config(cfg, config_path)
     atomic_write_json(data_path, training_data)

@@ -38,7 +38,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from accelerate import Accelerator
 from diffusers import AutoencoderKL
 from diffusers.optimization import get_scheduler
@@ -61,7 +60,7 @@ from segsynth.diffusion.pipeline import SegSynthPipeline
 from segsynth.diffusion.sample_grid import save_sample_grid
 from segsynth.io.atomic import atomic_directory, atomic_write_json, remove_stale_temporaries
 from segsynth.io.checkpoint import CheckpointManager, rng_state, set_rng_state
-from segsynth.io.run_log import changed_keys, truncate_log
+from segsynth.io.run_log import check_resume, check_same_record, train_keys, truncate_log
 from segsynth.io.hashing import model_hash
 from segsynth.latent.autoencoder import encode_images, latent_factor, load_autoencoder
 from segsynth.latent.cache import LatentCache
@@ -352,28 +351,12 @@ def make_accelerator(cfg: DiffusionTrainConfig) -> Accelerator:
 def prepare_run_dir(out: Path, cfg: DiffusionTrainConfig, resume: bool, training_data: dict[str, Any]) -> None:
     """Create the run folder, or check that a resumed run trains the same model on the same data."""
     config_path, data_path = out / CONFIG_YAML, out / TRAINING_DATA_JSON
-    if config_path.exists() and not resume:
-        raise FileExistsError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
-    if resume and config_path.exists():
-        saved = yaml.safe_load(config_path.read_text(encoding="utf-8"))
-        try:  # a run saved before a config key existed resumes with that key at its default
-            saved = type(cfg).model_validate(saved).model_dump(mode="json")
-        except ValueError:
-            pass  # compare as saved: the changed keys name the difference
-        now = cfg.model_dump(mode="json")
-        changed = [
-            key for key in changed_keys(saved, now)
-            if not (key.startswith("train.") and key.removeprefix("train.") in RESUMABLE_CHANGES)
-        ]
-        if changed:
-            raise ConfigError(f"{config_path}: cannot resume with a different {', '.join(changed)}")
-        if data_path.exists():
-            saved_data = json.loads(data_path.read_text(encoding="utf-8"))
-            if saved_data.get("train_ids") != training_data["train_ids"]:
-                raise ValueError(f"{data_path}: the training samples differ from those of the run being resumed")
-            saved_ae, ae = saved_data.get("autoencoder", {}).get("sha256"), training_data.get("autoencoder", {}).get("sha256")
-            if saved_ae != ae:
-                raise ValueError(f"{data_path}: the run being resumed was trained with another autoencoder (or none)")
+    check_resume(config_path, cfg, resume, train_keys(RESUMABLE_CHANGES))
+    if resume:
+        check_same_record(data_path, "train_ids", training_data["train_ids"],
+                          "the training samples differ from those of the run being resumed")
+        check_same_record(data_path, "autoencoder.sha256", training_data.get("autoencoder", {}).get("sha256"),
+                          "the run being resumed was trained with another autoencoder (or none)")
     out.mkdir(parents=True, exist_ok=True)
     save_resolved_config(cfg, config_path)
     atomic_write_json(data_path, training_data)

@@ -30,20 +30,19 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-import yaml
 from diffusers import AutoencoderKL
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
-from segsynth.config import ConfigError, load_config, save_resolved_config
+from segsynth.config import load_config, save_resolved_config
 from segsynth.data.format import load_spec
 from segsynth.data.io import write_image
 from segsynth.data.loader import SegDataset, sample_seed
 from segsynth.data.style_sampling import random_patch
 from segsynth.io.atomic import atomic_directory, atomic_write_json
 from segsynth.io.checkpoint import CheckpointManager
-from segsynth.io.run_log import changed_keys, truncate_log
+from segsynth.io.run_log import check_resume, check_same_record, truncate_log
 from segsynth.latent.autoencoder import AUTOENCODER_DIR, build_autoencoder, encode_images
 from segsynth.latent.config import AutoencoderTrainConfig
 
@@ -160,16 +159,10 @@ def latent_scaling_factor(vae: AutoencoderKL, tiles: torch.Tensor) -> float:
 
 def _prepare_out(out: Path, cfg: AutoencoderTrainConfig, split: dict[str, Any], resume: bool) -> None:
     config_path = out / CONFIG_YAML
-    if config_path.exists() and not resume:
-        raise FileExistsError(f"{out} already holds an autoencoder run; pass --resume to continue it or choose another --out")
-    if resume and config_path.exists():
-        saved = yaml.safe_load(config_path.read_text(encoding="utf-8"))
-        changed = [k for k in changed_keys(saved, cfg.model_dump(mode="json")) if k not in RESUMABLE_CHANGES]
-        if changed:
-            raise ConfigError(f"{config_path}: cannot resume with a different {', '.join(changed)}")
-        saved_split = json.loads((out / SPLIT_JSON).read_text(encoding="utf-8"))
-        if saved_split != split:
-            raise ValueError(f"{out / SPLIT_JSON}: the images differ from those of the run being resumed")
+    check_resume(config_path, cfg, resume, RESUMABLE_CHANGES.__contains__)
+    if resume:
+        for key in ("data", "train", "held_out"):
+            check_same_record(out / SPLIT_JSON, key, split[key], "the images differ from those of the run being resumed")
     out.mkdir(parents=True, exist_ok=True)
     save_resolved_config(cfg, config_path)
     atomic_write_json(out / SPLIT_JSON, split)
