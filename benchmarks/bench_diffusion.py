@@ -282,6 +282,25 @@ def time_sampling(model: SegSynthModel, cfg: DiffusionTrainConfig, batch: dict[s
 # --------------------------------------------------------------------------------------------
 
 
+def run_record(name: str, argv: list[str] | None, args: argparse.Namespace, device: torch.device, device_name: str,
+               cfg: DiffusionTrainConfig) -> dict[str, Any]:
+    """What every benchmark JSON starts with: the command, the machine and software, and the config."""
+    return {
+        "benchmark": name,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join([f"benchmarks/{name}.py", *(argv if argv is not None else sys.argv[1:])]),
+        "quick": args.quick,
+        "device": str(device),
+        "device_name": device_name,
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "python": platform.python_version(),
+        "threads": torch.get_num_threads(),
+        "config_file": str(args.config.relative_to(ROOT) if args.config.resolve().is_relative_to(ROOT) else args.config),
+        "config": cfg.model_dump(mode="json"),
+    }
+
+
 def add_model_arguments(parser: argparse.ArgumentParser, quick_help: str) -> None:
     """The options every speed benchmark shares: which model, at what size, timed for how long."""
     parser.add_argument("--quick", action="store_true", help=quick_help)
@@ -387,19 +406,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                           f"{row['s_per_image']:.3f}", f"{ref['s_per_image'] / row['s_per_image']:.1f}x")
         console.print(table)
 
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
     result = {
-        "benchmark": "bench_diffusion",
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(["benchmarks/bench_diffusion.py", *(argv if argv is not None else sys.argv[1:])]),
-        "quick": args.quick,
-        "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
-        "torch": torch.__version__,
-        "diffusers": diffusers.__version__,
-        "python": platform.python_version(),
-        "threads": torch.get_num_threads(),
-        "config_file": str(args.config.relative_to(ROOT) if args.config.resolve().is_relative_to(ROOT) else args.config),
-        "config": cfg.model_dump(mode="json"),
+        **run_record("bench_diffusion", argv, args, device, device_name, cfg),
         "timing": {"warmup_steps": args.warmup_steps, "train_steps": args.train_steps, "ema": args.ema,
                    "data": "one fixed synthetic batch on the device (no loading)"},
         "params": {"ours": ours_params, "ours_unet": count_params(probe.unet),

@@ -44,13 +44,11 @@ import sys
 import time
 import traceback
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import diffusers
 import torch
-from bench_diffusion import TrainLoop, add_model_arguments, count_calls, ours_loss, synthetic_batch
+from bench_diffusion import TrainLoop, add_model_arguments, count_calls, ours_loss, run_record, synthetic_batch
 from rich.console import Console
 from rich.table import Table
 
@@ -328,18 +326,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     console.print(table)
 
     result = {
-        "benchmark": "bench_gpu",
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(["benchmarks/bench_gpu.py", *(argv if argv is not None else sys.argv[1:])]),
-        "quick": args.quick,
-        "device": str(device),
-        "device_name": name,
-        "torch": torch.__version__,
-        "diffusers": diffusers.__version__,
-        "python": platform.python_version(),
-        "threads": torch.get_num_threads(),
-        "config_file": str(args.config.relative_to(ROOT) if args.config.resolve().is_relative_to(ROOT) else args.config),
-        "config": cfg.model_dump(mode="json"),
+        **run_record("bench_gpu", argv, args, device, name, cfg),
         "timing": {"warmup_steps": args.warmup_steps, "train_steps": args.train_steps, "ema": not args.no_ema,
                    "sample_images": min(args.sample_images, batch_size),
                    "data": "one fixed synthetic batch on the device (no loading)"},
