@@ -5,20 +5,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import sys
+
 import numpy as np
 import pytest
 import torch
 from conftest import TINY_DIFFUSION_MODEL
 
-from segsynth.data.format import IMAGES_DIR, MASKS_DIR, DatasetSpec, save_spec
-from segsynth.data.io import write_image
-from segsynth.diffusion.config import DiffusionTrainConfig
 from segsynth.diffusion.objective import ObjectiveConfig, make_train_scheduler
 from segsynth.diffusion.pipeline import SegSynthPipeline
-from segsynth.diffusion.tiling import blend_window, tile_starts, tile_windows, tiled_prediction
-from segsynth.diffusion.train import train_diffusion
+from segsynth.diffusion.tiling import blend_window, seam_ratio, tile_starts, tile_windows, tiled_prediction
 from segsynth.models import SegSynthModel
 from segsynth.models.config import ModelConfig
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from bench_tiling import train_flat_model  # noqa: E402  (the benchmark's flat-image model)
 
 #: Border-to-interior gradient-energy ratio above which a seam is visible (1 = no seam).
 SEAM_THRESHOLD = 1.25
@@ -96,45 +97,11 @@ def test_a_layout_of_the_model_size_is_sampled_untiled(random_pipeline):
     assert torch.equal(a, b)
 
 
-def _flat_dataset(root: Path) -> Path:
-    """Flat images, one random grey level each, under an all-background layout: a model trained on
-    them draws one level per image, so tiles denoised independently disagree visibly."""
-    rng = np.random.default_rng(0)
-    cases = {}
-    for i in range(16):
-        write_image(root / IMAGES_DIR / f"c{i}_0.png", np.full((16, 16), rng.uniform(40, 215), np.uint8))
-        write_image(root / MASKS_DIR / f"c{i}_0.png", np.zeros((16, 16), np.uint8))
-        cases[f"c{i}_0"] = f"c{i}"
-    save_spec(root, DatasetSpec(name="flat", description="flat grey images", modality="test", prompt="flat",
-                                channels=1, labels={"background": 0, "object": 1}, label_provenance="human",
-                                licence="CC0-1.0", cases=cases))
-    return root
-
-
-def seam_ratio(images: torch.Tensor, windows: list[tuple[slice, slice]]) -> float:
-    """Mean squared horizontal gradient across the columns where tiles start or end, divided by
-    that over all other columns: about 1 without seams, large where tiles meet at a step."""
-    dx = (images[..., 1:] - images[..., :-1]).float().pow(2).mean(dim=(0, 1, 2))
-    cuts = {c.start for _, c in windows} | {c.stop for _, c in windows}
-    border = torch.zeros_like(dx, dtype=torch.bool)
-    border[[c - 1 for c in cuts if 0 < c < images.shape[-1]]] = True
-    return float(dx[border].mean() / dx[~border].mean())
-
-
 @pytest.fixture(scope="module")
 def flat_pipeline(tmp_path_factory) -> SegSynthPipeline:
-    root = tmp_path_factory.mktemp("tiling")
-    cfg = DiffusionTrainConfig.model_validate({
-        "model": TINY_DIFFUSION_MODEL,
-        "train": {"steps": 100, "batch_size": 8, "lr": 3e-3, "warmup": 10, "sample_every": 0,
-                  "checkpoint_every": 1000, "mixed_precision": "no", "ema_decay": 0.9},
-        "data": {"augmentation": "none", "style_sampler": "augmented"},
-        "sampling": {"style_guidance_scale": 1.0, "steps": 5},
-    })
-    run = train_diffusion(_flat_dataset(root / "flat"), cfg, root / "run")
-    pipe = SegSynthPipeline.from_pretrained(str(run / "pipeline"))
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    """A tiny model of flat grey images (one random level each): tiles denoised independently
+    disagree visibly, so seams are measurable (see ``benchmarks/bench_tiling.py``)."""
+    return train_flat_model(tmp_path_factory.mktemp("tiling"))
 
 
 def test_blended_tiles_leave_no_seam_where_independent_tiles_do(flat_pipeline):

@@ -108,3 +108,19 @@ def tile_windows(height: int, width: int, tile: int, overlap: int, multiple: int
     rows = tile_starts(height, min(tile, height), overlap if height > tile else 0, multiple)
     cols = tile_starts(width, min(tile, width), overlap if width > tile else 0, multiple)
     return [(slice(r, r + min(tile, height)), slice(c, c + min(tile, width))) for r in rows for c in cols]
+
+
+def seam_ratio(images: torch.Tensor, windows: list[Window]) -> float:
+    """How visible tile borders are in ``images`` ``(B, C, H, W)`` sampled over ``windows``.
+
+    The mean squared horizontal gradient across the columns where tiles start or end, divided by
+    that over all other columns: about 1 when the borders cannot be told from the rest, large when
+    neighbouring tiles meet at a step.
+    """
+    dx = (images[..., 1:] - images[..., :-1]).float().pow(2).mean(dim=(0, 1, 2))
+    cuts = {c.start for _, c in windows} | {c.stop for _, c in windows}
+    border = torch.zeros_like(dx, dtype=torch.bool)
+    border[[c - 1 for c in cuts if 0 < c < images.shape[-1]]] = True
+    if border.all() or not border.any():
+        raise ValueError("seam_ratio needs columns both at and away from tile borders")
+    return float(dx[border].mean() / dx[~border].mean())
