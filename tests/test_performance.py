@@ -26,6 +26,7 @@ from segsynth.diffusion.performance import (
     unet_inputs,
 )
 from segsynth.diffusion.pipeline import SegSynthPipeline
+import segsynth.diffusion.train as diffusion_train
 from segsynth.diffusion.train import train_diffusion
 from segsynth.models import ModelConfig, SegSynthModel
 
@@ -118,7 +119,7 @@ def test_trainer_with_channels_last_trains_like_the_default(tmp_path: Path, monk
         built.append(model)
         return real(model, channels_last)
 
-    monkeypatch.setattr(performance, "apply_memory_format", spy)
+    monkeypatch.setattr(diffusion_train, "apply_memory_format", spy)
     plain = train_diffusion(data, tiny_train_config(), tmp_path / "plain")
     nhwc = train_diffusion(data, tiny_train_config(**{"train.channels_last": True}), tmp_path / "nhwc")
     assert len(built) == 2
