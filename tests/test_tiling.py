@@ -127,5 +127,9 @@ def test_generate_writes_large_images_and_masks(random_pipeline, tiny_dataset, t
     sample = SegDataset(out)[1]
     assert sample["image"].shape == (1, 48, 48) and sample["mask"].shape == (48, 48)
     assert '"size": 48' in (out / "generation.json").read_text()
+    with pytest.raises(ValueError, match="tile_overlap 16 must be smaller than the tile"):
+        generate(random_pipeline, tmp_path / "bad", 1, "augmented", None, layout_data=tiny_dataset, steps=1, size=48,
+                 tile_overlap=16)
+    assert not (tmp_path / "bad").exists()
     with pytest.raises(ValueError, match="size 49 must be a multiple of 2"):
         generate(random_pipeline, tmp_path / "bad", 1, "augmented", None, layout_data=tiny_dataset, steps=1, size=49)

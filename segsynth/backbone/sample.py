@@ -10,6 +10,7 @@ datasets get the channel mean of the RGB output.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,12 @@ class ControlNetRun:
     @property
     def prompt(self) -> str:
         return str(self.training_data["prompts"][0])
+
+
+def is_controlnet_run(path: str | Path) -> bool:
+    """Whether ``path`` is a ``train-diffusion --backbone`` run folder (as opposed to a segsynth pipeline run)."""
+    path = Path(path)
+    return (path / CONTROLNET_DIR).is_dir() and (path / BACKBONE_JSON).is_file()
 
 
 def load_controlnet(folder: str | Path) -> ControlNetModel:
@@ -119,6 +126,7 @@ def sample_images(
     conditioning_scale: float | None = None,
     sampler: str | None = None,
     seed: int | None = None,
+    seeds: Sequence[int] | None = None,
 ) -> torch.Tensor:
     """Images for ``masks`` ``(B, H, W)`` (labels 0..K-1), H and W divisible by 8.
 
@@ -129,6 +137,7 @@ def sample_images(
             hint's edges channel (variants of a real image); None: the mask boundary only.
         prompt: default: the prompt of the run's (first) dataset.
         steps / guidance_scale / conditioning_scale / sampler / seed: default: the run's ``sampling`` config.
+        seeds: one noise seed per mask instead of ``seed + i`` (so a sample does not depend on its batch).
 
     Returns:
         float32 ``(B, C, H, W)`` in [0, 1] on the CPU, C the dataset's channels (1 or 3).
@@ -142,7 +151,10 @@ def sample_images(
     size, height, width = hints.shape[0], hints.shape[2], hints.shape[3]
     device = pipeline.device
     first = s.seed if seed is None else seed
-    generators = [torch.Generator(device=device).manual_seed(first + i) for i in range(size)]
+    seeds = [first + i for i in range(size)] if seeds is None else list(seeds)
+    if len(seeds) != size:
+        raise ValueError(f"got {len(seeds)} seeds for {size} masks")
+    generators = [torch.Generator(device=device).manual_seed(value) for value in seeds]
     result = pipeline(
         prompt=[prompt if prompt is not None else loaded.prompt] * size, image=hints.to(device, pipeline.dtype),
         height=height, width=width, num_inference_steps=s.steps if steps is None else steps,

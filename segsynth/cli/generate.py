@@ -29,7 +29,9 @@ def _parse_prior(text: str | None) -> dict[str, float] | None:
 
 @app.command()
 def generate(
-    run: Path = typer.Argument(..., help="Training run folder (RUN/pipeline) or a saved pipeline folder."),
+    run: Path = typer.Argument(
+        ..., help="Training run folder (RUN/pipeline), a saved pipeline folder, or a train-diffusion --backbone run."
+    ),
     out: Path = typer.Option(..., "--out", help="Folder of the synthetic set."),
     n: int = typer.Option(..., "-n", "--num-samples", help="Samples in the whole set (all shards)."),
     layouts: str = typer.Option("augmented", help="Layout source: augmented | variants | composed."),
@@ -61,7 +63,9 @@ def generate(
     ),
     edge_guidance: float = typer.Option(1.0, help="Edge guidance scale (edge models; 1: off)."),
     prompt: str = typer.Option(None, help="Text models: the prompt (default: the layout data's dataset.json prompt)."),
-    text_guidance: float = typer.Option(1.0, help="Text guidance scale (text models; 1: off)."),
+    text_guidance: float = typer.Option(
+        None, help="Text guidance scale (text models; default 1: off; ControlNet runs: the run's CFG scale)."
+    ),
     size: int = typer.Option(
         None, help="Side of the images (default: the model's). Larger ones are sampled in blended overlapping tiles."
     ),

@@ -20,6 +20,7 @@ whichever finishes last merges the parts into ``manifest.jsonl`` + ``dataset.jso
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -74,7 +75,7 @@ class GenerationConfig(StrictModel):
     layout_data: str
     styles: str | None
     style_sampler: str | None
-    num_refs: int = Field(ge=1)
+    num_refs: int | None = Field(ge=1)  # None: a model without style references (ControlNet runs)
     sampler: Literal["ddim", "dpmpp", "unipc"] = "dpmpp"
     steps: int = Field(20, ge=1, le=1000)
     style_guidance: float = Field(1.5, ge=0)
@@ -320,7 +321,7 @@ def generate(
     edges: str | None = None,
     edge_guidance: float = 1.0,
     prompt: str | None = None,
-    text_guidance: float = 1.0,
+    text_guidance: float | None = None,
     size: int | None = None,
     tile_overlap: int | None = None,
     device: str | None = None,
@@ -329,7 +330,9 @@ def generate(
 
     Args:
         run_or_pipeline: a training run folder (``RUN/pipeline`` + ``RUN/training_data.json``), a
-            saved pipeline folder, or a :class:`SegSynthPipeline`.
+            saved pipeline folder, a :class:`SegSynthPipeline`, or a ``train-diffusion --backbone``
+            run (a ControlNet on a frozen Stable Diffusion: no style references; the prompt and
+            the edge map steer it, see :mod:`segsynth.backbone`).
         out: the synthetic set's folder.
         n: samples in the whole set (over all shards).
         layouts: ``augmented``, ``variants`` or ``composed`` (see :mod:`segsynth.synth.layouts`).
@@ -355,7 +358,8 @@ def generate(
             ``layouts="variants"``, whose masks are the real images' own, uncropped differently).
         edge_guidance: guidance scale of the edge condition (1: off).
         prompt: text models only: the prompt (default: ``prompt`` of the layout data's dataset.json).
-        text_guidance: guidance scale of the text condition (1: off).
+        text_guidance: guidance scale of the text condition (default 1: off; for a ControlNet run
+            the prompt's classifier-free guidance, default the run's ``sampling.guidance_scale``).
         size: side of the generated images and masks (default: the model's training size). Larger
             layouts are denoised in overlapping tiles of the training size, blended at every step
             (:mod:`segsynth.diffusion.tiling`), so memory is bounded by the tile, not the image.
@@ -371,6 +375,15 @@ def generate(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     check_shard(shard)
     out = Path(out)
+    if not isinstance(run_or_pipeline, SegSynthPipeline):
+        from segsynth.backbone.sample import is_controlnet_run
+
+        if is_controlnet_run(run_or_pipeline):
+            return _generate_with_controlnet(run_or_pipeline, out, n, layouts, styles, layout_data=layout_data,
+                                             per_mask=per_mask, class_prior=class_prior, sampler=sampler, steps=steps,
+                                             batch_size=batch_size, seed=seed, resume=resume, shard=shard,
+                                             console=console, on_sample=on_sample, edges=edges, prompt=prompt,
+                                             text_guidance=text_guidance, size=size, device=device)
     if isinstance(run_or_pipeline, SegSynthPipeline):
         pipeline, digest, training_data = run_or_pipeline, pipeline_hash(run_or_pipeline), {}
         if device is not None:
@@ -410,24 +423,18 @@ def generate(
             "model_hash": digest,
             "size": size,
             "tile_overlap": tile_overlap,
-            **_optional_conditions(pipeline, layouts, edges, edge_guidance, prompt, text_guidance),
+            **_optional_conditions(pipeline, layouts, edges, edge_guidance, prompt,
+                                   1.0 if text_guidance is None else text_guidance),
         },
         "generate",
     )
-    dataset = SegDataset(layout_root)
-    if layout_data is None and training_data.get("train_ids") is not None:
-        # Layouts come only from the masks the model was trained on, so a benchmark's held-out
-        # cases never reach the synthetic training data.
-        train_ids = set(training_data["train_ids"])
-        dataset = SegDataset(layout_root, refs=[ref for ref in dataset.refs if ref.id in train_ids])
+    dataset = _layout_dataset(layout_root, layout_data is None, training_data,
+                              int(unet_cfg.num_classes), int(unet_cfg.image_channels))
     source_spec = dataset.spec
-    if source_spec.num_classes != unet_cfg.num_classes or source_spec.channels != unet_cfg.image_channels:
-        raise ValueError(
-            f"{layout_root / DATASET_JSON}: {source_spec.num_classes} classes / {source_spec.channels} channels, "
-            f"but the model draws {unet_cfg.num_classes} classes / {unet_cfg.image_channels} channels"
-        )
     model_size = int(unet_cfg.image_size)
     size = _output_size(pipeline, size)
+    if tile_overlap is not None and tile_overlap >= model_size:
+        raise ValueError(f"tile_overlap {tile_overlap} must be smaller than the tile, the model's size {model_size}")
     layout_source = make_layout_source(layouts, dataset, size, per_mask=per_mask, class_prior=class_prior)
     if config.prompt is None and pipeline.unet.uses_text:
         config = config.model_copy(update={"prompt": source_spec.prompt})
@@ -441,13 +448,145 @@ def generate(
     if style_source is not None:
         style_source.pool.verify()
 
+    def render(block: range, draws: list[dict[str, Any]]) -> torch.Tensor:
+        return pipeline(
+            torch.from_numpy(np.stack([d["layout"] for d in draws])).to(pipeline.device),
+            None if style_source is None else torch.from_numpy(np.stack([d["style"] for d in draws])).to(pipeline.device),
+            num_inference_steps=steps,
+            sampler=sampler,
+            style_guidance_scale=style_guidance,
+            layout_guidance_scale=layout_guidance,
+            guidance_rescale=guidance_rescale,
+            generator=[torch.Generator().manual_seed(d["seed"]) for d in draws],
+            tile_overlap=tile_overlap,
+            **_condition_inputs(block, draws, config, layout_source, text, pipeline),
+        ).images
+
+    guidance = Guidance(style=style_guidance, layout=layout_guidance, rescale=guidance_rescale)
+    return _write_set(out, config, source_spec, layout_source, style_source, render, guidance,
+                      batch_size=batch_size, shard=shard, resume=resume, console=console, on_sample=on_sample)
+
+
+def _layout_dataset(root: Path, from_run: bool, training_data: dict[str, Any], num_classes: int,
+                    channels: int) -> SegDataset:
+    """The labelled data the layouts come from, checked against what the model draws.
+
+    With the run's own data (``from_run``), only the masks the model was trained on are used, so
+    a benchmark's held-out cases never reach the synthetic training data.
+    """
+    dataset = SegDataset(root)
+    if from_run and training_data.get("train_ids") is not None:
+        train_ids = set(training_data["train_ids"])
+        dataset = SegDataset(root, refs=[ref for ref in dataset.refs if ref.id in train_ids])
+    spec = dataset.spec
+    if spec.num_classes != num_classes or spec.channels != channels:
+        raise ValueError(
+            f"{root / DATASET_JSON}: {spec.num_classes} classes / {spec.channels} channels, "
+            f"but the model draws {num_classes} classes / {channels} channels"
+        )
+    return dataset
+
+
+def _generate_with_controlnet(
+    run: str | Path,
+    out: Path,
+    n: int,
+    layouts: str,
+    styles: str | Path | None,
+    *,
+    layout_data: str | Path | None,
+    per_mask: int,
+    class_prior: Mapping[str, float] | None,
+    sampler: str,
+    steps: int,
+    batch_size: int,
+    seed: int,
+    resume: bool,
+    shard: tuple[int, int],
+    console: Console | None,
+    on_sample: Callable[[ManifestRecord], None] | None,
+    edges: str | None,
+    prompt: str | None,
+    text_guidance: float | None,
+    size: int | None,
+    device: str | None,
+) -> GenerationResult:
+    """:func:`generate` for a ``train-diffusion --backbone`` run: the same set format, manifest,
+    resumption and shards, with images drawn by the ControlNet on its frozen Stable Diffusion.
+
+    It takes no style references (the prompt and the hint steer it), so ``styles`` must be None;
+    ``text_guidance`` is the prompt's classifier-free guidance (default: the run's).
+    """
+    from segsynth.backbone.sample import load_controlnet_run, sample_images
+
+    if styles is not None:
+        raise ValueError(f"{run}: a ControlNet run takes no style references; leave out the style pool")
+    if edges is not None and edges not in EDGE_SOURCES:
+        raise ValueError(f"edges must be one of {EDGE_SOURCES}, got {edges!r}")
+    if edges == "image" and layouts != "variants":
+        raise ValueError("edges from the real image need --layouts variants (a mask unchanged next to its own image)")
+    loaded = load_controlnet_run(run, device=device)
+    training_data = loaded.training_data
+    if layout_data is None and training_data.get("data_root") is None:
+        raise ValueError(f"{run}: its training_data.json names no data_root; give layout_data")
+    layout_root = Path(layout_data if layout_data is not None else training_data["data_root"]).resolve()
+    dataset = _layout_dataset(layout_root, layout_data is None, training_data, loaded.num_classes, loaded.channels)
+    backbone = json.loads((Path(run) / "backbone.json").read_text(encoding="utf-8"))
+    digest = hashlib.sha256(f"{model_hash(Path(run) / 'controlnet')}:{backbone['sha256']}".encode()).hexdigest()
+    config = parse_config(
+        GenerationConfig,
+        {"n": n, "layouts": layouts, "per_mask": per_mask,
+         "class_prior": dict(class_prior) if class_prior is not None else None,
+         "layout_data": str(layout_root), "styles": None, "style_sampler": None, "num_refs": None,
+         "sampler": sampler, "steps": steps, "style_guidance": 1.0, "layout_guidance": 1.0, "guidance_rescale": 0.0,
+         "seed": seed, "num_shards": shard[1], "model_hash": digest, "size": size, "edge_source": edges or "layout",
+         "prompt": prompt if prompt is not None else dataset.spec.prompt,
+         "text_guidance": loaded.config.sampling.guidance_scale if text_guidance is None else text_guidance},
+        "generate",
+    )
+    out_size = size if size is not None else loaded.config.data.image_size
+    if out_size % 8:
+        raise ValueError(f"size {out_size} must be a multiple of 8 (Stable Diffusion's latent grid)")
+    layout_source = make_layout_source(layouts, dataset, out_size, per_mask=per_mask, class_prior=class_prior)
+    dataset.verify()
+
+    def render(block: range, draws: list[dict[str, Any]]) -> torch.Tensor:
+        real = None
+        if config.edge_source == "image" and isinstance(layout_source, VariantLayouts):
+            real = np.stack([layout_source.source_image(index) for index in block])
+        return sample_images(loaded, np.stack([d["layout"] for d in draws]), real, prompt=config.prompt, steps=steps,
+                             guidance_scale=config.text_guidance, sampler=sampler, seeds=[d["seed"] for d in draws])
+
+    return _write_set(out, config, dataset.spec, layout_source, None, render,
+                      Guidance(style=1.0, layout=1.0, rescale=0.0), batch_size=batch_size, shard=shard,
+                      resume=resume, console=console, on_sample=on_sample)
+
+
+def _write_set(
+    out: Path,
+    config: GenerationConfig,
+    source_spec: DatasetSpec,
+    layout_source: LayoutSource,
+    style_source: StyleSource | None,
+    render: Callable[[range, list[dict[str, Any]]], torch.Tensor],
+    guidance: Guidance,
+    *,
+    batch_size: int,
+    shard: tuple[int, int],
+    resume: bool,
+    console: Console | None,
+    on_sample: Callable[[ManifestRecord], None] | None,
+) -> GenerationResult:
+    """Claim ``out``, then draw, ``render`` and commit this shard's samples block by block (resumably),
+    and merge the set when every shard is done. ``render(block, draws)`` returns the block's images
+    ``(B, C, H, W)`` in [0, 1]; everything else is the same whatever model draws them."""
+    n = config.n
     indices = shard_range(n, shard)
     part = out / manifest_name(*shard)
     _claim_output(out, config, synthetic_spec(source_spec, config), part, resume)
     if resume:
         _remove_stale_temporaries(out, indices)
     done = _done_indices(out, part, indices) if resume else set()
-    guidance = Guidance(style=style_guidance, layout=layout_guidance, rescale=guidance_rescale)
     generated = 0
     columns = (TextColumn("generate"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
     with ManifestWriter(part) as writer, Progress(*columns, console=console, disable=console is None) as bar:
@@ -456,18 +595,7 @@ def generate(
             if all(i in done for i in block):
                 continue
             draws = [_draw(i, config.seed, layout_source, style_source) for i in block]
-            images = pipeline(
-                torch.from_numpy(np.stack([d["layout"] for d in draws])).to(pipeline.device),
-                None if style_source is None else torch.from_numpy(np.stack([d["style"] for d in draws])).to(pipeline.device),
-                num_inference_steps=steps,
-                sampler=sampler,
-                style_guidance_scale=style_guidance,
-                layout_guidance_scale=layout_guidance,
-                guidance_rescale=guidance_rescale,
-                generator=[torch.Generator().manual_seed(d["seed"]) for d in draws],
-                tile_overlap=tile_overlap,
-                **_condition_inputs(block, draws, config, layout_source, text, pipeline),
-            ).images
+            images = render(block, draws)
             for index, draw, image in zip(block, draws, images):
                 if index in done:
                     continue
