@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 
+from segsynth.io.json_file import read_json_object
 from segsynth.synth.generate import UNSAFE_SUFFIXES
 
 #: ``model_index.json`` entry -> the (library, class names) segsynth accepts for it.
@@ -107,12 +108,7 @@ def check_backbone_folder(path: str | Path) -> dict[str, Any]:
     if not index_path.is_file():
         raise BackboneError(f"{index_path}: missing; the backbone must be a diffusers Stable Diffusion folder "
                             "(what StableDiffusionPipeline.save_pretrained writes)")
-    try:
-        index = json.loads(index_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BackboneError(f"{index_path}: not readable JSON ({exc})") from None
-    if not isinstance(index, dict):
-        raise BackboneError(f"{index_path}: top level must be an object")
+    index = read_json_object(index_path, BackboneError)
     for name, (library, classes) in COMPONENTS.items():
         entry = index.get(name)
         if not (isinstance(entry, list) and len(entry) == 2 and entry[0] is not None):

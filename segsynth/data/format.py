@@ -7,7 +7,6 @@ text prompt and the licence.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Literal
 
@@ -15,6 +14,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from segsynth.config import StrictModel, format_validation_error
 from segsynth.io.atomic import atomic_write_json
+from segsynth.io.json_file import read_json_object
 
 DATASET_JSON = "dataset.json"
 IMAGES_DIR = "images"
@@ -89,12 +89,7 @@ def load_spec(root: str | Path) -> DatasetSpec:
     path = Path(root) / DATASET_JSON
     if not path.is_file():
         raise DatasetFormatError(f"{path}: missing (every dataset folder needs a dataset.json)")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DatasetFormatError(f"{path}: not readable JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise DatasetFormatError(f"{path}: top level must be an object")
+    data = read_json_object(path, DatasetFormatError)
     try:
         return DatasetSpec.model_validate(data)
     except ValidationError as exc:

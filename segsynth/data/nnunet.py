@@ -10,7 +10,6 @@ it to ``nnUNet_preprocessed/DatasetXXX_Name/`` after ``nnUNetv2_plan_and_preproc
 
 from __future__ import annotations
 
-import json
 import re
 from collections import defaultdict
 from pathlib import Path
@@ -22,6 +21,7 @@ from segsynth.data.export import Unit, iter_units, write_unit_image
 from segsynth.data.format import IMAGES_DIR, MASKS_DIR, DatasetFormatError, DatasetSpec, load_spec, save_spec
 from segsynth.data.io import NIFTI_EXTENSIONS, image_shape, is_nifti, read_image, write_image
 from segsynth.io.atomic import atomic_directory, atomic_write_bytes, atomic_write_json
+from segsynth.io.json_file import read_json_object
 
 NNUNET_JSON = "dataset.json"
 NNUNET_IMAGES = "imagesTr"
@@ -40,12 +40,7 @@ def read_nnunet_json(src: Path) -> dict[str, Any]:
     path = src / NNUNET_JSON
     if not path.is_file():
         raise DatasetFormatError(f"{path}: missing (not an nnU-Net raw dataset folder)")
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DatasetFormatError(f"{path}: not readable JSON ({exc})") from None
-    if not isinstance(meta, dict):
-        raise DatasetFormatError(f"{path}: top level must be an object")
+    meta = read_json_object(path, DatasetFormatError)
     if "modality" in meta or "training" in meta:
         raise DatasetFormatError(
             f"{path}: nnU-Net v1 dataset.json; convert it first with nnUNetv2_convert_old_nnUNet_dataset"

@@ -43,6 +43,7 @@ from segsynth.data.loader import SegDataset
 from segsynth.diffusion.pipeline import SegSynthPipeline
 from segsynth.io.atomic import atomic_write_json
 from segsynth.io.hashing import model_hash
+from segsynth.io.json_file import read_json_object
 from segsynth.models.text import encode_prompts
 from segsynth.synth.layouts import LayoutSource, VariantLayouts, make_layout_source
 from segsynth.synth.manifest import (
@@ -221,12 +222,7 @@ def check_pipeline_folder(pipeline_dir: Path) -> None:
         if path.suffix.lower() in UNSAFE_SUFFIXES:
             raise ValueError(f"{path}: refused; segsynth loads models from safetensors + JSON only, never pickle or code")
     index_path = pipeline_dir / "model_index.json"
-    try:
-        index = json.loads(index_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{index_path}: not readable JSON ({exc})") from None
-    if not isinstance(index, dict):
-        raise ValueError(f"{index_path}: top level must be an object")
+    index = read_json_object(index_path)
     for name, entry in index.items():
         if name.startswith("_") or entry is None or entry == [None, None]:
             continue
