@@ -31,7 +31,7 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 
 from segsynth.io.json_file import read_json_object
-from segsynth.synth.generate import UNSAFE_SUFFIXES
+from segsynth.io.untrusted import refuse_unsafe_files
 
 #: ``model_index.json`` entry -> the (library, class names) segsynth accepts for it.
 COMPONENTS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -78,16 +78,8 @@ class Backbone:
         return self
 
 
-def refuse_unsafe_files(folder: Path) -> None:
-    """Refuse a folder holding any pickle or Python file (``.bin``, ``.pt``, ``.ckpt``, ``.pkl``, ``.py``, ...).
-
-    Raises:
-        BackboneError: naming the first such file.
-    """
-    for path in sorted(folder.rglob("*")):
-        if path.suffix.lower() in UNSAFE_SUFFIXES:
-            raise BackboneError(f"{path}: refused; segsynth loads models from safetensors + JSON only, never pickle "
-                                "or code (keep only the *.safetensors, *.json and *.txt files of the backbone)")
+#: What to keep of a downloaded backbone, added to the refusal message.
+KEEP_HINT = " (keep only the *.safetensors, *.json and *.txt files of the backbone)"
 
 
 def check_backbone_folder(path: str | Path) -> dict[str, Any]:
@@ -103,7 +95,7 @@ def check_backbone_folder(path: str | Path) -> dict[str, Any]:
     folder = Path(path)
     if not folder.is_dir():
         raise BackboneError(f"{folder}: no such backbone folder (a local Stable Diffusion folder in diffusers layout)")
-    refuse_unsafe_files(folder)
+    refuse_unsafe_files(folder, BackboneError, KEEP_HINT)
     index_path = folder / "model_index.json"
     if not index_path.is_file():
         raise BackboneError(f"{index_path}: missing; the backbone must be a diffusers Stable Diffusion folder "

@@ -21,11 +21,12 @@ from diffusers import ControlNetModel
 
 from segsynth.backbone.config import BackboneTrainConfig
 from segsynth.backbone.hint import hints_from_layouts
-from segsynth.backbone.load import BackboneError, load_backbone, refuse_unsafe_files
+from segsynth.backbone.load import BackboneError, load_backbone
 from segsynth.backbone.train import BACKBONE_JSON, CONFIG_YAML, CONTROLNET_DIR, TRAINING_DATA_JSON
 from segsynth.config import load_config
 from segsynth.diffusion.schedulers import make_sampler
 from segsynth.io.hashing import model_hash
+from segsynth.io.untrusted import refuse_unsafe_files
 
 
 @dataclass
@@ -66,7 +67,7 @@ def load_controlnet(folder: str | Path) -> ControlNetModel:
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"{folder}: no trained ControlNet (config.json missing)")
-    refuse_unsafe_files(folder)
+    refuse_unsafe_files(folder, BackboneError)
     try:
         return ControlNetModel.from_pretrained(str(folder), use_safetensors=True, local_files_only=True)
     except Exception as exc:  # noqa: BLE001 - any loader failure is reported with its folder

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL
 
+from segsynth.io.untrusted import refuse_unsafe_files
 from segsynth.latent.config import AutoencoderModelConfig
 
 #: Folder of the trained autoencoder inside a ``train-autoencoder`` output folder.
@@ -56,9 +57,7 @@ def load_autoencoder(path: str | Path) -> tuple[AutoencoderKL, Path]:
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"{path}: no trained autoencoder (expected {AUTOENCODER_DIR}/config.json); "
                                 "make one with `segsynth train-autoencoder`")
-    unsafe = [p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".pkl")]
-    if unsafe:
-        raise ValueError(f"{folder}: refused; pickled weights {unsafe} (segsynth loads safetensors only)")
+    refuse_unsafe_files(folder)
     try:
         vae = AutoencoderKL.from_pretrained(str(folder), use_safetensors=True)
     except (OSError, ValueError, KeyError, TypeError) as exc:

@@ -44,6 +44,7 @@ from segsynth.diffusion.pipeline import SegSynthPipeline
 from segsynth.io.atomic import atomic_write_json
 from segsynth.io.hashing import model_hash
 from segsynth.io.json_file import read_json_object
+from segsynth.io.untrusted import refuse_unsafe_files
 from segsynth.models.text import encode_prompts
 from segsynth.synth.layouts import LayoutSource, VariantLayouts, make_layout_source
 from segsynth.synth.manifest import (
@@ -204,9 +205,6 @@ def pipeline_hash(pipeline: SegSynthPipeline) -> str:
         return model_hash(tmp)
 
 
-#: Files that could run code when loaded (pickled weights) or imported (modules): a pipeline folder
-#: holding one is refused, whatever the loader would do with it.
-UNSAFE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".npy", ".npz", ".py", ".pyc")
 #: Libraries a pipeline component may be loaded from (``model_index.json``).
 SAFE_LIBRARIES = ("diffusers", "transformers")
 
@@ -218,9 +216,7 @@ def check_pipeline_folder(pipeline_dir: Path) -> None:
         ValueError: a pickle or Python file in the folder, or a component whose library is not
             segsynth, diffusers or transformers (naming the file).
     """
-    for path in sorted(pipeline_dir.rglob("*")):
-        if path.suffix.lower() in UNSAFE_SUFFIXES:
-            raise ValueError(f"{path}: refused; segsynth loads models from safetensors + JSON only, never pickle or code")
+    refuse_unsafe_files(pipeline_dir)
     index_path = pipeline_dir / "model_index.json"
     index = read_json_object(index_path)
     for name, entry in index.items():
