@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from segsynth.config import StrictModel
+from segsynth.diffusion.config import OptimisationConfig
 
 
 class BackboneSection(StrictModel):
@@ -68,22 +69,11 @@ class BackboneDataConfig(StrictModel):
     prompt_drop: float = Field(0.5, ge=0.0, le=1.0)
 
 
-class BackboneTrainSection(StrictModel):
-    """Optimisation and bookkeeping (the ControlNet's weights only; the backbone never changes).
+class BackboneTrainSection(OptimisationConfig):
+    """Optimisation and bookkeeping (the ControlNet's weights only; the backbone never changes):
+    :class:`~segsynth.diffusion.config.OptimisationConfig` with ControlNet's defaults, plus these.
 
     Attributes:
-        steps: optimiser steps in total (a resumed run continues up to this number).
-        batch_size: samples per step.
-        lr: AdamW learning rate (ControlNet: 1e-5).
-        lr_schedule: ``constant`` after warm-up, or ``cosine`` decay to zero at ``steps``.
-        warmup: linear warm-up steps.
-        weight_decay: AdamW weight decay.
-        grad_clip: max gradient norm (None: no clipping).
-        checkpoint_every: steps between resumable checkpoints (one is also written at the end).
-        keep_checkpoints: complete checkpoints kept on disk.
-        log_every: steps between lines of ``train_log.jsonl``.
-        seed: seeds the data order, the augmentation, the prompt drops and the noise.
-        num_workers: DataLoader worker processes (results do not depend on it).
         mixed_precision: ``auto`` is bf16 on CUDA (the frozen backbone is stored in bf16, the
             ControlNet stays float32 under autocast) and float32 on the CPU.
         gradient_checkpointing: recompute the activations of ControlNet and UNet in the backward
@@ -92,24 +82,11 @@ class BackboneTrainSection(StrictModel):
 
     steps: int = Field(10000, ge=1)
     batch_size: int = Field(4, ge=1)
-    lr: float = Field(1e-5, gt=0)
-    lr_schedule: Literal["constant", "cosine"] = "constant"
+    lr: float = Field(1e-5, gt=0)  # ControlNet's learning rate
     warmup: int = Field(0, ge=0)
     weight_decay: float = Field(1e-2, ge=0)
-    grad_clip: float | None = Field(1.0, gt=0)
-    checkpoint_every: int = Field(500, ge=1)
-    keep_checkpoints: int = Field(1, ge=1)
-    log_every: int = Field(10, ge=1)
-    seed: int = Field(0, ge=0)
-    num_workers: int = Field(0, ge=0)
     mixed_precision: Literal["auto", "no", "bf16"] = "auto"
     gradient_checkpointing: bool = False
-
-    @model_validator(mode="after")
-    def _check(self) -> BackboneTrainSection:
-        if self.warmup > self.steps:
-            raise ValueError(f"warmup ({self.warmup}) must not exceed steps ({self.steps})")
-        return self
 
 
 class BackboneSamplingConfig(StrictModel):

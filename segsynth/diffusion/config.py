@@ -6,7 +6,7 @@ any data is read, with the key's dotted path in the message.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Self
 
 from pydantic import Field, model_validator
 
@@ -16,8 +16,8 @@ from segsynth.diffusion.objective import ObjectiveConfig
 from segsynth.models.config import ModelConfig
 
 
-class TrainConfig(StrictModel):
-    """Optimisation and bookkeeping.
+class OptimisationConfig(StrictModel):
+    """The optimiser and bookkeeping settings every training command shares.
 
     Attributes:
         steps: optimiser steps in total (a resumed run continues up to this number).
@@ -26,14 +26,40 @@ class TrainConfig(StrictModel):
         lr_schedule: ``constant`` after warm-up, or ``cosine`` decay to zero at ``steps``.
         warmup: linear warm-up steps.
         weight_decay: AdamW weight decay.
-        ema_decay: the EMA's maximum decay (diffusers ``EMAModel`` ramps up to it).
         grad_clip: max gradient norm (None: no clipping).
         checkpoint_every: steps between resumable checkpoints (one is also written at the end).
         keep_checkpoints: complete checkpoints kept on disk.
-        sample_every: steps between preview grids (0: only at the end).
         log_every: steps between lines of ``train_log.jsonl``.
-        seed: seeds the weights, the data order, the augmentation, the style draws and the noise.
+        seed: seeds the weights, the data order, the augmentation and every random draw of a step.
         num_workers: DataLoader worker processes (results do not depend on it).
+    """
+
+    steps: int = Field(2000, ge=1)
+    batch_size: int = Field(8, ge=1)
+    lr: float = Field(2e-4, gt=0)
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    warmup: int = Field(100, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    grad_clip: float | None = Field(1.0, gt=0)
+    checkpoint_every: int = Field(500, ge=1)
+    keep_checkpoints: int = Field(1, ge=1)
+    log_every: int = Field(10, ge=1)
+    seed: int = Field(0, ge=0)
+    num_workers: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _check_warmup(self) -> Self:
+        if self.warmup > self.steps:
+            raise ValueError(f"warmup ({self.warmup}) must not exceed steps ({self.steps})")
+        return self
+
+
+class TrainConfig(OptimisationConfig):
+    """Optimisation and bookkeeping of the diffusion model (:class:`OptimisationConfig` plus these).
+
+    Attributes:
+        ema_decay: the EMA's maximum decay (diffusers ``EMAModel`` ramps up to it).
+        sample_every: steps between preview grids (0: only at the end).
         mixed_precision: ``auto`` is bf16 on CUDA and full precision on CPU.
         channels_last: store the model's convolution weights (and so its activations) in NHWC
             order, the native layout of tensor-core convolutions; same results up to rounding.
@@ -43,29 +69,11 @@ class TrainConfig(StrictModel):
             compiler on a CPU; the run stops before any work when they are missing.
     """
 
-    steps: int = Field(2000, ge=1)
-    batch_size: int = Field(8, ge=1)
-    lr: float = Field(2e-4, gt=0)
-    lr_schedule: Literal["constant", "cosine"] = "constant"
-    warmup: int = Field(100, ge=0)
-    weight_decay: float = Field(0.0, ge=0)
     ema_decay: float = Field(0.999, ge=0, lt=1)
-    grad_clip: float | None = Field(1.0, gt=0)
-    checkpoint_every: int = Field(500, ge=1)
-    keep_checkpoints: int = Field(1, ge=1)
     sample_every: int = Field(500, ge=0)
-    log_every: int = Field(10, ge=1)
-    seed: int = Field(0, ge=0)
-    num_workers: int = Field(0, ge=0)
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
     channels_last: bool = False
     compile: bool = False
-
-    @model_validator(mode="after")
-    def _check(self) -> TrainConfig:
-        if self.warmup > self.steps:
-            raise ValueError(f"warmup ({self.warmup}) must not exceed steps ({self.steps})")
-        return self
 
 
 class DataConfig(StrictModel):
