@@ -54,7 +54,7 @@ TINY_DIFFUSION = {
 }
 TINY_SEG = {
     "network": {"channels": [8, 16], "strides": [2], "num_res_units": 0},
-    "train": {"epochs": 1, "batch_size": 2, "augment": "none"},
+    "train": {"steps": 2, "val_every": 2, "batch_size": 2, "augment": "none"},
 }
 
 
@@ -536,7 +536,7 @@ def test_train_diffusion_refuses_impossible_values_before_reading_data(
     ("section", "value", "key"),
     [
         ("network", {"channels": [8, 16], "strides": [2, 2]}, "strides"),
-        ("train", {"epochs": 0}, "train.epochs"),
+        ("train", {"steps": 0}, "train.steps"),
         ("train", {"epoch": 3}, "train.epoch: unknown key"),
         ("mix", {"synthetic_fraction": 1.5}, "mix.synthetic_fraction"),
         ("optim", {"lr": "fast"}, "optim.lr"),

@@ -13,9 +13,14 @@ import torch
 from conftest import write_tiny_dataset
 from test_train_diffusion import TINY
 
+import yaml
+
 from segsynth.benchmark import BenchmarkConfig, markdown_table, run_benchmark, summarise
+from segsynth.benchmark.plan import SEG_PASSES, SEG_STEP_FLOOR, fit_generator, image_side, segmentation_steps
 from segsynth.benchmark.stats import mean_std, paired_difference
-from segsynth.config import ConfigError, parse_config
+from segsynth.config import ConfigError, load_config, parse_config
+from segsynth.diffusion.config import DiffusionTrainConfig
+from segsynth.seg.config import SegTrainConfig
 
 
 def test_paired_difference_on_known_values() -> None:
@@ -25,7 +30,8 @@ def test_paired_difference_on_known_values() -> None:
     assert result["mean"] == pytest.approx(0.1)
     assert result["ci_low"] == pytest.approx(0.1) and result["ci_high"] == pytest.approx(0.1)
     assert result["wins"] == 1.0 and result["n"] == 6
-    assert result["p_wilcoxon"] < 0.05
+    # Six cases all better: the exact two-sided Wilcoxon p is 2/2^6, its floor.
+    assert result["p_wilcoxon"] == pytest.approx(2 / 64) == result["p_min"]
     same = paired_difference(base, base)
     assert same["mean"] == 0.0 and math.isnan(same["p_wilcoxon"])
     mixed = paired_difference([1.0, 0.0, 1.0, 0.0, math.nan], [0.0, 1.0, 0.0, 1.0, 0.3])
@@ -36,31 +42,44 @@ def test_paired_difference_on_known_values() -> None:
     assert mean_std([1.0, 3.0, math.nan]) == (2.0, pytest.approx(math.sqrt(2)))
 
 
-def _metrics(case_dice: dict[str, float]) -> dict[str, Any]:
+def _metrics(case_dice: dict[str, float], still_rising: bool = False) -> dict[str, Any]:
     per_case = {c: {"dice": {"fg": d}, "iou": {"fg": d / (2 - d)}, "hd95": {"fg": 10 * (1 - d)}} for c, d in case_dice.items()}
     mean = float(np.mean(list(case_dice.values())))
-    return {"classes": ["fg"], "per_case": per_case, "summary": {"dice": {"fg": {"case_mean": mean}}}}
+    return {"classes": ["fg"], "per_case": per_case, "summary": {"dice": {"fg": {"case_mean": mean}}},
+            "training": {"steps": 40, "still_rising": still_rising}}
 
 
-def test_summary_pairs_by_fold_seed_and_case() -> None:
+def test_summary_takes_the_test_case_as_the_unit() -> None:
+    """3 seeds x 3 cases per fold, 2 folds: 6 paired observations (cases), never 18 (seed, case) pairs."""
     runs = []
     for fold in (0, 1):
-        for seed in (0, 1):
-            cases = {f"f{fold}c{i}": 0.5 + 0.1 * i for i in range(3)}
-            runs.append({"fold": fold, "seed": seed, "setting": "baseline", "run": "b", "metrics": _metrics(cases)})
+        cases = {f"f{fold}c{i}": 0.5 + 0.1 * i for i in range(3)}
+        for seed in (0, 1, 2):
+            noise = 0.01 * (seed - 1)  # seed noise that averages out within a case
+            runs.append({"fold": fold, "seed": seed, "setting": "baseline", "run": "b",
+                         "metrics": _metrics({c: d + noise for c, d in cases.items()})})
             runs.append({"fold": fold, "seed": seed, "setting": "ratio:0.8", "run": "r",
-                         "metrics": _metrics({c: d + 0.05 for c, d in cases.items()})})
-    results = summarise(runs, ["baseline", "ratio:0.8"], baseline="baseline")
+                         "metrics": _metrics({c: d + 0.05 - noise for c, d in cases.items()}, still_rising=seed == 0)})
+            runs.append({"fold": fold, "seed": seed, "setting": "all-labelled", "run": "a",
+                         "metrics": _metrics({c: d + 0.2 for c, d in cases.items()})})
+    results = summarise(runs, ["baseline", "all-labelled", "ratio:0.8"], baseline="baseline", reference="all-labelled")
     base, synth = results["settings"]["baseline"], results["settings"]["ratio:0.8"]
-    assert base["runs"] == 4 and base["dice"]["mean"] == pytest.approx(0.6) and base["dice"]["std"] == 0.0
-    assert base["dice"]["case_std"] == pytest.approx(np.std([0.5, 0.6, 0.7]))
-    assert synth["dice"]["mean"] == pytest.approx(0.65)
-    assert base["per_class_dice"]["fg"] == pytest.approx(0.6)
-    paired = results["paired"]["ratio:0.8"]["dice"]
-    assert paired["n"] == 12 and paired["mean"] == pytest.approx(0.05) and paired["wins"] == 1.0
-    assert results["paired"]["ratio:0.8"]["hd95"]["mean"] == pytest.approx(-0.5)
+    assert base["runs"] == 6 and base["cases"] == 6 and base["folds"] == 2 and base["seeds"] == 3
+    assert base["dice"]["mean"] == pytest.approx(0.6)
+    assert base["dice"]["case_std"] == pytest.approx(np.std([0.5, 0.6, 0.7] * 2, ddof=1))
+    assert base["dice"]["run_std"] == pytest.approx(np.std([0.59, 0.6, 0.61] * 2, ddof=1))
+    assert synth["dice"]["mean"] == pytest.approx(0.65) and synth["still_rising"] == 2
+    paired = results["paired"]["ratio:0.8"]
+    assert paired["dice"]["n"] == 6 and paired["dice"]["mean"] == pytest.approx(0.05) and paired["dice"]["wins"] == 1.0
+    assert paired["dice"]["p_wilcoxon"] == pytest.approx(2 / 2**6)
+    assert paired["hd95"]["mean"] == pytest.approx(-0.5)
+    assert paired["relative_gain"] == pytest.approx(0.05 / 0.6)
+    assert paired["gap_closed"] == pytest.approx(0.25)  # 0.05 of the 0.2 to all labelled cases
+    assert paired["case_std_change"] == pytest.approx(0.0)
     table = markdown_table(results)
-    assert "| ratio:0.8 | 4 | 0.650 ± 0.000" in table and "Wilcoxon" in table and "| +0.050 | [+0.050, +0.050] |" in table
+    assert table.startswith("6 real test cases from 2 fold(s), 3 seed(s) per setting")
+    assert "| ratio:0.8 | 6 | 6 | 0.650 ± 0.009 |" in table and "| +0.050 | [+0.050, +0.050] | 0.031 |" in table
+    assert "| +8.3% | +0.000 | 25% | 2/6 |" in table and "Wilcoxon" in table
 
 
 def test_config_refuses_baseline_as_setting_and_bad_mix() -> None:
@@ -72,31 +91,54 @@ def test_config_refuses_baseline_as_setting_and_bad_mix() -> None:
         parse_config(BenchmarkConfig, {"foldz": 3})
 
 
-@pytest.mark.slow
-def test_tiny_benchmark_end_to_end(tmp_path: Path) -> None:
-    """Two folds by case, fold 0 only: test cases never reach the generator or the segmenter."""
+def test_tiny_benchmark_trains_every_setting_for_the_same_steps(tmp_path: Path) -> None:
+    """Two folds by case, fold 0 only: equal budgets, the controls, merge on variants, no leakage."""
     torch.set_num_threads(1)
-    data = write_tiny_dataset(tmp_path / "data", cases=("p1", "p2", "p3", "p4"), per_case=2, size=16, unlabeled=2)
+    data = write_tiny_dataset(tmp_path / "data", cases=("p1", "p2", "p3", "p4", "p5", "p6"), per_case=2, size=16,
+                              unlabeled=2)
     cfg = parse_config(BenchmarkConfig, {
-        "folds": 2, "run_folds": [0], "seeds": [0, 1], "settings": ["ratio:0.5", "merge:0.6"], "val_fraction": 0.5,
+        "folds": 2, "run_folds": [0], "seeds": [0, 1], "settings": ["ratio:0.5", "merge:0.6", "concat"],
+        "low_label": 2, "val_fraction": 0.5,
         "diffusion_overrides": {**TINY, "train.steps": 2},
-        "segmentation_overrides": {"train.epochs": 1, "train.batch_size": 2, "network.channels": [8, 16], "network.strides": [2]},
-        "generation": {"n": 4, "steps": 2, "batch_size": 4},
+        "segmentation_overrides": {"train.steps": 6, "train.val_every": 2, "train.batch_size": 2,
+                                   "network.channels": [8, 16], "network.strides": [2]},
+        "generation": {"n": 4, "steps": 2, "batch_size": 4, "per_mask": 2},
     })
     out = tmp_path / "bench"
     results = run_benchmark(data, out, cfg)
+    names = ["baseline", "baseline+heavy-aug", "all-labelled", "ratio:0.5", "merge:0.6", "concat"]
+    assert list(results["settings"]) == names
+    # Equal budgets: every run's own log ends at the same step, with the same batch and validation steps.
+    logs = {}
+    for log in sorted(out.glob("fold_0/seg/*/seed_*/train_log.jsonl")):
+        rows = [json.loads(line) for line in log.read_text().splitlines()]
+        logs[log.parent] = [r["step"] for r in rows]
+        assert all(r["real_examples"] + r["synthetic_examples"] == 4 for r in rows)
+    assert len(logs) == 12 and all(steps == [2, 4, 6] for steps in logs.values())
+    assert results["budget"]["steps"] == 6 and results["budget"]["batch_size"] == 2
+    assert all(r["steps"] == 6 for r in results["runs"])
     splits = json.loads((out / "splits.json").read_text())["folds"]
     test_ids = set(splits[0]["test_ids"])
     assert test_ids and not test_ids & set(json.loads((out / "fold_0" / "diffusion" / "training_data.json").read_text())["train_ids"])
-    manifest = [json.loads(line) for line in (out / "fold_0" / "synth" / "manifest.jsonl").read_text().splitlines()]
-    assert len(manifest) == 4
-    assert set(results["settings"]) == {"baseline", "ratio:0.5", "merge:0.6"}
-    assert all(row["runs"] == 2 for row in results["settings"].values())
-    assert {r["setting"] for r in results["runs"]} == set(results["settings"])
+    # Merge trains on same-mask variants of the generator's labelled images, ratio/concat on the other set.
+    variants = [json.loads(line) for line in (out / "fold_0" / "synth_variants" / "manifest.jsonl").read_text().splitlines()]
+    seen = splits[0]["train_ids"] + splits[0]["val_ids"]
+    assert {r["layout_source"] for r in variants} == {"variants"} and len(variants) == 2 * len(seen)
+    merge_split = json.loads((out / "fold_0/seg/merge_0.6/seed_0/split.json").read_text())
+    assert merge_split["synthetic"][0]["root"].endswith("synth_variants")
+    assert json.loads((out / "fold_0/seg/ratio_0.5/seed_0/split.json").read_text())["synthetic"][0]["root"].endswith("synth")
+    # The controls change one factor each: augmentation, or the labelled cases.
+    heavy = yaml.safe_load((out / "fold_0/seg/baseline_heavy-aug/seed_0/config.yaml").read_text())
+    assert heavy["train"]["augment"] == "heavy" and heavy["mix"]["strategy"] == "none"
+    full = json.loads((out / "fold_0/seg/all-labelled/seed_0/split.json").read_text())
+    base = json.loads((out / "fold_0/seg/baseline/seed_0/split.json").read_text())
+    assert set(base["train_ids"]) < set(full["train_ids"]) and full["val_ids"] == base["val_ids"]
+    assert not set(full["train_ids"]) & test_ids
     tested = {case for r in results["runs"] for case in r["case_dice"]}
     assert tested == {ref.split("_")[0] for ref in test_ids}
-    assert json.loads((out / "results.json").read_text())["paired"].keys() == {"ratio:0.5", "merge:0.6"}
-    assert "baseline" in (out / "results.md").read_text()
+    assert results["settings"]["baseline"]["cases"] == len(splits[0]["test_cases"])
+    assert json.loads((out / "results.json").read_text())["paired"].keys() == set(names[1:])
+    assert "real test cases" in (out / "results.md").read_text()
     # running again re-uses every finished sub-run and gives the same table
     before = {p: p.stat().st_mtime_ns for p in out.rglob("metrics.json")}
     again = run_benchmark(data, out, cfg)
@@ -104,3 +146,27 @@ def test_tiny_benchmark_end_to_end(tmp_path: Path) -> None:
     assert {p: p.stat().st_mtime_ns for p in out.rglob("metrics.json")} == before
     with pytest.raises(ValueError, match="another config"):
         run_benchmark(data, out, cfg.model_copy(update={"seeds": [5]}))
+
+
+def test_planned_budget_grows_with_the_data_and_keeps_a_floor() -> None:
+    assert segmentation_steps(10, 8, 25) == SEG_STEP_FLOOR
+    big = segmentation_steps(1000, 8, 25)
+    assert big == math.ceil(SEG_PASSES * 1000 / 8 / 25) * 25 and big % 25 == 0
+
+
+def test_generator_takes_the_data_size_and_a_misfit_is_refused(tmp_path: Path) -> None:
+    data = write_tiny_dataset(tmp_path / "data", cases=("p1", "p2", "p3"), per_case=1, size=16, unlabeled=1)
+    small = {k: v for k, v in TINY.items() if k.startswith("model.") and k != "model.image_size"}
+    plain = load_config(DiffusionTrainConfig, None, small)
+    seg = SegTrainConfig()
+    assert fit_generator(plain, image_side(data), seg, "x").model.image_size == 16
+    named = load_config(DiffusionTrainConfig, None, {**small, "model.image_size": 32})
+    with pytest.raises(ConfigError, match=r"model.image_size 32 differs from the data's 16 px"):
+        fit_generator(named, image_side(data), seg, "x")
+    seg.train.patch_size = 16
+    assert fit_generator(named, image_side(data), seg, "x").model.image_size == 32
+    # the benchmark refuses before any training: nothing but its own folder is written
+    cfg = parse_config(BenchmarkConfig, {"diffusion_overrides": {**TINY, "model.image_size": 32}})
+    with pytest.raises(ConfigError, match="differs from the data's 16 px"):
+        run_benchmark(data, tmp_path / "bench", cfg)
+    assert not (tmp_path / "bench").exists()

@@ -237,7 +237,7 @@ def evaluated(tmp_path_factory: pytest.TempPathFactory):
     stems = sorted(spec.unlabeled_cases)
     styles = [(pool, [stems[i % 4], stems[(i + 1) % 4]]) for i in range(len(images))]
     synth = write_synthetic_set(tmp / "synth", images, masks, layout_ids, styles)
-    seg_config = default_seg_config(16, epochs=2)
+    seg_config = default_seg_config(16, steps=4)
     result = evaluate_synth(synth, real, seg_config=seg_config, max_real_tiles=200)
     return real, synth, result
 

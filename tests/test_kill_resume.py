@@ -49,7 +49,7 @@ DIFFUSION = {
 }
 SEG = {
     "network": {"channels": [8, 16], "strides": [2], "num_res_units": 0, "dropout": 0.1},
-    "train": {"epochs": 5, "batch_size": 2, "checkpoint_every": 1},
+    "train": {"steps": 10, "val_every": 2, "batch_size": 2},
     "mix": {"strategy": "none"},
 }
 GENERATE = ["-n", "9", "--steps", "2", "--batch-size", "2"]

@@ -52,7 +52,7 @@ def bench(tmp_path_factory: pytest.TempPathFactory) -> Path:
     dcfg = load_config(DiffusionTrainConfig, None, {**TINY, "train.steps": 2})
     run = train_diffusion(data, dcfg, fold / "diffusion")
     generate(run, fold / "synth", 6, "variants", per_mask=2, steps=2, batch_size=6)
-    seg_cfg = default_seg_config(16, epochs=1)
+    seg_cfg = default_seg_config(16, steps=2)
     runs = []
     for setting, mix in (("baseline", {}), ("ratio_0.5", {"mix": {"strategy": "ratio", "synthetic_fraction": 0.5}})):
         cfg = seg_cfg.model_copy(update={"mix": seg_cfg.mix.model_copy(update=mix.get("mix", {}))})

@@ -1,4 +1,4 @@
-"""Mixing strategies: ratio per epoch, concat union, DiffBoost merge pairing, grid and merge maths."""
+"""Mixing strategies: ratio per batch, concat union, DiffBoost merge pairing, grid and merge maths."""
 
 from __future__ import annotations
 
@@ -12,12 +12,13 @@ from test_seg_train import make_synthetic_set, make_toy_dataset
 
 from segsynth.config import ConfigError
 from segsynth.data.format import DatasetFormatError
+from segsynth.data.io import read_image, write_image
 from segsynth.data.loader import SegDataset
 from segsynth.seg.config import MixConfig, parse_mix
 from segsynth.seg.mixing import (
     ConcatMixing,
     MergeMixing,
-    MixedEpochDataset,
+    PlanDataset,
     RatioMixing,
     load_synthetic_set,
     make_mixing,
@@ -36,43 +37,48 @@ def sets(tmp_path_factory) -> tuple[Path, Path]:
     return real, synth
 
 
-@pytest.mark.parametrize("fraction", [0.8, 0.5, 0.0])
-def test_ratio_holds_the_proportion_in_every_epoch(fraction: float) -> None:
+@pytest.mark.parametrize("fraction", [0.8, 0.5, 0.3, 0.0])
+def test_ratio_holds_the_proportion_in_every_batch(fraction: float) -> None:
     mixing = RatioMixing([10, 30, 20], fraction, seed=3)
-    expected_length = round(10 / (1 - fraction))
-    for epoch in range(4):
-        plan = mixing.plan(epoch)
-        assert len(plan) == expected_length
+    batch = 8
+    for step in range(12):
+        plan = mixing.plan(step * batch, batch)
+        assert len(plan) == batch
         synthetic = sum(1 for (source, _), _ in plan if source != 0)
-        assert synthetic == round(fraction * expected_length)
-        # The default epoch length shows every real image exactly once.
-        assert sorted(i for (source, i), _ in plan if source == 0) == list(range(10))
-    assert mixing.plan(2) == RatioMixing([10, 30, 20], fraction, seed=3).plan(2)
-    assert mixing.plan(1) != mixing.plan(2)
+        assert abs(synthetic - fraction * batch) < 1
+    whole = mixing.plan(0, 12 * batch)
+    assert sum(1 for (s, _), _ in whole if s != 0) == int(fraction * 12 * batch + 1e-9)  # floor(p·f) before p
+    # The stream is one sequence: a stretch equals the same positions cut from a longer plan.
+    assert mixing.plan(16, 24) == whole[16:40] == RatioMixing([10, 30, 20], fraction, seed=3).plan(16, 24)
+    assert mixing.plan(0, 8) != mixing.plan(8, 8)
 
 
 def test_ratio_walks_the_whole_synthetic_pool_before_repeating() -> None:
-    mixing = RatioMixing([5, 30, 20], 0.8, seed=0)  # 25 per epoch, 20 synthetic of a 50-image pool
+    mixing = RatioMixing([5, 30, 20], 0.8, seed=0)
     seen = Counter()
-    for epoch in range(5):  # 100 synthetic draws = exactly two passes over the pool
-        seen.update(key for key, _ in mixing.plan(epoch) if key[0] != 0)
+    for step in range(5):  # 125 examples, 100 synthetic = exactly two passes over the 50-image pool
+        seen.update(key for key, _ in mixing.plan(step * 25, 25) if key[0] != 0)
     assert len(seen) == 50 and set(seen.values()) == {2}
-
-
-def test_ratio_with_explicit_epoch_length() -> None:
-    plan = RatioMixing([4, 100], 0.8, epoch_length=50).plan(0)
-    assert len(plan) == 50 and sum(1 for (s, _), _ in plan if s == 0) == 10
+    real = Counter(key for key, _ in mixing.plan(0, 125) if key[0] == 0)
+    assert set(real.values()) == {5}  # 25 real examples: five passes over the five real images
     with pytest.raises(ValueError, match="non-empty synthetic"):
         RatioMixing([4], 0.8)
 
 
-def test_concat_is_the_plain_union_shuffled_per_epoch() -> None:
+def test_every_strategy_fills_the_same_budget() -> None:
+    """Synthetic data changes what a batch holds, never how many examples a run consumes."""
+    for mixing in (ConcatMixing([6]), ConcatMixing([6, 40]), RatioMixing([6, 40], 0.8),
+                   MergeMixing([[(1, i)] for i in range(6)])):
+        assert len(mixing.plan(0, 200)) == 200 and len(mixing.plan(200, 8)) == 8
+
+
+def test_concat_is_the_plain_union_walked_in_permutations() -> None:
     mixing = ConcatMixing([3, 4, 2], seed=1)
-    plans = [mixing.plan(e) for e in range(2)]
-    for plan in plans:
+    passes = [mixing.plan(9 * k, 9) for k in range(2)]
+    for plan in passes:
         assert sorted(key for key, _ in plan) == [(0, 0), (0, 1), (0, 2), *[(1, i) for i in range(4)], (2, 0), (2, 1)]
         assert all(partner is None for _, partner in plan)
-    assert plans[0] != plans[1]
+    assert passes[0] != passes[1]
 
 
 def test_merge_pairs_each_real_image_with_one_of_its_own_variants(sets: tuple[Path, Path]) -> None:
@@ -82,8 +88,8 @@ def test_merge_pairs_each_real_image_with_one_of_its_own_variants(sets: tuple[Pa
     mixing = make_mixing(MixConfig(strategy="merge"), real, [synth], seed=0)
     assert isinstance(mixing, MergeMixing) and mixing.paired
     chosen = Counter()
-    for epoch in range(40):
-        plan = mixing.plan(epoch)
+    for k in range(40):
+        plan = mixing.plan(k * len(real), len(real))
         assert sorted(i for (_, i), _ in plan) == list(range(len(real)))
         for (_, i), partner in plan:
             real_id = real.refs[i].id
@@ -101,7 +107,7 @@ def test_paired_examples_share_one_augmentation(sets: tuple[Path, Path]) -> None
     real = SegDataset(real_root)
     synth = load_synthetic_set(synth_root, real)
     mixing = make_mixing(MixConfig(strategy="merge"), real, [synth], seed=0)
-    data = MixedEpochDataset([real, synth.dataset], mixing.plan(0), True, "heavy", None, seed=0, epoch=0)
+    data = PlanDataset([real, synth.dataset], mixing.plan(0, 6), 0, True, "heavy", None, seed=0)
     flags = []
     for k in range(len(data)):
         item = data[k]
@@ -110,10 +116,23 @@ def test_paired_examples_share_one_augmentation(sets: tuple[Path, Path]) -> None
         assert torch.equal(item["mask"], item["partner_mask"])
         flags.append(item["has_partner"])
     assert flags.count(False) == 2
-    again = MixedEpochDataset([real, synth.dataset], mixing.plan(0), True, "heavy", None, seed=0, epoch=0)
+    again = PlanDataset([real, synth.dataset], mixing.plan(0, 6), 0, True, "heavy", None, seed=0)
     assert torch.equal(again[3]["image"], data[3]["image"])
-    cropped = MixedEpochDataset([real, synth.dataset], mixing.plan(0), True, "light", 8, seed=0, epoch=0)[0]
+    cropped = PlanDataset([real, synth.dataset], mixing.plan(0, 6), 0, True, "light", 8, seed=0)[0]
     assert cropped["image"].shape == cropped["partner_image"].shape == (1, 8, 8)
+
+
+def test_merge_refuses_a_variant_whose_mask_is_not_the_real_mask(tmp_path: Path) -> None:
+    real_root = make_toy_dataset(tmp_path / "real", cases=2, per_case=1, size=16)
+    synth_root = make_synthetic_set(tmp_path / "synth", real_root, variants=1)
+    mask_path = synth_root / "masks" / "syn_c0_0_0.png"
+    write_image(mask_path, np.rot90(read_image(mask_path)).copy())  # claims to be a variant, is rotated
+    real = SegDataset(real_root)
+    synth = load_synthetic_set(synth_root, real)
+    mixing = make_mixing(MixConfig(strategy="merge"), real, [synth], seed=0)
+    plan = [item for item in mixing.plan(0, 8) if item[1] == (1, 0)][:1]
+    with pytest.raises(ValueError, match=r"syn_c0_0_0.png: differs from the mask of its real image"):
+        PlanDataset([real, synth.dataset], plan, 0, True, "none", None, seed=0)[0]
 
 
 def test_merge_cell_scales_with_image_size() -> None:
@@ -176,6 +195,10 @@ def test_strategy_selection_and_errors(sets: tuple[Path, Path], tmp_path: Path) 
     assert bare_set.layout_ids == [None] * len(bare_set)
     with pytest.raises(DatasetFormatError, match="manifest.jsonl: missing"):
         make_mixing(MixConfig(strategy="merge"), real, [bare_set], 0)
+    # A set of augmented layouts (rotated/sheared copies of the masks) cannot be merged with the real image.
+    augmented = make_synthetic_set(tmp_path / "augmented", real_root, variants=1, layout_source="augmented")
+    with pytest.raises(DatasetFormatError, match=r"augmented.*--layouts variants"):
+        make_mixing(MixConfig(strategy="merge"), real, [load_synthetic_set(augmented, real)], 0)
     (bare / "manifest.jsonl").write_text('{"id": "x"}\n')
     with pytest.raises(DatasetFormatError, match=r"manifest.jsonl:1: each row needs"):
         load_synthetic_set(bare, real)

@@ -53,7 +53,9 @@ def make_toy_dataset(root: Path, cases: int = 6, per_case: int = 2, size: int = 
     return root
 
 
-def make_synthetic_set(root: Path, real: Path, variants: int = 2, layout_ids: list[str] | None = None) -> Path:
+def make_synthetic_set(
+    root: Path, real: Path, variants: int = 2, layout_ids: list[str] | None = None, layout_source: str = "variants"
+) -> Path:
     """A synthetic set following the contract: the real masks re-drawn with a darker style.
 
     ``variants`` images per real sample id in ``layout_ids`` (default all), each with a
@@ -72,7 +74,7 @@ def make_synthetic_set(root: Path, real: Path, variants: int = 2, layout_ids: li
             cases[stem] = f"syn_{r.case_id}"
             rows.append({
                 "id": stem, "image": f"images/{stem}.png", "mask": f"masks/{stem}.png", "index": len(rows),
-                "seed": len(rows), "layout_source": "variants", "layout_id": r.id, "style_source": "pool",
+                "seed": len(rows), "layout_source": layout_source, "layout_id": r.id, "style_source": "pool",
                 "style_sampler": "augmented", "style_ids": [], "prompt": "blob",
                 "guidance": {"style": 1.5, "layout": 1.0, "rescale": 0.7}, "sampler": "dpmpp", "steps": 4,
                 "model_hash": "0" * 8,
@@ -91,7 +93,7 @@ def tiny_config(**train) -> SegTrainConfig:
     return SegTrainConfig.model_validate({
         "network": {"channels": [8, 16, 32], "strides": [2, 2], "num_res_units": 1},
         "optim": {"lr": 1e-2, "schedule": "constant"},
-        "train": {"epochs": 6, "batch_size": 4, "augment": "light", **train},
+        "train": {"steps": 18, "val_every": 3, "batch_size": 4, "augment": "light", **train},
         "split": {"test_fraction": 0.34, "val_fraction": 0.25},
     })
 
@@ -103,13 +105,17 @@ def toy(tmp_path_factory) -> Path:
 
 def test_tiny_run_learns_and_writes_its_folder(toy: Path, tmp_path: Path) -> None:
     torch.set_num_threads(1)
-    run = train_seg(toy, tmp_path / "run", tiny_config(epochs=10), console=QUIET)
-    for name in ("config.yaml", "split.json", "train_log.jsonl", "best/model.json", "best/model.safetensors"):
+    run = train_seg(toy, tmp_path / "run", tiny_config(steps=20, val_every=2), console=QUIET)
+    for name in ("config.yaml", "split.json", "train_log.jsonl", "training.json", "best/model.json", "best/model.safetensors"):
         assert (run / name).is_file(), name
     assert CheckpointManager(run).complete_steps()
     log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in log] == list(range(10))
+    assert [r["step"] for r in log] == list(range(2, 21, 2))
     assert log[-1]["loss"] < log[0]["loss"]
+    summary = json.loads((run / "training.json").read_text())
+    assert summary["steps"] == 20 and summary["examples_seen"] == 80 and not summary["stopped_early"]
+    assert summary["best_val_dice"] == max(r["val_dice"] for r in log)
+    assert json.loads((run / "best/model.json").read_text())["step"] == summary["best_step"]
     result = evaluate_seg(run, toy)
     split = json.loads((run / "split.json").read_text())
     assert result["selection"] == "test split of the run"
@@ -145,7 +151,7 @@ def test_default_split_is_by_case_and_validation_inside_training(toy: Path) -> N
 def test_synthetic_from_held_out_layouts_never_trains_and_real_images_are_refused(toy: Path, tmp_path: Path) -> None:
     torch.set_num_threads(1)
     synth = make_synthetic_set(tmp_path / "synth", toy, variants=1)
-    cfg = tiny_config(epochs=1)
+    cfg = tiny_config(steps=2, val_every=2)
     cfg.mix.strategy = "concat"
     run = train_seg(toy, tmp_path / "run", cfg, synthetic=[synth], console=QUIET)
     split = json.loads((run / "split.json").read_text())
@@ -160,7 +166,8 @@ def test_synthetic_from_held_out_layouts_never_trains_and_real_images_are_refuse
     split_obj = resolve_split(refs, cfg)
     from segsynth.seg.mixing import SyntheticSet
 
-    leaky = SyntheticSet(synth, SegDataset(synth), [split_obj.val_ids[0]] * len(SegDataset(synth)), True)
+    n = len(SegDataset(synth))
+    leaky = SyntheticSet(synth, SegDataset(synth), [split_obj.val_ids[0]] * n, True, ["variants"] * n)
     with pytest.raises(ValueError, match="use validation/test layouts"):
         check_no_leakage(split_obj, refs, [leaky])
 
@@ -172,32 +179,33 @@ def _tensors(path: Path) -> dict[str, torch.Tensor]:
 def test_resumed_run_equals_uninterrupted(toy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     torch.set_num_threads(1)
     synth = make_synthetic_set(tmp_path / "synth", toy, variants=2)
-    cfg = tiny_config(epochs=4)
+    cfg = tiny_config(steps=8, val_every=2)
     cfg.network.dropout = 0.1  # exercises the global torch RNG across the interruption
     cfg.optim.schedule = "cosine"
     cfg.mix.strategy = "merge"
     cfg.mix.cell = 96  # 8 px cells at 32 px
     full = train_seg(toy, tmp_path / "full", cfg, synthetic=[synth], console=QUIET)
 
-    real_epoch = seg_train._train_epoch
+    real_steps = seg_train._train_steps
     calls = {"n": 0}
 
-    def crash_on_third_epoch(*args, **kwargs):
+    def crash_on_third_stretch(*args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 3:
             raise KeyboardInterrupt("simulated kill")
-        return real_epoch(*args, **kwargs)
+        return real_steps(*args, **kwargs)
 
-    monkeypatch.setattr(seg_train, "_train_epoch", crash_on_third_epoch)
+    monkeypatch.setattr(seg_train, "_train_steps", crash_on_third_stretch)
     with pytest.raises(KeyboardInterrupt):
         train_seg(toy, tmp_path / "resumed", cfg, synthetic=[synth], console=QUIET)
-    monkeypatch.setattr(seg_train, "_train_epoch", real_epoch)
+    monkeypatch.setattr(seg_train, "_train_steps", real_steps)
     assert CheckpointManager(tmp_path / "resumed").complete_steps()
     with pytest.raises(FileExistsError, match="--resume"):
         train_seg(toy, tmp_path / "resumed", cfg, synthetic=[synth], console=QUIET)
     resumed = train_seg(toy, tmp_path / "resumed", cfg, synthetic=[synth], resume=True, console=QUIET)
 
     assert (full / "train_log.jsonl").read_text() == (resumed / "train_log.jsonl").read_text()
+    assert (full / "training.json").read_text() == (resumed / "training.json").read_text()
     a, b = _tensors(full / "best/model.safetensors"), _tensors(resumed / "best/model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     final_a = CheckpointManager(full).latest()[1]["model"]
@@ -208,7 +216,7 @@ def test_resumed_run_equals_uninterrupted(toy: Path, tmp_path: Path, monkeypatch
     changed.optim.lr = 0.5
     from segsynth.config import ConfigError
 
-    with pytest.raises(ConfigError, match="differs from the run being resumed"):
+    with pytest.raises(ConfigError, match="cannot resume with a different optim.lr"):
         train_seg(toy, tmp_path / "resumed", changed, synthetic=[synth], resume=True, console=QUIET)
 
 
@@ -220,13 +228,13 @@ def test_cli_train_seg_and_evaluate_seg(toy: Path, tmp_path: Path) -> None:
     cfg_path = tmp_path / "seg.yaml"
     import yaml
 
-    cfg_path.write_text(yaml.safe_dump(tiny_config(epochs=2).model_dump(mode="json")))
+    cfg_path.write_text(yaml.safe_dump(tiny_config(steps=4, val_every=2).model_dump(mode="json")))
     runner = CliRunner()
     args = ["train-seg", str(toy), "--synthetic", str(synth), "--mix", "ratio:0.5", "--out", str(tmp_path / "run"), "--config", str(cfg_path)]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     log = [json.loads(line) for line in (tmp_path / "run/train_log.jsonl").read_text().splitlines()]
-    assert log[0]["synthetic_samples"] == log[0]["real_samples"]
+    assert log[0]["synthetic_examples"] == log[0]["real_examples"] == 4
     again = runner.invoke(app, args)
     assert again.exit_code == 2 and "--resume" in again.output
     # Resuming a finished run without --config reuses the run's own config.yaml and trains nothing more.

@@ -1,12 +1,13 @@
-"""The experiment: baseline vs synthetic settings on the same case folds and seeds."""
+"""The experiment: baseline, controls and synthetic settings on the same case folds, seeds and step budget."""
 
 from segsynth.benchmark.config import BenchmarkConfig, quick_profile
 from segsynth.benchmark.run import fold_generator, prepare_benchmark, run_benchmark
-from segsynth.benchmark.summary import markdown_table, rich_table, summarise
+from segsynth.benchmark.summary import headline, markdown_table, rich_table, summarise
 
 __all__ = [
     "BenchmarkConfig",
     "fold_generator",
+    "headline",
     "markdown_table",
     "prepare_benchmark",
     "quick_profile",

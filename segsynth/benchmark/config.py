@@ -11,10 +11,15 @@ from segsynth.seg.config import parse_mix
 
 
 class GenerationSection(StrictModel):
-    """How each fold's synthetic set is drawn (see ``segsynth generate``)."""
+    """How each fold's synthetic sets are drawn (see ``segsynth generate``).
+
+    ``ratio`` and ``concat`` settings train on a set of ``n`` samples from ``layouts``; ``merge``
+    settings on a second set of ``per_mask`` same-mask variants of every labelled mask the fold's
+    generator saw (DiffBoost), the only kind of set merging accepts.
+    """
 
     n: int = Field(default=200, ge=1)
-    layouts: Literal["augmented", "variants", "composed"] = "augmented"
+    layouts: Literal["augmented", "composed"] = "augmented"
     per_mask: int = Field(default=10, ge=1)
     sampler: Literal["ddim", "dpmpp", "unipc"] = "dpmpp"
     steps: int = Field(default=20, ge=1)
@@ -23,8 +28,16 @@ class GenerationSection(StrictModel):
     batch_size: int = Field(default=16, ge=1)
 
 
+#: Control rows a benchmark can add beside the synthetic settings (what a user gets for free).
+CONTROLS = ("heavy_augmentation", "all_labelled")
+
+
 class BenchmarkConfig(StrictModel):
     """Baseline (real only) vs each synthetic setting, on the same case folds and seeds.
+
+    Every segmentation run of a benchmark trains the same number of optimiser steps with the same
+    batch size, schedule, augmentation and validation: ``segmentation_overrides["train.steps"]``
+    when given, otherwise the budget planned from the data (:mod:`segsynth.benchmark.plan`).
 
     Attributes:
         folds: k of the k-fold split by case.
@@ -32,6 +45,9 @@ class BenchmarkConfig(StrictModel):
         run_folds: run only these folds (e.g. ``[0]`` for a quick look); default all.
         seeds: segmentation training seeds; every setting uses the same ones (paired design).
         settings: ``--mix`` values compared with the baseline (``ratio:0.8``, ``merge:0.6``, ``concat``).
+        controls: real-only rows beside them: ``heavy_augmentation`` (the baseline with heavy
+            augmentation: the one factor changed is augmentation) and ``all_labelled`` (every
+            labelled training case of the fold, the upper reference for "gap closed").
         low_label: keep a fraction (float) or a number (int) of each fold's training cases labelled.
         val_fraction: training cases held out for model selection.
         diffusion_config: YAML for the per-fold diffusion model (default: built-in defaults).
@@ -46,6 +62,7 @@ class BenchmarkConfig(StrictModel):
     run_folds: list[int] | None = None
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
     settings: list[str] = Field(default_factory=lambda: ["ratio:0.8", "merge:0.6", "concat"], min_length=1)
+    controls: list[Literal["heavy_augmentation", "all_labelled"]] = Field(default_factory=lambda: list(CONTROLS))
     low_label: float | int | None = None
     val_fraction: float = Field(default=0.25, gt=0.0, lt=1.0)
     diffusion_config: str | None = None
@@ -65,6 +82,13 @@ class BenchmarkConfig(StrictModel):
             raise ValueError(f"settings repeat: {settings}")
         return settings
 
+    @field_validator("controls")
+    @classmethod
+    def _controls_unique(cls, controls: list[str]) -> list[str]:
+        if len(set(controls)) != len(controls):
+            raise ValueError(f"controls repeat: {controls}")
+        return controls
+
     @field_validator("run_folds")
     @classmethod
     def _folds_non_negative(cls, run_folds: list[int] | None) -> list[int] | None:
@@ -80,6 +104,5 @@ def quick_profile() -> dict[str, Any]:
         "seeds": [0, 1, 2],
         "settings": ["ratio:0.5", "merge:0.6"],
         "diffusion_overrides": {"train.steps": 400, "train.sample_every": 0},
-        "segmentation_overrides": {"train.epochs": 6},
-        "generation": {"n": 48, "steps": 12},
+        "generation": {"n": 48, "steps": 12, "per_mask": 2},
     }

@@ -1,15 +1,23 @@
-"""``segsynth benchmark``: does synthetic data help, and does it make patients more even?
+"""``segsynth benchmark``: does synthetic data help, at equal cost, and does it make patients more even?
 
-For each fold (split by case): a diffusion model is trained on that fold's labelled training cases
-only, a synthetic set is generated from those cases' masks with styles from the unlabelled pool,
-and a segmentation network is trained for the baseline (real only) and for each synthetic setting
-with the same seeds, then scored on the fold's test cases. Every sub-run is an ordinary run folder
-and is skipped (or resumed) when the benchmark is run again, so a killed benchmark continues.
+For each fold (split by case): a diffusion model is trained on that fold's labelled training and
+validation cases only, synthetic sets are generated from those cases' masks with styles from the
+unlabelled pool, and a segmentation network is trained for the baseline (real only), the control
+rows and each synthetic setting with the same seeds, then scored on the fold's test cases.
+
+Fairness is built in: every segmentation run trains the same number of optimiser steps (planned
+from the data unless set) with the same batch, schedule, augmentation, validation cases and
+validation schedule, and is scored at its best-validation step; one factor changes per row (the
+mixed-in synthetic data, heavy augmentation, or all labelled cases). ``merge`` settings get their
+own set of same-mask variants. Every sub-run is an ordinary run folder and is skipped (or resumed)
+when the benchmark is run again, so a killed benchmark continues.
 """
 
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +25,7 @@ import yaml
 from rich.console import Console
 
 from segsynth.benchmark.config import BenchmarkConfig
+from segsynth.benchmark.plan import fit_generator, image_side, segmentation_steps
 from segsynth.benchmark.summary import markdown_table, summarise
 from segsynth.config import load_config, parse_config, save_resolved_config
 from segsynth.data.format import load_spec
@@ -27,17 +36,26 @@ from segsynth.io.atomic import atomic_write_json, atomic_write_text
 from segsynth.seg.config import SegTrainConfig, parse_mix
 from segsynth.seg.evaluate import evaluate_seg
 from segsynth.seg.splits import Split, load_splits, make_folds, save_splits
-from segsynth.seg.train import train_seg
+from segsynth.seg.train import TRAINING_JSON, train_seg
 from segsynth.synth.generate import generate
 
 BASELINE = "baseline"
+#: Table names of the control rows (see :data:`segsynth.benchmark.config.CONTROLS`).
+CONTROL_NAMES = {"heavy_augmentation": "baseline+heavy-aug", "all_labelled": "all-labelled"}
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
 METRICS_JSON = "metrics.json"
+SYNTH_DIR = "synth"
+VARIANTS_DIR = "synth_variants"
 
 
 def _setting_dir(setting: str) -> str:
-    return setting.replace(":", "_")
+    return setting.replace(":", "_").replace("+", "_")
+
+
+def setting_names(config: BenchmarkConfig) -> list[str]:
+    """Row order of the table: the baseline, the controls, then the synthetic settings."""
+    return [BASELINE, *(CONTROL_NAMES[c] for c in config.controls), *config.settings]
 
 
 def _folds(data: Path, out: Path, cfg: BenchmarkConfig) -> list[Split]:
@@ -53,27 +71,40 @@ def _folds(data: Path, out: Path, cfg: BenchmarkConfig) -> list[Split]:
     return splits
 
 
+def all_labelled_ids(refs_ids: Sequence[str], split: Split) -> list[str]:
+    """Every labelled sample of the fold outside its validation and test cases (the ``all_labelled``
+    control: what the study would train on with every case labelled)."""
+    held = set(split.val_ids) | set(split.test_ids)
+    return sorted(i for i in refs_ids if i not in held)
+
+
+def _diffusion_config(data: Path, cfg: BenchmarkConfig) -> DiffusionTrainConfig:
+    dcfg = load_config(DiffusionTrainConfig, cfg.diffusion_config, cfg.diffusion_overrides)
+    seg = load_config(SegTrainConfig, cfg.segmentation_config, cfg.segmentation_overrides)
+    return fit_generator(dcfg, image_side(data), seg, cfg.diffusion_config or "diffusion config")
+
+
 def _diffusion(data: Path, fold_dir: Path, split: Split, cfg: BenchmarkConfig, console: Console) -> Path:
     run = fold_dir / "diffusion"
     if (run / "pipeline" / "model_index.json").is_file():
         return run
-    dcfg = load_config(DiffusionTrainConfig, cfg.diffusion_config, cfg.diffusion_overrides)
     resume = (run / "checkpoints").is_dir()
     # Validation cases are labelled data the study has, so the generator may learn from them too;
     # test cases never reach it.
-    return train_diffusion(data, dcfg, run, resume=resume, train_ids=split.train_ids + split.val_ids, console=console)
+    return train_diffusion(
+        data, _diffusion_config(data, cfg), run, resume=resume, train_ids=split.train_ids + split.val_ids, console=console
+    )
 
 
-def _synthetic(run: Path, fold_dir: Path, cfg: BenchmarkConfig, console: Console) -> Path:
-    out = fold_dir / "synth"
+def _synthetic(run: Path, out: Path, n: int, layouts: str, cfg: BenchmarkConfig, console: Console) -> Path:
     if (out / "manifest.jsonl").is_file() and (out / "dataset.json").is_file():
         return out
     g = cfg.generation
     generate(
         run,
         out,
-        g.n,
-        layouts=g.layouts,
+        n,
+        layouts=layouts,
         per_mask=g.per_mask,
         sampler=g.sampler,
         steps=g.steps,
@@ -86,28 +117,52 @@ def _synthetic(run: Path, fold_dir: Path, cfg: BenchmarkConfig, console: Console
     return out
 
 
+def _needs_variants(cfg: BenchmarkConfig) -> bool:
+    return any(parse_mix(s)["mix.strategy"] == "merge" for s in cfg.settings)
+
+
+def _segmentation_config(cfg: BenchmarkConfig, setting: str, seed: int, steps: int) -> SegTrainConfig:
+    """One setting's recipe: the shared recipe and budget, with exactly one factor changed."""
+    overrides: dict[str, Any] = {"train.steps": steps, **cfg.segmentation_overrides, "train.seed": seed}
+    if setting == CONTROL_NAMES["heavy_augmentation"]:
+        overrides["train.augment"] = "heavy"
+    elif setting not in (BASELINE, CONTROL_NAMES["all_labelled"]):
+        overrides.update(parse_mix(setting))
+    return load_config(SegTrainConfig, cfg.segmentation_config, overrides)
+
+
+def segmentation_budget(data: Path, splits: Sequence[Split], cfg: BenchmarkConfig) -> int:
+    """Optimiser steps of every segmentation run: the override, else planned from the data."""
+    base = load_config(SegTrainConfig, cfg.segmentation_config, cfg.segmentation_overrides)
+    if "train.steps" in cfg.segmentation_overrides or (cfg.segmentation_config and "steps" in base.train.model_fields_set):
+        return base.train.steps
+    ids = [r.id for r in index_dataset(data)]
+    largest = max(
+        len(all_labelled_ids(ids, s)) if "all_labelled" in cfg.controls else len(s.train_ids) for s in splits
+    )
+    return segmentation_steps(largest, base.train.batch_size, base.train.val_every)
+
+
 def _segmentation(
-    data: Path, run: Path, split: Split, setting: str, seed: int, synth: Path | None, cfg: BenchmarkConfig, console: Console
+    data: Path, run: Path, train_ids: list[str], split: Split, seg_cfg: SegTrainConfig, synth: Path | None,
+    console: Console,
 ) -> dict[str, Any]:
     metrics_path = run / METRICS_JSON
     if metrics_path.is_file():
         return json.loads(metrics_path.read_text(encoding="utf-8"))
-    overrides = {**cfg.segmentation_overrides, "train.seed": seed}
-    if setting != BASELINE:
-        overrides.update(parse_mix(setting))
-    seg_cfg = load_config(SegTrainConfig, cfg.segmentation_config, overrides)
     resume = (run / "config.yaml").is_file()
     train_seg(
         data,
         run,
         seg_cfg,
         synthetic=[synth] if synth is not None else (),
-        train_ids=split.train_ids,
+        train_ids=train_ids,
         val_ids=split.val_ids,
         resume=resume,
         console=console,
     )
     result = evaluate_seg(run, data, ids=split.test_ids)
+    result["training"] = json.loads((run / TRAINING_JSON).read_text(encoding="utf-8"))
     atomic_write_json(metrics_path, result)
     return result
 
@@ -119,14 +174,11 @@ def check_inputs(data: Path, config: BenchmarkConfig) -> None:
     Raises:
         ConfigError / DataReadError / ValueError: the first problem, naming its key or file.
     """
-    load_config(DiffusionTrainConfig, config.diffusion_config, config.diffusion_overrides)
-    for seed in config.seeds:
-        for setting in [BASELINE, *config.settings]:
-            overrides = {**config.segmentation_overrides, "train.seed": seed}
-            if setting != BASELINE:
-                overrides.update(parse_mix(setting))
-            load_config(SegTrainConfig, config.segmentation_config, overrides)
     spec = load_spec(data)
+    _diffusion_config(data, config)
+    for seed in config.seeds:
+        for setting in setting_names(config):
+            _segmentation_config(config, setting, seed, 1)
     labelled = index_dataset(data, "labeled", spec)
     if not labelled:
         raise ValueError(f"{data / 'images'}: no labelled images")
@@ -164,18 +216,29 @@ def prepare_benchmark(data: str | Path, out: str | Path, config: BenchmarkConfig
 def fold_generator(
     data: str | Path, out: str | Path, config: BenchmarkConfig, fold: int, console: Console | None = None,
     check: bool = True,
-) -> tuple[Path, Path]:
-    """Train (or reuse) fold ``fold``'s diffusion model and synthetic set; return both folders.
+) -> tuple[Path, Path, Path | None]:
+    """Train (or reuse) fold ``fold``'s diffusion model and its synthetic sets.
 
     The diffusion model sees only that fold's labelled training and validation cases.
+
+    Returns:
+        ``(diffusion run, synthetic set, variants set or None)``: the set of ``generation.n``
+        samples for ``ratio``/``concat`` and, when a ``merge`` setting is listed, the set of
+        ``generation.per_mask`` unchanged-mask variants of each labelled image the generator saw.
     """
     console = console or Console(stderr=True)
     splits = prepare_benchmark(data, out, config, check=check)
     if not 0 <= fold < len(splits):
         raise ValueError(f"fold {fold} is not among the {len(splits)} folds of {Path(out) / 'splits.json'}")
     fold_dir = Path(out) / f"fold_{fold}"
-    run = _diffusion(Path(data), fold_dir, splits[fold], config, console)
-    return run, _synthetic(run, fold_dir, config, console)
+    split = splits[fold]
+    run = _diffusion(Path(data), fold_dir, split, config, console)
+    synth = _synthetic(run, fold_dir / SYNTH_DIR, config.generation.n, config.generation.layouts, config, console)
+    variants = None
+    if _needs_variants(config):
+        n = config.generation.per_mask * (len(split.train_ids) + len(split.val_ids))
+        variants = _synthetic(run, fold_dir / VARIANTS_DIR, n, "variants", config, console)
+    return run, synth, variants
 
 
 def run_benchmark(data: str | Path, out: str | Path, config: BenchmarkConfig, console: Console | None = None) -> dict[str, Any]:
@@ -186,26 +249,45 @@ def run_benchmark(data: str | Path, out: str | Path, config: BenchmarkConfig, co
     """
     console = console or Console(stderr=True)
     data, out = Path(data), Path(out)
+    started = time.perf_counter()
     splits = prepare_benchmark(data, out, config)
     folds = config.run_folds if config.run_folds is not None else list(range(len(splits)))
     if max(folds) >= len(splits):
         raise ValueError(f"run_folds {folds} names a fold beyond the {len(splits)} folds of {out / 'splits.json'}")
+    steps = segmentation_budget(data, splits, config)
+    ids = [r.id for r in index_dataset(data)]
+    names = setting_names(config)
     runs: list[dict[str, Any]] = []
     for fold in folds:
         split = splits[fold]
-        console.print(f"[bold]fold {fold}[/]: {len(split.train_cases)} train, {len(split.val_cases)} val, {len(split.test_cases)} test cases")
-        _, synth = fold_generator(data, out, config, fold, console, check=False)
+        console.print(
+            f"[bold]fold {fold}[/]: {len(split.train_cases)} train, {len(split.val_cases)} val, "
+            f"{len(split.test_cases)} test cases; {steps} segmentation steps per run"
+        )
+        _, synth, variants = fold_generator(data, out, config, fold, console, check=False)
         fold_dir = out / f"fold_{fold}"
         for seed in config.seeds:
-            for setting in [BASELINE, *config.settings]:
+            for setting in names:
+                seg_cfg = _segmentation_config(config, setting, seed, steps)
+                train_ids = all_labelled_ids(ids, split) if setting == CONTROL_NAMES["all_labelled"] else split.train_ids
+                strategy = seg_cfg.mix.strategy
+                synthetic = None if strategy == "none" else variants if strategy == "merge" else synth
                 run = fold_dir / "seg" / _setting_dir(setting) / f"seed_{seed}"
-                result = _segmentation(
-                    data, run, split, setting, seed, None if setting == BASELINE else synth, config, console
-                )
+                result = _segmentation(data, run, train_ids, split, seg_cfg, synthetic, console)
                 runs.append({"fold": fold, "seed": seed, "setting": setting, "run": str(run), "metrics": result})
-    results = summarise(runs, [BASELINE, *config.settings], baseline=BASELINE)
+    results = summarise(
+        runs, names, baseline=BASELINE,
+        reference=CONTROL_NAMES["all_labelled"] if "all_labelled" in config.controls else None,
+    )
+    seg = _segmentation_config(config, BASELINE, config.seeds[0], steps)
+    results["budget"] = {
+        "steps": steps, "batch_size": seg.train.batch_size, "val_every": seg.train.val_every,
+        "lr": seg.optim.lr, "schedule": seg.optim.schedule, "augment": seg.train.augment,
+        "network": seg.network.name, "selection": "best validation Dice (validation cases of the fold)",
+    }
     results["data"] = str(data.resolve())
     results["config"] = config.model_dump(mode="json")
+    results["wall_time_s"] = round(time.perf_counter() - started, 1)
     atomic_write_json(out / RESULTS_JSON, results)
     atomic_write_text(out / RESULTS_MD, markdown_table(results))
     return results

@@ -1,14 +1,17 @@
 """Turn the benchmark's per-run metrics into the table people read.
 
-Units of analysis: a *run* is one (fold, seed, setting) segmentation model; its score is the
-mean over the fold's test **cases** (patients) of the foreground-averaged metric, so every patient
-weighs the same. The across-case std is STEDM's per-patient variability. Settings are compared
-with the baseline *paired* by (fold, seed, case).
+The unit of analysis is the real **test case** (patient, slide, volume): a run's score on a case is
+the foreground-averaged metric over that case's images, seeds are averaged within a case, and
+every case weighs the same. "case std" is the spread of those case scores (STEDM's per-patient
+variability). Settings are compared with the baseline paired by case (see
+:mod:`segsynth.benchmark.stats`); "gap closed" is the share of the distance from the low-label
+baseline to the all-labelled reference that a setting covers.
 """
 
 from __future__ import annotations
 
 import math
+from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,69 +22,106 @@ from segsynth.benchmark.stats import mean_std, paired_difference
 
 TABLE_METRICS = ("dice", "iou", "hd95")
 PAIRED_METRICS = ("dice", "hd95")
+CaseKey = tuple[int, str]
 
 
 def _case_scores(metrics: dict[str, Any], metric: str) -> dict[str, float]:
-    """``{case: foreground-mean metric}`` of one run."""
-    return {case: float(np.mean(list(values[metric].values()))) for case, values in metrics["per_case"].items()}
+    """``{case: foreground-mean metric}`` of one run (NaN classes, e.g. HD95 of an empty prediction, ignored)."""
+    out = {}
+    for case, values in metrics["per_case"].items():
+        finite = [v for v in values[metric].values() if v is not None and math.isfinite(v)]
+        out[case] = float(np.mean(finite)) if finite else math.nan
+    return out
 
 
-def summarise(runs: Sequence[dict[str, Any]], settings: Sequence[str], baseline: str) -> dict[str, Any]:
-    """Aggregate per-run metrics into per-setting rows and paired differences vs ``baseline``.
+def _seed_averaged(items: Sequence[dict[str, Any]], metric: str) -> dict[CaseKey, float]:
+    """``{(fold, case): metric averaged over the seeds}`` of one setting."""
+    per_case: dict[CaseKey, list[float]] = defaultdict(list)
+    for run in items:
+        for case, value in _case_scores(run["metrics"], metric).items():
+            per_case[(run["fold"], case)].append(value)
+    return {key: mean_std(values)[0] for key, values in sorted(per_case.items())}
+
+
+def _row(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "runs": len(items),
+        "folds": len({r["fold"] for r in items}),
+        "seeds": len({r["seed"] for r in items}),
+        "still_rising": sum(1 for r in items if r["metrics"].get("training", {}).get("still_rising", False)),
+        "steps": sorted({r["metrics"]["training"]["steps"] for r in items if "training" in r["metrics"]}),
+        "cases": sum(1 for v in _seed_averaged(items, "dice").values() if math.isfinite(v)),
+    }
+    for metric in TABLE_METRICS:
+        mean, case_std = mean_std(list(_seed_averaged(items, metric).values()))
+        run_means = [mean_std(list(_case_scores(r["metrics"], metric).values()))[0] for r in items]
+        row[metric] = {"mean": mean, "case_std": case_std, "run_std": mean_std(run_means)[1]}
+    if items:
+        classes = items[0]["metrics"]["classes"]
+        row["per_class_dice"] = {
+            c: mean_std([r["metrics"]["summary"]["dice"][c]["case_mean"] for r in items])[0] for c in classes
+        }
+    return row
+
+
+def _paired(mine: dict[CaseKey, float], theirs: dict[CaseKey, float]) -> dict[str, float]:
+    keys = sorted(set(mine) & set(theirs))
+    return paired_difference([mine[k] for k in keys], [theirs[k] for k in keys])
+
+
+def summarise(
+    runs: Sequence[dict[str, Any]], settings: Sequence[str], baseline: str, reference: str | None = None
+) -> dict[str, Any]:
+    """Aggregate per-run metrics into per-setting rows and case-paired differences vs ``baseline``.
 
     Args:
-        runs: dicts with ``fold``, ``seed``, ``setting`` and ``metrics`` (an ``evaluate_seg`` result).
+        runs: dicts with ``fold``, ``seed``, ``setting`` and ``metrics`` (an ``evaluate_seg``
+            result, with the run's ``training.json`` under ``training`` when available).
         settings: row order (the baseline first).
-        baseline: name of the real-only setting.
+        baseline: name of the real-only low-label setting.
+        reference: name of the all-labelled row ("gap closed" is measured against it), if any.
 
     Returns:
-        ``{"settings": {name: {metric: {mean, std, case_std}, "per_class_dice": {...}, "runs": n}},
-        "paired": {name: {metric: paired_difference(...)}}, "runs": [...]}``.
+        ``{"unit", "baseline", "reference", "settings": {name: row}, "paired": {name: {...}},
+        "runs": [...]}``; a row holds ``runs``, ``cases``, ``folds``, ``seeds``, ``still_rising``,
+        ``steps`` and per metric ``mean`` (over cases), ``case_std`` and ``run_std``; a paired entry
+        holds per metric a :func:`paired_difference` plus ``relative_gain``, ``case_std_change``
+        and ``gap_closed`` for Dice.
     """
     by_setting: dict[str, list[dict[str, Any]]] = {s: [] for s in settings}
     for run in runs:
         by_setting[run["setting"]].append(run)
-    rows: dict[str, Any] = {}
-    for name, items in by_setting.items():
-        row: dict[str, Any] = {"runs": len(items)}
-        for metric in TABLE_METRICS:
-            per_run = [_case_scores(r["metrics"], metric) for r in items]
-            mean, std = mean_std([float(np.mean(list(c.values()))) for c in per_run])
-            case_std = mean_std([float(np.std(list(c.values()))) for c in per_run])[0]
-            row[metric] = {"mean": mean, "std": std, "case_std": case_std}
-        if items:
-            classes = items[0]["metrics"]["classes"]
-            row["per_class_dice"] = {
-                c: mean_std([r["metrics"]["summary"]["dice"][c]["case_mean"] for r in items])[0] for c in classes
-            }
-        rows[name] = row
+    rows = {name: _row(items) for name, items in by_setting.items()}
+    base = {m: _seed_averaged(by_setting[baseline], m) for m in PAIRED_METRICS}
+    reference_gain = math.nan
+    if reference is not None and by_setting.get(reference):
+        reference_gain = _paired(_seed_averaged(by_setting[reference], "dice"), base["dice"])["mean"]
     paired: dict[str, Any] = {}
-    base_runs = {(r["fold"], r["seed"]): r for r in by_setting[baseline]}
     for name in settings:
         if name == baseline:
             continue
-        paired[name] = {}
-        for metric in PAIRED_METRICS:
-            a, b = [], []
-            for run in by_setting[name]:
-                base = base_runs.get((run["fold"], run["seed"]))
-                if base is None:
-                    continue
-                mine, theirs = _case_scores(run["metrics"], metric), _case_scores(base["metrics"], metric)
-                for case in sorted(set(mine) & set(theirs)):
-                    a.append(mine[case])
-                    b.append(theirs[case])
-            paired[name][metric] = paired_difference(a, b)
+        entry: dict[str, Any] = {m: _paired(_seed_averaged(by_setting[name], m), base[m]) for m in PAIRED_METRICS}
+        delta = entry["dice"]["mean"]
+        base_mean = rows[baseline]["dice"]["mean"]
+        entry["relative_gain"] = delta / base_mean if base_mean and math.isfinite(base_mean) else math.nan
+        entry["case_std_change"] = rows[name]["dice"]["case_std"] - rows[baseline]["dice"]["case_std"]
+        entry["gap_closed"] = delta / reference_gain if reference_gain > 0 else math.nan
+        paired[name] = entry
     compact_runs = [
-        {k: r[k] for k in ("fold", "seed", "setting", "run")} | {"case_dice": _case_scores(r["metrics"], "dice")}
+        {k: r[k] for k in ("fold", "seed", "setting", "run")}
+        | {"case_dice": _case_scores(r["metrics"], "dice"),
+           "still_rising": r["metrics"].get("training", {}).get("still_rising"),
+           "steps": r["metrics"].get("training", {}).get("steps")}
         for r in runs
     ]
-    return {"unit": "mean over test cases of the foreground-mean metric", "baseline": baseline,
-            "settings": rows, "paired": paired, "runs": compact_runs}
+    return {"unit": "real test case (seeds averaged within a case); foreground-mean metric", "baseline": baseline,
+            "reference": reference, "settings": rows, "paired": paired, "runs": compact_runs}
 
 
-def _fmt(value: float, digits: int = 3) -> str:
-    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+def _fmt(value: float | None, digits: int = 3, signed: bool = False) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
 
 
 def _fmt_p(value: float) -> str:
@@ -93,33 +133,52 @@ def _fmt_p(value: float) -> str:
 
 def _row_cells(results: dict[str, Any], name: str) -> list[str]:
     row = results["settings"][name]
-    cells = [name, str(row["runs"])]
-    for metric in TABLE_METRICS:
-        m = row[metric]
-        digits = 1 if metric == "hd95" else 3
-        cells.append(f"{_fmt(m['mean'], digits)} ± {_fmt(m['std'], digits)}")
-    cells.append(_fmt(row["dice"]["case_std"]))
+    dice = row["dice"]
+    cells = [name, str(row["cases"]), str(row["runs"]), f"{_fmt(dice['mean'])} ± {_fmt(dice['run_std'])}",
+             _fmt(dice["case_std"]), _fmt(row["hd95"]["mean"], 1)]
     pair = results["paired"].get(name)
     if pair is None:
-        cells += ["—", "—", "—"]
+        cells += ["—"] * 6
     else:
         d = pair["dice"]
-        cells += [f"{d['mean']:+.3f}", f"[{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]"] if d["n"] else ["n/a", "n/a"]
-        cells.append(_fmt_p(d["p_wilcoxon"]))
+        cells += [
+            _fmt(d["mean"], signed=True),
+            f"[{_fmt(d['ci_low'], signed=True)}, {_fmt(d['ci_high'], signed=True)}]",
+            _fmt_p(d["p_wilcoxon"]),
+            "n/a" if not math.isfinite(pair["relative_gain"]) else f"{100 * pair['relative_gain']:+.1f}%",
+            _fmt(pair["case_std_change"], signed=True),
+            "n/a" if not math.isfinite(pair["gap_closed"]) else f"{100 * pair['gap_closed']:.0f}%",
+        ]
+    cells.append(f"{row['still_rising']}/{row['runs']}")
     return cells
 
 
-HEADERS = ["setting", "runs", "Dice", "IoU", "HD95 px", "case std", "ΔDice", "95% CI", "p"]
+HEADERS = ["setting", "cases", "runs", "Dice", "case std", "HD95 px", "ΔDice", "95% CI", "p", "rel. gain",
+           "Δ case std", "gap closed", "still rising"]
+
+
+def headline(results: dict[str, Any]) -> str:
+    """One line saying what the numbers rest on (cases, folds, seeds, the shared step budget)."""
+    base = results["settings"][results["baseline"]]
+    budget = results.get("budget", {})
+    steps = f"{budget['steps']} optimiser steps of batch {budget['batch_size']} per run" if budget else ""
+    return (f"{base['cases']} real test cases from {base['folds']} fold(s), {base['seeds']} seed(s) per setting"
+            + (f"; {steps}, every setting" if steps else ""))
+
+
 LEGEND = (
-    "Dice, IoU, HD95: mean ± std over runs (folds × seeds) of the mean over test cases. case std: Dice std "
-    "across test cases (per-patient variability). ΔDice: paired difference vs baseline over (fold, seed, test "
-    "case) with a bootstrap 95% CI; p: Wilcoxon signed-rank."
+    "Unit: the real test case; seeds are averaged within a case first. Dice: mean over cases ± std over runs "
+    "(training noise); case std: Dice std across test cases (per-patient variability); HD95: mean over cases. "
+    "ΔDice: paired difference vs baseline over test cases, percentile-bootstrap 95% CI over cases; p: Wilcoxon "
+    "signed-rank over cases (with n cases no p can be below 2/2^n). rel. gain: ΔDice / baseline Dice. gap closed: "
+    "ΔDice / (all-labelled − baseline). still rising: runs whose smoothed validation Dice still rose over the last "
+    "fifth of training (not converged)."
 )
 
 
 def rich_table(results: dict[str, Any]) -> Table:
     """The benchmark table for the terminal."""
-    table = Table(title="segsynth benchmark", caption=LEGEND)
+    table = Table(title=f"segsynth benchmark: {headline(results)}", caption=LEGEND)
     for header in HEADERS:
         table.add_column(header, justify="left" if header == "setting" else "right", no_wrap=header != "95% CI")
     for name in results["settings"]:
@@ -128,8 +187,8 @@ def rich_table(results: dict[str, Any]) -> Table:
 
 
 def markdown_table(results: dict[str, Any]) -> str:
-    """The same table as GitHub Markdown (written to ``results.md``)."""
-    lines = ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
+    """The same table as GitHub Markdown (written to ``results.md``), under its headline."""
+    lines = [headline(results) + ".", "", "| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
     for name in results["settings"]:
         lines.append("| " + " | ".join(_row_cells(results, name)) + " |")
     lines.append("")

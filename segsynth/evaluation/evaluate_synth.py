@@ -43,9 +43,9 @@ KIND = "segsynth.evaluate_synth"
 FORMAT_VERSION = 1
 
 
-def default_seg_config(image_size: int, epochs: int = 30) -> SegTrainConfig:
-    """The segmentation recipe used when no run is given: UNet (16, 32, 64), Dice+CE, ``epochs``
-    epochs on random crops of ``image_size`` (the synthetic size), 20 % of the cases held out."""
+def default_seg_config(image_size: int, steps: int = 300) -> SegTrainConfig:
+    """The segmentation recipe used when no run is given: UNet (16, 32, 64), Dice+CE, ``steps``
+    optimiser steps on random crops of ``image_size`` (the synthetic size), 20 % of the cases held out."""
     cfg = load_config(
         SegTrainConfig,
         None,
@@ -53,7 +53,8 @@ def default_seg_config(image_size: int, epochs: int = 30) -> SegTrainConfig:
             "network.channels": [16, 32, 64],
             "network.strides": [2, 2],
             "network.num_res_units": 1,
-            "train.epochs": epochs,
+            "train.steps": steps,
+            "train.val_every": max(1, min(25, steps)),
             "train.batch_size": 8,
             "split.test_fraction": 0.2,
         },

@@ -4,6 +4,7 @@ up to harmless keys, same data and models), and a log cut back to the checkpoint
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -85,3 +86,12 @@ def check_same_record(path: Path, key: str, value: Any, problem: str) -> None:
         saved = saved.get(part) if isinstance(saved, dict) else None
     if saved != value:
         raise ValueError(f"{path}: {problem}")
+
+
+def append_log_line(path: Path, record: dict[str, Any]) -> None:
+    """Append one key-sorted JSON line and fsync it: the line is on disk before the checkpoint that
+    follows it, and a kill can leave at most a torn last line, which :func:`truncate_log` drops."""
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record, sort_keys=True) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())

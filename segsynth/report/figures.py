@@ -62,22 +62,22 @@ def diffusion_curves(rows: Sequence[Mapping[str, object]], title: str) -> bytes:
 
 
 def segmentation_curves(runs: Mapping[str, Sequence[Sequence[Mapping[str, object]]]]) -> bytes:
-    """Training loss and validation Dice per epoch; one line per run, one colour per group."""
+    """Training loss and validation Dice per optimiser step; one line per run, one colour per group."""
     fig = Figure(figsize=(10, 3.2))
     loss_ax, dice_ax = fig.subplots(1, 2)
     for i, (group, logs) in enumerate(runs.items()):
         colour = COLOURS[i % len(COLOURS)]
         for j, rows in enumerate(logs):
-            epochs = _numeric(rows, "epoch")
+            steps = _numeric(rows, "step")
             style = {"color": colour, "alpha": 0.8, "linewidth": 1.1, "label": group if j == 0 else None,
                      "marker": "o" if len(rows) <= 20 else None, "markersize": 3}
-            loss_ax.plot(epochs, _numeric(rows, "loss"), **style)
-            dice_ax.plot(epochs, _numeric(rows, "val_dice"), **style)
+            loss_ax.plot(steps, _numeric(rows, "loss"), **style)
+            dice_ax.plot(steps, _numeric(rows, "val_dice"), **style)
     loss_ax.set_ylabel("training loss (Dice + CE)")
     dice_ax.set_ylabel("validation Dice")
     dice_ax.set_ylim(0, 1)
     for ax in (loss_ax, dice_ax):
-        ax.set_xlabel("epoch")
+        ax.set_xlabel("optimiser step")
         ax.grid(alpha=0.3)
     dice_ax.legend(fontsize=8, loc="lower right")
     return to_png(fig)

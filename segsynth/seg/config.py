@@ -67,19 +67,33 @@ class OptimConfig(StrictModel):
 
 
 class TrainConfig(StrictModel):
-    """Loop settings.
+    """Loop settings. The budget is counted in optimiser steps, never in epochs.
+
+    A step is one batch of ``batch_size`` examples, whatever the examples are: mixing synthetic
+    data in changes what a batch holds, never how many batches a run takes, so settings compared
+    in a benchmark differ in one factor only. Validation runs every ``val_every`` steps (the same
+    schedule for every setting) and the network with the best validation Dice is kept.
+
+    Convergence is read from the validation curve smoothed by a moving average of ``smoothing``
+    validations: a run whose smoothed curve still gained more than ``min_delta`` over the last
+    fifth of its steps is flagged ``still_rising`` in ``training.json``. ``patience`` (optional)
+    stops a stand-alone run once the smoothed curve has not improved by ``min_delta`` for that many
+    validations; benchmarks leave it unset so every setting trains the same number of steps.
 
     ``patch_size`` (optional) random-crops training images to a square patch (images smaller
     than it are padded) and evaluates with MONAI sliding-window inference; without it every
     image of a batch must share one size.
     """
 
-    epochs: int = Field(default=50, ge=1)
+    steps: int = Field(default=600, ge=1, description="optimiser steps of the whole run")
     batch_size: int = Field(default=8, ge=1)
+    val_every: int = Field(default=25, ge=1, description="steps between validations (and checkpoints)")
+    smoothing: int = Field(default=3, ge=1, description="moving-average window of validation Dice, in validations")
+    min_delta: float = Field(default=0.002, ge=0.0, description="smallest smoothed validation gain that counts")
+    patience: int | None = Field(default=None, ge=1, description="validations without gain before stopping early")
     augment: Literal["none", "light", "heavy"] = "light"
     patch_size: int | None = Field(default=None, ge=8)
     num_workers: int = Field(default=0, ge=0)
-    checkpoint_every: int = Field(default=1, ge=1, description="epochs between resumable checkpoints")
     seed: int = 0
 
 
@@ -102,11 +116,10 @@ class MixConfig(StrictModel):
     """How synthetic sets enter training (see :mod:`segsynth.seg.mixing`).
 
     Attributes:
-        strategy: ``none`` (real only), ``ratio`` (per-epoch real:synthetic proportion),
-            ``merge`` (DiffBoost random merging), ``concat`` (plain union).
-        synthetic_fraction: ``ratio``: share of synthetic samples in each epoch (STEDM: 0.8).
-        epoch_length: ``ratio``: samples per epoch; default ``round(n_real / (1 - synthetic_fraction))``
-            so every real training image is seen once per epoch.
+        strategy: ``none`` (real only), ``ratio`` (fixed real:synthetic proportion of the
+            examples), ``merge`` (DiffBoost random merging with same-mask variants), ``concat``
+            (plain union, sampled uniformly).
+        synthetic_fraction: ``ratio``: share of synthetic examples (STEDM: 0.8).
         alpha: ``merge``: probability that a grid cell takes the real image (DiffBoost: 0.6).
         cell: ``merge``: cell side in pixels at ``cell_reference_size``; the cell used is
             ``max(1, round(cell * image_side / cell_reference_size))`` so it covers the same
@@ -116,7 +129,6 @@ class MixConfig(StrictModel):
 
     strategy: Literal["none", "ratio", "merge", "concat"] = "none"
     synthetic_fraction: float = Field(default=0.8, ge=0.0, lt=1.0)
-    epoch_length: int | None = Field(default=None, ge=1)
     alpha: float = Field(default=0.6, ge=0.0, le=1.0)
     cell: int = Field(default=64, ge=1)
     cell_reference_size: int = Field(default=384, ge=1)

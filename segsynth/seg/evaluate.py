@@ -44,7 +44,7 @@ def evaluate_seg(run: str | Path, data: str | Path, ids: Sequence[str] | None = 
 
     Returns:
         :meth:`MetricAccumulator.result` plus ``run``, ``data``, ``selection`` and the ``model``'s
-        epoch and validation Dice.
+        step and validation Dice.
 
     Raises:
         FileNotFoundError: no best network in the run.
@@ -78,6 +78,6 @@ def evaluate_seg(run: str | Path, data: str | Path, ids: Sequence[str] | None = 
         "run": str(run.resolve()),
         "data": str(data.resolve()),
         "selection": selection,
-        "model": {"epoch": meta["epoch"], "val_dice": meta["val_dice"], "network": meta["network"]["name"]},
+        "model": {"step": meta["step"], "val_dice": meta["val_dice"], "network": meta["network"]["name"]},
         **accumulator.result(),
     }

@@ -1,24 +1,28 @@
 """How synthetic image/mask pairs enter segmentation training: one interface, three strategies.
 
-A strategy turns an epoch number into a *plan*: an ordered list of :data:`PlanItem`
+A strategy maps positions of the run's *example stream* to :data:`PlanItem`
 ``(primary, partner)`` where each element is ``(source, index)`` -- source 0 is the real
 training set, source ``s >= 1`` the ``s``-th synthetic set -- and ``partner`` is the synthetic
-variant paired with a real image (``merge`` only). Plans depend only on ``(seed, epoch)``, so a
-resumed run replays exactly the epochs it missed.
+variant paired with a real image (``merge`` only). A run of S steps of batch B consumes positions
+``0 .. S*B`` under every strategy, so synthetic data changes what the batches hold, never how
+many there are. Plans depend only on ``(seed, positions)``, so a resumed run replays exactly what
+it missed.
 
-* :class:`ConcatMixing` -- plain union of real and synthetic samples, shuffled per epoch.
-* :class:`RatioMixing` -- STEDM: each epoch holds a fixed real:synthetic proportion
+* :class:`ConcatMixing` -- plain union of real and synthetic samples (with no synthetic set: the
+  real-only baseline).
+* :class:`RatioMixing` -- STEDM: a fixed real:synthetic proportion of the examples
   (default 0.2 : 0.8).
 * :class:`MergeMixing` + :func:`random_merge` -- DiffBoost's random merging: a real image and one
-  of its synthetic variants (same layout) go through the network under the same augmentation, and
-  a Bernoulli(alpha) grid of square cells decides, per cell, whether the real or the synthetic
-  prediction and label enter the loss.
+  of its synthetic variants (its own mask, unchanged) go through the network under the same
+  augmentation, and a Bernoulli(alpha) grid of square cells decides, per cell, whether the real
+  or the synthetic prediction and label enter the loss.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from fractions import Fraction
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -39,7 +43,7 @@ MANIFEST = "manifest.jsonl"
 
 #: ``(source, index)``: source 0 is the real training set, ``s >= 1`` the s-th synthetic set.
 SampleKey = tuple[int, int]
-#: One training example of an epoch: a sample and (``merge`` only) its synthetic partner.
+#: One training example: a sample and (``merge`` only) its synthetic partner.
 PlanItem = tuple[SampleKey, SampleKey | None]
 
 
@@ -54,12 +58,15 @@ class SyntheticSet:
             images the manifest does not describe.
         has_manifest: whether ``manifest.jsonl`` exists (without it no sample can be paired or
             checked for leakage).
+        layout_sources: per sample, how its layout was made (``augmented``, ``variants``,
+            ``composed``; ``None`` when the manifest does not say).
     """
 
     root: Path
     dataset: SegDataset
     layout_ids: list[str | None]
     has_manifest: bool
+    layout_sources: list[str | None]
     excluded: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
@@ -73,7 +80,10 @@ class SyntheticSet:
         keep = [i for i, lid in enumerate(self.layout_ids) if lid not in forbidden]
         dropped = [self.dataset.refs[i].id for i in range(len(self)) if self.layout_ids[i] in forbidden]
         dataset = SegDataset(self.root, refs=[self.dataset.refs[i] for i in keep])
-        return SyntheticSet(self.root, dataset, [self.layout_ids[i] for i in keep], self.has_manifest, dropped)
+        return SyntheticSet(
+            self.root, dataset, [self.layout_ids[i] for i in keep], self.has_manifest,
+            [self.layout_sources[i] for i in keep], dropped,
+        )
 
 
 def read_manifest(root: Path) -> dict[str, dict[str, Any]] | None:
@@ -117,8 +127,9 @@ def load_synthetic_set(root: str | Path, real: SegDataset) -> SyntheticSet:
     if len(dataset) == 0:
         raise DatasetFormatError(f"{root}: the synthetic set holds no image/mask pairs")
     manifest = read_manifest(root)
-    layout_ids = [None if manifest is None else manifest.get(r.id, {}).get("layout_id") for r in dataset.refs]
-    return SyntheticSet(root, dataset, layout_ids, manifest is not None)
+    rows = [{} if manifest is None else manifest.get(r.id, {}) for r in dataset.refs]
+    layout_ids = [row.get("layout_id") for row in rows]
+    return SyntheticSet(root, dataset, layout_ids, manifest is not None, [row.get("layout_source") for row in rows])
 
 
 class MixingStrategy(Protocol):
@@ -127,16 +138,20 @@ class MixingStrategy(Protocol):
     #: Whether plan items carry a synthetic partner (and the loss must merge predictions).
     paired: bool
 
-    def plan(self, epoch: int) -> list[PlanItem]:
-        """The ordered training examples of ``epoch`` (a pure function of seed and epoch)."""
+    def plan(self, start: int, count: int) -> list[PlanItem]:
+        """Training examples at positions ``start .. start+count`` of the run's example stream.
+
+        A pure function of the seed and the positions: a run of S steps of batch B consumes
+        positions ``0 .. S*B``, whatever the strategy, and a resumed run replays exactly the
+        positions it missed.
+        """
         ...
 
 
 def _stream(n: int, start: int, count: int, seed: int, tag: int) -> list[int]:
     """Positions ``start .. start+count`` of an endless sequence of seeded permutations of ``range(n)``.
 
-    Walking one stream across epochs means every item is used once before any is reused, even
-    when an epoch takes fewer items than the pool holds.
+    Walking one stream across the run means every item is used once before any is reused.
     """
     out: list[int] = []
     perms: dict[int, np.ndarray] = {}
@@ -153,11 +168,13 @@ def _flat_keys(sizes: list[int]) -> list[SampleKey]:
 
 
 class ConcatMixing:
-    """Plain union: every real and every synthetic sample once per epoch, shuffled.
+    """Plain union: the real and synthetic samples form one pool, walked in seeded permutations.
+
+    With no synthetic set this is the real-only baseline: every real image once per pass.
 
     Args:
         sizes: number of samples of the real set (first) and of each synthetic set.
-        seed: base seed of the per-epoch shuffle.
+        seed: base seed of the permutations.
     """
 
     paired = False
@@ -168,30 +185,27 @@ class ConcatMixing:
         self.keys = _flat_keys(sizes)
         self.seed = seed
 
-    def plan(self, epoch: int) -> list[PlanItem]:
-        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.keys))
-        return [(self.keys[i], None) for i in order]
+    def plan(self, start: int, count: int) -> list[PlanItem]:
+        return [(self.keys[i], None) for i in _stream(len(self.keys), start, count, self.seed, 0)]
 
 
 class RatioMixing:
-    """STEDM's fixed proportion: each epoch holds ``epoch_length`` samples of which
-    ``round(synthetic_fraction * epoch_length)`` are synthetic.
+    """STEDM's fixed proportion: a share ``synthetic_fraction`` of the examples is synthetic.
 
-    Real and synthetic samples are each drawn from an endless stream of seeded permutations (all
-    synthetic sets pooled), so over consecutive epochs every sample is used before any repeats;
-    the epoch is then shuffled.
+    Position ``p`` is synthetic when ``floor((p+1)·f) > floor(p·f)`` (exact rational ``f``), so
+    every window of positions, and hence every batch, holds the proportion to within one
+    example. Real and synthetic examples each walk their own stream of seeded permutations (all
+    synthetic sets pooled), so every sample is used before any repeats.
 
     Args:
         sizes: number of samples of the real set (first) and of each synthetic set.
-        synthetic_fraction: share of synthetic samples per epoch, in [0, 1).
-        epoch_length: samples per epoch; default ``round(n_real / (1 - synthetic_fraction))``,
-            i.e. each real image once per epoch.
+        synthetic_fraction: share of synthetic examples, in [0, 1).
         seed: base seed.
     """
 
     paired = False
 
-    def __init__(self, sizes: list[int], synthetic_fraction: float, epoch_length: int | None = None, seed: int = 0) -> None:
+    def __init__(self, sizes: list[int], synthetic_fraction: float, seed: int = 0) -> None:
         if not sizes or sizes[0] < 1:
             raise ValueError("ratio mixing needs at least one real training sample")
         if not 0.0 <= synthetic_fraction < 1.0:
@@ -199,29 +213,33 @@ class RatioMixing:
         self.synthetic = _flat_keys([0, *sizes[1:]])
         if synthetic_fraction > 0 and not self.synthetic:
             raise ValueError("ratio mixing with a synthetic fraction > 0 needs a non-empty synthetic set")
-        self.n_real_total = sizes[0]
-        self.epoch_length = epoch_length or max(1, round(sizes[0] / (1.0 - synthetic_fraction)))
-        if self.epoch_length < 1:
-            raise ValueError(f"epoch_length must be >= 1, got {epoch_length}")
-        self.n_synthetic = round(synthetic_fraction * self.epoch_length)
-        self.n_real = self.epoch_length - self.n_synthetic
+        self.n_real = sizes[0]
+        self.fraction = Fraction(str(synthetic_fraction)).limit_denominator(10_000)
         self.seed = seed
 
-    def plan(self, epoch: int) -> list[PlanItem]:
-        real = _stream(self.n_real_total, epoch * self.n_real, self.n_real, self.seed, 0)
-        items: list[SampleKey] = [(0, i) for i in real]
-        if self.n_synthetic:
-            syn = _stream(len(self.synthetic), epoch * self.n_synthetic, self.n_synthetic, self.seed, 1)
-            items += [self.synthetic[i] for i in syn]
-        order = np.random.default_rng([self.seed, epoch, 2]).permutation(len(items))
-        return [(items[i], None) for i in order]
+    def _synthetic_before(self, position: int) -> int:
+        return math.floor(position * self.fraction)
+
+    def plan(self, start: int, count: int) -> list[PlanItem]:
+        syn_start, syn_end = self._synthetic_before(start), self._synthetic_before(start + count)
+        real_start = start - syn_start
+        real = iter(_stream(self.n_real, real_start, count - (syn_end - syn_start), self.seed, 0))
+        syn = iter(_stream(len(self.synthetic), syn_start, syn_end - syn_start, self.seed, 1) if self.synthetic else [])
+        items: list[PlanItem] = []
+        for position in range(start, start + count):
+            is_synthetic = self._synthetic_before(position + 1) > self._synthetic_before(position)
+            items.append((self.synthetic[next(syn)] if is_synthetic else (0, next(real)), None))
+        return items
 
 
 class MergeMixing:
-    """DiffBoost pairing: each real sample, once per epoch, with one of its synthetic variants.
+    """DiffBoost pairing: every example is a real sample with one of its own same-mask variants.
+
+    Real samples walk a stream of seeded permutations; the variant of position ``p`` is drawn
+    with the seed ``(seed, p)``.
 
     Args:
-        variants: ``variants[i]`` are the synthetic keys whose layout came from real sample ``i``
+        variants: ``variants[i]`` are the synthetic keys whose layout is real sample ``i``'s mask
             (may be empty: that real image then trains alone, with an all-real grid).
         seed: base seed of the order and of the variant choice.
     """
@@ -239,16 +257,30 @@ class MergeMixing:
         self.variants = variants
         self.seed = seed
 
-    def plan(self, epoch: int) -> list[PlanItem]:
-        rng = np.random.default_rng([self.seed, epoch])
-        order = rng.permutation(len(self.variants))
-        picks = rng.random(len(self.variants))
+    def plan(self, start: int, count: int) -> list[PlanItem]:
         plan: list[PlanItem] = []
-        for i in order:
+        for position, i in enumerate(_stream(len(self.variants), start, count, self.seed, 0), start=start):
             options = self.variants[i]
-            partner = options[int(picks[i] * len(options))] if options else None
-            plan.append(((0, int(i)), partner))
+            pick = int(np.random.default_rng([self.seed, 2, position]).integers(len(options))) if options else 0
+            plan.append(((0, i), options[pick] if options else None))
         return plan
+
+
+#: How to make a set that merge mixing accepts (named in its refusal).
+VARIANTS_HINT = "segsynth generate RUN --layouts variants --per-mask N --out SET"
+
+
+def _check_variant_sets(synthetic: list[SyntheticSet]) -> None:
+    """Merge needs sets drawn from the real masks unchanged (``generate --layouts variants``)."""
+    for s in synthetic:
+        if not s.has_manifest:
+            raise DatasetFormatError(f"{s.root / MANIFEST}: missing; merge mixing pairs images through it")
+        other = sorted({str(src) for src in s.layout_sources if src != "variants"})
+        if other:
+            raise DatasetFormatError(
+                f"{s.root}: merge pairs a real image only with variants of its own unchanged mask, but this set's "
+                f"layouts are {', '.join(other)}; make a valid set with `{VARIANTS_HINT}`"
+            )
 
 
 def make_mixing(cfg: MixConfig, real: SegDataset, synthetic: list[SyntheticSet], seed: int) -> MixingStrategy:
@@ -256,7 +288,9 @@ def make_mixing(cfg: MixConfig, real: SegDataset, synthetic: list[SyntheticSet],
 
     Raises:
         ValueError: a strategy that needs synthetic data without any, or synthetic sets given
-            with ``none``; ``merge`` without any manifest.
+            with ``none``.
+        DatasetFormatError: ``merge`` with a set that has no manifest or was not made from the
+            real masks unchanged (``variants``).
     """
     sizes = [len(real), *(len(s) for s in synthetic)]
     if cfg.strategy == "none":
@@ -268,10 +302,8 @@ def make_mixing(cfg: MixConfig, real: SegDataset, synthetic: list[SyntheticSet],
     if cfg.strategy == "concat":
         return ConcatMixing(sizes, seed)
     if cfg.strategy == "ratio":
-        return RatioMixing(sizes, cfg.synthetic_fraction, cfg.epoch_length, seed)
-    for s in synthetic:
-        if not s.has_manifest:
-            raise DatasetFormatError(f"{s.root / MANIFEST}: missing; merge mixing pairs images through it")
+        return RatioMixing(sizes, cfg.synthetic_fraction, seed)
+    _check_variant_sets(synthetic)
     index_of = {ref.id: i for i, ref in enumerate(real.refs)}
     variants: list[list[SampleKey]] = [[] for _ in real.refs]
     for source, s in enumerate(synthetic, start=1):
@@ -327,37 +359,38 @@ def random_merge(
     return logits, mask
 
 
-class MixedEpochDataset(Dataset):
-    """The examples of one epoch's plan, loaded and augmented.
+class PlanDataset(Dataset):
+    """The examples of one stretch of the example stream, loaded and augmented.
 
-    Augmentation is drawn once per example (seeded by ``(seed, epoch, position)``) and applied to
-    the image, the mask and, for paired plans, the partner image and mask, so a real image and its
+    Augmentation is drawn once per example (seeded by ``(seed, position)``) and applied to the
+    image, the mask and, for paired plans, the partner image and mask, so a real image and its
     synthetic variant see the same geometry.
 
     Args:
         sources: real training set first, then the synthetic sets (all without augmentation).
-        plan: this epoch's :data:`PlanItem` list.
+        plan: the :data:`PlanItem` list of positions ``start ..``.
+        start: stream position of ``plan[0]``.
         paired: whether to emit ``partner_image``/``partner_mask``/``has_partner``.
         augment: ``"none"``, ``"light"`` or ``"heavy"`` (see :func:`paired_augmentation`).
         patch_size: random square crop (padding smaller images) applied before augmentation.
-        seed, epoch: the augmentation draw.
+        seed: the augmentation draw.
     """
 
     def __init__(
         self,
         sources: list[SegDataset],
         plan: list[PlanItem],
+        start: int,
         paired: bool,
         augment: str,
         patch_size: int | None,
         seed: int,
-        epoch: int,
     ) -> None:
         self.sources = sources
         self.plan = plan
+        self.start = start
         self.paired = paired
         self.seed = seed
-        self.epoch = epoch
         image_keys = ["image", "partner_image"] if paired else ["image"]
         label_keys = ["mask", "partner_mask"] if paired else ["mask"]
         steps: list = []
@@ -386,13 +419,18 @@ class MixedEpochDataset(Dataset):
                 sample["partner_image"], sample["partner_mask"] = sample["image"].clone(), sample["mask"].clone()
             else:
                 sample["partner_image"], sample["partner_mask"] = self._arrays(partner)
+                ref = self.sources[partner[0]].refs[partner[1]]
                 if sample["partner_image"].shape != sample["image"].shape:
-                    ref = self.sources[partner[0]].refs[partner[1]]
                     raise ValueError(
                         f"{ref.image_path}: shape {tuple(sample['partner_image'].shape)} differs from its real "
                         f"layout image {tuple(sample['image'].shape)}; merge needs equal sizes"
                     )
-        self.transform.set_random_state(seed=sample_seed(self.seed, self.epoch, position))
+                if not torch.equal(sample["partner_mask"], sample["mask"]):
+                    raise ValueError(
+                        f"{ref.mask_path}: differs from the mask of its real image; merge pairs a real image only "
+                        f"with variants of its own unchanged mask (`{VARIANTS_HINT}`)"
+                    )
+        self.transform.set_random_state(seed=sample_seed(self.seed, 0, self.start + position))
         sample = self.transform(sample)
         out: dict[str, Any] = {"source": primary[0]}
         for key, value in sample.items():

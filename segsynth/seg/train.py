@@ -4,15 +4,19 @@ The run folder explains itself (nnU-Net manners)::
 
     RUN/config.yaml        resolved SegTrainConfig
     RUN/split.json         data root, train/val/test ids and cases, synthetic sets used
-    RUN/best/              model.json + model.safetensors of the best validation epoch
-    RUN/checkpoints/       resumable state (CheckpointManager: model, optimizer, scheduler, RNGs)
-    RUN/train_log.jsonl    one line per epoch: loss, val Dice, learning rate, sample counts
+    RUN/best/              model.json + model.safetensors of the best validation step
+    RUN/checkpoints/       resumable state (CheckpointManager: model, optimizer, scheduler, RNGs, curve)
+    RUN/train_log.jsonl    one line per validation: step, loss, raw and smoothed val Dice, lr, examples
+    RUN/training.json      the finished run: steps taken, best step, whether validation was still rising
 
+The budget is ``train.steps`` optimiser steps of ``train.batch_size`` examples, whatever the mixing
+strategy (see :mod:`segsynth.seg.mixing`), with validation every ``train.val_every`` steps, so runs
+with and without synthetic data differ in what the batches hold and in nothing else.
 Validation is drawn by case from the real training cases; it never holds a test case or a
 synthetic image, and synthetic samples whose layout came from a validation or test image are
 left out of training (see :func:`resolve_split` and :func:`check_no_leakage`). Every random draw
-(data order, augmentation, merge grids) is seeded by ``(seed, epoch, position)`` and the RNGs are
-checkpointed at epoch boundaries, so a resumed run on CPU equals an uninterrupted one.
+(data order, augmentation, merge grids) is seeded by ``(seed, stream position)`` and the RNGs are
+checkpointed at every validation, so a resumed run on CPU equals an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -21,7 +25,6 @@ import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
 from monai.losses import DiceCELoss
@@ -31,13 +34,16 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch.utils.data import DataLoader
 
-from segsynth.config import ConfigError, load_config, save_resolved_config
+from segsynth.config import load_config, save_resolved_config
+from segsynth.data.format import DatasetFormatError
 from segsynth.data.loader import SampleRef, SegDataset, index_dataset, sample_seed
-from segsynth.io.atomic import atomic_write_json, atomic_write_text, remove_stale_temporaries
+from segsynth.io.atomic import atomic_write_json, remove_stale_temporaries
 from segsynth.io.checkpoint import CheckpointManager, rng_state, set_rng_state
+from segsynth.io.run_log import append_log_line, check_resume, train_keys, truncate_log
 from segsynth.seg.config import SegTrainConfig
+from segsynth.seg.convergence import convergence, smoothed, validations_without_gain
 from segsynth.seg.mixing import (
-    MixedEpochDataset,
+    PlanDataset,
     SyntheticSet,
     load_synthetic_set,
     make_mixing,
@@ -51,6 +57,7 @@ from segsynth.seg.splits import Split, hold_out_cases, ids_of_cases, low_label_c
 CONFIG_YAML = "config.yaml"
 SPLIT_JSON = "split.json"
 TRAIN_LOG = "train_log.jsonl"
+TRAINING_JSON = "training.json"
 BEST_DIR = "best"
 
 
@@ -128,31 +135,31 @@ def check_no_leakage(split: Split, refs: Sequence[SampleRef], synthetic: Sequenc
             raise ValueError(f"{s.root}: samples {leaked[:5]} use validation/test layouts")
 
 
-def _load_or_check_config(run: Path, config: SegTrainConfig | str | Path | None, resume: bool) -> SegTrainConfig:
+#: Settings a resumed run may change: how long it goes, not what a step computes.
+RESUMABLE_CHANGES = {"steps", "patience", "num_workers"}
+
+
+def _resolve_config(run: Path, config: SegTrainConfig | str | Path | None, resume: bool) -> SegTrainConfig:
     saved = run / CONFIG_YAML
     if isinstance(config, SegTrainConfig):
         cfg = config
     elif config is not None:
         cfg = load_config(SegTrainConfig, config)
     elif resume and saved.is_file():
-        return load_config(SegTrainConfig, saved)
+        cfg = load_config(SegTrainConfig, saved)
     else:
         cfg = SegTrainConfig()
-    if resume and saved.is_file():
-        before = load_config(SegTrainConfig, saved).model_dump(mode="json")
-        now = cfg.model_dump(mode="json")
-        before["train"].pop("epochs")
-        now["train"].pop("epochs")
-        if before != now:
-            raise ConfigError(f"{saved}: the config differs from the run being resumed (only train.epochs may change)")
+    check_resume(saved, cfg, resume, train_keys(RESUMABLE_CHANGES))
     return cfg
 
 
-def _lr_factor(cfg: SegTrainConfig, total_steps: int):
+def _lr_factor(cfg: SegTrainConfig):
+    total = cfg.train.steps
+
     def factor(step: int) -> float:
         if cfg.optim.schedule == "constant":
             return 1.0
-        return 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / max(1, total_steps)))
+        return 0.5 * (1.0 + math.cos(math.pi * min(step, total) / max(1, total)))
 
     return factor
 
@@ -175,46 +182,37 @@ def validation_dice(
     return float(metric.aggregate().item())
 
 
-def _append_log(path: Path, record: dict[str, Any]) -> None:
-    old = path.read_text(encoding="utf-8") if path.is_file() else ""
-    atomic_write_text(path, old + json.dumps(record, sort_keys=True) + "\n")
-
-
-def _truncate_log(path: Path, epochs_done: int) -> None:
-    """Drop log lines of epochs that a resumed run will repeat."""
-    if not path.is_file():
-        return
-    lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
-    kept = [ln for ln in lines if json.loads(ln)["epoch"] < epochs_done]
-    atomic_write_text(path, "".join(ln + "\n" for ln in kept))
-
-
-def _train_epoch(
+def _train_steps(
     model: torch.nn.Module,
     loader: DataLoader,
     loss_fn: DiceCELoss,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     cfg: SegTrainConfig,
-    epoch: int,
+    first_step: int,
     paired: bool,
 ) -> tuple[float, int]:
-    """One pass over an epoch's plan; returns ``(mean loss, optimisation steps)``."""
+    """One optimiser step per batch of ``loader``; returns ``(mean loss, steps taken)``."""
     model.train()
     total, steps = 0.0, 0
-    for batch_index, batch in enumerate(loader):
+    for batch in loader:
         image, mask = batch["image"], batch["mask"]
         if paired:
             logits = model(torch.cat([image, batch["partner_image"]]))
             real_logits, syn_logits = logits.split(image.shape[0])
             side = image.shape[-2]
             cell = merge_cell_size(side, cfg.mix.cell, cfg.mix.cell_reference_size)
-            generator = torch.Generator().manual_seed(sample_seed(cfg.train.seed + 1, epoch, batch_index))
+            generator = torch.Generator().manual_seed(sample_seed(cfg.train.seed + 1, 0, first_step + steps))
             grid = merge_grid(image.shape[0], *image.shape[-2:], cfg.mix.alpha, cell, generator)
             logits, mask = random_merge(real_logits, syn_logits, mask, batch["partner_mask"], grid, batch["has_partner"])
         else:
             logits = model(image)
         loss = loss_fn(logits, mask[:, None])
+        if not torch.isfinite(loss):
+            raise ValueError(
+                f"step {first_step + steps + 1}: the segmentation loss is {float(loss)}; lower optim.lr "
+                "(nothing of this step was saved)"
+            )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -222,6 +220,21 @@ def _train_epoch(
         total += float(loss.detach())
         steps += 1
     return total / max(1, steps), steps
+
+
+def _check_sizes(real: SegDataset, synthetic: Sequence[SyntheticSet], patch_size: int | None) -> None:
+    """Without ``patch_size`` a batch stacks whole images: refuse a synthetic set of another size
+    up front instead of failing at the first mixed batch."""
+    if patch_size is not None or not synthetic or not len(real):
+        return
+    shape = real.load_arrays(0)[0].shape
+    for s in synthetic:
+        other = s.dataset.load_arrays(0)[0].shape
+        if other != shape:
+            raise DatasetFormatError(
+                f"{s.dataset.refs[0].image_path}: shape {other} differs from the real training images {shape}; "
+                "generate the set at the real image size or set train.patch_size"
+            )
 
 
 def train_seg(
@@ -255,9 +268,7 @@ def train_seg(
     """
     console = console or Console(stderr=True)
     run = Path(out)
-    if not resume and (run / CONFIG_YAML).exists():
-        raise FileExistsError(f"{run}: already holds a segmentation run; use --resume or another --out")
-    cfg = _load_or_check_config(run, config, resume)
+    cfg = _resolve_config(run, config, resume)
     data = Path(data)
     refs = index_dataset(data)
     if not refs:
@@ -276,6 +287,9 @@ def train_seg(
         s.dataset.verify()
     synthetic_sets = [s.without_layouts(held) for s in loaded]
     check_no_leakage(split, refs, synthetic_sets)
+    _check_sizes(real, synthetic_sets, cfg.train.patch_size)
+    seed = cfg.train.seed
+    mixing = make_mixing(cfg.mix, real, synthetic_sets, seed)
     split_record = {
         "data_root": str(data.resolve()),
         **split.model_dump(mode="json"),
@@ -292,20 +306,17 @@ def train_seg(
     save_resolved_config(cfg, run / CONFIG_YAML)
     atomic_write_json(split_path, split_record)
 
-    seed = cfg.train.seed
     torch.manual_seed(seed)
     num_classes, channels = real.spec.num_classes, real.spec.channels
     model = build_network(cfg.network, channels, num_classes)
     divisor = size_divisor(cfg.network)
-    mixing = make_mixing(cfg.mix, real, synthetic_sets, seed)
-    steps_per_epoch = math.ceil(len(mixing.plan(0)) / cfg.train.batch_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(cfg, steps_per_epoch * cfg.train.epochs))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(cfg))
     loss_fn = DiceCELoss(
         to_onehot_y=True, softmax=True, lambda_dice=cfg.loss.lambda_dice, lambda_ce=cfg.loss.lambda_ce
     )
     checkpoints = CheckpointManager(run, keep=1)
-    start_epoch, step, best_dice, best_epoch = 0, 0, -1.0, -1
+    step, val_steps, curve, stopped_early = 0, [], [], False
     latest = checkpoints.latest() if resume else None
     if latest is not None:
         _, state = latest
@@ -313,42 +324,51 @@ def train_seg(
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
-        start_epoch, step = state["epoch"], state["step"]
-        best_dice, best_epoch = state["best_dice"], state["best_epoch"]
-    _truncate_log(run / TRAIN_LOG, start_epoch)
+        step, val_steps, curve = state["step"], list(state["val_steps"]), list(state["val_curve"])
+    truncate_log(run / TRAIN_LOG, step)
     if resume:
         remove_stale_temporaries(run, run / "checkpoints")
     sources = [real, *(s.dataset for s in synthetic_sets)]
     class_names = real.spec.class_names
+    batch, t = cfg.train.batch_size, cfg.train
 
     columns = (TextColumn("[bold]train-seg"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.description}"))
     with Progress(*columns, console=console, transient=False) as progress:
-        task = progress.add_task("", total=cfg.train.epochs, completed=start_epoch)
-        for epoch in range(start_epoch, cfg.train.epochs):
-            plan = mixing.plan(epoch)
-            epoch_data = MixedEpochDataset(
-                sources, plan, mixing.paired, cfg.train.augment, cfg.train.patch_size, seed, epoch
-            )
-            loader = DataLoader(epoch_data, batch_size=cfg.train.batch_size, shuffle=False, num_workers=cfg.train.num_workers)
-            loss, n_steps = _train_epoch(model, loader, loss_fn, optimizer, scheduler, cfg, epoch, mixing.paired)
-            step += n_steps
-            dice = validation_dice(model, val, num_classes, divisor, cfg.train.patch_size)
-            if dice > best_dice:
-                best_dice, best_epoch = dice, epoch
+        task = progress.add_task("steps", total=t.steps, completed=step)
+        while step < t.steps:
+            if t.patience is not None and validations_without_gain(curve, t.smoothing, t.min_delta) >= t.patience:
+                stopped_early = True
+                break
+            n_steps = min(t.val_every, t.steps - step)
+            start = step * batch
+            plan = mixing.plan(start, n_steps * batch)
+            chunk = PlanDataset(sources, plan, start, mixing.paired, t.augment, t.patch_size, seed)
+            loader = DataLoader(chunk, batch_size=batch, shuffle=False, num_workers=t.num_workers)
+            loss, taken = _train_steps(model, loader, loss_fn, optimizer, scheduler, cfg, step, mixing.paired)
+            step += taken
+            dice = validation_dice(model, val, num_classes, divisor, t.patch_size)
+            if not curve or dice > max(curve):
                 save_network(
                     run / BEST_DIR, model, cfg.network, channels, class_names,
-                    extra={"epoch": epoch, "val_dice": dice, "divisor": divisor, "patch_size": cfg.train.patch_size},
+                    extra={"step": step, "val_dice": dice, "divisor": divisor, "patch_size": t.patch_size},
                 )
+            val_steps.append(step)
+            curve.append(dice)
             n_syn = sum(1 for item, _ in plan if item[0] != 0)
-            _append_log(run / TRAIN_LOG, {
-                "epoch": epoch, "step": step, "loss": loss, "val_dice": dice, "best_val_dice": best_dice,
-                "lr": scheduler.get_last_lr()[0], "real_samples": len(plan) - n_syn, "synthetic_samples": n_syn,
-                "paired_with_variant": sum(1 for _, partner in plan if partner is not None),
+            append_log_line(run / TRAIN_LOG, {
+                "step": step, "loss": loss, "val_dice": dice, "val_dice_smoothed": smoothed(curve, t.smoothing)[-1],
+                "best_val_dice": max(curve), "lr": scheduler.get_last_lr()[0], "real_examples": len(plan) - n_syn,
+                "synthetic_examples": n_syn, "paired_with_variant": sum(1 for _, partner in plan if partner is not None),
             })
-            if (epoch + 1) % cfg.train.checkpoint_every == 0 or epoch + 1 == cfg.train.epochs:
-                checkpoints.save(step, {
-                    "epoch": epoch + 1, "step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "rng": rng_state(), "best_dice": best_dice, "best_epoch": best_epoch,
-                })
-            progress.update(task, advance=1, description=f"loss {loss:.4f}  val Dice {dice:.3f}  best {best_dice:.3f} (epoch {best_epoch})")
+            checkpoints.save(step, {
+                "step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "rng": rng_state(), "val_steps": val_steps, "val_curve": curve,
+            })
+            progress.update(task, completed=step, description=f"loss {loss:.4f}  val Dice {dice:.3f}  best {max(curve):.3f}")
+    summary = {
+        "steps": step, "planned_steps": t.steps, "batch_size": batch, "val_every": t.val_every,
+        "examples_seen": step * batch, "stopped_early": stopped_early,
+        **convergence(val_steps, curve, t.smoothing, t.min_delta),
+    }
+    atomic_write_json(run / TRAINING_JSON, summary)
     return run
