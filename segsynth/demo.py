@@ -41,9 +41,27 @@ DEMO_DATASET = "nuclei-fluo"
 DEMO_DIFFUSION_STEPS = 400
 
 
-def demo_benchmark_config() -> BenchmarkConfig:
+#: ``--smoke``: every stage at toy sizes (a denoiser of two 8/16-channel levels trained 2 steps,
+#: 4-step segmentation runs, one seed), to check the whole loop in a few minutes; its numbers mean nothing.
+SMOKE_PROFILE: dict[str, Any] = {
+    "seeds": [0],
+    "diffusion_overrides": {
+        "model.block_out_channels": [8, 16], "model.attention_levels": [False, True], "model.layers_per_block": 1,
+        "model.style.encoder_channels": [8, 16], "model.style.dim": 16, "train.steps": 2, "train.warmup": 1,
+        "train.sample_every": 0,
+    },
+    "segmentation_overrides": {"train.steps": 4, "train.val_every": 2, "network.channels": [8, 16], "network.strides": [2]},
+    "generation": {"n": 4, "steps": 2, "per_mask": 1, "batch_size": 4},
+}
+
+
+def demo_benchmark_config(smoke: bool = False) -> BenchmarkConfig:
     """Quick profile on fold 0 only, 2 labelled cases (1 for training, 1 for validation), with the
-    tiny diffusion recipe; the segmentation budget is the benchmark's planned one."""
+    tiny diffusion recipe; the segmentation budget is the benchmark's planned one.
+
+    Args:
+        smoke: use :data:`SMOKE_PROFILE` on top (the test of the demo itself).
+    """
     if not TINY_CONFIG.is_file():
         raise FileNotFoundError(f"{TINY_CONFIG}: the demo runs from a source checkout (pip install -e .)")
     profile: dict[str, Any] = quick_profile()
@@ -53,7 +71,9 @@ def demo_benchmark_config() -> BenchmarkConfig:
         diffusion_config=str(TINY_CONFIG),
         diffusion_overrides={"train.steps": DEMO_DIFFUSION_STEPS, "train.sample_every": 0},
     )
-    return parse_config(BenchmarkConfig, profile, "demo profile")
+    if smoke:
+        profile.update(SMOKE_PROFILE)
+    return parse_config(BenchmarkConfig, profile, "demo smoke profile" if smoke else "demo profile")
 
 
 def _dataset_table(rows: list[dict[str, Any]]) -> Table:
@@ -95,8 +115,10 @@ def build_data(out: Path, console: Console) -> dict[str, Path]:
     return roots
 
 
-def run_demo(out: str | Path, console: Console | None = None) -> dict[str, Any]:
-    """Run every stage into ``out`` (see module docstring); return the benchmark results."""
+def run_demo(out: str | Path, console: Console | None = None, smoke: bool = False) -> dict[str, Any]:
+    """Run every stage into ``out`` (see module docstring); return the benchmark results.
+
+    ``smoke`` runs the same stages at toy sizes (:data:`SMOKE_PROFILE`)."""
     console = console or Console()
     out = Path(out)
     start = time.perf_counter()
@@ -106,7 +128,7 @@ def run_demo(out: str | Path, console: Console | None = None) -> dict[str, Any]:
 
     stage("1/4 built-in real datasets")
     data = build_data(out, console)[DEMO_DATASET]
-    bench, cfg = out / "benchmark", demo_benchmark_config()
+    bench, cfg = out / "benchmark", demo_benchmark_config(smoke)
 
     stage(f"2/4 generator for {DEMO_DATASET}, fold 0: layout + style diffusion, synthetic set in unseen styles")
     run, synth, _ = fold_generator(data, bench, cfg, fold=0, console=console)
@@ -118,7 +140,8 @@ def run_demo(out: str | Path, console: Console | None = None) -> dict[str, Any]:
         export_nnunet(synth, nnunet, merge_real=data)
     console.print(f"synthetic set: {synth}  ·  nnU-Net export (real + syn_ cases): {nnunet}")
 
-    stage("3/4 benchmark at equal step budgets: real only, controls and + synthetic, fold 0 test cases, 3 seeds")
+    stage(f"3/4 benchmark at equal step budgets: real only, controls and + synthetic, fold 0 test cases, "
+          f"{len(cfg.seeds)} seed(s)")
     results = run_benchmark(data, bench, cfg, console=console)
     console.print(rich_table(results))
     console.print(f"[bold]{headline(results)}[/]; baseline runs still rising at the end: "

@@ -77,7 +77,7 @@ def test_summary_takes_the_test_case_as_the_unit() -> None:
     assert paired["gap_closed"] == pytest.approx(0.25)  # 0.05 of the 0.2 to all labelled cases
     assert paired["case_std_change"] == pytest.approx(0.0)
     table = markdown_table(results)
-    assert table.startswith("6 real test cases from 2 fold(s), 3 seed(s) per setting")
+    assert table.startswith("6 real test cases from 2 folds, 3 seeds per setting")
     assert "| ratio:0.8 | 6 | 6 | 0.650 ± 0.009 |" in table and "| +0.050 | [+0.050, +0.050] | 0.031 |" in table
     assert "| +8.3% | +0.000 | 25% | 2/6 |" in table and "Wilcoxon" in table
 

@@ -274,7 +274,7 @@ def run_benchmark(data: str | Path, out: str | Path, config: BenchmarkConfig, co
                 synthetic = None if strategy == "none" else variants if strategy == "merge" else synth
                 run = fold_dir / "seg" / _setting_dir(setting) / f"seed_{seed}"
                 result = _segmentation(data, run, train_ids, split, seg_cfg, synthetic, console)
-                runs.append({"fold": fold, "seed": seed, "setting": setting, "run": str(run), "metrics": result})
+                runs.append({"fold": fold, "seed": seed, "setting": setting, "run": str(run.resolve()), "metrics": result})
     results = summarise(
         runs, names, baseline=BASELINE,
         reference=CONTROL_NAMES["all_labelled"] if "all_labelled" in config.controls else None,

@@ -84,7 +84,8 @@ def summarise(
     Returns:
         ``{"unit", "baseline", "reference", "settings": {name: row}, "paired": {name: {...}},
         "runs": [...]}``; a row holds ``runs``, ``cases``, ``folds``, ``seeds``, ``still_rising``,
-        ``steps`` and per metric ``mean`` (over cases), ``case_std`` and ``run_std``; a paired entry
+        ``steps`` and per metric ``mean`` (over cases), ``case_std`` and ``run_std``; ``order`` is the
+        row order; a paired entry
         holds per metric a :func:`paired_difference` plus ``relative_gain``, ``case_std_change``
         and ``gap_closed`` for Dice.
     """
@@ -115,7 +116,12 @@ def summarise(
         for r in runs
     ]
     return {"unit": "real test case (seeds averaged within a case); foreground-mean metric", "baseline": baseline,
-            "reference": reference, "settings": rows, "paired": paired, "runs": compact_runs}
+            "reference": reference, "order": list(settings), "settings": rows, "paired": paired, "runs": compact_runs}
+
+
+def setting_order(results: dict[str, Any]) -> list[str]:
+    """Row order of a results dict (JSON files sort their keys, so the order is stored apart)."""
+    return list(results.get("order") or results["settings"])
 
 
 def _fmt(value: float | None, digits: int = 3, signed: bool = False) -> str:
@@ -162,8 +168,12 @@ def headline(results: dict[str, Any]) -> str:
     base = results["settings"][results["baseline"]]
     budget = results.get("budget", {})
     steps = f"{budget['steps']} optimiser steps of batch {budget['batch_size']} per run" if budget else ""
-    return (f"{base['cases']} real test cases from {base['folds']} fold(s), {base['seeds']} seed(s) per setting"
-            + (f"; {steps}, every setting" if steps else ""))
+    return (f"{_count(base['cases'], 'real test case')} from {_count(base['folds'], 'fold')}, "
+            f"{_count(base['seeds'], 'seed')} per setting" + (f"; {steps}, every setting" if steps else ""))
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 LEGEND = (
@@ -181,7 +191,7 @@ def rich_table(results: dict[str, Any]) -> Table:
     table = Table(title=f"segsynth benchmark: {headline(results)}", caption=LEGEND)
     for header in HEADERS:
         table.add_column(header, justify="left" if header == "setting" else "right", no_wrap=header != "95% CI")
-    for name in results["settings"]:
+    for name in setting_order(results):
         table.add_row(*_row_cells(results, name))
     return table
 
@@ -189,7 +199,7 @@ def rich_table(results: dict[str, Any]) -> Table:
 def markdown_table(results: dict[str, Any]) -> str:
     """The same table as GitHub Markdown (written to ``results.md``), under its headline."""
     lines = [headline(results) + ".", "", "| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
-    for name in results["settings"]:
+    for name in setting_order(results):
         lines.append("| " + " | ".join(_row_cells(results, name)) + " |")
     lines.append("")
     lines.append(LEGEND)

@@ -11,9 +11,12 @@ from segsynth.cli.errors import console, user_errors
 
 
 @app.command()
-def demo(out: Path = typer.Option(Path("demo-out"), help="Folder for every artifact of the demo.")) -> None:
+def demo(
+    out: Path = typer.Option(Path("demo-out"), help="Folder for every artifact of the demo."),
+    smoke: bool = typer.Option(False, "--smoke/--no-smoke", help="Every stage at toy sizes, in minutes; the numbers mean nothing."),
+) -> None:
     """Build the built-in datasets and run the whole loop on CPU."""
     with user_errors():
         from segsynth.demo import run_demo
 
-        run_demo(out, console=console)
+        run_demo(out, console=console, smoke=smoke)

@@ -5,15 +5,20 @@ synthetic set, an ``evaluate-synth`` output, a dataset); what each is is recogni
 (:mod:`segsynth.report.detect`) and the page gets, always in this order and each present even when
 empty:
 
-1. overview: what was found where;
+1. the answer: per benchmark and setting, ΔDice vs the baseline with its case-level interval,
+   relative gain, change in across-case spread and gap closed, and how many real test cases,
+   folds and seeds it rests on;
 2. sample grids: the diffusion runs' preview grids and, per synthetic set, ``layout | style refs |
    sample`` grids per class and per style source;
 3. training curves: diffusion loss terms and learning rate; segmentation loss and validation Dice;
-4. benchmark: the results table and per-case Dice as box + strip plots per setting;
+4. benchmark: the full results table and per-case Dice as box + strip plots per setting;
 5. generator fidelity: the ``evaluate-synth`` metrics (layout Dice/IoU vs the real ceiling, style
    retrieval vs chance, FID/KID vs the real-vs-real baseline, diversity);
 6. resolved configs;
-7. data provenance: every dataset involved, with human vs derived labels and the recipe.
+7. data provenance: every dataset involved, with human vs derived labels and the recipe;
+8. inventory: what was found where.
+
+A benchmark setting has one name (the table's) and one colour in every plot.
 
 Images are embedded (base64 PNG), text is escaped, and the file is written atomically.
 """
@@ -28,7 +33,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from segsynth.benchmark.summary import markdown_table
+from segsynth.benchmark.summary import LEGEND, headline, markdown_table
 from segsynth.data.format import load_spec
 from segsynth.evaluation.evaluate_synth import METRICS_JSON, read_metrics
 from segsynth.evaluation.sets import load_synthetic
@@ -67,6 +72,18 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+#: Columns of the benchmark table shown on the report's first screen.
+ANSWER_COLUMNS = ("setting", "cases", "runs", "Dice", "ΔDice", "95% CI", "p", "rel. gain", "Δ case std", "gap closed",
+                  "still rising")
+
+
+def _markdown_rows(markdown: str) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the first GitHub table in ``markdown``."""
+    lines = [ln for ln in markdown.splitlines() if ln.startswith("|")]
+    cells = [[c.strip() for c in ln.strip("|").split("|")] for ln in lines]
+    return cells[0], cells[2:]
+
+
 def _fmt(value: Any, digits: int = 3) -> str:
     if value is None:
         return "n/a"
@@ -97,15 +114,18 @@ class _Report:
         self.rows_per_grid = rows_per_grid
         self.max_synthetic = max_synthetic
         self.sections = {
-            "overview": Section("overview", "Overview"),
+            "answer": Section("answer", "Does synthetic data help?"),
             "samples": Section("samples", "Sample grids"),
             "curves": Section("curves", "Training curves"),
             "benchmark": Section("benchmark", "Benchmark"),
             "fidelity": Section("fidelity", "Generator fidelity"),
             "configs": Section("configs", "Resolved configs"),
             "provenance": Section("provenance", "Data provenance"),
+            "overview": Section("overview", "Inventory"),
         }
         self.datasets: dict[Path, set[str]] = {}
+        #: run folder -> benchmark setting name, so curves and tables name a setting alike
+        self.setting_of: dict[Path, str] = {}
 
     def of(self, kind: str) -> list[Path]:
         return [f.path for f in self.found if f.kind == kind]
@@ -185,7 +205,7 @@ class _Report:
         configs: dict[str, list[str]] = {}
         for run in runs:
             log = _read_jsonl(run / "train_log.jsonl")
-            group = run.parent.name if run.name.startswith("seed_") else run.name
+            group = self.setting_of.get(run.resolve(), run.parent.name if run.name.startswith("seed_") else run.name)
             if log:
                 groups.setdefault(group, []).append(log)
             if (run / "config.yaml").is_file():
@@ -214,10 +234,8 @@ class _Report:
         if results_path.is_file():
             results = _read_json(results_path)
             self.dataset(results.get("data"), "benchmark data (real)")
-            lines = [ln for ln in markdown_table(results).splitlines() if ln.strip()]
-            header = [c.strip() for c in lines[0].strip("|").split("|")]
-            rows = [[c.strip() for c in ln.strip("|").split("|")] for ln in lines[2:] if ln.startswith("|")]
-            section.add(table(header, rows), paragraph(lines[-1]), paragraph(str(results.get("unit", ""))))
+            header, rows = _markdown_rows(markdown_table(results))
+            section.add(paragraph(headline(results)), table(header, rows), paragraph(LEGEND))
             for run in results.get("runs", []):
                 per_setting.setdefault(run["setting"], []).extend(run.get("case_dice", {}).values())
         else:
@@ -238,6 +256,23 @@ class _Report:
             self.sections["configs"].add(
                 preformatted((bench / "benchmark.yaml").read_text(encoding="utf-8"), f"benchmark {self.rel(bench)}: benchmark.yaml")
             )
+
+    def answer(self, bench: Path) -> None:
+        """The first screen: what each setting did to Dice, and what that rests on."""
+        results_path = bench / "results.json"
+        if not results_path.is_file():
+            return
+        results = _read_json(results_path)
+        for run in results.get("runs", []):
+            self.setting_of[Path(run["run"]).resolve()] = run["setting"]
+        header, rows = _markdown_rows(markdown_table(results))
+        keep = [header.index(c) for c in ANSWER_COLUMNS]
+        data = Path(str(results.get("data", bench))).name
+        self.sections["answer"].add(
+            heading(f"{data} ({self.rel(bench)})"),
+            paragraph(headline(results) + "."),
+            table([header[i] for i in keep], [[row[i] for i in keep] for row in rows]),
+        )
 
     def evaluation(self, folder: Path) -> None:
         metrics = read_metrics(folder / METRICS_JSON)
@@ -375,6 +410,10 @@ class _Report:
 
     def build(self, title: str) -> str:
         self.overview()
+        for bench in self.of("benchmark"):
+            self.guarded("answer", bench, lambda bench=bench: self.answer(bench))
+        if self.sections["answer"].parts:
+            self.sections["answer"].add(paragraph(LEGEND))
         for run in self.of("diffusion_run"):
             self.guarded("samples", run, lambda run=run: self.diffusion_run(run))
         for root in self.of("synthetic_set"):
@@ -387,6 +426,7 @@ class _Report:
         self.provenance()
         s = self.sections
         empty = {
+            "answer": "No finished benchmark (results.json) found.",
             "overview": "Nothing recognised.",
             "samples": "No diffusion run with preview grids and no synthetic set found.",
             "curves": "No train_log.jsonl found.",

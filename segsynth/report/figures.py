@@ -11,7 +11,20 @@ from PIL import Image
 
 #: Colours of setting / run groups (colour-blind-safe order).
 COLOURS = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000")
+#: Benchmark rows keep one colour in every plot: the real-only rows first, then each strategy.
+SETTING_ORDER = ("baseline", "baseline+heavy-aug", "all-labelled", "ratio", "concat", "merge")
 DPI = 110
+
+
+def setting_colour(name: str) -> str:
+    """The colour of a benchmark setting (``ratio:0.5`` shares ``ratio``'s) or of any other group.
+
+    Unknown names get a colour from a hash of the name, so one name has one colour in every figure.
+    """
+    key = name.partition(":")[0]
+    if key in SETTING_ORDER:
+        return COLOURS[SETTING_ORDER.index(key)]
+    return COLOURS[sum(map(ord, name)) % len(COLOURS)]
 
 
 def to_png(fig: Figure) -> bytes:
@@ -32,9 +45,11 @@ def _numeric(rows: Sequence[Mapping[str, object]], key: str) -> list[float]:
 
 
 def diffusion_curves(rows: Sequence[Mapping[str, object]], title: str) -> bytes:
-    """Loss terms (log scale) and learning rate against the optimisation step."""
-    skip = {"step", "epoch", "lr", "it_per_s", "grad_norm"}
-    terms = sorted({k for r in rows for k, v in r.items() if k not in skip and isinstance(v, (int, float))})
+    """Loss terms (log scale) and learning rate against the optimisation step.
+
+    Only logged keys that are losses (``loss``, ``loss_*``) are drawn: weights, drop rates and
+    speeds share the log but not the loss axis."""
+    terms = sorted({k for r in rows for k, v in r.items() if k.startswith("loss") and isinstance(v, (int, float))})
     steps = _numeric(rows, "step")
     fig = Figure(figsize=(10, 3.2))
     loss_ax, lr_ax = fig.subplots(1, 2, gridspec_kw={"width_ratios": [2, 1]})
@@ -65,8 +80,8 @@ def segmentation_curves(runs: Mapping[str, Sequence[Sequence[Mapping[str, object
     """Training loss and validation Dice per optimiser step; one line per run, one colour per group."""
     fig = Figure(figsize=(10, 3.2))
     loss_ax, dice_ax = fig.subplots(1, 2)
-    for i, (group, logs) in enumerate(runs.items()):
-        colour = COLOURS[i % len(COLOURS)]
+    for group, logs in runs.items():
+        colour = setting_colour(group)
         for j, rows in enumerate(logs):
             steps = _numeric(rows, "step")
             style = {"color": colour, "alpha": 0.8, "linewidth": 1.1, "label": group if j == 0 else None,
@@ -95,7 +110,7 @@ def case_dice_plot(per_setting: Mapping[str, Sequence[float]], title: str) -> by
     rng = np.random.default_rng(0)
     for i, values in enumerate(data):
         jitter = rng.uniform(-0.15, 0.15, len(values))
-        ax.scatter(positions[i] + jitter, values, s=14, alpha=0.7, color=COLOURS[i % len(COLOURS)], zorder=3)
+        ax.scatter(positions[i] + jitter, values, s=14, alpha=0.7, color=setting_colour(names[i]), zorder=3)
         if len(values):
             ax.plot([positions[i] - 0.25, positions[i] + 0.25], [values.mean()] * 2, color="#C00000", linewidth=1.5)
     ax.set_xticks(positions, names)
