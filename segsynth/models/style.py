@@ -80,7 +80,12 @@ class StyleAggregator(ModelMixin, ConfigMixin):
             raise ValueError(f"dim and num_refs must be >= 1, got {dim}, {num_refs}")
         if mode == "attention" and dim % num_heads:
             raise ValueError(f"num_heads {num_heads} must divide dim {dim} for attention pooling")
-        if mode == "linear":
+        if mode in ("mean", "max"):
+            # diffusers derives a model's device, dtype, `.to()`, save and load from its tensors; with
+            # none, every one of them fails (StopIteration, no weights file to load). A pooling without
+            # weights therefore carries one empty buffer: it follows the model everywhere, holds nothing.
+            self.register_buffer("anchor", torch.empty(0))
+        elif mode == "linear":
             self.mlp = nn.Sequential(nn.Linear(num_refs * dim, dim), nn.SiLU(), nn.Linear(dim, dim))
         elif mode == "attention":
             self.query = nn.Parameter(torch.randn(1, 1, dim) * dim**-0.5)
