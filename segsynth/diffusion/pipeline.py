@@ -36,8 +36,8 @@ import numpy as np
 import PIL.Image
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, DiffusionPipeline
-from diffusers.image_processor import VaeImageProcessor
 from diffusers.guiders.guider_utils import rescale_noise_cfg
+from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils import BaseOutput
 from diffusers.utils import logging as diffusers_logging
 from diffusers.utils.torch_utils import randn_tensor

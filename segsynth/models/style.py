@@ -84,7 +84,7 @@ class StyleAggregator(ModelMixin, ConfigMixin):
             # diffusers derives a model's device, dtype, `.to()`, save and load from its tensors; with
             # none, every one of them fails (StopIteration, no weights file to load). A pooling without
             # weights therefore carries one empty buffer: it follows the model everywhere, holds nothing.
-            self.register_buffer("anchor", torch.empty(0))
+            self.register_buffer("placeholder", torch.empty(0))
         elif mode == "linear":
             self.mlp = nn.Sequential(nn.Linear(num_refs * dim, dim), nn.SiLU(), nn.Linear(dim, dim))
         elif mode == "attention":
