@@ -1,4 +1,4 @@
-"""Style samplers: N references from the right case, deterministic for a seed, any split."""
+"""Style samplers: N references from the right case, never the training target, deterministic for a seed."""
 
 from __future__ import annotations
 
@@ -7,8 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from segsynth.config import ConfigError, load_config
 from segsynth.data import DatasetSpec, SegDataset, save_spec, write_image
 from segsynth.data.style_sampling import STYLE_SAMPLERS, make_style_sampler
+from segsynth.diffusion.config import DiffusionTrainConfig
+from segsynth.diffusion.train import TrainingSamples
+
+#: The samplers whose references come from the target's case-mates (not copies of the target).
+CASE_SAMPLERS = ("nearby", "multi_patch")
 
 
 def write_blob_dataset(
@@ -70,7 +76,7 @@ def blobs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.parametrize("n", [1, 5])
 def test_n_references_from_the_anchor_case(blobs: Path, name: str, n: int) -> None:
     dataset = SegDataset(blobs)
-    sampler = make_style_sampler(name, patch_size=16)
+    sampler = make_style_sampler(name, patch_size=16, anchor_is_target=False)
     for anchor in range(len(dataset)):
         images, ids = sampler(dataset, anchor, n, np.random.default_rng(0))
         assert images.shape == (n, 1, 16, 16) and images.dtype == np.float32
@@ -97,13 +103,54 @@ def test_what_each_sampler_picks(blobs: Path) -> None:
     rng = np.random.default_rng(0)
     anchor = [ref.id for ref in dataset.refs].index("a_001")
     assert make_style_sampler("augmented")(dataset, anchor, 3, rng)[1] == ["a_001"] * 3
-    assert make_style_sampler("nearby")(dataset, anchor, 3, rng)[1] == ["a_001", "a_000", "a_002"]
-    # a case of four images cycles when more references are asked for than it holds
-    assert make_style_sampler("nearby")(dataset, anchor, 5, rng)[1] == ["a_001", "a_000", "a_002", "a_003", "a_001"]
+    # a training target is never its own neighbour; a case of four cycles through the other three
+    assert make_style_sampler("nearby")(dataset, anchor, 4, rng)[1] == ["a_000", "a_002", "a_003", "a_000"]
     picks = make_style_sampler("multi_patch")(dataset, anchor, 3, rng)[1]
     assert "a_001" not in picks and len(set(picks)) == 3  # without replacement while the case allows
+    # a pool anchor only picks the style, so it may be a reference itself
+    pool = {name: make_style_sampler(name, anchor_is_target=False) for name in CASE_SAMPLERS}
+    assert pool["nearby"](dataset, anchor, 5, rng)[1] == ["a_001", "a_000", "a_002", "a_003", "a_001"]
     single = [ref.id for ref in dataset.refs].index("c_000")
-    assert make_style_sampler("multi_patch")(dataset, single, 2, rng)[1] == ["c_000", "c_000"]
+    assert pool["multi_patch"](dataset, single, 2, rng)[1] == ["c_000", "c_000"]
+
+
+@pytest.mark.parametrize("name", CASE_SAMPLERS)
+def test_a_training_target_is_never_its_own_reference(tmp_path: Path, name: str) -> None:
+    cases = write_blob_dataset(tmp_path / "pairs", {"a": 2, "b": 3, "c": 4}, size=16)
+    cfg = load_config(DiffusionTrainConfig, None, {
+        "model.image_size": 16, "model.style.num_refs": 3, "data.style_sampler": name})
+    samples = TrainingSamples(cases, SegDataset(cases).refs, cfg)
+    draws = []
+    real_sampler = samples.sampler
+
+    def spy(dataset: SegDataset, anchor: int, n: int, rng: np.random.Generator):
+        images, ids = real_sampler(dataset, anchor, n, rng)
+        draws.append((dataset.refs[anchor].id, ids))
+        return images, ids
+
+    samples.sampler = spy
+    for epoch in range(3):
+        for index in range(len(samples)):
+            assert samples[epoch, index]["style_images"].shape == (3, 1, 16, 16)
+    samples.preview_rows(4, seed=0)
+    assert len(draws) == 3 * len(samples) + 4
+    for target, ids in draws:
+        assert target not in ids and {i.split("_")[0] for i in ids} == {target.split("_")[0]}
+
+
+@pytest.mark.parametrize("name", CASE_SAMPLERS)
+def test_training_refuses_a_case_of_one_image_naming_it(blobs: Path, name: str) -> None:
+    dataset = SegDataset(blobs)  # case "c" holds one image
+    sampler = make_style_sampler(name)
+    with pytest.raises(ConfigError, match=r"case\(s\) 'c' hold a single image.*style_sampler: augmented"):
+        sampler.check_targets(dataset)
+    with pytest.raises(ConfigError, match="'c'"):
+        sampler(dataset, [ref.id for ref in dataset.refs].index("c_000"), 2, np.random.default_rng(0))
+    cfg = load_config(DiffusionTrainConfig, None, {"model.image_size": 16, "data.style_sampler": name})
+    with pytest.raises(ConfigError, match="'c'"):
+        TrainingSamples(blobs, dataset.refs, cfg)
+    make_style_sampler("augmented").check_targets(dataset)  # copies of the target: the stated choice
+    make_style_sampler(name, anchor_is_target=False).check_targets(dataset)  # a generation pool
 
 
 def test_augmented_copies_differ_but_keep_intensities(blobs: Path) -> None:

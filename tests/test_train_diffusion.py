@@ -102,7 +102,7 @@ def test_resume_after_a_kill_is_bit_for_bit(blobs: Path, tmp_path: Path, monkeyp
 
 def test_run_folder_contract(blobs: Path, tmp_path: Path) -> None:
     cfg = tiny_config(**{"train.steps": 4, "train.checkpoint_every": 2, "train.sample_every": 2})
-    ids = ["a_000", "a_002", "b_001", "c_000"]
+    ids = ["a_000", "a_002", "b_000", "b_001"]  # two images of each case kept: every target has a case-mate as reference
     run = train_diffusion(blobs, cfg, tmp_path / "run", train_ids=ids)
 
     saved = load_config(DiffusionTrainConfig, run / "config.yaml")

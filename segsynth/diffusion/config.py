@@ -82,7 +82,9 @@ class DataConfig(StrictModel):
     Attributes:
         augmentation: paired augmentation of image and layout (``segsynth.data.augment``).
         style_sampler: ``multi_patch`` (default: other images of the same case, STEDM's setting,
-            so the style encoder cannot copy the target's content), ``nearby`` or ``augmented``.
+            so the style encoder cannot copy the target's content), ``nearby`` (the target's
+            neighbours in its case) or ``augmented`` (copies of the target). The first two never
+            use the target itself and refuse a training set with a case of a single image.
         style_augment: random flips / rotations of every style reference (None: the sampler's
             default, on for ``augmented`` only).
         edge_image_prob: for edge models (``model.edge``), the fraction of training samples whose

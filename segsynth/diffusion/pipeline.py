@@ -18,15 +18,26 @@ conditional pass.
 Layouts larger than the training size are denoised in overlapping tiles
 (:mod:`segsynth.diffusion.tiling`); latent models (trained with ``--autoencoder``) carry their
 frozen ``AutoencoderKL`` as the ``vae`` component and decode the final latents with it.
+
+diffusers resolves the ``_class_name`` of a ``model_index.json`` inside its own namespace (or in
+a ``.py`` file shipped in the model folder and run with ``trust_remote_code``, which segsynth's
+folders never hold). Importing this module registers :class:`SegSynthPipeline` in that
+namespace, so with segsynth imported the plain ``DiffusionPipeline.from_pretrained(folder)``
+builds one; each component is found by the importable module its entry names.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
+import diffusers
+import numpy as np
+import PIL.Image
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, DiffusionPipeline
 from diffusers.guiders.guider_utils import rescale_noise_cfg
+from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils import BaseOutput
 from diffusers.utils import logging as diffusers_logging
 from diffusers.utils.torch_utils import randn_tensor
@@ -44,11 +55,15 @@ from segsynth.models.unet import LayoutStyleUNet
 GUIDANCE_ORDER = ("layout", "edge", "text", "style")
 
 
+OutputType = Literal["pt", "np", "pil"]
+
+
 @dataclass
 class SegSynthPipelineOutput(BaseOutput):
-    """``images``: ``(B, C, H, W)`` float in [0, 1]."""
+    """The generated images, in [0, 1], as the call's ``output_type`` asked: ``pt`` a ``(B, C, H, W)``
+    float tensor on the CPU, ``np`` a ``(B, H, W, C)`` float array, ``pil`` a list of B images."""
 
-    images: torch.Tensor
+    images: torch.Tensor | np.ndarray | list[PIL.Image.Image]
 
 
 class SegSynthPipeline(DiffusionPipeline):
@@ -85,6 +100,8 @@ class SegSynthPipeline(DiffusionPipeline):
         self.register_modules(
             unet=unet, style_encoder=style_encoder, style_aggregator=style_aggregator, scheduler=scheduler, vae=vae
         )
+        # [-1, 1] model space -> pt / np / pil, as every diffusers image pipeline does (never resizes)
+        self.image_processor = VaeImageProcessor(do_resize=False)
 
     @classmethod
     def from_model(cls, model: SegSynthModel, scheduler: DDPMScheduler, vae: AutoencoderKL | None = None) -> SegSynthPipeline:
@@ -117,9 +134,14 @@ class SegSynthPipeline(DiffusionPipeline):
         edge: torch.Tensor | None = None,
         text: torch.Tensor | None = None,
         extra_scales: tuple[float, float] = (1.0, 1.0),
+        output_type: str = "pt",
     ) -> None:
         """Reject malformed inputs before any compute, naming the argument."""
         cfg = self.unet.config
+        if output_type not in get_args(OutputType):
+            raise ValueError(f"output_type must be one of {get_args(OutputType)}, got {output_type!r}")
+        if output_type == "pil" and cfg.image_channels not in (1, 3, 4):
+            raise ValueError(f"output_type 'pil' needs 1, 3 or 4 channels, the model draws {cfg.image_channels}; use 'pt' or 'np'")
         b, h, w = layout.shape if layout.ndim == 3 else (0, 0, 0)
         if edge is not None:
             if not self.unet.uses_edge:
@@ -257,7 +279,9 @@ class SegSynthPipeline(DiffusionPipeline):
         text_guidance_scale: float = 1.0,
         tile_overlap: int | None = None,
         tiles_per_call: int = DEFAULT_TILES_PER_CALL,
-    ) -> SegSynthPipelineOutput:
+        output_type: OutputType = "pt",
+        return_dict: bool = True,
+    ) -> SegSynthPipelineOutput | tuple:
         """Draw one image per layout.
 
         Args:
@@ -280,9 +304,12 @@ class SegSynthPipeline(DiffusionPipeline):
             tile_overlap: image pixels shared by neighbouring tiles of a large layout (default a
                 quarter of the tile); unused when the layout fits the model.
             tiles_per_call: tiles denoised together in one UNet call (peak memory vs. speed).
+            output_type: ``pt`` (default: the layouts came as tensors, and datasets and metrics
+                take tensors), ``np`` or ``pil`` (1, 3 or 4 channels), as in diffusers.
+            return_dict: False returns the tuple ``(images,)``, as in diffusers.
 
         Returns:
-            :class:`SegSynthPipelineOutput` with ``images`` ``(B, C, H, W)`` in [0, 1] on the CPU.
+            :class:`SegSynthPipelineOutput` (see there for each ``output_type``), or ``(images,)``.
         """
         scales = (style_guidance_scale, layout_guidance_scale, guidance_rescale)
         if prompt is not None and prompt_embeds is not None:
@@ -291,7 +318,7 @@ class SegSynthPipeline(DiffusionPipeline):
             raise ValueError("a prompt was given but this model has no text condition")
         text = self.encode_prompt(prompt, layout.shape[0]) if prompt is not None else prompt_embeds
         self.check_inputs(layout, style_images, num_inference_steps, sampler, scales, generator,
-                          edge, text, (edge_guidance_scale, text_guidance_scale))
+                          edge, text, (edge_guidance_scale, text_guidance_scale), output_type)
         device, dtype = self.device, self.unet.dtype
         layout = layout.to(device=device, dtype=torch.long)
         style = self.encode_style(style_images)
@@ -317,9 +344,9 @@ class SegSynthPipeline(DiffusionPipeline):
             x = solver.step(tiled_prediction(predict, solver.scale_model_input(x, t), tile, overlap, multiple,
                                              tiles_per_call), t, x).prev_sample
 
-        images = (self.decode(x).float() / 2 + 0.5).clamp(0, 1).cpu()
+        images = self.image_processor.postprocess(self.decode(x).float().cpu(), output_type)
         self.maybe_free_model_hooks()
-        return SegSynthPipelineOutput(images=images)
+        return SegSynthPipelineOutput(images=images) if return_dict else (images,)
 
     def _tile_inputs(self, windows: list[Window], layout: torch.Tensor, style: torch.Tensor | None,
                      guide: dict) -> dict:
@@ -343,3 +370,6 @@ class SegSynthPipeline(DiffusionPipeline):
         if max(x.shape[-2:]) * self.unet.latent_factor > self.vae.config.sample_size:
             self.vae.enable_tiling()
         return decode_latents(self.vae, x)
+
+
+setattr(diffusers, SegSynthPipeline.__name__, SegSynthPipeline)  # see the module docstring

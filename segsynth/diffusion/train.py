@@ -218,6 +218,8 @@ class TrainingSamples(Dataset):
         self.dataset = self.datasets[0]
         self.offsets = np.cumsum([0] + [len(d) for d in self.datasets])
         self.sampler: StyleSampler = make_style_sampler(cfg.data.style_sampler, size, cfg.data.style_augment)
+        for dataset in self.datasets:  # a target is never its own reference: refuse now, not mid-run
+            self.sampler.check_targets(dataset)
         self.num_refs = cfg.model.style.num_refs
         self.image_size = size
         self.seed = cfg.train.seed

@@ -80,28 +80,37 @@ class StyleAggregator(ModelMixin, ConfigMixin):
             raise ValueError(f"dim and num_refs must be >= 1, got {dim}, {num_refs}")
         if mode == "attention" and dim % num_heads:
             raise ValueError(f"num_heads {num_heads} must divide dim {dim} for attention pooling")
-        if mode == "linear":
+        if mode in ("mean", "max"):
+            # diffusers derives a model's device, dtype, `.to()`, save and load from its tensors; with
+            # none, every one of them fails (StopIteration, no weights file to load). A pooling without
+            # weights therefore carries one empty buffer: it follows the model everywhere, holds nothing.
+            self.register_buffer("placeholder", torch.empty(0))
+        elif mode == "linear":
             self.mlp = nn.Sequential(nn.Linear(num_refs * dim, dim), nn.SiLU(), nn.Linear(dim, dim))
         elif mode == "attention":
             self.query = nn.Parameter(torch.randn(1, 1, dim) * dim**-0.5)
             self.attn = nn.MultiheadAttention(dim, num_heads, batch_first=True)
             self.mlp = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, dim))
 
+    def check_num_refs(self, n: int) -> None:
+        """Raise ``ValueError`` unless this aggregator pools ``n`` references (only ``linear`` fixes N)."""
+        if self.config.mode == "linear" and n != self.config.num_refs:
+            raise ValueError(
+                f"the linear aggregator was built for {self.config.num_refs} references, got {n}; "
+                "use the mean, max or attention aggregator for a variable number"
+            )
+
     def forward(self, vectors: torch.Tensor) -> torch.Tensor:
         """Pool ``vectors`` ``(B, N, dim)`` into ``(B, dim)``."""
         if vectors.ndim != 3 or vectors.shape[-1] != self.config.dim:
             raise ValueError(f"expected style vectors (B, N, {self.config.dim}), got {tuple(vectors.shape)}")
+        self.check_num_refs(vectors.shape[1])
         mode = self.config.mode
         if mode == "mean":
             return vectors.mean(1)
         if mode == "max":
             return vectors.amax(1)
         if mode == "linear":
-            if vectors.shape[1] != self.config.num_refs:
-                raise ValueError(
-                    f"the linear aggregator was built for {self.config.num_refs} references, got {vectors.shape[1]}; "
-                    "use the mean, max or attention aggregator for a variable number"
-                )
             return self.mlp(vectors.flatten(1))
         pooled, _ = self.attn(self.query.expand(vectors.shape[0], -1, -1), vectors, vectors, need_weights=False)
         pooled = pooled.squeeze(1)

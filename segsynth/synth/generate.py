@@ -420,6 +420,8 @@ def generate(
         },
         "generate",
     )
+    if config.styles is not None:  # before any output: a linear aggregator takes only its own N
+        pipeline.style_aggregator.check_num_refs(config.num_refs)
     dataset = _layout_dataset(layout_root, layout_data is None, training_data,
                               int(unet_cfg.num_classes), int(unet_cfg.image_channels))
     source_spec = dataset.spec

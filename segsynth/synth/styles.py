@@ -114,7 +114,7 @@ class StyleSource:
             raise ValueError(f"{pool.root}: empty style pool")
         self.pool = pool
         self.sampler_name = sampler
-        self.sampler = make_style_sampler(sampler, patch_size=size)
+        self.sampler = make_style_sampler(sampler, patch_size=size, anchor_is_target=False)
         self.num_refs = num_refs
         self.size = size
 
