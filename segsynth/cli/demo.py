@@ -11,7 +11,7 @@ from segsynth.cli.errors import console, user_errors
 
 
 @app.command()
-def demo(out: Path = typer.Option(Path("demo-out"), help="Folder for every artifact of the demo.")) -> None:
+def demo(out: Path = typer.Option(Path("demo-out"), "--out", "-o", help="Folder for every artifact of the demo.")) -> None:
     """Build the built-in datasets and run the whole loop on CPU."""
     with user_errors():
         from segsynth.demo import run_demo
