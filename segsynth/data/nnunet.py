@@ -24,7 +24,6 @@ from segsynth.data.io import NIFTI_EXTENSIONS, image_shape, is_nifti, read_image
 from segsynth.data.loader import index_dataset
 from segsynth.io.atomic import atomic_directory, atomic_write_bytes, atomic_write_json
 from segsynth.io.json_file import read_json_object
-from segsynth.synth.manifest import MANIFEST_JSONL, read_manifest
 
 NNUNET_JSON = "dataset.json"
 NNUNET_IMAGES = "imagesTr"
@@ -228,6 +227,10 @@ def layout_cases(synthetic: Path, real: Path, real_spec: DatasetSpec) -> dict[st
         ValueError: the set has no manifest, or a layout came from a sample ``real`` does not hold
             (the set was made from other data): either way no fold could be kept free of leakage.
     """
+    # Imported here: the segsynth.synth package loads the generator (diffusers), which import-nnunet
+    # and plain exports never need.
+    from segsynth.synth.manifest import MANIFEST_JSONL, read_manifest
+
     path = synthetic / MANIFEST_JSONL
     if not path.is_file():
         raise ValueError(
@@ -353,7 +356,7 @@ def export_nnunet(
                 case_of[ident] = f"{prefix}{unit.case_id}"
                 if prefix:
                     if unit.stem not in layout_case:
-                        raise ValueError(f"{unit.source}: no line in {src / MANIFEST_JSONL}, so its layout's case is unknown")
+                        raise ValueError(f"{unit.source}: no line in {src}/manifest.jsonl, so its layout's case is unknown")
                     synthetic[ident] = layout_case[unit.stem]
                 else:
                     real_cases[case_of[ident]].append(ident)
