@@ -76,8 +76,8 @@ def test_app_has_version_and_short_help() -> None:
 def test_named_options_are_overrides_and_set_has_the_last_word() -> None:
     from segsynth.seg.config import SegTrainConfig
 
-    cfg = command_config(SegTrainConfig, None, ["train.seed=7"], {"train.seed": 3, "train.epochs": None})
-    assert cfg.train.seed == 7 and cfg.train.epochs == SegTrainConfig().train.epochs
+    cfg = command_config(SegTrainConfig, None, ["train.seed=7"], {"train.seed": 3, "train.steps": None})
+    assert cfg.train.seed == 7 and cfg.train.steps == SegTrainConfig().train.steps
     assert command_config(SegTrainConfig, None, [], {"train.seed": 3}).train.seed == 3
     bad = CliRunner().invoke(app, ["train-seg", "data", "-o", "out", "--set", "train.seed"])
     assert bad.exit_code == 2 and "expected key=value" in bad.output
