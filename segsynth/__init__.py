@@ -14,85 +14,63 @@ The public API, stage by stage (each stage reads and writes plain folders):
 - segmentation: :class:`SegTrainConfig`, :func:`train_seg`, :func:`evaluate_seg`;
 - experiment: :class:`BenchmarkConfig`, :func:`run_benchmark`;
 - evaluation and reporting: :func:`evaluate_synth`, :func:`build_report`.
+
+Names are imported on first use (module ``__getattr__``), so ``import segsynth`` and the command
+line start without loading torch, diffusers or MONAI; ``from segsynth import X`` works as usual.
 """
 
-from segsynth.backbone import BackboneTrainConfig, train_controlnet
-from segsynth.benchmark import BenchmarkConfig, run_benchmark
-from segsynth.config import ConfigError, load_config
-from segsynth.data import (
-    DataReadError,
-    DatasetFormatError,
-    DatasetSpec,
-    SampleRef,
-    SegDataset,
-    index_dataset,
-    load_spec,
-    paired_augmentation,
-    read_image,
-    save_spec,
-    write_image,
-)
-from segsynth.data.builtin import BUILTIN_DATASETS, build_builtin
-from segsynth.data.check import CheckReport, check_dataset
-from segsynth.data.export import export_dataset
-from segsynth.data.info import dataset_info
-from segsynth.data.nnunet import export_nnunet, import_nnunet
-from segsynth.diffusion import ObjectiveConfig, SegSynthPipeline, diffusion_loss, make_train_scheduler
-from segsynth.diffusion.config import DiffusionTrainConfig
-from segsynth.diffusion.train import train_diffusion
-from segsynth.evaluation import evaluate_synth
-from segsynth.io import CheckpointManager
-from segsynth.latent import AutoencoderTrainConfig, train_autoencoder
-from segsynth.models import ModelConfig, SegSynthModel
-from segsynth.report import build_report
-from segsynth.seg import SegTrainConfig, evaluate_seg, train_seg
-from segsynth.synth import generate, merge_shards
+from __future__ import annotations
+
+from segsynth.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "AutoencoderTrainConfig",
-    "BUILTIN_DATASETS",
-    "BackboneTrainConfig",
-    "BenchmarkConfig",
-    "CheckReport",
-    "CheckpointManager",
-    "ConfigError",
-    "DataReadError",
-    "DatasetFormatError",
-    "DatasetSpec",
-    "DiffusionTrainConfig",
-    "ModelConfig",
-    "ObjectiveConfig",
-    "SampleRef",
-    "SegDataset",
-    "SegSynthModel",
-    "SegSynthPipeline",
-    "SegTrainConfig",
-    "__version__",
-    "build_builtin",
-    "build_report",
-    "check_dataset",
-    "dataset_info",
-    "diffusion_loss",
-    "evaluate_seg",
-    "evaluate_synth",
-    "export_dataset",
-    "export_nnunet",
-    "generate",
-    "import_nnunet",
-    "index_dataset",
-    "load_config",
-    "load_spec",
-    "make_train_scheduler",
-    "merge_shards",
-    "paired_augmentation",
-    "read_image",
-    "run_benchmark",
-    "save_spec",
-    "train_autoencoder",
-    "train_controlnet",
-    "train_diffusion",
-    "train_seg",
-    "write_image",
-]
+#: Public name -> the module that defines it.
+_EXPORTS = {
+    "AutoencoderTrainConfig": "segsynth.latent",
+    "BUILTIN_DATASETS": "segsynth.data.builtin",
+    "BackboneTrainConfig": "segsynth.backbone",
+    "BenchmarkConfig": "segsynth.benchmark",
+    "CheckReport": "segsynth.data.check",
+    "CheckpointManager": "segsynth.io",
+    "ConfigError": "segsynth.config",
+    "DataReadError": "segsynth.data",
+    "DatasetFormatError": "segsynth.data",
+    "DatasetSpec": "segsynth.data",
+    "DiffusionTrainConfig": "segsynth.diffusion.config",
+    "ModelConfig": "segsynth.models",
+    "ObjectiveConfig": "segsynth.diffusion",
+    "SampleRef": "segsynth.data",
+    "SegDataset": "segsynth.data",
+    "SegSynthModel": "segsynth.models",
+    "SegSynthPipeline": "segsynth.diffusion",
+    "SegTrainConfig": "segsynth.seg",
+    "build_builtin": "segsynth.data.builtin",
+    "build_report": "segsynth.report",
+    "check_dataset": "segsynth.data.check",
+    "dataset_info": "segsynth.data.info",
+    "diffusion_loss": "segsynth.diffusion",
+    "evaluate_seg": "segsynth.seg",
+    "evaluate_synth": "segsynth.evaluation",
+    "export_dataset": "segsynth.data.export",
+    "export_nnunet": "segsynth.data.nnunet",
+    "generate": "segsynth.synth",
+    "import_nnunet": "segsynth.data.nnunet",
+    "index_dataset": "segsynth.data",
+    "load_config": "segsynth.config",
+    "load_spec": "segsynth.data",
+    "make_train_scheduler": "segsynth.diffusion",
+    "merge_shards": "segsynth.synth",
+    "paired_augmentation": "segsynth.data",
+    "read_image": "segsynth.data",
+    "run_benchmark": "segsynth.benchmark",
+    "save_spec": "segsynth.data",
+    "train_autoencoder": "segsynth.latent",
+    "train_controlnet": "segsynth.backbone",
+    "train_diffusion": "segsynth.diffusion.train",
+    "train_seg": "segsynth.seg",
+    "write_image": "segsynth.data",
+}
+
+__all__ = sorted([*_EXPORTS, "__version__"])
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -106,3 +106,25 @@ def dataset_factory(tmp_path: Path) -> Callable[..., Path]:
         return write_tiny_dataset(tmp_path / name, **kwargs)
 
     return factory
+
+
+def write_tiny_manifest(root: str | Path, layout_ids: dict[str, str | None]) -> Path:
+    """Give the synthetic set at ``root`` the ``manifest.jsonl`` that ``segsynth generate`` writes:
+    one record per image stem in ``layout_ids``, whose layout came from real sample ``layout_ids[stem]``
+    (None: a composed layout).
+
+    Returns:
+        The manifest's path.
+    """
+    from segsynth.synth.manifest import Guidance, ManifestRecord, write_manifest
+
+    records = [
+        ManifestRecord(
+            id=stem, image=f"{IMAGES_DIR}/{stem}.png", mask=f"{MASKS_DIR}/{stem}.png", index=index, seed=index,
+            layout_source="variants" if layout_id else "composed", layout_id=layout_id, style_source=None,
+            style_sampler=None, style_ids=[], prompt="tiny", guidance=Guidance(style=1.5, layout=1.0, rescale=0.7),
+            sampler="dpmpp", steps=2, model_hash="0" * 64,
+        )
+        for index, (stem, layout_id) in enumerate(sorted(layout_ids.items()))
+    ]
+    return write_manifest(Path(root) / "manifest.jsonl", records)

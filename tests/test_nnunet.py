@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import write_tiny_manifest
 from typer.testing import CliRunner
 
 from segsynth.cli import app
@@ -74,26 +75,45 @@ def test_nifti_volumes_round_trip_whole(tmp_path: Path) -> None:
     assert check_dataset(tmp_path / "tif").ok
 
 
-def test_merge_keeps_synthetic_out_of_every_validation_fold(tmp_path: Path, dataset_factory) -> None:
+#: Synthetic stem -> the real sample its layout came from (None: composed) in the merge tests.
+LAYOUTS = {"g1_0": "r1_0", "g1_1": "r1_1", "g1_2": "r2_0", "g2_0": "r3_1", "g2_1": "r6_0", "g2_2": None}
+
+
+def test_merged_synthetic_cases_train_only_where_their_layouts_real_case_trains(tmp_path: Path, dataset_factory) -> None:
     real = dataset_factory("real", cases=("r1", "r2", "r3", "r4", "r5", "r6"), per_case=2, unlabeled=0)
     synth = dataset_factory("synth", cases=("g1", "g2"), per_case=3, unlabeled=0, seed=3)
+    write_tiny_manifest(synth, LAYOUTS)
     summary = export_nnunet(synth, tmp_path / "raw", merge_real=real)
     assert (summary["num_real"], summary["num_synthetic"], summary["num_folds"]) == (12, 6, 5)
     splits = json.loads((tmp_path / "raw" / "splits_final.json").read_text())
+    case_of = json.loads((tmp_path / "raw" / "dataset.json").read_text())["segsynth_cases"]
+    real_ids = sorted(i for i in case_of if not i.startswith("syn_"))
     assert len(splits) == 5
-    meta = json.loads((tmp_path / "raw" / "dataset.json").read_text())
-    synthetic = {i for i in meta["segsynth_cases"] if i.startswith("syn_")}
-    assert synthetic == {f"syn_g{g}_{i}" for g in (1, 2) for i in range(3)}
     val_all = []
     for fold in splits:
-        assert not synthetic & set(fold["val"])
-        assert synthetic <= set(fold["train"])
-        assert not set(fold["train"]) & set(fold["val"])
-        # both slices of a real case land on the same side
-        val_cases = {i.rsplit("_", 1)[0] for i in fold["val"]}
-        assert not any(i.rsplit("_", 1)[0] in val_cases for i in fold["train"])
+        val_cases = {case_of[i] for i in fold["val"]}
+        expected_synthetic = {f"syn_{stem}" for stem, layout in LAYOUTS.items() if layout is None or layout[:2] not in val_cases}
+        assert {i for i in fold["train"] if i.startswith("syn_")} == expected_synthetic
+        assert not any(i.startswith("syn_") for i in fold["val"])
+        # every slice of a real case lands on the same side
+        assert {i for i in real_ids if case_of[i] in val_cases} == set(fold["val"])
+        assert {i for i in real_ids if case_of[i] not in val_cases} == {i for i in fold["train"] if not i.startswith("syn_")}
         val_all += fold["val"]
-    assert sorted(val_all) == sorted(i for i in meta["segsynth_cases"] if not i.startswith("syn_"))
+    assert sorted(val_all) == real_ids
+
+
+def test_merge_refuses_synthetic_sets_of_unknown_provenance(tmp_path: Path, dataset_factory) -> None:
+    real = dataset_factory("real", cases=("r1", "r2"), unlabeled=0)
+    synth = dataset_factory("synth", cases=("g1",), unlabeled=0, seed=3)
+    with pytest.raises(ValueError, match=r"manifest\.jsonl: missing"):
+        export_nnunet(synth, tmp_path / "raw", merge_real=real)
+    write_tiny_manifest(synth, {"g1_0": "r1_0", "g1_1": "other_7"})
+    with pytest.raises(ValueError, match="'other_7', which is not a labelled sample"):
+        export_nnunet(synth, tmp_path / "raw", merge_real=real)
+    write_tiny_manifest(synth, {"g1_0": "r1_0"})
+    with pytest.raises(ValueError, match=r"g1_1\.png: no line in"):
+        export_nnunet(synth, tmp_path / "raw", merge_real=real)
+    assert not (tmp_path / "raw").exists()
 
 
 def test_import_multichannel_files_and_case_pattern(tmp_path: Path) -> None:
@@ -164,6 +184,7 @@ def test_float_images_cannot_be_png_and_error_names_the_file(tmp_path: Path) -> 
 def test_cli_export_and_import(tmp_path: Path, dataset_factory) -> None:
     runner = CliRunner()
     real, synth = dataset_factory("real"), dataset_factory("synth", cases=("g1",), seed=5)
+    write_tiny_manifest(synth, {"g1_0": "p1_0", "g1_1": "p3_1"})
     raw = tmp_path / "nnUNet_raw" / "Dataset501_Tiny"
     result = runner.invoke(app, ["export", str(synth), "--format", "nnunet", "--out", str(raw), "--merge-real", str(real)])
     assert result.exit_code == 0, result.output

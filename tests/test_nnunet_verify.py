@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import write_tiny_dataset
+from conftest import write_tiny_dataset, write_tiny_manifest
 
 from segsynth.data.nnunet import export_nnunet
 
@@ -21,6 +21,7 @@ def test_nnunet_accepts_our_export(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     verify = pytest.importorskip("nnunetv2.experiment_planning.verify_dataset_integrity")
     real = write_tiny_dataset(tmp_path / "real", cases=("p1", "p2"), labels=("background", "a", "b"))
     synth = write_tiny_dataset(tmp_path / "synth", cases=("s1",), labels=("background", "a", "b"), seed=1)
+    write_tiny_manifest(synth, {"s1_0": "p1_0", "s1_1": None})
     out = tmp_path / "nnUNet_raw" / "Dataset777_Tiny"
     export_nnunet(synth, out, merge_real=real, num_folds=2)
     assert os.listdir(out / "imagesTr") and (out / "splits_final.json").is_file()

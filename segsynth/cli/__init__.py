@@ -1,4 +1,10 @@
-"""``segsynth`` command line: thin commands, each parsing arguments and calling one API function."""
+"""``segsynth`` command line: thin commands, each parsing arguments and calling one API function.
+
+Command modules import nothing heavy at module level: torch, diffusers and MONAI are imported inside
+the command that needs them, so ``segsynth --help`` and ``segsynth data check`` start at once
+(``tests/test_cli_dialect.py`` holds both to that, and walks every command for the shared flags of
+:mod:`segsynth.cli.options`).
+"""
 
 from __future__ import annotations
 

@@ -8,25 +8,25 @@ from pathlib import Path
 import typer
 
 from segsynth.cli.app import app
-from segsynth.cli.diffusion import parse_overrides
 from segsynth.cli.errors import console, user_errors
+from segsynth.cli.options import ConfigOption, ResumeOption, SetOption, TrainSeedOption, command_config
 
 
 @app.command("train-autoencoder")
 def train_autoencoder_command(
     data: list[Path] = typer.Argument(..., help="Dataset folder(s); labelled and unlabelled images are used."),
-    config: Path | None = typer.Option(None, "--config", "-c", help="YAML config, e.g. configs/autoencoder-f4.yaml."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (its autoencoder/ goes to train-diffusion --autoencoder)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint in --out."),
-    overrides: list[str] = typer.Option([], "--set", help="Override a config value: key.path=value (repeatable)."),
+    config: ConfigOption = None,
+    overrides: SetOption = [],
+    seed: TrainSeedOption = None,
+    resume: ResumeOption = False,
 ) -> None:
     """Train an AutoencoderKL (f4 or f8) for latent diffusion; reports held-out PSNR / SSIM."""
     with user_errors():
-        from segsynth.config import load_config
         from segsynth.latent.config import AutoencoderTrainConfig
         from segsynth.latent.train import QUALITY_JSON, train_autoencoder
 
-        cfg = load_config(AutoencoderTrainConfig, config, parse_overrides(overrides))
+        cfg = command_config(AutoencoderTrainConfig, config, overrides, {"train.seed": seed})
         run = train_autoencoder(data, cfg, out, resume=resume, console=console)
     quality = json.loads((run / QUALITY_JSON).read_text(encoding="utf-8"))
     ae, base = quality["autoencoder"], quality["bicubic_baseline"]

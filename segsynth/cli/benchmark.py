@@ -9,6 +9,7 @@ import typer
 
 from segsynth.cli.app import app
 from segsynth.cli.errors import console, user_errors
+from segsynth.cli.options import ConfigOption, SetOption, command_config
 
 
 def _int_list(text: str | None) -> list[int] | None:
@@ -29,23 +30,23 @@ def _low_label(text: str | None) -> float | int | None:
 @app.command()
 def benchmark(
     data: Path = typer.Argument(..., help="Labelled dataset folder (with unlabeled/ for zero-shot styles)."),
-    out: Path = typer.Option(..., "--out", help="Benchmark folder (re-run the same command to continue)."),
-    config: Path | None = typer.Option(None, "--config", help="YAML BenchmarkConfig."),
+    out: Path = typer.Option(..., "--out", "-o", help="Benchmark folder (re-run the same command to continue)."),
+    config: ConfigOption = None,
+    overrides: SetOption = [],
     folds: int | None = typer.Option(None, help="k of the k-fold split by case."),
     seeds: str | None = typer.Option(None, help="Segmentation seeds, e.g. 0,1,2."),
     settings: str | None = typer.Option(None, help="Synthetic settings, e.g. ratio:0.8,merge:0.6,concat."),
     low_label: str | None = typer.Option(None, help="Labelled training cases kept per fold: a fraction (0.5) or a count (2)."),
     run_folds: str | None = typer.Option(None, help="Run only these folds, e.g. 0."),
     diffusion_config: Path | None = typer.Option(None, help="YAML for the per-fold diffusion models."),
-    quick: bool = typer.Option(False, help="CI-sized profile: 2 folds, short trainings, small synthetic sets."),
+    quick: bool = typer.Option(False, "--quick/--no-quick", help="CI-sized profile: 2 folds, short trainings, small synthetic sets."),
 ) -> None:
     """Train diffusion per fold, generate, train segmentation with and without synthetic data, compare."""
     with user_errors():
         from segsynth.benchmark import BenchmarkConfig, quick_profile, rich_table, run_benchmark
-        from segsynth.config import load_config
 
-        overrides: dict[str, Any] = quick_profile() if quick else {}
-        cli = {
+        named: dict[str, Any] = quick_profile() if quick else {}
+        named |= {
             "folds": folds,
             "seeds": _int_list(seeds),
             "settings": [s for s in settings.split(",") if s] if settings else None,
@@ -53,8 +54,7 @@ def benchmark(
             "run_folds": _int_list(run_folds),
             "diffusion_config": str(diffusion_config) if diffusion_config else None,
         }
-        overrides.update({k: v for k, v in cli.items() if v is not None})
-        cfg = load_config(BenchmarkConfig, config, overrides)
+        cfg = command_config(BenchmarkConfig, config, overrides, named)
         results = run_benchmark(data, out, cfg, console=console)
         console.print(rich_table(results))
         console.print(f"results: {out / 'results.json'} and {out / 'results.md'}")

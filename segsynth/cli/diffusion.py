@@ -7,22 +7,11 @@ import os
 from pathlib import Path
 
 import typer
-import yaml
 
 from segsynth.cli.app import app
 from segsynth.cli.errors import console, user_errors
+from segsynth.cli.options import ConfigOption, ResumeOption, SetOption, TrainSeedOption, command_config
 from segsynth.config import ConfigError
-
-
-def parse_overrides(items: list[str]) -> dict[str, object]:
-    """``["train.steps=10", "data.style_sampler=nearby"]`` -> ``{"train.steps": 10, ...}`` (values read as YAML)."""
-    overrides: dict[str, object] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--set {item!r}: expected key=value, e.g. train.steps=100")
-        overrides[key.strip()] = yaml.safe_load(value)
-    return overrides
 
 
 @app.command("train-diffusion")
@@ -30,10 +19,11 @@ def train_diffusion_command(
     data: list[Path] = typer.Argument(
         ..., help="Dataset folder (dataset.json, images/, masks/); several folders train one model on all of them."
     ),
-    config: Path | None = typer.Option(None, "--config", "-c", help="YAML config, e.g. configs/tiny.yaml."),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint in --out."),
-    overrides: list[str] = typer.Option([], "--set", help="Override a config value: key.path=value (repeatable)."),
+    config: ConfigOption = None,
+    overrides: SetOption = [],
+    seed: TrainSeedOption = None,
+    resume: ResumeOption = False,
     autoencoder: Path | None = typer.Option(
         None, "--autoencoder", help="train-autoencoder folder: denoise its latents instead of pixels (latent mode)."
     ),
@@ -44,14 +34,13 @@ def train_diffusion_command(
 ) -> None:
     """Train the layout- and style-conditioned diffusion model; resumable with --resume."""
     if backbone is not None:
-        train_backbone_command(data, backbone, config, out, resume, overrides, autoencoder)
+        train_backbone_command(data, backbone, config, out, resume, overrides, autoencoder, seed)
         return
     with user_errors():
-        from segsynth.config import load_config
         from segsynth.diffusion.config import DiffusionTrainConfig
         from segsynth.diffusion.train import PIPELINE_DIR, TRAIN_LOG, train_diffusion
 
-        cfg = load_config(DiffusionTrainConfig, config, parse_overrides(overrides))
+        cfg = command_config(DiffusionTrainConfig, config, overrides, {"train.seed": seed})
         run = train_diffusion(data[0] if len(data) == 1 else data, cfg, out, resume=resume, console=console,
                               autoencoder=autoencoder)
     if os.environ.get("RANK", "0") != "0":
@@ -65,16 +54,15 @@ def train_diffusion_command(
 
 
 def train_backbone_command(data: list[Path], backbone: Path, config: Path | None, out: Path, resume: bool,
-                           overrides: list[str], autoencoder: Path | None) -> None:
+                           overrides: list[str], autoencoder: Path | None, seed: int | None) -> None:
     """``train-diffusion --backbone``: a ControlNet on a frozen Stable Diffusion folder (segsynth.backbone)."""
     with user_errors():
         from segsynth.backbone.config import BackboneTrainConfig
         from segsynth.backbone.train import CONTROLNET_DIR, TRAIN_LOG, train_controlnet
-        from segsynth.config import load_config
 
         if autoencoder is not None:
             raise ConfigError("--autoencoder and --backbone exclude each other (the backbone brings its own VAE)")
-        cfg = load_config(BackboneTrainConfig, config, parse_overrides(overrides))
+        cfg = command_config(BackboneTrainConfig, config, overrides, {"train.seed": seed})
         run = train_controlnet(data[0] if len(data) == 1 else data, backbone, cfg, out, resume=resume, console=console)
     lines = (run / TRAIN_LOG).read_text(encoding="utf-8").splitlines()
     last = json.loads(lines[-1]) if lines else {}

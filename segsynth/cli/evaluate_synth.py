@@ -9,7 +9,6 @@ from rich.markup import escape
 
 from segsynth.cli.app import app
 from segsynth.cli.errors import console, user_errors
-from segsynth.evaluation.table import metrics_table
 
 
 @app.command("evaluate-synth")
@@ -17,7 +16,7 @@ def evaluate_synth_command(
     synth: Path = typer.Argument(..., help="Synthetic set folder (from segsynth generate)."),
     real: Path = typer.Option(..., "--real", help="The real labelled dataset folder."),
     seg_run: Path | None = typer.Option(None, "--seg-run", help="A train-seg run trained on real data only (default: train a small one into OUT/seg_real)."),
-    out: Path | None = typer.Option(None, "--out", help="Output folder for metrics.json (default: SYNTH/evaluation)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Output folder for metrics.json (default: SYNTH/evaluation)."),
     real_split: str = typer.Option("all", "--real-split", help="Real images for FID/KID and diversity: all, labeled or unlabeled."),
     max_samples: int = typer.Option(2000, "--max-samples", help="Synthetic samples evaluated (seeded subset of larger sets)."),
     seed: int = typer.Option(0, "--seed", help="Seed of subsets and of the random style/texture network."),
@@ -25,6 +24,7 @@ def evaluate_synth_command(
     """Measure a synthetic set: layout fidelity, zero-shot style retrieval, FID/KID, diversity."""
     with user_errors():
         from segsynth.evaluation.evaluate_synth import EVALUATION_DIR, METRICS_JSON, evaluate_synth
+        from segsynth.evaluation.table import metrics_table
 
         result = evaluate_synth(
             synth, real, seg_run, out=out, real_split=real_split, max_samples=max_samples, seed=seed, console=console

@@ -16,13 +16,13 @@ FORMATS = ("nnunet", "png", "tif", "nifti")
 def export(
     src: Path = typer.Argument(..., help="Dataset folder (e.g. a synthetic set)."),
     fmt: str = typer.Option(..., "--format", help=f"One of {', '.join(FORMATS)}."),
-    out: Path = typer.Option(..., "--out", help="Folder to create."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder to create."),
     merge_real: Path | None = typer.Option(
         None, "--merge-real", help="nnunet only: real dataset to merge; synthetic cases get the syn_ prefix."
     ),
     file_ending: str = typer.Option(".png", "--file-ending", help="nnunet only: .png, .tif or .nii.gz."),
     seed: int = typer.Option(0, help="nnunet only: seed of the case folds in splits_final.json."),
-    overwrite: bool = typer.Option(False, help="Replace an existing --out folder."),
+    overwrite: bool = typer.Option(False, "--overwrite/--no-overwrite", help="Replace an existing --out folder."),
 ) -> None:
     """Export SRC to nnU-Net raw format (with case-level splits_final.json) or re-write it as PNG/TIFF/NIfTI."""
     with user_errors():
@@ -40,8 +40,9 @@ def export(
             )
             if summary["num_folds"]:
                 console.print(
-                    f"{summary['num_folds']} case-level folds in {out / 'splits_final.json'}: copy it into "
-                    "nnUNet_preprocessed/<dataset>/ after planning so nnU-Net uses them"
+                    f"{summary['num_folds']} case-level folds in {out / 'splits_final.json'} (synthetic cases train "
+                    "only where their layout's real case trains): copy it to "
+                    f"nnUNet_preprocessed/{out.name}/splits_final.json after nnUNetv2_plan_and_preprocess"
                 )
         else:
             from segsynth.data.export import export_dataset

@@ -32,7 +32,7 @@ def generate(
     run: Path = typer.Argument(
         ..., help="Training run folder (RUN/pipeline), a saved pipeline folder, or a train-diffusion --backbone run."
     ),
-    out: Path = typer.Option(..., "--out", help="Folder of the synthetic set."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder of the synthetic set."),
     n: int = typer.Option(..., "-n", "--num-samples", help="Samples in the whole set (all shards)."),
     layouts: str = typer.Option("augmented", help="Layout source: augmented | variants | composed."),
     per_mask: int = typer.Option(50, help="Images per real mask with --layouts variants (DiffBoost: 50)."),
@@ -52,7 +52,7 @@ def generate(
     guidance_rescale: float = typer.Option(0.7, help="CFG-rescale phi (STEDM: 0.7)."),
     batch_size: int = typer.Option(8, help="Samples per pipeline call."),
     seed: int = typer.Option(0, help="Base seed; each sample's seed derives from (seed, index)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run; done samples are kept."),
+    resume: bool = typer.Option(False, "--resume/--no-resume", help="Continue an interrupted run; done samples are kept."),
     shard: str = typer.Option(
         None,
         help="Generate only index range i of n (counting from 0), e.g. 1/4. Default: the whole set, or, under "

@@ -13,7 +13,7 @@ from segsynth.cli.errors import console, user_errors
 @app.command("report")
 def report_command(
     paths: list[Path] = typer.Argument(..., help="Benchmark, run, synthetic set or evaluate-synth folders (or a folder holding them, e.g. a demo output)."),
-    out: Path = typer.Option(Path("report.html"), "--out", help="The HTML file to write."),
+    out: Path = typer.Option(Path("report.html"), "--out", "-o", help="The HTML file to write."),
     title: str = typer.Option("segsynth report", "--title", help="Page title."),
 ) -> None:
     """Build a single HTML file (images embedded) with sample grids, curves, benchmark, fidelity, configs, provenance."""

@@ -9,27 +9,28 @@ from rich.table import Table
 
 from segsynth.cli.app import app
 from segsynth.cli.errors import console, user_errors
-from segsynth.io.atomic import atomic_write_json
+from segsynth.cli.options import ConfigOption, ResumeOption, SetOption, TrainSeedOption, command_config
 
 
 @app.command("train-seg")
 def train_seg_command(
     data: Path = typer.Argument(..., help="Real labelled dataset folder."),
-    out: Path = typer.Option(..., "--out", help="Run folder."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run folder."),
     synthetic: list[Path] = typer.Option([], "--synthetic", help="Synthetic set folder (repeatable)."),
     mix: str | None = typer.Option(None, "--mix", help="none | concat | ratio[:synthetic_fraction] | merge[:alpha] (default: the config's, or ratio when --synthetic is given)."),
-    config: Path | None = typer.Option(None, "--config", help="YAML SegTrainConfig."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint."),
+    config: ConfigOption = None,
+    overrides: SetOption = [],
+    seed: TrainSeedOption = None,
+    resume: ResumeOption = False,
 ) -> None:
     """Train a MONAI segmentation network, optionally mixing in synthetic sets."""
     with user_errors():
-        from segsynth.config import load_config
         from segsynth.seg.config import SegTrainConfig, parse_mix
         from segsynth.seg.train import train_seg
 
         saved = out / "config.yaml"
         base = config if config is not None else (saved if resume and saved.is_file() else None)
-        cfg = load_config(SegTrainConfig, base, parse_mix(mix) if mix else {})
+        cfg = command_config(SegTrainConfig, base, overrides, {**(parse_mix(mix) if mix else {}), "train.seed": seed})
         if synthetic and cfg.mix.strategy == "none":
             cfg.mix.strategy = "ratio"
         run = train_seg(data, out, cfg, synthetic=synthetic, resume=resume, console=console)
@@ -40,10 +41,11 @@ def train_seg_command(
 def evaluate_seg_command(
     run: Path = typer.Argument(..., help="A train-seg run folder."),
     data: Path = typer.Argument(..., help="Labelled dataset folder to score."),
-    out: Path | None = typer.Option(None, "--out", help="Write every metric (per image, per case) as JSON."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Write every metric (per image, per case) as JSON."),
 ) -> None:
     """Score a run's best network: Dice, IoU, precision, recall, HD95, ASSD per class and per case."""
     with user_errors():
+        from segsynth.io.atomic import atomic_write_json
         from segsynth.seg.evaluate import evaluate_seg
 
         result = evaluate_seg(run, data)

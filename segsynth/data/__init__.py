@@ -1,20 +1,25 @@
-"""Dataset folders: format, file I/O, loading with paired augmentation, checks and built-ins."""
+"""Dataset folders: format, file I/O, loading with paired augmentation, checks and built-ins.
 
-from segsynth.data.augment import paired_augmentation
-from segsynth.data.format import DatasetFormatError, DatasetSpec, load_spec, save_spec
-from segsynth.data.io import DataReadError, read_image, write_image
-from segsynth.data.loader import SampleRef, SegDataset, index_dataset
+Names are imported on first use, so reading a ``dataset.json`` does not load torch or MONAI.
+"""
 
-__all__ = [
-    "DataReadError",
-    "DatasetFormatError",
-    "DatasetSpec",
-    "SampleRef",
-    "SegDataset",
-    "index_dataset",
-    "load_spec",
-    "paired_augmentation",
-    "read_image",
-    "save_spec",
-    "write_image",
-]
+from __future__ import annotations
+
+from segsynth.lazy import lazy_exports
+
+_EXPORTS = {
+    "DataReadError": "segsynth.data.io",
+    "DatasetFormatError": "segsynth.data.format",
+    "DatasetSpec": "segsynth.data.format",
+    "SampleRef": "segsynth.data.loader",
+    "SegDataset": "segsynth.data.loader",
+    "index_dataset": "segsynth.data.loader",
+    "load_spec": "segsynth.data.format",
+    "paired_augmentation": "segsynth.data.augment",
+    "read_image": "segsynth.data.io",
+    "save_spec": "segsynth.data.format",
+    "write_image": "segsynth.data.io",
+}
+
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

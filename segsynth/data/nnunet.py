@@ -4,8 +4,9 @@ nnU-Net raw layout: ``dataset.json`` (``channel_names``, ``labels``, ``numTraini
 ``file_ending``), ``imagesTr/<case>_<CCCC><ending>`` (one file per channel, ``_0000`` first) and
 ``labelsTr/<case><ending>``. nnU-Net splits by case identifier; a 2D export of slices or tiles
 would leak a patient into both train and validation, so exports also write ``splits_final.json``
-with folds built from *our* case ids. nnU-Net reads that file from its preprocessed folder: copy
-it to ``nnUNet_preprocessed/DatasetXXX_Name/`` after ``nnUNetv2_plan_and_preprocess``.
+with folds built from *our* case ids, and a synthetic case trains only in the folds where the real
+case its layout came from trains. nnU-Net reads that file from its preprocessed folder: copy it to
+``nnUNet_preprocessed/DatasetXXX_Name/splits_final.json`` after ``nnUNetv2_plan_and_preprocess``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import numpy as np
 
 from segsynth.data.export import Unit, iter_units, write_unit_image
 from segsynth.data.format import IMAGES_DIR, MASKS_DIR, DatasetFormatError, DatasetSpec, load_spec, save_spec
-from segsynth.data.io import NIFTI_EXTENSIONS, image_shape, is_nifti, read_image, write_image
+from segsynth.data.io import NIFTI_EXTENSIONS, image_shape, is_nifti, read_image, split_ext, write_image
+from segsynth.data.loader import index_dataset
 from segsynth.io.atomic import atomic_directory, atomic_write_bytes, atomic_write_json
 from segsynth.io.json_file import read_json_object
 
@@ -203,14 +205,74 @@ def import_nnunet(
 
 
 # --- export ----------------------------------------------------------------------------------
-def case_folds(identifiers_by_case: dict[str, list[str]], num_folds: int, seed: int) -> list[list[str]]:
-    """Split case ids into ``num_folds`` groups (shuffled by ``seed``) and return each fold's identifiers."""
-    cases = sorted(identifiers_by_case)
-    order = np.random.default_rng(seed).permutation(len(cases))
-    folds: list[list[str]] = [[] for _ in range(num_folds)]
+def case_folds(cases: list[str], num_folds: int, seed: int) -> list[set[str]]:
+    """Split case ids into ``num_folds`` groups, shuffled by ``seed``: the validation cases of each fold."""
+    ordered = sorted(cases)
+    order = np.random.default_rng(seed).permutation(len(ordered))
+    folds: list[set[str]] = [set() for _ in range(num_folds)]
     for rank, index in enumerate(order):
-        folds[rank % num_folds].extend(identifiers_by_case[cases[index]])
-    return [sorted(fold) for fold in folds]
+        folds[rank % num_folds].add(ordered[index])
+    return folds
+
+
+def layout_cases(synthetic: Path, real: Path, real_spec: DatasetSpec) -> dict[str, str | None]:
+    """The real case behind every synthetic sample's layout, from the set's ``manifest.jsonl``.
+
+    Returns:
+        Synthetic image stem -> the case id in ``real`` of the sample its layout was drawn from
+        (``layout_id``), or None for a composed layout, which is drawn from the dataset's class
+        fractions and no real mask, so it belongs to no case.
+
+    Raises:
+        ValueError: the set has no manifest, or a layout came from a sample ``real`` does not hold
+            (the set was made from other data): either way no fold could be kept free of leakage.
+    """
+    # Imported here: the segsynth.synth package loads the generator (diffusers), which import-nnunet
+    # and plain exports never need.
+    from segsynth.synth.manifest import MANIFEST_JSONL, read_manifest
+
+    path = synthetic / MANIFEST_JSONL
+    if not path.is_file():
+        raise ValueError(
+            f"{path}: missing; without it the real case behind each synthetic layout is unknown and "
+            "splits_final.json would leak validation cases into training (export a set made by `segsynth generate`)"
+        )
+    case_of_sample = {ref.id: ref.case_id for ref in index_dataset(real, "labeled", real_spec)}
+    cases: dict[str, str | None] = {}
+    for record in read_manifest(path):
+        if record.layout_id is not None and record.layout_id not in case_of_sample:
+            raise ValueError(
+                f"{path}: sample {record.id!r} has its layout from {record.layout_id!r}, which is not a labelled "
+                f"sample of {real}; merge the synthetic set with the real dataset it was generated from"
+            )
+        cases[split_ext(Path(record.image))[0]] = case_of_sample.get(record.layout_id) if record.layout_id else None
+    return cases
+
+
+def fold_splits(
+    real_cases: dict[str, list[str]], synthetic_cases: dict[str, str | None], num_folds: int, seed: int
+) -> list[dict[str, list[str]]]:
+    """nnU-Net's ``splits_final.json``: folds over the real cases, synthetic identifiers in training only.
+
+    Args:
+        real_cases: real case id -> its nnU-Net identifiers.
+        synthetic_cases: synthetic identifier -> the real case its layout came from (None: composed,
+            independent of every case, so it trains in every fold).
+        num_folds: number of folds (at most one per real case).
+        seed: shuffles the real cases into folds.
+
+    Returns:
+        One ``{"train": [...], "val": [...]}`` per fold. A synthetic identifier is in a fold's
+        ``train`` only when its layout's case is too, so no validation case is seen through
+        the synthetic images made from its masks.
+    """
+    splits = []
+    for val_cases in case_folds(list(real_cases), num_folds, seed):
+        train = [ident for case, idents in real_cases.items() if case not in val_cases for ident in idents]
+        train += [ident for ident, case in synthetic_cases.items() if case not in val_cases]
+        val = [ident for case in val_cases for ident in real_cases[case]]
+        splits.append({"train": sorted(train), "val": sorted(val)})
+    return splits
 
 
 def _write_case(tmp: Path, ident: str, unit: Unit, ending: str) -> None:
@@ -235,12 +297,22 @@ def export_nnunet(
 
     With ``merge_real``, the real dataset's cases are written as they are and the cases of ``src``
     (synthetic) get the ``syn_`` prefix; ``splits_final.json`` then holds folds over the *real*
-    cases only, with every synthetic case in every ``train`` list and never in a ``val`` list.
+    cases only. A synthetic case is never in a ``val`` list, and is in a fold's ``train`` list only
+    when the real case its layout came from (``src/manifest.jsonl`` ``layout_id``) trains in that
+    fold; composed layouts (no ``layout_id``) come from no real mask and train in every fold. The
+    generator and the style references may still have seen every real case: for a strictly clean
+    cross-validation, generate one synthetic set per fold from that fold's training cases.
+
+    nnU-Net reads the splits from its preprocessed folder, not from the raw one: after
+    ``nnUNetv2_plan_and_preprocess -d XXX``, copy ``out/splits_final.json`` to
+    ``nnUNet_preprocessed/DatasetXXX_Name/splits_final.json`` (without it nnU-Net makes its own
+    random folds over all cases, synthetic ones included).
 
     Args:
         src: dataset folder (usually a synthetic set).
         out: nnU-Net raw dataset folder to create, e.g. ``nnUNet_raw/Dataset501_Name``.
-        merge_real: optional real dataset folder to merge with ``src``.
+        merge_real: optional real dataset folder to merge with ``src``; ``src`` then needs the
+            ``manifest.jsonl`` written by ``segsynth generate``.
         file_ending: ``.png`` (8/16-bit data), ``.tif`` or ``.nii.gz``; NIfTI keeps volumes whole.
         num_folds: folds by case (fewer when there are fewer cases; none for a single case).
         seed: shuffles cases into folds.
@@ -249,6 +321,10 @@ def export_nnunet(
     Returns:
         Summary: ``{"out", "num_training", "num_real", "num_synthetic", "num_folds"}`` where
         ``num_synthetic`` counts the ``syn_`` cases (zero without ``merge_real``).
+
+    Raises:
+        ValueError: bad ``file_ending``/``num_folds``; ``src`` and ``merge_real`` differ in labels or
+            channels; ``src`` has no manifest or was made from another dataset (:func:`layout_cases`).
     """
     if file_ending not in (".png", ".tif", ".nii.gz"):
         raise ValueError(f"file_ending must be '.png', '.tif' or '.nii.gz', got {file_ending!r}")
@@ -265,10 +341,11 @@ def export_nnunet(
                 f"or channels ({real_spec.channels} vs {spec.channels}); they cannot be merged"
             )
         parts.append(("", Path(merge_real), real_spec))
+        layout_case = layout_cases(src, Path(merge_real), real_spec)
     parts.append((SYNTHETIC_PREFIX if merge_real is not None else "", src, spec))
     real_cases: dict[str, list[str]] = defaultdict(list)
     case_of: dict[str, str] = {}
-    synthetic: list[str] = []
+    synthetic: dict[str, str | None] = {}
     with atomic_directory(out, overwrite=overwrite) as tmp:
         for prefix, root, part_spec in parts:
             for unit in iter_units(root, part_spec, "labeled", keep_volumes=file_ending in NIFTI_EXTENSIONS):
@@ -278,7 +355,9 @@ def export_nnunet(
                 _write_case(tmp, ident, unit, file_ending)
                 case_of[ident] = f"{prefix}{unit.case_id}"
                 if prefix:
-                    synthetic.append(ident)
+                    if unit.stem not in layout_case:
+                        raise ValueError(f"{unit.source}: no line in {src}/manifest.jsonl, so its layout's case is unknown")
+                    synthetic[ident] = layout_case[unit.stem]
                 else:
                     real_cases[case_of[ident]].append(ident)
         channel_names = {str(c): spec.modality if c == 0 else f"{spec.modality} (channel {c})" for c in range(spec.channels)}
@@ -297,11 +376,7 @@ def export_nnunet(
         atomic_write_json(tmp / NNUNET_JSON, meta)
         folds = min(num_folds, len(real_cases))
         if folds >= 2:
-            splits = []
-            for val in case_folds(real_cases, folds, seed):
-                train = sorted(set(case_of) - set(val))
-                splits.append({"train": train, "val": val})
-            atomic_write_json(tmp / SPLITS_JSON, splits)
+            atomic_write_json(tmp / SPLITS_JSON, fold_splits(real_cases, synthetic, folds, seed))
     return {
         "out": str(out),
         "num_training": len(case_of),
