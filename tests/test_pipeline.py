@@ -195,8 +195,8 @@ def test_plain_diffusers_loader_builds_the_same_pipeline(tmp_path: Path):
     loaded.set_progress_bar_config(disable=True)
     run = lambda p: p(layout, refs, num_inference_steps=2, generator=torch.Generator().manual_seed(3)).images  # noqa: E731
     assert torch.equal(run(pipe), run(loaded))
-    # in a fresh interpreter, `import segsynth` alone is what makes the plain loader find the class
-    script = ("import segsynth, sys; from diffusers import DiffusionPipeline; "
+    # in a fresh interpreter, `import segsynth.diffusion` is what makes the plain loader find the class
+    script = ("import segsynth.diffusion, sys; from diffusers import DiffusionPipeline; "
               "print(type(DiffusionPipeline.from_pretrained(sys.argv[1])).__name__)")
     fresh = subprocess.run([sys.executable, "-c", script, str(tmp_path / "pipe")], capture_output=True, text=True)
     assert fresh.stdout.split() == ["SegSynthPipeline"], fresh.stderr[-2000:]

@@ -22,8 +22,11 @@ frozen ``AutoencoderKL`` as the ``vae`` component and decode the final latents w
 diffusers resolves the ``_class_name`` of a ``model_index.json`` inside its own namespace (or in
 a ``.py`` file shipped in the model folder and run with ``trust_remote_code``, which segsynth's
 folders never hold). Importing this module registers :class:`SegSynthPipeline` in that
-namespace, so with segsynth imported the plain ``DiffusionPipeline.from_pretrained(folder)``
-builds one; each component is found by the importable module its entry names.
+namespace, so after ``import segsynth.diffusion`` (or any import of the pipeline, e.g.
+``from segsynth import SegSynthPipeline``) the plain ``DiffusionPipeline.from_pretrained(folder)``
+builds one; each component is found by the importable module its entry names. A bare
+``import segsynth`` does not do it: the package imports its parts lazily so that the command line
+starts without loading torch or diffusers.
 """
 
 from __future__ import annotations
