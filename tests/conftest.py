@@ -6,11 +6,12 @@ so tests can build variants; ``tiny_dataset`` is the default 3-case PNG folder a
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from segsynth.data.format import IMAGES_DIR, MASKS_DIR, UNLABELED_DIR, DatasetSpec, save_spec
 from segsynth.data.io import write_image
@@ -128,3 +129,13 @@ def write_tiny_manifest(root: str | Path, layout_ids: dict[str, str | None]) -> 
         for index, (stem, layout_id) in enumerate(sorted(layout_ids.items()))
     ]
     return write_manifest(Path(root) / "manifest.jsonl", records)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """One torch thread for a module's tiny models: they run fastest that way and do not fight other
+    processes for the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 from test_style_sampling import write_blob_dataset
+from test_train_diffusion import TINY as TRAIN_TINY
 
 from segsynth.config import load_config
 from segsynth.diffusion.config import DiffusionTrainConfig
@@ -20,27 +21,15 @@ from segsynth.synth.manifest import read_manifest
 ORDER_INVARIANT = ("mean", "max", "attention")
 
 TINY = {
-    "model.image_size": 16,
-    "model.block_out_channels": [8, 16],
-    "model.attention_levels": [False, True],
-    "model.style.encoder_channels": [8, 16],
-    "model.style.dim": 16,
-    "model.style.num_refs": 2,
+    **TRAIN_TINY,
     "train.steps": 2,
     "train.batch_size": 2,
-    "train.warmup": 1,
+    "train.log_every": 25,
     "train.sample_every": 1,  # the preview path runs, and the final preview is the one that used to crash
-    "sampling.steps": 2,
-    "sampling.grid_rows": 2,
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

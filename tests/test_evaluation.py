@@ -35,12 +35,7 @@ from segsynth.seg.networks import build_network
 from segsynth.synth.manifest import Guidance, ManifestRecord, write_manifest
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def textures(n: int, rng: np.random.Generator, level: float, smooth: float, channels: int = 1, size: int = 16) -> np.ndarray:

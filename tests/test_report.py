@@ -30,12 +30,7 @@ SECTIONS = ("answer", "samples", "curves", "benchmark", "fidelity", "configs", "
 HOSTILE_NAME = 'tiny <script>alert("x")</script> & co'
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
