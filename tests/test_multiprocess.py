@@ -33,6 +33,7 @@ from segsynth.cli import app
 from segsynth.config import load_config
 from segsynth.diffusion.config import DiffusionTrainConfig
 from segsynth.diffusion.objective import ObjectiveConfig, diffusion_loss, make_train_scheduler
+from segsynth.io.checkpoint import CheckpointManager
 from segsynth.models import SegSynthModel
 from segsynth.synth.generate import launched_shard, resolve_shard
 from segsynth.synth.manifest import read_manifest
@@ -203,3 +204,62 @@ def test_the_launch_decides_the_shard_and_a_contradicting_shard_is_refused(tmp_p
                                       "--shard", "0/1"], env={"WORLD_SIZE": "2", "RANK": "0"})
     assert result.exit_code == 2 and "contradicts the launch" in result.output
     assert not (tmp_path / "out").exists()
+
+
+def seg_gradient_free(run: Path) -> set[str]:
+    """Segmentation parameters with no loss gradient in exact arithmetic (float64): the bias of a
+    convolution followed by an instance norm, which the norm subtracts again (see
+    :func:`gradient_free` for why Adam moves them by rounding noise)."""
+    from monai.losses import DiceCELoss
+
+    from segsynth.seg.config import SegTrainConfig
+    from segsynth.seg.networks import build_network
+
+    cfg = load_config(SegTrainConfig, run / "config.yaml")
+    torch.manual_seed(0)
+    model = build_network(cfg.network, 1, 2).double()
+    g = torch.Generator().manual_seed(0)
+    image = torch.rand(4, 1, 16, 16, generator=g, dtype=torch.float64)
+    mask = torch.randint(0, 2, (4, 1, 16, 16), generator=g)
+    DiceCELoss(to_onehot_y=True, softmax=True)(model(image), mask).backward()
+    return {name for name, p in model.named_parameters() if p.grad is None or p.grad.abs().max() < 1e-12}
+
+
+def test_train_seg_on_two_processes_equals_one_process_of_the_global_batch(tmp_path: Path) -> None:
+    """Segmentation DDP: 2 processes of batch 2 take the rows of the batch of 4 that 1 process takes
+    (same examples, augmentation and merge grid cells), so weights, losses and validation agree."""
+    from test_seg_train import make_synthetic_set, make_toy_dataset, tiny_config
+
+    data = make_toy_dataset(tmp_path / "data", cases=4, per_case=3, size=16)
+    synth = make_synthetic_set(tmp_path / "synth", data, variants=2)
+    cfg = tiny_config(steps=4, val_every=2, batch_size=BATCH).model_dump(mode="json")
+    cfg["mix"] = {"strategy": "merge", "alpha": 0.5, "cell": 96}
+    cfg["train"]["mixed_precision"] = "no"
+    config = tmp_path / "seg.yaml"
+    config.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    common = ["train-seg", str(data), "-c", str(config), "--synthetic", str(synth)]
+    launch(tmp_path, 2, [*common, "-o", str(tmp_path / "two")])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        cli([*common, "-o", str(tmp_path / "one"), "--set", f"train.batch_size={2 * BATCH}"])
+    finally:
+        torch.set_num_threads(threads)
+    runs = {1: tmp_path / "one", 2: tmp_path / "two"}
+    summaries = {k: json.loads((run / "training.json").read_text()) for k, run in runs.items()}
+    assert summaries[1]["batch_size"] == summaries[2]["batch_size"] == 2 * BATCH
+    assert (summaries[1]["processes"], summaries[2]["processes"]) == (1, 2)
+    a, b = (CheckpointManager(run).latest()[1]["model"] for run in (runs[1], runs[2]))
+    assert a.keys() == b.keys()
+    free = seg_gradient_free(runs[1])
+    assert free and all(name.endswith("bias") for name in free)  # conv biases right before an instance norm
+    diffs = {k: (a[k].double() - b[k].double()).abs().max().item() for k in a}
+    worst = max(d for k, d in diffs.items() if k not in free)
+    assert worst <= ATOL, worst
+    assert max(diffs[k] for k in free) <= 2 * 4 * cfg["optim"]["lr"]  # Adam: at most about lr per step
+    logs = [[json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()] for run in runs.values()]
+    assert [r["step"] for r in logs[0]] == [r["step"] for r in logs[1]] == [2, 4]
+    for one, two in zip(*logs, strict=True):
+        assert two["loss"] == pytest.approx(one["loss"], rel=ATOL)
+        assert two["val_dice"] == pytest.approx(one["val_dice"], abs=1e-6)
+        assert two["paired_with_variant"] == one["paired_with_variant"] == 2 * BATCH * 2

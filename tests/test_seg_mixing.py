@@ -107,7 +107,7 @@ def test_paired_examples_share_one_augmentation(sets: tuple[Path, Path]) -> None
     real = SegDataset(real_root)
     synth = load_synthetic_set(synth_root, real)
     mixing = make_mixing(MixConfig(strategy="merge"), real, [synth], seed=0)
-    data = PlanDataset([real, synth.dataset], mixing.plan(0, 6), 0, True, "heavy", None, seed=0)
+    data = PlanDataset([real, synth.dataset], mixing.plan(0, 6), range(6), True, "heavy", None, seed=0)
     flags = []
     for k in range(len(data)):
         item = data[k]
@@ -116,9 +116,9 @@ def test_paired_examples_share_one_augmentation(sets: tuple[Path, Path]) -> None
         assert torch.equal(item["mask"], item["partner_mask"])
         flags.append(item["has_partner"])
     assert flags.count(False) == 2
-    again = PlanDataset([real, synth.dataset], mixing.plan(0, 6), 0, True, "heavy", None, seed=0)
+    again = PlanDataset([real, synth.dataset], mixing.plan(0, 6), range(6), True, "heavy", None, seed=0)
     assert torch.equal(again[3]["image"], data[3]["image"])
-    cropped = PlanDataset([real, synth.dataset], mixing.plan(0, 6), 0, True, "light", 8, seed=0)[0]
+    cropped = PlanDataset([real, synth.dataset], mixing.plan(0, 6), range(6), True, "light", 8, seed=0)[0]
     assert cropped["image"].shape == cropped["partner_image"].shape == (1, 8, 8)
 
 
@@ -132,7 +132,7 @@ def test_merge_refuses_a_variant_whose_mask_is_not_the_real_mask(tmp_path: Path)
     mixing = make_mixing(MixConfig(strategy="merge"), real, [synth], seed=0)
     plan = [item for item in mixing.plan(0, 8) if item[1] == (1, 0)][:1]
     with pytest.raises(ValueError, match=r"syn_c0_0_0.png: differs from the mask of its real image"):
-        PlanDataset([real, synth.dataset], plan, 0, True, "none", None, seed=0)[0]
+        PlanDataset([real, synth.dataset], plan, [0], True, "none", None, seed=0)[0]
 
 
 def test_merge_cell_scales_with_image_size() -> None:

@@ -186,7 +186,7 @@ def test_resumed_run_equals_uninterrupted(toy: Path, tmp_path: Path, monkeypatch
     cfg.mix.cell = 96  # 8 px cells at 32 px
     full = train_seg(toy, tmp_path / "full", cfg, synthetic=[synth], console=QUIET)
 
-    real_steps = seg_train._train_steps
+    real_steps = seg_train._Loop.train_steps
     calls = {"n": 0}
 
     def crash_on_third_stretch(*args, **kwargs):
@@ -195,10 +195,10 @@ def test_resumed_run_equals_uninterrupted(toy: Path, tmp_path: Path, monkeypatch
             raise KeyboardInterrupt("simulated kill")
         return real_steps(*args, **kwargs)
 
-    monkeypatch.setattr(seg_train, "_train_steps", crash_on_third_stretch)
+    monkeypatch.setattr(seg_train._Loop, "train_steps", crash_on_third_stretch)
     with pytest.raises(KeyboardInterrupt):
         train_seg(toy, tmp_path / "resumed", cfg, synthetic=[synth], console=QUIET)
-    monkeypatch.setattr(seg_train, "_train_steps", real_steps)
+    monkeypatch.setattr(seg_train._Loop, "train_steps", real_steps)
     assert CheckpointManager(tmp_path / "resumed").complete_steps()
     with pytest.raises(FileExistsError, match="--resume"):
         train_seg(toy, tmp_path / "resumed", cfg, synthetic=[synth], console=QUIET)

@@ -83,6 +83,10 @@ class TrainConfig(StrictModel):
     ``patch_size`` (optional) random-crops training images to a square patch (images smaller
     than it are padded) and evaluates with MONAI sliding-window inference; without it every
     image of a batch must share one size.
+
+    Under ``torchrun`` / ``accelerate launch`` the run is data-parallel: ``batch_size`` is per
+    process, and W processes of batch b take, step by step, the rows of the batch W·b that one
+    process would take (same examples, augmentation and merge grids), so they learn the same.
     """
 
     steps: int = Field(default=600, ge=1, description="optimiser steps of the whole run")
@@ -94,6 +98,9 @@ class TrainConfig(StrictModel):
     augment: Literal["none", "light", "heavy"] = "light"
     patch_size: int | None = Field(default=None, ge=8)
     num_workers: int = Field(default=0, ge=0)
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
+        default="auto", description="auto: bf16 autocast on CUDA, full precision elsewhere"
+    )
     seed: int = 0
 
 

@@ -16,6 +16,7 @@ import torch
 
 from segsynth.data.format import DatasetFormatError
 from segsynth.data.loader import SegDataset, index_dataset
+from segsynth.device import inference_device
 from segsynth.seg.metrics import MetricAccumulator
 from segsynth.seg.networks import load_network, predict_logits
 from segsynth.seg.train import BEST_DIR, SPLIT_JSON
@@ -70,6 +71,7 @@ def evaluate_seg(run: str | Path, data: str | Path, ids: Sequence[str] | None = 
             f"{data / 'dataset.json'}: labels {dataset.spec.class_names} differ from the network's {meta['class_names']}"
         )
     accumulator = MetricAccumulator(meta["class_names"])
+    model.to(inference_device())
     for index, ref in enumerate(dataset.refs):
         image, mask = dataset.load_arrays(index)
         logits = predict_logits(model, torch.from_numpy(image.copy())[None], meta["divisor"], meta["patch_size"])

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 from fractions import Fraction
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -368,8 +369,9 @@ class PlanDataset(Dataset):
 
     Args:
         sources: real training set first, then the synthetic sets (all without augmentation).
-        plan: the :data:`PlanItem` list of positions ``start ..``.
-        start: stream position of ``plan[0]``.
+        plan: :data:`PlanItem` examples.
+        positions: the stream position of each example (its augmentation seed), e.g. the rows of
+            one process of a multi-process run.
         paired: whether to emit ``partner_image``/``partner_mask``/``has_partner``.
         augment: ``"none"``, ``"light"`` or ``"heavy"`` (see :func:`paired_augmentation`).
         patch_size: random square crop (padding smaller images) applied before augmentation.
@@ -380,15 +382,17 @@ class PlanDataset(Dataset):
         self,
         sources: list[SegDataset],
         plan: list[PlanItem],
-        start: int,
+        positions: Sequence[int],
         paired: bool,
         augment: str,
         patch_size: int | None,
         seed: int,
     ) -> None:
         self.sources = sources
+        if len(positions) != len(plan):
+            raise ValueError(f"{len(plan)} examples but {len(positions)} stream positions")
         self.plan = plan
-        self.start = start
+        self.positions = list(positions)
         self.paired = paired
         self.seed = seed
         image_keys = ["image", "partner_image"] if paired else ["image"]
@@ -430,7 +434,7 @@ class PlanDataset(Dataset):
                         f"{ref.mask_path}: differs from the mask of its real image; merge pairs a real image only "
                         f"with variants of its own unchanged mask (`{VARIANTS_HINT}`)"
                     )
-        self.transform.set_random_state(seed=sample_seed(self.seed, 0, self.start + position))
+        self.transform.set_random_state(seed=sample_seed(self.seed, 0, self.positions[position]))
         sample = self.transform(sample)
         out: dict[str, Any] = {"source": primary[0]}
         for key, value in sample.items():

@@ -77,18 +77,21 @@ def size_divisor(cfg: NetworkConfig) -> int:
 def predict_logits(
     model: torch.nn.Module, image: torch.Tensor, divisor: int, patch_size: int | None = None
 ) -> torch.Tensor:
-    """Logits ``(B, K, H, W)`` for images ``(B, C, H, W)`` of any size.
+    """Logits ``(B, K, H, W)`` (float32, on the CPU) for images ``(B, C, H, W)`` of any size.
 
-    With ``patch_size`` the image is tiled by MONAI's sliding-window inferer (Gaussian blending);
-    otherwise it is zero-padded to a multiple of ``divisor``, run whole and cropped back.
+    The images go to the model's device. With ``patch_size`` the image is tiled by MONAI's
+    sliding-window inferer (Gaussian blending); otherwise it is zero-padded to a multiple of
+    ``divisor``, run whole and cropped back.
     """
+    image = image.to(next(model.parameters()).device)
     if patch_size is not None:
         roi = (patch_size, patch_size)
-        return sliding_window_inference(image, roi, sw_batch_size=4, predictor=model, overlap=0.25, mode="gaussian")
+        logits = sliding_window_inference(image, roi, sw_batch_size=4, predictor=model, overlap=0.25, mode="gaussian")
+        return logits.float().cpu()
     height, width = image.shape[-2:]
     pad_h, pad_w = (-height) % divisor, (-width) % divisor
     padded = F.pad(image, (0, pad_w, 0, pad_h)) if pad_h or pad_w else image
-    return model(padded)[..., :height, :width]
+    return model(padded)[..., :height, :width].float().cpu()
 
 
 def save_network(

@@ -24,9 +24,11 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from accelerate import Accelerator
 from monai.losses import DiceCELoss
 from monai.metrics import DiceMetric
 from monai.networks.utils import one_hot
@@ -37,6 +39,7 @@ from torch.utils.data import DataLoader
 from segsynth.config import load_config, save_resolved_config
 from segsynth.data.format import DatasetFormatError
 from segsynth.data.loader import SampleRef, SegDataset, index_dataset, sample_seed
+from segsynth.device import make_accelerator
 from segsynth.io.atomic import atomic_write_json, remove_stale_temporaries
 from segsynth.io.checkpoint import CheckpointManager, rng_state, set_rng_state
 from segsynth.io.run_log import append_log_line, check_resume, train_keys, truncate_log
@@ -182,44 +185,67 @@ def validation_dice(
     return float(metric.aggregate().item())
 
 
-def _train_steps(
-    model: torch.nn.Module,
-    loader: DataLoader,
-    loss_fn: DiceCELoss,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    cfg: SegTrainConfig,
-    first_step: int,
-    paired: bool,
-) -> tuple[float, int]:
-    """One optimiser step per batch of ``loader``; returns ``(mean loss, steps taken)``."""
-    model.train()
-    total, steps = 0.0, 0
-    for batch in loader:
-        image, mask = batch["image"], batch["mask"]
-        if paired:
-            logits = model(torch.cat([image, batch["partner_image"]]))
-            real_logits, syn_logits = logits.split(image.shape[0])
-            side = image.shape[-2]
-            cell = merge_cell_size(side, cfg.mix.cell, cfg.mix.cell_reference_size)
-            generator = torch.Generator().manual_seed(sample_seed(cfg.train.seed + 1, 0, first_step + steps))
-            grid = merge_grid(image.shape[0], *image.shape[-2:], cfg.mix.alpha, cell, generator)
-            logits, mask = random_merge(real_logits, syn_logits, mask, batch["partner_mask"], grid, batch["has_partner"])
-        else:
-            logits = model(image)
-        loss = loss_fn(logits, mask[:, None])
-        if not torch.isfinite(loss):
-            raise ValueError(
-                f"step {first_step + steps + 1}: the segmentation loss is {float(loss)}; lower optim.lr "
-                "(nothing of this step was saved)"
-            )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        total += float(loss.detach())
-        steps += 1
-    return total / max(1, steps), steps
+@dataclass
+class _Loop:
+    """What one optimiser step needs: the prepared model and optimiser, the loss, and where this
+    process's rows sit in each global batch (``rows`` of ``batch * world``)."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    loss_fn: DiceCELoss
+    accelerator: Accelerator
+    cfg: SegTrainConfig
+    paired: bool
+
+    @property
+    def global_batch(self) -> int:
+        return self.cfg.train.batch_size * self.accelerator.num_processes
+
+    @property
+    def rows(self) -> slice:
+        b = self.cfg.train.batch_size
+        return slice(self.accelerator.process_index * b, (self.accelerator.process_index + 1) * b)
+
+    def my_positions(self, start: int, n_steps: int) -> list[int]:
+        """Stream positions of this process's examples over ``n_steps`` steps from ``start``."""
+        g, rows = self.global_batch, self.rows
+        return [start + s * g + i for s in range(n_steps) for i in range(g)[rows]]
+
+    def train_steps(self, loader: DataLoader, first_step: int) -> tuple[float, int]:
+        """One optimiser step per batch of ``loader``; returns ``(mean loss over processes, steps)``."""
+        self.model.train()
+        device = self.accelerator.device
+        total, steps = 0.0, 0
+        for batch in loader:
+            image, mask = batch["image"].to(device), batch["mask"].to(device)
+            with self.accelerator.autocast():
+                if self.paired:
+                    logits = self.model(torch.cat([image, batch["partner_image"].to(device)]))
+                    real_logits, syn_logits = logits.split(image.shape[0])
+                    mix = self.cfg.mix
+                    cell = merge_cell_size(image.shape[-2], mix.cell, mix.cell_reference_size)
+                    generator = torch.Generator().manual_seed(sample_seed(self.cfg.train.seed + 1, 0, first_step + steps))
+                    # drawn for the global batch so every process count merges the same cells
+                    grid = merge_grid(self.global_batch, *image.shape[-2:], mix.alpha, cell, generator)[self.rows]
+                    logits, mask = random_merge(real_logits, syn_logits, mask, batch["partner_mask"].to(device),
+                                                grid.to(device), batch["has_partner"].to(device))
+                else:
+                    logits = self.model(image)
+                loss = self.loss_fn(logits.float(), mask[:, None])
+            mean_loss = float(self.accelerator.reduce(loss.detach().reshape(1), "mean"))
+            if not math.isfinite(mean_loss):
+                raise ValueError(
+                    f"step {first_step + steps + 1}: the segmentation loss is {mean_loss}; lower optim.lr "
+                    "(nothing of this step was saved)"
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            self.accelerator.backward(loss)
+            self.optimizer.step()
+            self.scheduler.step()
+            total += mean_loss
+            steps += 1
+        return total / max(1, steps), steps
 
 
 def _check_sizes(real: SegDataset, synthetic: Sequence[SyntheticSet], patch_size: int | None) -> None:
@@ -302,9 +328,12 @@ def train_seg(
     if resume and split_path.is_file():
         if json.loads(split_path.read_text(encoding="utf-8")) != json.loads(json.dumps(split_record, sort_keys=True)):
             raise ValueError(f"{split_path}: data, split or synthetic sets differ from the run being resumed")
-    run.mkdir(parents=True, exist_ok=True)
-    save_resolved_config(cfg, run / CONFIG_YAML)
-    atomic_write_json(split_path, split_record)
+    accelerator = make_accelerator(cfg.train.mixed_precision)  # before any other use of the process state
+    main = accelerator.is_main_process
+    if main:
+        run.mkdir(parents=True, exist_ok=True)
+        save_resolved_config(cfg, run / CONFIG_YAML)
+        atomic_write_json(split_path, split_record)
 
     torch.manual_seed(seed)
     num_classes, channels = real.spec.num_classes, real.spec.channels
@@ -325,50 +354,60 @@ def train_seg(
         scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
         step, val_steps, curve = state["step"], list(state["val_steps"]), list(state["val_curve"])
-    truncate_log(run / TRAIN_LOG, step)
-    if resume:
-        remove_stale_temporaries(run, run / "checkpoints")
+    model, optimizer = accelerator.prepare(model, optimizer)  # the scheduler steps once per step, unprepared
+    loop = _Loop(model, optimizer, scheduler, loss_fn, accelerator, cfg, mixing.paired)
+    if main:
+        truncate_log(run / TRAIN_LOG, step)
+        if resume:
+            remove_stale_temporaries(run, run / "checkpoints")
     sources = [real, *(s.dataset for s in synthetic_sets)]
     class_names = real.spec.class_names
-    batch, t = cfg.train.batch_size, cfg.train
+    t = cfg.train
 
     columns = (TextColumn("[bold]train-seg"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.description}"))
-    with Progress(*columns, console=console, transient=False) as progress:
+    with Progress(*columns, console=console, transient=False, disable=not main) as progress:
         task = progress.add_task("steps", total=t.steps, completed=step)
         while step < t.steps:
             if t.patience is not None and validations_without_gain(curve, t.smoothing, t.min_delta) >= t.patience:
                 stopped_early = True
                 break
             n_steps = min(t.val_every, t.steps - step)
-            start = step * batch
-            plan = mixing.plan(start, n_steps * batch)
-            chunk = PlanDataset(sources, plan, start, mixing.paired, t.augment, t.patch_size, seed)
-            loader = DataLoader(chunk, batch_size=batch, shuffle=False, num_workers=t.num_workers)
-            loss, taken = _train_steps(model, loader, loss_fn, optimizer, scheduler, cfg, step, mixing.paired)
+            start = step * loop.global_batch
+            plan = mixing.plan(start, n_steps * loop.global_batch)
+            positions = loop.my_positions(start, n_steps)
+            mine = [plan[p - start] for p in positions]
+            chunk = PlanDataset(sources, mine, positions, mixing.paired, t.augment, t.patch_size, seed)
+            loader = DataLoader(chunk, batch_size=t.batch_size, shuffle=False, num_workers=t.num_workers)
+            loss, taken = loop.train_steps(loader, step)
             step += taken
-            dice = validation_dice(model, val, num_classes, divisor, t.patch_size)
-            if not curve or dice > max(curve):
+            network = accelerator.unwrap_model(model)
+            dice = validation_dice(network, val, num_classes, divisor, t.patch_size)
+            if main and (not curve or dice > max(curve)):
                 save_network(
-                    run / BEST_DIR, model, cfg.network, channels, class_names,
+                    run / BEST_DIR, network, cfg.network, channels, class_names,
                     extra={"step": step, "val_dice": dice, "divisor": divisor, "patch_size": t.patch_size},
                 )
             val_steps.append(step)
             curve.append(dice)
-            n_syn = sum(1 for item, _ in plan if item[0] != 0)
-            append_log_line(run / TRAIN_LOG, {
-                "step": step, "loss": loss, "val_dice": dice, "val_dice_smoothed": smoothed(curve, t.smoothing)[-1],
-                "best_val_dice": max(curve), "lr": scheduler.get_last_lr()[0], "real_examples": len(plan) - n_syn,
-                "synthetic_examples": n_syn, "paired_with_variant": sum(1 for _, partner in plan if partner is not None),
-            })
-            checkpoints.save(step, {
-                "step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "rng": rng_state(), "val_steps": val_steps, "val_curve": curve,
-            })
+            if main:
+                n_syn = sum(1 for item, _ in plan if item[0] != 0)
+                append_log_line(run / TRAIN_LOG, {
+                    "step": step, "loss": loss, "val_dice": dice, "val_dice_smoothed": smoothed(curve, t.smoothing)[-1],
+                    "best_val_dice": max(curve), "lr": scheduler.get_last_lr()[0], "real_examples": len(plan) - n_syn,
+                    "synthetic_examples": n_syn, "paired_with_variant": sum(1 for _, partner in plan if partner is not None),
+                })
+                checkpoints.save(step, {
+                    "step": step, "model": network.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "rng": rng_state(), "val_steps": val_steps, "val_curve": curve,
+                })
+            accelerator.wait_for_everyone()
             progress.update(task, completed=step, description=f"loss {loss:.4f}  val Dice {dice:.3f}  best {max(curve):.3f}")
     summary = {
-        "steps": step, "planned_steps": t.steps, "batch_size": batch, "val_every": t.val_every,
-        "examples_seen": step * batch, "stopped_early": stopped_early,
+        "steps": step, "planned_steps": t.steps, "batch_size": loop.global_batch, "val_every": t.val_every,
+        "examples_seen": step * loop.global_batch, "processes": accelerator.num_processes, "stopped_early": stopped_early,
         **convergence(val_steps, curve, t.smoothing, t.min_delta),
     }
-    atomic_write_json(run / TRAINING_JSON, summary)
+    if main:
+        atomic_write_json(run / TRAINING_JSON, summary)
+    accelerator.wait_for_everyone()
     return run
