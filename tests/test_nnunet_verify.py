@@ -1,6 +1,7 @@
 """nnU-Net's own ``verify_dataset_integrity`` accepts our export (real + synthetic cases).
 
-Needs ``nnunetv2`` importable; ``scripts/verify_nnunet_export.sh`` installs the minimum and runs this.
+``make test`` installs the checker (``requirements-nnunet.txt``, without its dependencies, which would
+replace the CPU torch build); the test skips where nnunetv2 is absent.
 """
 
 from __future__ import annotations
