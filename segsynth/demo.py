@@ -38,7 +38,7 @@ from segsynth.report import build_report
 TINY_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "tiny.yaml"
 DEMO_DATASET = "nuclei-fluo"
 #: Diffusion steps of the demo's generator: what fits the 15-minute budget on 2 CPU cores.
-DEMO_DIFFUSION_STEPS = 400
+DEMO_DIFFUSION_STEPS = 300
 
 
 #: ``--smoke``: every stage at toy sizes (a denoiser of two 8/16-channel levels trained 2 steps,
