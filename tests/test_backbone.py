@@ -277,3 +277,13 @@ def test_generate_writes_a_synthetic_set_from_a_controlnet_run(straight: Path, d
     assert changed in ([], ["generation.json"]), changed
     with pytest.raises(ValueError, match="takes no style references"):
         generate(straight, tmp_path / "styled", 1, styles=data / "unlabeled")
+
+
+def test_report_recognises_a_controlnet_run(straight: Path, tmp_path: Path) -> None:
+    """A ControlNet run writes ``training_data.json`` like a diffusion run but has no ``pipeline/``:
+    the report names it a ControlNet run and reads its log and config without error."""
+    from segsynth.report import build_report, detect
+
+    assert detect(straight) == "controlnet_run"
+    html = build_report([straight], tmp_path / "report.html").read_text(encoding="utf-8")
+    assert "ControlNet run" in html and "could not be read" not in html and "ControlNet run training curves" in html
