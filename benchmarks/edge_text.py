@@ -16,14 +16,21 @@ prompt -> modality accuracy of one model trained on several modalities.
 Everything is CPU-sized (32 px tiles, a few hundred steps): the numbers say whether the conditions
 steer the model at all, not what a full-size run reaches.
 
-Run: ``.venv/bin/python benchmarks/edge_text.py --out /tmp/edge_text --steps 400``  (needs the
-``[text]`` extra for part 2; ``--skip-text`` runs part 1 only).
+Run (what ``benchmarks/results/edge_text.json`` holds, with the command inside it)::
+
+    .venv/bin/python benchmarks/edge_text.py --out /tmp/edge_text --steps 300 --text-runs 300:1,1500:1,1500:3
+
+Part 2 needs the ``[text]`` extra; ``--skip-text`` / ``--skip-edge`` run one part. Every model trained
+once is reused from ``--out`` by a later call (its ``train_s`` is then null, ``reused`` true): the
+1500-step text model serves both of its guidance scales. ``--json`` names the results file.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -44,6 +51,7 @@ from segsynth.synth.generate import generate
 from segsynth.synth.layouts import fit_mask
 
 DATASETS = ("nuclei-fluo", "brain-mri", "histo-he")
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def model_overrides(size: int, steps: int) -> dict[str, object]:
@@ -112,24 +120,23 @@ def edge_experiment(data: Path, work: Path, size: int, steps: int, n: int) -> di
     def predict(images: torch.Tensor) -> torch.Tensor:
         return seg(images).argmax(1)
 
-    rows: dict[str, object] = {"real_ceiling": score_layouts(x, y, predict, names)["summary"]["dice"]["mean_fg"]["mean"]}
+    rows: dict[str, object] = {"steps": steps,
+                               "real_ceiling": score_layouts(x, y, predict, names)["summary"]["dice"]["mean_fg"]["mean"]}
     per_image: dict[str, list[float]] = {}
     for edge in (False, True):
         cfg = load_config(DiffusionTrainConfig, None, {**model_overrides(size, steps), "model.edge": edge})
-        run = work / f"run_edge_{edge}"
-        tick = time.perf_counter()
-        if not (run / "pipeline").is_dir():
-            train_diffusion(data, cfg, run)
-        train_s = time.perf_counter() - tick
+        run = work / f"run_edge_{edge}_{steps}"
+        train_s = _train(data, cfg, run)
+        rows.setdefault("train_s", {})[f"edge={edge}"] = train_s
         for source in (["layout", "image"] if edge else [None]):
-            out = work / f"synth_edge_{edge}_{source}"
+            out = work / f"synth_edge_{edge}_{source}_{steps}_{n}"
             if not (out / "manifest.jsonl").is_file():
                 generate(run, out, n, "variants", per_mask=1, steps=10, edges=source, batch_size=16)
             sx, sy = real_arrays(out, size)
             scores = score_layouts(sx, sy, predict, names)
             dice = scores["summary"]["dice"]["mean_fg"]["mean"]
             per_image[f"edge={edge},edges_from={source}"] = scores["per_image_dice"]
-            rows[f"edge={edge},edges_from={source}"] = {"dice_mean_fg": dice, "train_s": round(train_s, 1)}
+            rows[f"edge={edge},edges_from={source}"] = {"dice_mean_fg": dice}
             if edge:  # the same layouts (variants, one per real mask) as the no-edge model: paired per image
                 rows[f"edge={edge},edges_from={source}"]["vs_no_edge"] = paired_difference(
                     per_image[f"edge={edge},edges_from={source}"], per_image["edge=False,edges_from=None"])
@@ -137,14 +144,20 @@ def edge_experiment(data: Path, work: Path, size: int, steps: int, n: int) -> di
     return rows
 
 
+def _train(data: Path | list[Path], cfg: DiffusionTrainConfig, run: Path) -> float | None:
+    """Train ``run`` unless a finished one is there; seconds taken, or None when it was reused."""
+    if (run / "pipeline").is_dir():
+        return None
+    tick = time.perf_counter()
+    train_diffusion(data, cfg, run, resume=run.is_dir())
+    return round(time.perf_counter() - tick, 1)
+
+
 def text_experiment(roots: list[Path], work: Path, size: int, steps: int, per_prompt: int,
                     guidance: float = 1.0) -> dict[str, object]:
     cfg = load_config(DiffusionTrainConfig, None, {**model_overrides(size, steps), "model.text": True})
-    run = work / "run_text"
-    tick = time.perf_counter()
-    if not (run / "pipeline").is_dir():
-        train_diffusion(roots, cfg, run)
-    train_s = time.perf_counter() - tick
+    run = work / f"run_text_{steps}"
+    train_s = _train(roots, cfg, run)
     pipe = SegSynthPipeline.from_pretrained(run / "pipeline")
     pipe.set_progress_bar_config(disable=True)
     channels = pipe.unet.config.image_channels
@@ -156,7 +169,8 @@ def text_experiment(roots: list[Path], work: Path, size: int, steps: int, per_pr
     texts = encode_prompts(prompts)
     layouts = torch.from_numpy(np.stack([real[i % len(real)][1][(i // len(real)) % len(real[i % len(real)][1])]
                                          for i in range(per_prompt)]))
-    rows: dict[str, object] = {"train_s": round(train_s, 1), "prompts": prompts, "text_guidance": guidance}
+    rows: dict[str, object] = {"steps": steps, "text_guidance": guidance, "train_s": train_s, "reused": train_s is None,
+                               "prompts": prompts}
     for name, embeds in [*((p, texts[i:i + 1]) for i, p in enumerate(prompts)), ("<null prompt>", None)]:
         with torch.no_grad():
             images = pipe(layouts, None, num_inference_steps=10, style_guidance_scale=1.0,
@@ -176,30 +190,47 @@ def text_experiment(roots: list[Path], work: Path, size: int, steps: int, per_pr
     return rows
 
 
-def main() -> None:
+def _text_runs(text: str) -> list[tuple[int, float]]:
+    """``"300:1,1500:3"`` -> ``[(300, 1.0), (1500, 3.0)]`` (training steps : text guidance)."""
+    runs = []
+    for item in text.split(","):
+        steps, _, guidance = item.partition(":")
+        runs.append((int(steps), float(guidance or 1.0)))
+    return runs
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, required=True, help="work folder (datasets, runs, results.json)")
+    parser.add_argument("--out", type=Path, required=True, help="work folder (datasets, runs, synthetic sets)")
+    parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "edge_text.json",
+                        help="results file (default: the one the docs cite)")
     parser.add_argument("--size", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--steps", type=int, default=300, help="training steps of the edge / no-edge models")
+    parser.add_argument("--text-runs", type=_text_runs, default=_text_runs("300:1,1500:1,1500:3"),
+                        help="text models as STEPS:GUIDANCE,...; one model per STEPS, sampled at each GUIDANCE")
     parser.add_argument("--samples", type=int, default=48, help="synthetic images per setting / prompt")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--skip-text", action="store_true")
     parser.add_argument("--skip-edge", action="store_true")
-    parser.add_argument("--text-guidance", type=float, default=1.0, help="text CFG scale of the prompted samples")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    started = time.perf_counter()
     data = args.out / "data"
     for name in DATASETS:
         if not (data / name).is_dir():
             build_builtin(name, data / name, tile_size=args.size)
-    results: dict[str, object] = {"size": args.size, "steps": args.steps, "samples": args.samples}
+    command = shlex.join([".venv/bin/python", "benchmarks/edge_text.py", *(sys.argv[1:] if argv is None else argv)])
+    results: dict[str, object] = {"benchmark": "edge_text", "command": command, "size": args.size,
+                                  "samples": args.samples, "threads": args.threads}
     if not args.skip_edge:
         results["edge"] = edge_experiment(data / "nuclei-fluo", args.out, args.size, args.steps, args.samples)
     if not args.skip_text:
-        results["text"] = text_experiment([data / n for n in DATASETS], args.out, args.size, args.steps, args.samples,
-                                          args.text_guidance)
-    (args.out / "results.json").write_text(json.dumps(results, indent=2))
+        results["text"] = [text_experiment([data / n for n in DATASETS], args.out, args.size, steps, args.samples,
+                                           guidance) for steps, guidance in args.text_runs]
+    results["seconds"] = round(time.perf_counter() - started, 1)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))
 
 

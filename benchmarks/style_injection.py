@@ -8,9 +8,14 @@ we train the same tiny model for a fixed number of steps and report
 * ``heldout_loss``: unweighted v-prediction MSE on 256 held-out samples (fixed t and noise), with the
   references, and ``heldout_loss_no_style`` with the null style (the gap is what style explains);
 * ``style_mae``: sample 64 images (DPM-Solver++, 10 steps, style guidance 1.5, φ 0.7) and
-  compare the mean intensity inside / outside the disc with the style's levels (mean absolute error).
+  compare the mean intensity inside / outside the disc with the style's levels (mean absolute error);
+* ``saturated``: the fraction of those sampled pixels at exactly 0 or 1, i.e. whose estimate left
+  [-1, 1] and was clipped (``real_saturated``: the same fraction in the rendered targets). With
+  ``--prediction-types v_prediction epsilon`` this is the measurement behind v being the default
+  objective (see :class:`segsynth.diffusion.objective.ObjectiveConfig`).
 
-Run: ``.venv/bin/python benchmarks/style_injection.py --steps 400 --seeds 0 1``  (1 thread, CPU).
+Run: ``.venv/bin/python benchmarks/style_injection.py --steps 400 --seeds 0 1``  (1 thread, CPU);
+``--injections time --prediction-types v_prediction epsilon`` compares the two objectives.
 """
 
 from __future__ import annotations
@@ -67,19 +72,21 @@ def model_config(injection: str) -> ModelConfig:
 
 
 @torch.no_grad()
-def heldout_loss(model: SegSynthModel, scheduler, data: dict, drop_style: bool) -> float:
+def heldout_loss(model: SegSynthModel, scheduler, data: dict, drop_style: bool, prediction_type: str) -> float:
     b = data["image"].shape[0]
     g = torch.Generator().manual_seed(1234)
     t = torch.randint(0, scheduler.config.num_train_timesteps, (b,), generator=g)
     noise = torch.randn(data["image"].shape, generator=g)
     x0 = data["image"] * 2 - 1
-    noisy, target = scheduler.add_noise(x0, noise, t), scheduler.get_velocity(x0, noise, t)
+    noisy = scheduler.add_noise(x0, noise, t)
+    target = scheduler.get_velocity(x0, noise, t) if prediction_type == "v_prediction" else noise
     drop = {"style": torch.full((b,), drop_style)}
     return torch.mean((model(noisy, t, data["mask"], data["style_images"], drop) - target) ** 2).item()
 
 
 @torch.no_grad()
-def style_mae(model: SegSynthModel, scheduler, data: dict) -> float:
+def style_mae(model: SegSynthModel, scheduler, data: dict) -> tuple[float, float]:
+    """Mean absolute error of the sampled disc / background levels, and the saturated fraction."""
     pipe = SegSynthPipeline.from_model(model, scheduler)
     pipe.set_progress_bar_config(disable=True)
     images = pipe(data["mask"], data["style_images"], num_inference_steps=10,
@@ -87,13 +94,19 @@ def style_mae(model: SegSynthModel, scheduler, data: dict) -> float:
     fg = data["mask"].bool()
     got_fg = (images * fg).sum((1, 2)) / fg.sum((1, 2))
     got_bg = (images * ~fg).sum((1, 2)) / (~fg).sum((1, 2))
-    return ((got_fg - data["style"][:, 1]).abs().mean() + (got_bg - data["style"][:, 0]).abs().mean()).item() / 2
+    mae = ((got_fg - data["style"][:, 1]).abs().mean() + (got_bg - data["style"][:, 0]).abs().mean()).item() / 2
+    return mae, saturated(images)
 
 
-def run(injection: str, steps: int, seed: int, batch_size: int) -> dict[str, float]:
+def saturated(images: torch.Tensor) -> float:
+    """Fraction of pixels of ``images`` in [0, 1] sitting at exactly 0 or 1 (clipped)."""
+    return ((images <= 0) | (images >= 1)).float().mean().item()
+
+
+def run(injection: str, steps: int, seed: int, batch_size: int, prediction_type: str = "v_prediction") -> dict[str, float]:
     torch.manual_seed(seed)
     model = SegSynthModel.from_config(model_config(injection))
-    objective = ObjectiveConfig(prediction_type="v_prediction")
+    objective = ObjectiveConfig(prediction_type=prediction_type)
     scheduler = make_train_scheduler(objective)
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
     data_gen, loss_gen = torch.Generator().manual_seed(100 + seed), torch.Generator().manual_seed(200 + seed)
@@ -108,14 +121,18 @@ def run(injection: str, steps: int, seed: int, batch_size: int) -> dict[str, flo
     model.eval()
     heldout = make_batch(256, torch.Generator().manual_seed(999))
     sample_set = make_batch(64, torch.Generator().manual_seed(998))
+    mae, clipped = style_mae(model, scheduler, sample_set)
     return {
         "injection": injection,
+        "prediction_type": prediction_type,
         "seed": seed,
         "params": sum(p.numel() for p in model.parameters()),
         "train_s": round(train_s, 1),
-        "heldout_loss": heldout_loss(model, scheduler, heldout, drop_style=False),
-        "heldout_loss_no_style": heldout_loss(model, scheduler, heldout, drop_style=True),
-        "style_mae": style_mae(model, scheduler, sample_set),
+        "heldout_loss": heldout_loss(model, scheduler, heldout, drop_style=False, prediction_type=prediction_type),
+        "heldout_loss_no_style": heldout_loss(model, scheduler, heldout, drop_style=True, prediction_type=prediction_type),
+        "style_mae": mae,
+        "saturated": clipped,
+        "real_saturated": saturated(sample_set["image"]),
     }
 
 
@@ -125,19 +142,24 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--injections", nargs="+", default=["time", "cross_attention", "both"])
+    parser.add_argument("--prediction-types", nargs="+", default=["v_prediction"], choices=["v_prediction", "epsilon"])
     parser.add_argument("--out", type=Path, default=None, help="optional JSON file for the rows")
     args = parser.parse_args()
     torch.set_num_threads(1)
     rows = []
     for seed in args.seeds:
+        for prediction_type in args.prediction_types:
+            for injection in args.injections:
+                rows.append(run(injection, args.steps, seed, args.batch_size, prediction_type))
+                print(json.dumps(rows[-1]), flush=True)
+    keys = ("heldout_loss", "heldout_loss_no_style", "style_mae", "saturated")
+    for prediction_type in args.prediction_types:
         for injection in args.injections:
-            rows.append(run(injection, args.steps, seed, args.batch_size))
-            print(json.dumps(rows[-1]), flush=True)
-    for injection in args.injections:
-        mine = [r for r in rows if r["injection"] == injection]
-        mean = {k: sum(r[k] for r in mine) / len(mine) for k in ("heldout_loss", "heldout_loss_no_style", "style_mae")}
-        print(f"{injection:16s} heldout {mean['heldout_loss']:.4f}  no-style {mean['heldout_loss_no_style']:.4f}  "
-              f"style MAE {mean['style_mae']:.4f}  (n={len(mine)} seeds)")
+            mine = [r for r in rows if r["injection"] == injection and r["prediction_type"] == prediction_type]
+            mean = {k: sum(r[k] for r in mine) / len(mine) for k in keys}
+            print(f"{injection:16s} {prediction_type:12s} heldout {mean['heldout_loss']:.4f}  "
+                  f"no-style {mean['heldout_loss_no_style']:.4f}  style MAE {mean['style_mae']:.4f}  "
+                  f"saturated {mean['saturated']:.1%}  (n={len(mine)} seeds)")
     if args.out:
         args.out.write_text(json.dumps(rows, indent=1))
 

@@ -144,6 +144,9 @@ def test_unknown_key_in_an_override_fails_naming_the_key():
         ({"model": {"style": {"aggregator": "median"}}}, "model.style.aggregator"),
         ({"sampling": {"sampler": "euler"}}, "sampling.sampler"),
         ({"train": {"mixed_precision": "fp8"}}, "train.mixed_precision"),
+        ({"sampling": {"style_guidance_scale": -0.5}}, "sampling.style_guidance_scale"),  # guidance < 0
+        ({"model": {"image_size": 36, "block_out_channels": [8, 16, 16, 16],  # 36 is not a multiple of 2**3
+                    "attention_levels": [False, False, False, True]}}, "model"),
     ],
 )
 def test_bad_value_names_its_dotted_key(tmp_path, data, key):

@@ -19,6 +19,7 @@ import segsynth.diffusion.train as train_module
 from segsynth.cli import app
 from segsynth.config import load_config
 from segsynth.data.edges import edge_map, image_edges, mask_boundary
+from segsynth.data.io import write_image
 from segsynth.data.loader import SegDataset
 from segsynth.diffusion.config import DiffusionTrainConfig
 from segsynth.diffusion.objective import ObjectiveConfig, diffusion_loss, make_train_scheduler
@@ -295,13 +296,30 @@ def test_a_run_saved_before_the_new_keys_resumes(tmp_path):
 # --- variants mode ------------------------------------------------------------------------------
 
 
-def test_variants_write_n_per_mask_with_edges_from_the_real_image(tmp_path):
+def test_variants_write_n_per_mask_with_edges_from_the_real_image(tmp_path, monkeypatch):
+    """Variants keep each real mask, and the edge map the pipeline receives for a variant is
+    ``edge_map(mask, real image)``: the mask's boundary united with the Canny edges of the real
+    image behind it (seen by spying on the pipeline call, not read back from the manifest)."""
     data = write_tiny_dataset(tmp_path / "data", cases=("p1", "p2"), per_case=1, labels=("background", "a", "b"))
+    # Images whose edges are not the masks' boundaries (a vertical / horizontal step), so edges taken
+    # from the layout alone cannot pass for edges taken from the image.
+    step = np.full((16, 16), 40, dtype=np.uint8)
+    step[:, 8:] = 220
+    write_image(data / "images" / "p1_0.png", step)
+    write_image(data / "images" / "p2_0.png", np.ascontiguousarray(step.T))
     pipe = pipeline_of(tiny_model(edge=True, text=False))
     run = tmp_path / "run"
     pipe.save_pretrained(run / "pipeline")
     (run / "training_data.json").write_text(json.dumps({"data_root": str(data), "num_refs": 2}))
     out = tmp_path / "synth"
+    calls: list[tuple[torch.Tensor, torch.Tensor | None]] = []
+    real_call = SegSynthPipeline.__call__
+
+    def spy(self, layout, *args, **kwargs):
+        calls.append((layout.detach().cpu().clone(), None if kwargs.get("edge") is None else kwargs["edge"].detach().cpu().clone()))
+        return real_call(self, layout, *args, **kwargs)
+
+    monkeypatch.setattr(SegSynthPipeline, "__call__", spy)
     args = ["generate", str(run), "--out", str(out), "-n", "6", "--layouts", "variants", "--per-mask", "3",
             "--edges", "image", "--steps", "1", "--batch-size", "4"]
     result = CliRunner().invoke(app, args)
@@ -309,6 +327,14 @@ def test_variants_write_n_per_mask_with_edges_from_the_real_image(tmp_path):
     records = read_manifest(out / "manifest.jsonl")
     real = SegDataset(data)
     assert [r.layout_id for r in records] == [real.refs[0].id] * 3 + [real.refs[1].id] * 3
+    # The edge maps handed to the pipeline, one per sample in index order (batches of 4 and 2).
+    assert [len(layout) for layout, _ in calls] == [4, 2] and all(edge is not None for _, edge in calls)
+    edges = torch.cat([edge for _, edge in calls])[:, 0].numpy()
+    sigma = pipe.unet.config.edge_sigma
+    for r, given in zip(records, edges, strict=True):
+        image, mask = real.load_arrays([ref.id for ref in real.refs].index(r.layout_id))
+        assert np.array_equal(given, edge_map(mask, image, sigma)), r.id
+        assert (given - mask_boundary(mask)).sum() >= 8, r.id  # the step's edge, beyond the mask's boundary
     assert all(r.layout_source == "variants" and r.edge_source == "image" and r.edge_guidance == 1.0 for r in records)
     for r in records:  # each variant's mask is its source's mask
         source = real.refs[[ref.id for ref in real.refs].index(r.layout_id)]

@@ -32,7 +32,7 @@ from segsynth.evaluation import (
 )
 from segsynth.seg.config import NetworkConfig
 from segsynth.seg.networks import build_network
-from segsynth.synth.manifest import Guidance, ManifestRecord, write_manifest
+from segsynth.synth.manifest import Guidance, ManifestRecord, read_manifest, write_manifest
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -219,7 +219,9 @@ def test_diversity_is_zero_for_identical_samples_of_a_layout() -> None:
 def evaluated(tmp_path_factory: pytest.TempPathFactory):
     """A tiny real dataset, a synthetic set made of its own images (styles from its pool), evaluated once."""
     tmp = tmp_path_factory.mktemp("evaluate")
-    real = write_tiny_dataset(tmp / "real", cases=("p1", "p2", "p3", "p4", "p5"), per_case=3, size=16, unlabeled=4)
+    # seed 2: the 15 random masks are all different, so "same layout" means "the same image twice"
+    real = write_tiny_dataset(tmp / "real", cases=("p1", "p2", "p3", "p4", "p5"), per_case=3, size=16, unlabeled=4,
+                              seed=2)
     spec = load_spec(real)
     from segsynth.data.loader import SegDataset
 
@@ -238,6 +240,10 @@ def evaluated(tmp_path_factory: pytest.TempPathFactory):
 
 
 def test_evaluate_synth_writes_every_section(evaluated) -> None:
+    """Every section is written, and where the answer is known it is the answer: the synthetic set
+    is the real labelled images twice over, so the real-data network scores each copy alike, its
+    copies of the run's test images sit exactly at the ceiling, and two samples of one layout are
+    identical (diversity 0)."""
     real, synth, result = evaluated
     saved = json.loads((synth / "evaluation" / "metrics.json").read_text())
     assert saved == result and read_metrics(synth / "evaluation" / "metrics.json") == result
@@ -247,6 +253,19 @@ def test_evaluate_synth_writes_every_section(evaluated) -> None:
     assert set(fidelity["synthetic"]["summary"]) == {"dice", "iou"}
     assert fidelity["real_held_out"]["selection"] == "test split of the run"
     assert set(fidelity["fraction_of_ceiling"]) == {"lesion", "mean_fg"}
+    # The copies are the real images: Dice of copy k equals Dice of copy k + 15, and on the copies
+    # of the test split the synthetic Dice is the real held-out Dice (fraction of the ceiling 1).
+    per_image = fidelity["synthetic"]["per_image_dice"]
+    assert len(per_image) == 30 and per_image[:15] == pytest.approx(per_image[15:], abs=1e-6, nan_ok=True)
+    layout_of = {r.id: r.layout_id for r in read_manifest(synth / "manifest.jsonl")}
+    synthetic_ids = sorted(layout_of)  # load_synthetic keeps id order
+    test_ids = set(json.loads((synth / "evaluation" / "seg_real" / "split.json").read_text())["test_ids"])
+    on_test = [d for sid, d in zip(synthetic_ids, per_image, strict=True) if layout_of[sid] in test_ids]
+    ceiling = fidelity["real_held_out"]["summary"]["dice"]["mean_fg"]
+    assert len(on_test) == 2 * fidelity["real_held_out"]["num_images"] > 0
+    assert float(np.nanmean(on_test)) == pytest.approx(ceiling["mean"], abs=1e-6)
+    assert fidelity["fraction_of_ceiling"]["mean_fg"] == pytest.approx(
+        fidelity["synthetic"]["summary"]["dice"]["mean_fg"]["mean"] / ceiling["mean"])
     style = result["style_retrieval"]
     assert style["num_samples"] == 30 and style["num_reference_sets"] == 4 and style["top1_chance"] == 0.25
     for key in ("seg_encoder", "stain_texture"):
@@ -254,7 +273,9 @@ def test_evaluate_synth_writes_every_section(evaluated) -> None:
         assert entry["synthetic_vs_real"]["fid"] >= 0 and "split" in entry["real_vs_real"]
     assert result["diversity"]["grouping"] == "identical conditioning mask"
     same_layout, real_pairs = result["diversity"]["synthetic_same_layout"], result["diversity"]["real_different_images"]
-    assert same_layout["num_pairs"] >= 15 and same_layout["pixel_rmse"] < real_pairs["pixel_rmse"]  # mostly copies
+    # Each layout's two samples are the same image: no diversity at all, against real images that differ.
+    assert result["diversity"]["num_groups"] == 15 and same_layout["num_pairs"] == 15 and same_layout["pixel_rmse"] == 0 and real_pairs["pixel_rmse"] > 0.05
+    assert same_layout["stain_texture"] == pytest.approx(0, abs=1e-9) and result["diversity"]["ratio_to_real"]["pixel_rmse"] == 0
     assert result["provenance"]["real"]["label_provenance"] == "human"
     assert result["real_tiles"] == {"split": "all", "num_tiles": 19, "num_images": 19, "num_cases": 6, "tile_size": [16, 16]}
 

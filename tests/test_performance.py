@@ -129,14 +129,20 @@ def test_trainer_with_channels_last_trains_like_the_default(tmp_path: Path, monk
         return [json.loads(line)["loss"] for line in (run / "train_log.jsonl").read_text().splitlines()]
 
     assert losses(nhwc) == pytest.approx(losses(plain), rel=1e-4)
-    # Weights agree to within what Adam's first steps allow: it moves each weight by about lr in
-    # the direction of its gradient's sign, so a gradient near zero whose rounding differs may
-    # move the other way; no weight can differ by more than 2 * lr per step.
+    # Adam moves each weight by about lr in the direction of its gradient's sign, so a gradient
+    # near zero whose rounding differs in NHWC may move the other way: such a weight can differ
+    # by up to 2 * lr per step, and a bound on the largest difference says little (a run with a
+    # 10 % lower lr stays closer than that everywhere). What separates "the same training" from
+    # "another one" is how many weights differ: here under 1 % of them by more than 1e-6, while
+    # a 10 % lower lr or another seed moves over 95 % of them differently.
     cfg = tiny_train_config()
     a = SegSynthPipeline.from_pretrained(plain / "pipeline").unet.state_dict()
     b = SegSynthPipeline.from_pretrained(nhwc / "pipeline").unet.state_dict()
-    for name in a:
-        torch.testing.assert_close(b[name], a[name], rtol=0, atol=2 * cfg.train.lr * cfg.train.steps, msg=lambda m: f"{name}: {m}")
+    assert a.keys() == b.keys()
+    diff = torch.cat([(b[name].float() - a[name].float()).abs().flatten() for name in a])
+    assert float(diff.max()) <= 2 * cfg.train.lr * cfg.train.steps
+    assert float((diff > 1e-6).float().mean()) < 0.05, f"{float((diff > 1e-6).float().mean()):.1%} of the weights differ"
+    assert float(diff.mean()) < 1e-6
     # A speed setting: a run may resume with it switched.
     resumed = train_diffusion(data, tiny_train_config(**{"train.steps": 3}), nhwc, resume=True)
     assert [json.loads(line)["step"] for line in (resumed / "train_log.jsonl").read_text().splitlines()] == [1, 2, 3]

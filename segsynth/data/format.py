@@ -1,4 +1,4 @@
-"""The on-disk dataset format (DESIGN §2): ``dataset.json`` + ``images/`` + ``masks/`` [+ ``unlabeled/``].
+"""The on-disk dataset format: ``dataset.json`` + ``images/`` + ``masks/`` [+ ``unlabeled/``].
 
 Close to nnU-Net's raw layout so users recognise it, plus what synthesis needs: a case (patient,
 slide, volume) id for every image, the label provenance (human or derived, with the recipe), the

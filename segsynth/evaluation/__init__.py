@@ -1,5 +1,9 @@
-"""Measuring a generator (DESIGN §6): layout fidelity, zero-shot style retrieval, FID/KID on offline
-features, and diversity, gathered by :func:`evaluate_synth` into one ``metrics.json``."""
+"""Measuring a generator: layout fidelity, zero-shot style retrieval, FID/KID on offline features,
+and diversity, gathered by :func:`evaluate_synth` into one ``metrics.json``.
+
+Every measure runs without a downloaded network (segsynth fetches nothing at run time), so the
+usual Inception / LPIPS features are replaced by descriptors built here, and every number is
+written next to the name of the features it was computed on."""
 
 from segsynth.evaluation.distribution import distribution_distance, fid_kid, split_by_case
 from segsynth.evaluation.diversity import diversity, layout_groups

@@ -1,4 +1,4 @@
-"""Distribution distance: FID and KID on features that exist offline (DESIGN §6).
+"""Distribution distance: FID and KID on features that exist offline.
 
 torchmetrics' ``FrechetInceptionDistance`` and ``KernelInceptionDistance`` accept any feature
 module; we give them our own (see :mod:`segsynth.evaluation.features`), used raw like Inception's pool

@@ -1,4 +1,5 @@
-"""Image descriptors that exist offline: no Inception, LPIPS or any downloaded weight (DESIGN §6).
+"""Image descriptors that exist offline: no Inception, LPIPS or any downloaded weight, because
+segsynth downloads nothing at run time and ships no pretrained network.
 
 Three descriptors, all mapping images ``(B, C, H, W)`` float in [0, 1] to vectors ``(B, D)``:
 

@@ -46,6 +46,8 @@ from segsynth.report.html import Raw, Section, gallery, heading, image, page, pa
 KIND_LABELS = {
     "benchmark": "benchmark",
     "diffusion_run": "diffusion run",
+    "controlnet_run": "ControlNet run",
+    "autoencoder_run": "autoencoder run",
     "seg_run": "segmentation run",
     "synthetic_set": "synthetic set",
     "evaluation": "evaluate-synth metrics",
@@ -153,11 +155,12 @@ class _Report:
             table(["kind", "folder"], rows, text_columns=(1,)),
         )
 
-    def diffusion_run(self, run: Path) -> None:
+    def diffusion_run(self, run: Path, label: str = "diffusion run") -> None:
+        """Preview grids, loss curves, config and training data of a diffusion (or ControlNet) run."""
         samples, curves, configs = self.sections["samples"], self.sections["curves"], self.sections["configs"]
         grids = sorted((run / "samples").glob("step_*.png"))
         if grids:
-            samples.add(heading(f"diffusion run {self.rel(run)}"))
+            samples.add(heading(f"{label} {self.rel(run)}"))
             shown = [grids[0], grids[-1]] if len(grids) > 1 else grids
             figures_shown = []
             for grid in shown:
@@ -167,11 +170,11 @@ class _Report:
             samples.add(gallery(figures_shown))
         log = _read_jsonl(run / "train_log.jsonl")
         if log:
-            curves.add(heading(f"diffusion run {self.rel(run)}"),
-                       image(figures.diffusion_curves(log, self.rel(run)), "diffusion training curves",
+            curves.add(heading(f"{label} {self.rel(run)}"),
+                       image(figures.diffusion_curves(log, self.rel(run)), f"{label} training curves",
                              f"{len(log)} log records, last step {log[-1].get('step')}"))
         if (run / "config.yaml").is_file():
-            configs.add(preformatted((run / "config.yaml").read_text(encoding="utf-8"), f"diffusion run {self.rel(run)}: config.yaml"))
+            configs.add(preformatted((run / "config.yaml").read_text(encoding="utf-8"), f"{label} {self.rel(run)}: config.yaml"))
         if (run / "training_data.json").is_file():
             info = _read_json(run / "training_data.json")
             self.dataset(info.get("data_root"), "diffusion training data")
@@ -179,7 +182,25 @@ class _Report:
                 self.dataset(extra.get("data_root"), "diffusion training data")
             summary = {k: v for k, v in info.items() if k not in ("train_ids", "datasets")}
             summary["train_ids"] = f"{len(info.get('train_ids', []))} samples"
-            configs.add(preformatted(yaml.safe_dump(summary, sort_keys=True), f"diffusion run {self.rel(run)}: training_data.json"))
+            configs.add(preformatted(yaml.safe_dump(summary, sort_keys=True), f"{label} {self.rel(run)}: training_data.json"))
+
+    def autoencoder_run(self, run: Path) -> None:
+        """Loss curves, config and held-out reconstruction quality of a ``train-autoencoder`` run."""
+        log = _read_jsonl(run / "train_log.jsonl")
+        if log:
+            self.sections["curves"].add(heading(f"autoencoder run {self.rel(run)}"),
+                                        image(figures.diffusion_curves(log, self.rel(run)), "autoencoder training curves",
+                                              f"{len(log)} log records, last step {log[-1].get('step')}"))
+        if (run / "config.yaml").is_file():
+            self.sections["configs"].add(preformatted((run / "config.yaml").read_text(encoding="utf-8"),
+                                                      f"autoencoder run {self.rel(run)}: config.yaml"))
+        if (run / "split.json").is_file():
+            for root in _read_json(run / "split.json").get("data", []) or []:
+                self.dataset(root, "autoencoder training data")
+        if (run / "reconstruction.json").is_file():
+            quality = _read_json(run / "reconstruction.json")
+            self.sections["configs"].add(preformatted(yaml.safe_dump(quality, sort_keys=True),
+                                                      f"autoencoder run {self.rel(run)}: reconstruction.json"))
 
     def synthetic_set(self, root: Path) -> None:
         self.dataset(root, "synthetic set")
@@ -416,6 +437,10 @@ class _Report:
             self.sections["answer"].add(paragraph(LEGEND))
         for run in self.of("diffusion_run"):
             self.guarded("samples", run, lambda run=run: self.diffusion_run(run))
+        for run in self.of("controlnet_run"):
+            self.guarded("samples", run, lambda run=run: self.diffusion_run(run, "ControlNet run"))
+        for run in self.of("autoencoder_run"):
+            self.guarded("curves", run, lambda run=run: self.autoencoder_run(run))
         for root in self.of("synthetic_set"):
             self.guarded("samples", root, lambda root=root: self.synthetic_set(root))
         self.guarded("curves", Path("segmentation runs"), lambda: self.seg_runs(self.of("seg_run")))

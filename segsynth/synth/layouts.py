@@ -1,4 +1,4 @@
-"""Layout sources: where the masks that condition synthetic images come from (DESIGN §4).
+"""Layout sources: where the masks that condition synthetic images come from.
 
 Every source has one method, ``draw(index, rng) -> (mask (H, W) int64, layout_id | None)``, and
 takes all its randomness from ``rng``, so a sample's layout depends only on its own generator (not on

