@@ -41,13 +41,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--work", type=Path, required=True, help="folder for the data and the benchmark runs")
     parser.add_argument("--config", type=Path, default=ROOT / "configs" / "benchmark-cpu.yaml")
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--run-folds", type=int, nargs="+", default=None,
+                        help="only these folds (default all); finished runs of a larger benchmark are reused")
     args = parser.parse_args(argv)
     console = Console(width=160)
     data = args.work / "data" / args.dataset
     if not (data / "dataset.json").is_file():
         build_builtin(args.dataset, data)
     os.chdir(ROOT)  # the config names configs/tiny.yaml relative to the checkout
-    cfg = load_config(BenchmarkConfig, args.config)
+    cfg = load_config(BenchmarkConfig, args.config, {"run_folds": args.run_folds} if args.run_folds else None)
     tick = time.perf_counter()
     results = run_benchmark(data, args.work / args.dataset, cfg, console=console)
     results["benchmark"] = "downstream"

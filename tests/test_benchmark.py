@@ -146,6 +146,10 @@ def test_tiny_benchmark_trains_every_setting_for_the_same_steps(tmp_path: Path) 
     assert {p: p.stat().st_mtime_ns for p in out.rglob("metrics.json")} == before
     with pytest.raises(ValueError, match="another config"):
         run_benchmark(data, out, cfg.model_copy(update={"seeds": [5]}))
+    # run_folds only selects folds: all of them continues the same benchmark, fold 0 is not trained again
+    both = run_benchmark(data, out, cfg.model_copy(update={"run_folds": None}))
+    assert both["settings"]["baseline"]["folds"] == 2 and both["settings"]["baseline"]["runs"] == 4
+    assert all(p.stat().st_mtime_ns == t for p, t in before.items())
 
 
 def test_planned_budget_grows_with_the_data_and_keeps_a_floor() -> None:

@@ -206,7 +206,8 @@ def prepare_benchmark(data: str | Path, out: str | Path, config: BenchmarkConfig
     config_path = out / "benchmark.yaml"
     if config_path.is_file():
         saved = parse_config(BenchmarkConfig, yaml.safe_load(config_path.read_text(encoding="utf-8")), str(config_path))
-        if saved != config:
+        # run_folds only picks which of the saved folds to run (and summarise): any selection may continue
+        if saved.model_copy(update={"run_folds": None}) != config.model_copy(update={"run_folds": None}):
             raise ValueError(f"{config_path}: this folder holds a benchmark with another config; use a new --out")
     else:
         save_resolved_config(config, config_path)
