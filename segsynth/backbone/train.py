@@ -52,6 +52,7 @@ from segsynth.io.atomic import atomic_directory, atomic_write_json, remove_stale
 from segsynth.io.checkpoint import CheckpointManager, rng_state, set_rng_state
 from segsynth.io.hashing import model_hash
 from segsynth.io.run_log import check_resume, check_same_record, train_keys, truncate_log
+from segsynth.io.lock import owns_folder
 
 CONFIG_YAML = "config.yaml"
 BACKBONE_JSON = "backbone.json"
@@ -258,6 +259,7 @@ def prepare_backbone_run(out: Path, cfg: BackboneTrainConfig, resume: bool, trai
     atomic_write_json(backbone_path, backbone_info)
 
 
+@owns_folder("out")
 def train_controlnet(
     data: str | Path | Sequence[str | Path],
     backbone: str | Path,

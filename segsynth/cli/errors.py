@@ -13,6 +13,7 @@ from rich.markup import escape
 from segsynth.config import ConfigError
 from segsynth.data.format import DatasetFormatError
 from segsynth.data.io import DataReadError
+from segsynth.io.lock import FolderInUseError
 
 #: Tables (benchmark, dataset summary) need ~120 columns; when output goes to a file or a CI log
 #: (no terminal, where rich would assume 80) print them that wide instead of wrapping every cell.
@@ -23,6 +24,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     ConfigError,
     DatasetFormatError,
     DataReadError,
+    FolderInUseError,
     FileNotFoundError,
     FileExistsError,
     ValueError,

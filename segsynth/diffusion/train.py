@@ -62,6 +62,7 @@ from segsynth.io.atomic import atomic_directory, atomic_write_json, remove_stale
 from segsynth.io.checkpoint import CheckpointManager, rng_state, set_rng_state
 from segsynth.io.run_log import check_resume, check_same_record, train_keys, truncate_log
 from segsynth.io.hashing import model_hash
+from segsynth.io.lock import owns_folder
 from segsynth.latent.autoencoder import encode_images, latent_factor, load_autoencoder
 from segsynth.latent.cache import LatentCache
 from segsynth.models import SegSynthModel
@@ -527,6 +528,7 @@ def _progress(console: Console | None, enabled: bool) -> Progress:
     )
 
 
+@owns_folder("out")
 def train_diffusion(
     data: str | Path | Sequence[str | Path],
     config: DiffusionTrainConfig | str | Path | None,

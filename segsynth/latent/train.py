@@ -43,6 +43,7 @@ from segsynth.data.style_sampling import random_patch
 from segsynth.io.atomic import atomic_directory, atomic_write_json
 from segsynth.io.checkpoint import CheckpointManager
 from segsynth.io.run_log import check_resume, check_same_record, truncate_log
+from segsynth.io.lock import owns_folder
 from segsynth.latent.autoencoder import AUTOENCODER_DIR, build_autoencoder, encode_images
 from segsynth.latent.config import AutoencoderTrainConfig
 
@@ -176,6 +177,7 @@ def _save_grid(path: Path, tiles: torch.Tensor, recon: torch.Tensor, columns: in
     write_image(path, grid[0] if grid.shape[0] == 1 else np.moveaxis(grid, 0, -1))
 
 
+@owns_folder("out")
 def train_autoencoder(
     data: str | Path | Sequence[str | Path],
     config: AutoencoderTrainConfig | str | Path | None,

@@ -44,6 +44,7 @@ from segsynth.diffusion.pipeline import SegSynthPipeline
 from segsynth.io.atomic import atomic_write_json
 from segsynth.io.hashing import model_hash
 from segsynth.io.json_file import read_json_object
+from segsynth.io.lock import FolderLock
 from segsynth.io.untrusted import refuse_unsafe_files
 from segsynth.models.text import encode_prompts
 from segsynth.synth.layouts import LayoutSource, VariantLayouts, make_layout_source
@@ -61,6 +62,13 @@ from segsynth.synth.styles import StyleSource, open_style_pool
 GENERATION_JSON = "generation.json"
 TRAINING_DATA_JSON = "training_data.json"
 PIPELINE_DIR = "pipeline"
+#: How long a shard waits for another to finish claiming or merging the set (each takes moments).
+SET_LOCK_WAIT_S = 120.0
+
+
+def shard_lock_name(index: int, count: int) -> str:
+    """Lock file of one shard: shards of a set run side by side, a shard never twice."""
+    return f".shard-{index}-of-{count}.lock"
 
 
 class GenerationConfig(StrictModel):
@@ -575,36 +583,39 @@ def _write_set(
     n = config.n
     indices = shard_range(n, shard)
     part = out / manifest_name(*shard)
-    _claim_output(out, config, synthetic_spec(source_spec, config), part, resume)
-    if resume:
-        _remove_stale_temporaries(out, indices)
-    done = _done_indices(out, part, indices) if resume else set()
-    generated = 0
-    columns = (TextColumn("generate"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
-    with ManifestWriter(part) as writer, Progress(*columns, console=console, disable=console is None) as bar:
-        task = bar.add_task("generate", total=len(indices), completed=len(done))
-        for block in _blocks(indices, batch_size):
-            if all(i in done for i in block):
-                continue
-            draws = [_draw(i, config.seed, layout_source, style_source) for i in block]
-            images = render(block, draws)
-            for index, draw, image in zip(block, draws, images):
-                if index in done:
+    # The shard's lock is held throughout (a second writer of it fails at once); the set's lock
+    # only while the recipe is claimed, so two shards never claim a fresh folder at the same time.
+    with FolderLock(out, shard_lock_name(*shard)):
+        with FolderLock(out, wait=SET_LOCK_WAIT_S):
+            _claim_output(out, config, synthetic_spec(source_spec, config), part, resume)
+        if resume:
+            _remove_stale_temporaries(out, indices)
+        done = _done_indices(out, part, indices) if resume else set()
+        generated = 0
+        columns = (TextColumn("generate"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+        with ManifestWriter(part) as writer, Progress(*columns, console=console, disable=console is None) as bar:
+            task = bar.add_task("generate", total=len(indices), completed=len(done))
+            for block in _blocks(indices, batch_size):
+                if all(i in done for i in block):
                     continue
-                record = _write_sample(out, index, draw, image, config, config.prompt or source_spec.prompt, guidance)
-                writer.append(record)
-                generated += 1
-                bar.advance(task)
-                if on_sample is not None:
-                    on_sample(record)
-    # Every shard appends its last line before this test, so the last to finish sees all parts
-    # complete. Shards finishing together may both merge: harmless, as both write the same bytes
-    # under the same names, each by an atomic rename (segsynth.io.atomic), so readers see one
-    # whole copy.
-    complete = _all_parts_complete(out, n, shard[1])
-    if complete:
-        merge_shards(out)
-    return GenerationResult(out, generated, len(done), len(indices), complete)
+                draws = [_draw(i, config.seed, layout_source, style_source) for i in block]
+                images = render(block, draws)
+                for index, draw, image in zip(block, draws, images):
+                    if index in done:
+                        continue
+                    record = _write_sample(out, index, draw, image, config, config.prompt or source_spec.prompt, guidance)
+                    writer.append(record)
+                    generated += 1
+                    bar.advance(task)
+                    if on_sample is not None:
+                        on_sample(record)
+        # Every shard appends its last line before this test, so the last to finish sees all parts
+        # complete. Shards finishing together both merge, one after the other (merge_shards holds
+        # the set's lock), and write the same bytes.
+        complete = _all_parts_complete(out, n, shard[1])
+        if complete:
+            merge_shards(out)
+        return GenerationResult(out, generated, len(done), len(indices), complete)
 
 
 def _output_size(pipeline: SegSynthPipeline, size: int | None) -> int:
@@ -792,6 +803,12 @@ def merge_shards(out: str | Path) -> Path:
     record_path = out / GENERATION_JSON
     if not record_path.is_file():
         raise FileNotFoundError(f"{out}: no {GENERATION_JSON}; not a segsynth synthetic set")
+    with FolderLock(out, wait=SET_LOCK_WAIT_S):
+        return _merge_locked(out, record_path)
+
+
+def _merge_locked(out: Path, record_path: Path) -> Path:
+    """:func:`merge_shards` once the set's lock is held."""
     saved = json.loads(record_path.read_text(encoding="utf-8"))
     config = parse_config(GenerationConfig, saved["config"], str(record_path))
     records: list[ManifestRecord] = []
