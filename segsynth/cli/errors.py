@@ -13,6 +13,7 @@ from rich.markup import escape
 from segsynth.config import ConfigError
 from segsynth.data.format import DatasetFormatError
 from segsynth.data.io import DataReadError
+from segsynth.io.finite import NonFiniteError
 from segsynth.io.lock import FolderInUseError
 
 #: Tables (benchmark, dataset summary) need ~120 columns; when output goes to a file or a CI log
@@ -25,6 +26,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     DatasetFormatError,
     DataReadError,
     FolderInUseError,
+    NonFiniteError,
     FileNotFoundError,
     FileExistsError,
     ValueError,

@@ -46,6 +46,7 @@ from segsynth.io.hashing import model_hash
 from segsynth.io.json_file import read_json_object
 from segsynth.io.lock import FolderLock
 from segsynth.io.untrusted import refuse_unsafe_files
+from segsynth.io.finite import check_images
 from segsynth.models.text import encode_prompts
 from segsynth.synth.layouts import LayoutSource, VariantLayouts, make_layout_source
 from segsynth.synth.manifest import (
@@ -600,6 +601,7 @@ def _write_set(
                     continue
                 draws = [_draw(i, config.seed, layout_source, style_source) for i in block]
                 images = render(block, draws)
+                check_images(images, block.start, f"generate {out}")
                 for index, draw, image in zip(block, draws, images):
                     if index in done:
                         continue
