@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch is imported by the callers; the CLI imports this module only for the error class
+    import torch
 
 
 class NonFiniteError(RuntimeError):
@@ -23,7 +25,7 @@ class NonFiniteError(RuntimeError):
 def check_losses(terms: Mapping[str, float | torch.Tensor], step: int, stage: str) -> None:
     """Raise :class:`NonFiniteError` naming the first non-finite term of ``step``."""
     for name, value in terms.items():
-        number = float(value.detach().float().mean()) if torch.is_tensor(value) else float(value)
+        number = float(value.detach().float().mean()) if hasattr(value, "detach") else float(value)
         if not math.isfinite(number):
             raise NonFiniteError(
                 f"{stage}: step {step}: loss term {name!r} is {number}; stopped before saving the weights "
@@ -34,7 +36,7 @@ def check_losses(terms: Mapping[str, float | torch.Tensor], step: int, stage: st
 def check_weights(named: Iterable[tuple[str, torch.Tensor]], step: int, stage: str) -> None:
     """Raise :class:`NonFiniteError` naming the first parameter holding ``nan``/``inf`` at ``step``."""
     for name, tensor in named:
-        if not bool(torch.isfinite(tensor.detach()).all()):
+        if not bool(tensor.detach().isfinite().all()):
             raise NonFiniteError(
                 f"{stage}: step {step}: weight {name!r} is not finite; stopped before saving it "
                 "(the last checkpoint is kept; lower the learning rate or check the data, then --resume)"
@@ -43,7 +45,7 @@ def check_weights(named: Iterable[tuple[str, torch.Tensor]], step: int, stage: s
 
 def check_images(images: torch.Tensor, first: int, stage: str) -> None:
     """Raise :class:`NonFiniteError` when a generated block (samples ``first``...) has non-finite pixels."""
-    finite = torch.isfinite(images.detach().reshape(len(images), -1)).all(dim=1)
+    finite = images.detach().reshape(len(images), -1).isfinite().all(dim=1)
     if not bool(finite.all()):
         bad = first + int((~finite).nonzero()[0, 0])
         raise NonFiniteError(
