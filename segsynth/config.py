@@ -71,6 +71,8 @@ def load_config(cls: type[T], path: str | Path | None, overrides: dict[str, Any]
             raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+        except RecursionError:
+            raise ConfigError(f"{path}: nested too deeply to be a config") from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):

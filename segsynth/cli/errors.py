@@ -90,7 +90,7 @@ def command_stage(argv: Sequence[str], groups: Collection[str]) -> str:
 def _log_traceback(exc: Exception, stage: str) -> Path | None:
     """Write the full traceback to a new file under :data:`CRASH_DIR_ENV`; None if that fails too."""
     folder = Path(os.environ.get(CRASH_DIR_ENV) or Path(tempfile.gettempdir()) / "segsynth-crashes")
-    path = folder / f"crash-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    path = folder / f"crash-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{time.time_ns() % 10**9:09d}.log"
     text = f"{stage}\nargv: {sys.argv!r}\n\n" + "".join(traceback.format_exception(exc))
     try:
         return atomic_write_text(path, text)

@@ -249,10 +249,7 @@ def load_run(path: str | Path) -> tuple[SegSynthPipeline, Path, dict[str, Any]]:
     training_data: dict[str, Any] = {}
     info = path / TRAINING_DATA_JSON
     if info.is_file():
-        try:
-            training_data = json.loads(info.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{info}: not readable JSON ({exc})") from None
+        training_data = read_json_object(info)
     check_pipeline_folder(pipeline_dir)
     try:
         pipeline = SegSynthPipeline.from_pretrained(str(pipeline_dir))
@@ -739,10 +736,7 @@ def _claim_output(out: Path, config: GenerationConfig, spec: DatasetSpec, part: 
     if existing:
         if not record_path.is_file():
             raise FileExistsError(f"{out}: exists, is not empty and holds no {GENERATION_JSON}; choose another folder")
-        try:
-            previous = json.loads(record_path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{record_path}: not readable JSON ({exc})") from None
+        previous = read_json_object(record_path)
         if previous.get("config") != record["config"]:
             changed = sorted(
                 key for key in record["config"] if previous.get("config", {}).get(key) != record["config"][key]
@@ -811,7 +805,9 @@ def merge_shards(out: str | Path) -> Path:
 
 def _merge_locked(out: Path, record_path: Path) -> Path:
     """:func:`merge_shards` once the set's lock is held."""
-    saved = json.loads(record_path.read_text(encoding="utf-8"))
+    saved = read_json_object(record_path)
+    if not isinstance(saved.get("config"), dict) or not isinstance(saved.get("dataset"), dict):
+        raise ValueError(f"{record_path}: needs the objects 'config' and 'dataset'")
     config = parse_config(GenerationConfig, saved["config"], str(record_path))
     records: list[ManifestRecord] = []
     incomplete = []
