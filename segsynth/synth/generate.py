@@ -21,6 +21,7 @@ whichever finishes last merges the parts into ``manifest.jsonl`` + ``dataset.jso
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import os
 import tempfile
@@ -45,6 +46,7 @@ from segsynth.io.atomic import atomic_write_json
 from segsynth.io.hashing import model_hash
 from segsynth.io.json_file import read_json_object
 from segsynth.io.lock import FolderLock
+from segsynth.io.model_config import check_model_folder, check_scheduler_config
 from segsynth.io.untrusted import refuse_unsafe_files
 from segsynth.io.finite import check_images
 from segsynth.models.text import encode_prompts
@@ -234,6 +236,21 @@ def check_pipeline_folder(pipeline_dir: Path) -> None:
         library = entry[0] if isinstance(entry, list) and len(entry) == 2 else None
         if not isinstance(library, str) or not (library in SAFE_LIBRARIES or library.startswith("segsynth.")):
             raise ValueError(f"{index_path}: component {name!r} names {entry!r}; only segsynth, diffusers and transformers classes load")
+        _check_component(pipeline_dir / name, library, entry[1], index_path)
+
+
+def _check_component(folder: Path, library: str, class_name: Any, index_path: Path) -> None:
+    """Validate one component's config against the class it builds, before anything is allocated."""
+    if (folder / "scheduler_config.json").is_file():
+        check_scheduler_config(folder / "scheduler_config.json")
+        return
+    if not (folder / "config.json").is_file() or library == "transformers":
+        return  # diffusers names what is missing; text encoders come with their own checks
+    module = importlib.import_module(library)  # only segsynth.* and diffusers reach here
+    cls = getattr(module, class_name, None) if isinstance(class_name, str) else None
+    if cls is None:
+        raise ValueError(f"{index_path}: {library} has no class {class_name!r}")
+    check_model_folder(folder, cls)
 
 
 def load_run(path: str | Path) -> tuple[SegSynthPipeline, Path, dict[str, Any]]:
