@@ -214,11 +214,22 @@ class SegDataset(Dataset):
 
         The arrays stay cached, so the reading is not wasted for a run that goes on to train.
 
+        Then the whole folder goes through ``segsynth data check``'s validation, so a command never
+        accepts a folder the check rejects (an orphan mask, an unlabelled file without a case id).
+
         Raises:
-            DataReadError: the first unreadable, non-finite, misshapen or mislabelled sample.
+            DataReadError: the first unreadable, non-finite, misshapen or mislabelled sample, or
+                the first error the check finds, naming its file.
         """
+        from segsynth.data.check import check_dataset  # the checker itself reads through this module
+
         for index in range(len(self)):
             self.load_arrays(index)
+        errors = check_dataset(self.root).errors
+        if errors:
+            first = errors[0]
+            more = f" (and {len(errors) - 1} more; `segsynth data check {self.root}` lists them)" if len(errors) > 1 else ""
+            raise DataReadError(self.root / first.file, first.message + more, kind=first.kind)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         ref = self.refs[index]

@@ -14,7 +14,7 @@ import math
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import ConfigDict, Field, ValidationError, model_validator
+from pydantic import ConfigDict, Field, StrictBool, StrictInt, ValidationError, model_validator
 
 from segsynth.config import StrictModel, format_validation_error
 from segsynth.io.json_file import read_json_object
@@ -96,11 +96,21 @@ class SchedulerFields(StrictModel):
 
     model_config = ConfigDict(extra="allow")
 
-    num_train_timesteps: int = Field(1000, ge=1, le=100_000)
+    num_train_timesteps: StrictInt = Field(1000, ge=1, le=100_000)
     beta_start: float = Field(0.0001, gt=0, lt=1)
     beta_end: float = Field(0.02, gt=0, lt=1)
-    steps_offset: int = Field(0, ge=0, le=1000)
+    beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid"] = "linear"
+    steps_offset: StrictInt = Field(0, ge=0, le=1000)
     prediction_type: Literal["epsilon", "v_prediction", "sample"] = "epsilon"
+    timestep_spacing: Literal["linspace", "leading", "trailing"] = "leading"
+    variance_type: Literal["fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", "learned",
+                           "learned_range"] = "fixed_small"
+    clip_sample: StrictBool = True
+    thresholding: StrictBool = False
+    rescale_betas_zero_snr: StrictBool = False
+    clip_sample_range: float = Field(1.0, gt=0)
+    sample_max_value: float = Field(1.0, gt=0)
+    dynamic_thresholding_ratio: float = Field(0.995, gt=0, le=1)
     trained_betas: list[float] | None = None
 
     @model_validator(mode="after")
@@ -112,9 +122,12 @@ class SchedulerFields(StrictModel):
         return self
 
 
-def check_scheduler_config(path: Path) -> None:
-    """Refuse a scheduler config with impossible values (negative timesteps, betas outside (0, 1))."""
+def check_scheduler_config(path: Path, class_name: str) -> None:
+    """Refuse a scheduler config of another class than ``class_name`` (what ``model_index.json``
+    names) or with impossible values (negative timesteps, betas outside (0, 1), unknown schedules)."""
     data = read_json_object(path)
+    if data.get("_class_name") != class_name:
+        raise ValueError(f"{path}: _class_name is {data.get('_class_name')!r}, expected {class_name!r}")
     try:
         SchedulerFields.model_validate({k: v for k, v in data.items() if not k.startswith("_")})
     except ValidationError as exc:

@@ -242,7 +242,7 @@ def check_pipeline_folder(pipeline_dir: Path) -> None:
 def _check_component(folder: Path, library: str, class_name: Any, index_path: Path) -> None:
     """Validate one component's config against the class it builds, before anything is allocated."""
     if (folder / "scheduler_config.json").is_file():
-        check_scheduler_config(folder / "scheduler_config.json")
+        check_scheduler_config(folder / "scheduler_config.json", class_name)
         return
     if not (folder / "config.json").is_file() or library == "transformers":
         return  # diffusers names what is missing; text encoders come with their own checks
