@@ -107,6 +107,21 @@ def test_second_writer_fails_at_once_and_a_killed_owners_lock_is_taken_over(tmp_
     assert not (folder / FOLDER_LOCK).exists()
 
 
+def test_a_killed_but_unreaped_owner_no_longer_holds_the_lock(tmp_path: Path) -> None:
+    folder = tmp_path / "run"
+    pid = hold(folder)
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0] != "Z":
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    try:
+        with FolderLock(folder):  # the pid still exists, as a zombie
+            pass
+    finally:
+        os.waitpid(pid, 0)
+
+
 def test_lock_of_a_recycled_pid_or_a_crashed_writer_is_stale(tmp_path: Path) -> None:
     folder = tmp_path / "run"
     folder.mkdir()

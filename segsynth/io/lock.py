@@ -50,24 +50,20 @@ class Owner:
         return f"pid {self.pid}@{self.host} (since {when})"
 
 
+def _stat_fields(pid: int) -> list[str]:
+    """Fields 3.. of ``/proc/PID/stat`` (state first), or [] where there is no such file."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return []
+    # The command name (field 2) may hold spaces and parentheses: split after its closing one.
+    return stat.rsplit(")", 1)[-1].split()
+
+
 def _start_time(pid: int) -> str | None:
     """The kernel's start time of ``pid`` (field 22 of ``/proc/PID/stat``), or None when unknown."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
-    except OSError:
-        return None
-    # The command name (field 2) may hold spaces and parentheses: split after its closing one.
-    fields = stat.rsplit(")", 1)[-1].split()
+    fields = _stat_fields(pid)
     return fields[19] if len(fields) > 19 else None
-
-
-def _state(pid: int) -> str | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[-1].split()
-    return fields[0] if fields else None
 
 
 def _alive(owner: Owner) -> bool:
@@ -80,7 +76,7 @@ def _alive(owner: Owner) -> bool:
         return False
     except PermissionError:
         pass  # exists, belongs to another user
-    if _state(owner.pid) in {"Z", "X"}:
+    if _stat_fields(owner.pid)[:1] in (["Z"], ["X"]):
         return False  # killed, not yet reaped by its parent
     started = _start_time(owner.pid)
     return owner.started is None or started is None or started == owner.started

@@ -16,6 +16,8 @@ uninterrupted run and floating-point results cannot differ with batch compositio
 Shards (``shard=(i, n)``) split the index range; each writes ``manifest.shard-i-of-n.jsonl``, and
 whichever finishes last merges the parts into ``manifest.jsonl`` + ``dataset.json``
 (:func:`merge_shards` does the same on demand). Memory stays flat in ``n``: one block at a time.
+Each shard holds its own lock file (:mod:`segsynth.io.lock`) while it runs, so a second process
+writing the same shard fails at once; claiming the folder and merging hold the set's lock.
 """
 
 from __future__ import annotations
@@ -43,12 +45,12 @@ from segsynth.data.io import write_image
 from segsynth.data.loader import SegDataset
 from segsynth.diffusion.pipeline import SegSynthPipeline
 from segsynth.io.atomic import atomic_write_json
+from segsynth.io.finite import check_images
 from segsynth.io.hashing import model_hash
 from segsynth.io.json_file import read_json_object
 from segsynth.io.lock import FolderLock
 from segsynth.io.model_config import check_model_folder, check_scheduler_config
 from segsynth.io.untrusted import refuse_unsafe_files
-from segsynth.io.finite import check_images
 from segsynth.models.text import encode_prompts
 from segsynth.synth.layouts import LayoutSource, VariantLayouts, make_layout_source
 from segsynth.synth.manifest import (
