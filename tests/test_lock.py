@@ -130,6 +130,11 @@ def test_lock_of_a_recycled_pid_or_a_crashed_writer_is_stale(tmp_path: Path) -> 
                                                   "started": "1", "token": "x", "since": 0}))
     with FolderLock(folder):
         pass
+    # A writer killed between creating the file and filling it leaves it empty.
+    (folder / FOLDER_LOCK).write_text("")
+    os.utime(folder / FOLDER_LOCK, (time.time() - 10, time.time() - 10))
+    with FolderLock(folder):
+        pass
     # Another host's lock is never broken: its owner cannot be checked from here.
     (folder / FOLDER_LOCK).write_text(json.dumps({"pid": 1, "host": "elsewhere", "started": None,
                                                   "token": "x", "since": 0}))

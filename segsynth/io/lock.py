@@ -160,11 +160,14 @@ class FolderLock:
             if owner is None:
                 continue  # released between our attempts
             if _unreadable(owner):
-                # A writer killed between create and write leaves an empty file; give a live one a moment.
-                if time.time() - self._mtime() > 5:
+                # Empty or torn: a live writer fills it within microseconds of creating it, so one
+                # that stays so for a second was killed in between.
+                if time.time() - self._mtime() > 1:
                     _break_stale(self.path, owner)
-                    continue
-            elif not _alive(owner):
+                else:
+                    time.sleep(0.05)
+                continue
+            if not _alive(owner):
                 _break_stale(self.path, owner)
                 continue
             if time.monotonic() >= deadline:
@@ -181,10 +184,8 @@ class FolderLock:
             return 0.0
 
     def _busy_message(self, owner: Owner) -> str:
-        who = "an unknown process (unreadable lock file)" if _unreadable(owner) else owner.describe()
-        hint = ("" if owner.host in {socket.gethostname(), "?"} else
-                f"; if that process is gone, delete {self.path}")
-        return f"{self.folder}: in use by {who}; wait for it to finish or choose another output folder{hint}"
+        hint = "" if owner.host == socket.gethostname() else f"; if that process is gone, delete {self.path}"
+        return f"{self.folder}: in use by {owner.describe()}; wait for it to finish or choose another output folder{hint}"
 
     def release(self) -> None:
         """Remove the lock file if it is still ours (never another owner's), and the folder if this
