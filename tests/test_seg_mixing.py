@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 import torch
 from test_seg_train import make_synthetic_set, make_toy_dataset
+from typer.testing import CliRunner
 
+from segsynth.cli import app
 from segsynth.config import ConfigError
 from segsynth.data.format import DatasetFormatError
 from segsynth.data.loader import SegDataset
@@ -249,3 +251,14 @@ def test_parse_mix() -> None:
         with pytest.raises(ConfigError):
             parse_mix(bad)
     assert np.isclose(MixConfig().synthetic_fraction, 0.8) and MixConfig().alpha == 0.6
+
+
+def test_train_seg_refuses_a_manifest_less_set_before_writing(own_copy, sets, tmp_path: Path) -> None:
+    real_root, _ = sets
+    _, synth = own_copy
+    (synth / "manifest.jsonl").unlink()
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["train-seg", str(real_root), "--out", str(out), "--synthetic", str(synth)])
+    assert result.exit_code == 2, result.output
+    assert f"{synth / 'manifest.jsonl'}: missing" in " ".join(result.output.split())
+    assert not out.exists()
