@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-import json
 import os
 import tempfile
 from collections.abc import Callable, Mapping
@@ -34,7 +33,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import ConfigDict, Field
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -218,6 +217,17 @@ def pipeline_hash(pipeline: SegSynthPipeline) -> str:
         return model_hash(tmp)
 
 
+class RunTrainingData(StrictModel):
+    """The keys of a run's ``training_data.json`` generation reads, typed (others pass through)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    data_root: str | None = None
+    train_ids: list[str] | None = None
+    style_sampler: str | None = None
+    num_refs: int | None = Field(None, ge=1, le=64)
+
+
 #: Libraries a pipeline component may be loaded from (``model_index.json``).
 SAFE_LIBRARIES = ("diffusers", "transformers")
 
@@ -269,6 +279,7 @@ def load_run(path: str | Path) -> tuple[SegSynthPipeline, Path, dict[str, Any]]:
     info = path / TRAINING_DATA_JSON
     if info.is_file():
         training_data = read_json_object(info)
+        parse_config(RunTrainingData, training_data, str(info))
     check_pipeline_folder(pipeline_dir)
     try:
         pipeline = SegSynthPipeline.from_pretrained(str(pipeline_dir))
@@ -411,7 +422,10 @@ def generate(
         pipeline.to(default_device() if device is None else device)
     data_root = training_data.get("data_root")
     if layout_data is None and data_root is None:
-        raise ValueError("layout_data is required when the model does not come with a run's training_data.json")
+        info = None if isinstance(run_or_pipeline, SegSynthPipeline) else Path(run_or_pipeline) / TRAINING_DATA_JSON
+        source = ("the model comes without a run" if info is None else
+                  f"{info} names no data_root" if info.is_file() else f"{info.parent} has no {TRAINING_DATA_JSON}")
+        raise ValueError(f"layout_data is required: {source}")
     layout_root = Path(layout_data if layout_data is not None else data_root).resolve()
     if styles is None and data_root is not None:
         styles = Path(data_root) / UNLABELED_DIR
@@ -548,7 +562,9 @@ def _generate_with_controlnet(
         raise ValueError(f"{run}: its training_data.json names no data_root; give layout_data")
     layout_root = Path(layout_data if layout_data is not None else training_data["data_root"]).resolve()
     dataset = _layout_dataset(layout_root, layout_data is None, training_data, loaded.num_classes, loaded.channels)
-    backbone = json.loads((Path(run) / "backbone.json").read_text(encoding="utf-8"))
+    backbone = read_json_object(Path(run) / "backbone.json")
+    if not isinstance(backbone.get("sha256"), str):
+        raise ValueError(f"{Path(run) / 'backbone.json'}: needs the backbone's 'sha256'")
     digest = hashlib.sha256(f"{model_hash(Path(run) / 'controlnet')}:{backbone['sha256']}".encode()).hexdigest()
     config = parse_config(
         GenerationConfig,
