@@ -123,10 +123,12 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"data": write_tiny_dataset(root / "data"), "config": config}
 
 
-def check_then_train(root: Path, config: Path, work: Path) -> None:
+def check_info_train(root: Path, config: Path, work: Path) -> None:
     before = snapshot(root)
     check = CliRunner().invoke(app, ["data", "check", str(root), "--json"])
     assert_clean(check, {0, 1}, root)
+    info = CliRunner().invoke(app, ["data", "info", str(root), "--no-write"])
+    assert_clean(info, {0}, root)
     out = work / "run"
     train = CliRunner().invoke(app, ["train-diffusion", str(root), "--out", str(out), "--config", str(config)])
     assert_clean(train, {0}, root)
@@ -134,7 +136,8 @@ def check_then_train(root: Path, config: Path, work: Path) -> None:
     if train.exit_code == 2:
         assert not out.exists(), "a refused command left a partial run folder"
     # One validation truth: what the check passes trains, what training refuses the check reports.
-    assert (check.exit_code == 0) == (train.exit_code == 0), (check.output, train.output)
+    assert (check.exit_code == 0) == (train.exit_code == 0) == (info.exit_code == 0), (check.output, info.output,
+                                                                                        train.output)
 
 
 @FUZZ
@@ -146,7 +149,7 @@ def test_mutated_dataset_folders_succeed_or_are_refused_by_name(base, mutations)
         for mutation in mutations:
             if (root / mutation[0]).is_file() and not (root / mutation[0]).is_symlink():
                 apply_dataset_mutation(root, mutation)
-        check_then_train(root, base["config"], Path(tmp))
+        check_info_train(root, base["config"], Path(tmp))
 
 
 # --- dataset.json -----------------------------------------------------------------------------
@@ -189,7 +192,7 @@ def test_mutated_dataset_json_succeeds_or_is_refused_by_name(base, mutation) -> 
             else:
                 spec["cases"][arg[0]] = arg[1]
             path.write_text(json.dumps(spec))
-        check_then_train(root, base["config"], Path(tmp))
+        check_info_train(root, base["config"], Path(tmp))
 
 
 # --- a synthetic set's manifest ---------------------------------------------------------------

@@ -382,3 +382,17 @@ def check_dataset(root: str | Path) -> CheckReport:
         A :class:`CheckReport` listing every problem found (see the module docstring for the kinds).
     """
     return _Checker(Path(root)).run()
+
+
+def require_valid(root: str | Path) -> None:
+    """What every command runs on a dataset folder: :func:`check_dataset`, refusing on an error.
+
+    Raises:
+        DataReadError: the first error of the check, naming its file (and how many more there are).
+    """
+    root = Path(root)
+    errors = check_dataset(root).errors
+    if errors:
+        first = errors[0]
+        more = f" (and {len(errors) - 1} more; `segsynth data check {root}` lists them)" if len(errors) > 1 else ""
+        raise DataReadError(root / first.file, first.message + more, kind=first.kind)

@@ -221,15 +221,11 @@ class SegDataset(Dataset):
             DataReadError: the first unreadable, non-finite, misshapen or mislabelled sample, or
                 the first error the check finds, naming its file.
         """
-        from segsynth.data.check import check_dataset  # the checker itself reads through this module
+        from segsynth.data.check import require_valid  # the checker itself reads through this module
 
         for index in range(len(self)):
             self.load_arrays(index)
-        errors = check_dataset(self.root).errors
-        if errors:
-            first = errors[0]
-            more = f" (and {len(errors) - 1} more; `segsynth data check {self.root}` lists them)" if len(errors) > 1 else ""
-            raise DataReadError(self.root / first.file, first.message + more, kind=first.kind)
+        require_valid(self.root)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         ref = self.refs[index]
