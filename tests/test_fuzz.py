@@ -81,7 +81,7 @@ def dataset_mutation(draw: st.DrawFn) -> tuple[str, str, Any]:
         return target, kind, draw(st.lists(st.integers(0, 10_000), min_size=1, max_size=8))
     if kind == "array":
         shape = draw(st.sampled_from([(16, 16), (1, 1), (16, 1), (3, 16), (16, 16, 3), (16, 16, 2), (16, 12)]))
-        dtype = draw(st.sampled_from([np.uint8, np.uint16]))
+        dtype = draw(st.sampled_from([np.uint8, np.uint16] if len(shape) == 2 else [np.uint8]))  # PNG: 16 bit is grey only
         fill = draw(st.integers(0, 300))
         return target, kind, (shape, dtype, fill)
     return target, kind, None

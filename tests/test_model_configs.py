@@ -74,3 +74,14 @@ def test_an_autoencoder_whose_config_disagrees_with_its_weights_is_refused(tmp_p
     edit_json(tmp_path / "ae" / "config.json", lambda c: c.update(latent_channels=c["latent_channels"] * 64))
     with pytest.raises(ValueError, match=r"ae/config.json: describes another model"):
         load_autoencoder(tmp_path / "ae")
+
+
+@pytest.mark.parametrize("sampler, code", [(None, 0), ("xyz", 2), (7, 2)])
+def test_the_style_sampler_of_training_data_json_is_checked(run: Path, tmp_path: Path, sampler, code: int) -> None:
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    edit_json(copy / "training_data.json", lambda c: c.update(style_sampler=sampler))
+    result = CliRunner().invoke(app, ["generate", str(copy), "--out", str(tmp_path / "synth"), "-n", "1", "--steps", "1"])
+    assert result.exit_code == code, result.output
+    if code:
+        assert f"{copy / 'training_data.json'}: style_sampler" in " ".join(result.output.split())

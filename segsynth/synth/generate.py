@@ -33,12 +33,13 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, field_validator
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from segsynth.config import StrictModel, parse_config
 from segsynth.data.edges import EDGE_SOURCES, edge_map
+from segsynth.data.style_sampling import STYLE_SAMPLERS
 from segsynth.data.format import DATASET_JSON, IMAGES_DIR, MASKS_DIR, UNLABELED_DIR, DatasetSpec, save_spec
 from segsynth.data.io import write_image
 from segsynth.data.loader import SegDataset
@@ -226,6 +227,13 @@ class RunTrainingData(StrictModel):
     train_ids: list[str] | None = None
     style_sampler: str | None = None
     num_refs: int | None = Field(None, ge=1, le=64)
+
+    @field_validator("style_sampler")
+    @classmethod
+    def _known_sampler(cls, name: str | None) -> str | None:
+        if name is not None and name not in STYLE_SAMPLERS:
+            raise ValueError(f"unknown style sampler {name!r}; choose one of {sorted(STYLE_SAMPLERS)}")
+        return name
 
 
 #: Libraries a pipeline component may be loaded from (``model_index.json``).
@@ -440,7 +448,7 @@ def generate(
             "class_prior": dict(class_prior) if class_prior is not None else None,
             "layout_data": str(layout_root),
             "styles": str(Path(styles).resolve()) if styles is not None else None,
-            "style_sampler": (style_sampler or training_data.get("style_sampler", "multi_patch")) if styles else None,
+            "style_sampler": (style_sampler or training_data.get("style_sampler") or "multi_patch") if styles else None,
             "num_refs": num_refs if num_refs is not None else (
                 training_data.get("num_refs") or pipeline.style_aggregator.config.num_refs
             ),
