@@ -17,9 +17,12 @@ from segsynth.io.atomic import atomic_write_text
 
 
 class StrictModel(BaseModel):
-    """Base for every config section: unknown keys are errors, values are validated on assignment."""
+    """Base for every config section: unknown keys are errors, values are validated on assignment,
+    and every float (nested in lists and dicts too) must be finite: ``inf``/``nan`` pass every
+    range check (``inf >= 0``, ``nan`` compares false both ways) and turn into NaN weights or black
+    images many steps later."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False, allow_inf_nan=False)
 
 
 class ConfigError(ValueError):
@@ -68,6 +71,8 @@ def load_config(cls: type[T], path: str | Path | None, overrides: dict[str, Any]
             raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+        except RecursionError:
+            raise ConfigError(f"{path}: nested too deeply to be a config") from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):

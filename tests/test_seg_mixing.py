@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -9,7 +11,9 @@ import numpy as np
 import pytest
 import torch
 from test_seg_train import make_synthetic_set, make_toy_dataset
+from typer.testing import CliRunner
 
+from segsynth.cli import app
 from segsynth.config import ConfigError
 from segsynth.data.format import DatasetFormatError
 from segsynth.data.io import read_image, write_image
@@ -191,7 +195,7 @@ def test_strategy_selection_and_errors(sets: tuple[Path, Path], tmp_path: Path) 
     (tmp_path / "nomanifest").mkdir()
     bare = make_synthetic_set(tmp_path / "nomanifest", real_root, variants=1)
     (bare / "manifest.jsonl").unlink()
-    bare_set = load_synthetic_set(bare, real)
+    bare_set = load_synthetic_set(bare, real, layouts_independent=True)
     assert bare_set.layout_ids == [None] * len(bare_set)
     with pytest.raises(DatasetFormatError, match="manifest.jsonl: missing"):
         make_mixing(MixConfig(strategy="merge"), real, [bare_set], 0)
@@ -200,12 +204,66 @@ def test_strategy_selection_and_errors(sets: tuple[Path, Path], tmp_path: Path) 
     with pytest.raises(DatasetFormatError, match=r"augmented.*--layouts variants"):
         make_mixing(MixConfig(strategy="merge"), real, [load_synthetic_set(augmented, real)], 0)
     (bare / "manifest.jsonl").write_text('{"id": "x"}\n')
-    with pytest.raises(DatasetFormatError, match=r"manifest.jsonl:1: each row needs"):
-        load_synthetic_set(bare, real)
+    with pytest.raises(DatasetFormatError, match=r"manifest.jsonl: line 1: .*image: Field required"):
+        load_synthetic_set(bare, real, layouts_independent=True)
     spec = (bare / "dataset.json").read_text().replace('"blob": 1', '"tumour": 1')
     (bare / "dataset.json").write_text(spec)
     with pytest.raises(DatasetFormatError, match="differ from the real data"):
         load_synthetic_set(bare, real)
+
+
+def manifest_rows(root: Path) -> list[dict]:
+    return [json.loads(line) for line in (root / "manifest.jsonl").read_text().splitlines()]
+
+
+def write_rows(root: Path, rows: list[dict]) -> None:
+    (root / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+@pytest.fixture
+def own_copy(sets: tuple[Path, Path], tmp_path: Path) -> tuple[SegDataset, Path]:
+    real_root, synth_root = sets
+    shutil.copytree(synth_root, tmp_path / "synth")
+    return SegDataset(real_root), tmp_path / "synth"
+
+
+def test_a_set_without_manifest_is_refused_unless_declared_independent(own_copy) -> None:
+    real, synth = own_copy
+    (synth / "manifest.jsonl").unlink()
+    with pytest.raises(DatasetFormatError, match=r"manifest.jsonl: missing.*independent of this real data"):
+        load_synthetic_set(synth, real)
+    assert len(load_synthetic_set(synth, real, layouts_independent=True)) == 8
+
+
+@pytest.mark.parametrize("damage", ["null layout", "no row"])
+def test_samples_whose_layout_is_unknown_are_refused(own_copy, damage: str) -> None:
+    real, synth = own_copy
+    rows = manifest_rows(synth)
+    if damage == "null layout":
+        rows[3]["layout_id"] = None
+    else:
+        del rows[3]
+    write_rows(synth, rows)
+    with pytest.raises(DatasetFormatError, match=rf"1 sample\(s\) without a row naming their layout.*{rows[3]['id'] if damage == 'null layout' else 'syn_c0_1_1'}"):
+        load_synthetic_set(synth, real)
+    assert len(load_synthetic_set(synth, real, layouts_independent=True)) == 8
+
+
+def test_composed_layouts_name_no_real_layout_and_are_accepted(own_copy) -> None:
+    real, synth = own_copy
+    rows = [{**r, "layout_source": "composed", "layout_id": None} for r in manifest_rows(synth)]
+    write_rows(synth, rows)
+    assert load_synthetic_set(synth, real).layout_ids == [None] * 8
+
+
+@pytest.mark.parametrize("key", ["id", "image"])
+def test_duplicate_manifest_ids_or_images_are_an_error(own_copy, key: str) -> None:
+    real, synth = own_copy
+    rows = manifest_rows(synth)
+    rows[2][key] = rows[1][key]
+    write_rows(synth, rows)
+    with pytest.raises(DatasetFormatError, match=rf"manifest.jsonl: line 3: duplicate {key}"):
+        load_synthetic_set(synth, real, layouts_independent=True)
 
 
 def test_parse_mix() -> None:
@@ -216,3 +274,14 @@ def test_parse_mix() -> None:
         with pytest.raises(ConfigError):
             parse_mix(bad)
     assert np.isclose(MixConfig().synthetic_fraction, 0.8) and MixConfig().alpha == 0.6
+
+
+def test_train_seg_refuses_a_manifest_less_set_before_writing(own_copy, sets, tmp_path: Path) -> None:
+    real_root, _ = sets
+    _, synth = own_copy
+    (synth / "manifest.jsonl").unlink()
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["train-seg", str(real_root), "--out", str(out), "--synthetic", str(synth)])
+    assert result.exit_code == 2, result.output
+    assert f"{synth / 'manifest.jsonl'}: missing" in " ".join(result.output.split())
+    assert not out.exists()

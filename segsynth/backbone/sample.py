@@ -26,6 +26,7 @@ from segsynth.backbone.train import BACKBONE_JSON, CONFIG_YAML, CONTROLNET_DIR, 
 from segsynth.config import load_config
 from segsynth.diffusion.schedulers import make_sampler
 from segsynth.io.hashing import model_hash
+from segsynth.io.model_config import check_model_folder
 from segsynth.io.untrusted import refuse_unsafe_files
 
 
@@ -68,6 +69,10 @@ def load_controlnet(folder: str | Path) -> ControlNetModel:
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"{folder}: no trained ControlNet (config.json missing)")
     refuse_unsafe_files(folder, BackboneError)
+    try:
+        check_model_folder(folder, ControlNetModel)
+    except ValueError as exc:
+        raise BackboneError(str(exc)) from None
     try:
         return ControlNetModel.from_pretrained(str(folder), use_safetensors=True, local_files_only=True)
     except Exception as exc:  # noqa: BLE001 - any loader failure is reported with its folder

@@ -52,6 +52,8 @@ from segsynth.io.atomic import atomic_directory, atomic_write_json, remove_stale
 from segsynth.io.checkpoint import CheckpointManager, rng_state, set_rng_state
 from segsynth.io.hashing import model_hash
 from segsynth.io.run_log import check_resume, check_same_record, train_keys, truncate_log
+from segsynth.io.lock import owns_folder
+from segsynth.io.finite import check_losses, check_weights
 
 CONFIG_YAML = "config.yaml"
 BACKBONE_JSON = "backbone.json"
@@ -225,6 +227,7 @@ class ControlNetTrainer:
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         generator = torch.Generator(device=self.device).manual_seed(sample_seed(self.cfg.train.seed + 2, self.step, 0))
         loss = self.loss(batch, generator)
+        check_losses({"loss": loss}, self.step + 1, "train-diffusion --backbone")
         loss.backward()
         logged = {"loss": float(loss.detach())}
         if self.cfg.train.grad_clip is not None:
@@ -258,6 +261,7 @@ def prepare_backbone_run(out: Path, cfg: BackboneTrainConfig, resume: bool, trai
     atomic_write_json(backbone_path, backbone_info)
 
 
+@owns_folder("out")
 def train_controlnet(
     data: str | Path | Sequence[str | Path],
     backbone: str | Path,
@@ -352,6 +356,7 @@ def _run(trainer: ControlNetTrainer, console: Console | None) -> None:
                 window, count, tick = {}, 0, time.perf_counter()
             progress.update(task, completed=step)
             if step % cfg.checkpoint_every == 0 or last:
+                check_weights(trainer.controlnet.named_parameters(), step, "train-diffusion --backbone")
                 trainer.checkpoints.save(step, trainer.state_tree())
         trainer.release()
 

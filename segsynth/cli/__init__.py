@@ -8,6 +8,8 @@ the command that needs them, so ``segsynth --help`` and ``segsynth data check`` 
 
 from __future__ import annotations
 
+import sys
+
 from segsynth.cli.app import app
 
 # Each module below registers its commands on ``app`` (or a sub-app) when imported.
@@ -25,8 +27,11 @@ from segsynth.cli import report as _report  # noqa: E402,F401
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point, inside the error boundary (no traceback reaches a user)."""
+    from segsynth.cli.errors import command_stage, error_boundary
+
+    with error_boundary(command_stage(sys.argv[1:], {group.name for group in app.registered_groups if group.name})):
+        app()
 
 
 __all__ = ["app", "main"]

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
-from collections.abc import Iterator
+import os
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Collection, Iterator, Sequence
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -13,6 +19,10 @@ from rich.markup import escape
 from segsynth.config import ConfigError
 from segsynth.data.format import DatasetFormatError
 from segsynth.data.io import DataReadError
+from segsynth.io.finite import NonFiniteError
+from segsynth.io.atomic import atomic_write_text
+from segsynth.io.lock import FolderInUseError
+from segsynth.io.oserror import os_error_of
 
 #: Tables (benchmark, dataset summary) need ~120 columns; when output goes to a file or a CI log
 #: (no terminal, where rich would assume 80) print them that wide instead of wrapping every cell.
@@ -23,6 +33,8 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     ConfigError,
     DatasetFormatError,
     DataReadError,
+    FolderInUseError,
+    NonFiniteError,
     FileNotFoundError,
     FileExistsError,
     ValueError,
@@ -30,7 +42,28 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
 
 
 #: Environment problems a user fixes outside segsynth (then re-runs with --resume): no traceback.
-ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES}
+ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EIO}
+
+#: Where :func:`error_boundary` writes the full traceback of an unexpected error (default: the temp folder).
+CRASH_DIR_ENV = "SEGSYNTH_CRASH_DIR"
+
+
+def _print_error(text: str) -> None:
+    # escaped: a message may hold brackets (paths, "pip install 'segsynth[backbone]'") that are not markup
+    err_console.print(f"[bold red]error:[/] {escape(text)}", highlight=False, soft_wrap=True)
+
+
+def _report_expected(exc: Exception) -> bool:
+    """Print ``exc`` as one line if it is a bad input or a failing environment; False otherwise."""
+    if isinstance(exc, USER_ERRORS):
+        _print_error(str(exc))
+        return True
+    failure = os_error_of(exc)  # also behind safetensors' wrapper of a failed write
+    if failure is None or failure.errno not in ENVIRONMENT_ERRNOS:
+        return False
+    where = f"{failure.filename}: " if failure.filename else ""
+    _print_error(f"{where}{failure.strerror}; completed work is kept, fix this and re-run with --resume")
+    return True
 
 
 @contextlib.contextmanager
@@ -38,16 +71,49 @@ def user_errors() -> Iterator[None]:
     """Report a bad input as ``error: <file>: <problem>`` and exit 2 instead of a traceback."""
     try:
         yield
-    except USER_ERRORS as exc:
-        # escaped: a message may hold brackets (paths, "pip install 'segsynth[backbone]'") that are not markup
-        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
-    except OSError as exc:
-        if exc.errno not in ENVIRONMENT_ERRNOS:
+    except Exception as exc:
+        if not _report_expected(exc):
             raise
-        where = f"{exc.filename}: " if exc.filename else ""
-        err_console.print(
-            f"[bold red]error:[/] {where}{exc.strerror}; completed work is kept, fix this and re-run with --resume",
-            highlight=False, soft_wrap=True,
-        )
         raise typer.Exit(2) from None
+
+
+def command_stage(argv: Sequence[str], groups: Collection[str]) -> str:
+    """``segsynth data check`` / ``segsynth generate``: the command an argument list runs, for messages."""
+    words = ["segsynth"]
+    for arg in argv[:2]:
+        if arg.startswith("-") or (len(words) == 2 and words[1] not in groups):
+            break
+        words.append(arg)
+    return " ".join(words)
+
+
+def _log_traceback(exc: Exception, stage: str) -> Path | None:
+    """Write the full traceback to a new file under :data:`CRASH_DIR_ENV`; None if that fails too."""
+    folder = Path(os.environ.get(CRASH_DIR_ENV) or Path(tempfile.gettempdir()) / "segsynth-crashes")
+    path = folder / f"crash-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{time.time_ns() % 10**9:09d}.log"
+    text = f"{stage}\nargv: {sys.argv!r}\n\n" + "".join(traceback.format_exception(exc))
+    try:
+        return atomic_write_text(path, text)
+    except OSError:
+        return None
+
+
+@contextlib.contextmanager
+def error_boundary(stage: str) -> Iterator[None]:
+    """Outermost guard of the console script: no traceback reaches a user.
+
+    Expected errors print as in :func:`user_errors` (exit 2); anything else prints one line,
+    ``error: <file or stage>: <what>`` and where the full traceback was logged, and exits 1.
+    """
+    try:
+        yield
+    except Exception as exc:
+        if _report_expected(exc):
+            raise SystemExit(2) from None
+        log = _log_traceback(exc, stage)
+        failure = os_error_of(exc)
+        where = failure.filename if failure is not None and failure.filename else stage
+        what = (str(exc).strip().splitlines() or [""])[0]
+        logged = f"full traceback in {log}" if log is not None else "the traceback could not be logged"
+        _print_error(f"{where}: unexpected {type(exc).__name__}: {what} ({logged}; please report it)")
+        raise SystemExit(1) from None

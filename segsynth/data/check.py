@@ -23,7 +23,9 @@ kind                       level    meaning
 ``missing_case_id``        error    an image whose stem has no case id in ``dataset.json``
 ``unreadable``             error    a file that cannot be decoded (corrupt or truncated)
 ``too_large``              error    more than :data:`~segsynth.data.io.MAX_PIXELS` pixels (by header)
-``bad_dims``               error    image not ``(H, W)``/``(H, W, C)``/NIfTI ``(X, Y[, Z])``; mask not 2D
+``too_small``              error    a side under :data:`~segsynth.data.io.MIN_SIDE` pixels (1x1, 10000x1)
+``bad_dims``               error    image not ``(H, W)``/``(H, W, C)``/NIfTI ``(X, Y[, Z])``; mask not 2D;
+                                    a multi-page TIFF
 ``channel_mismatch``       error    an image's channel count differs from ``dataset.json``
 ``non_finite``             error    NaN or inf pixels in an image
 ``non_integer_mask``       error    a mask holding fractional (or non-finite) values
@@ -32,12 +34,12 @@ kind                       level    meaning
 ``stale_case_id``          warning  a case id entry for a stem with no file
 ``unused_label``           warning  a declared label that appears in no mask
 ``unexpected_entry``       warning  a sub-folder inside ``images/``, ``masks/`` or ``unlabeled/``
+``constant_image``         warning  every pixel of an image has the same value
 =========================  =======  ==============================================================
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -45,18 +47,19 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import ValidationError
 
-from segsynth.data.format import DATASET_JSON, IMAGES_DIR, MASKS_DIR, UNLABELED_DIR, DatasetSpec
-from segsynth.data.loader import LABEL_HINT
+from segsynth.data.format import DATASET_JSON, IMAGES_DIR, MASKS_DIR, UNLABELED_DIR, DatasetFormatError, DatasetSpec
+from segsynth.data.loader import LABEL_HINT, is_inside
 from segsynth.data.io import (
     IMAGE_EXTENSIONS,
     MASK_EXTENSIONS,
-    MAX_PIXELS,
     DataReadError,
+    check_shape,
     image_shape,
     is_nifti,
     read_image,
     split_ext,
 )
+from segsynth.io.json_file import read_json_object
 
 Severity = Literal["error", "warning"]
 
@@ -131,7 +134,6 @@ class _SpecView:
 class _Checker:
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.resolved_root = root.resolve()
         self.report = CheckReport(root=root)
         self.seen_labels: set[int] = set()
 
@@ -153,12 +155,9 @@ class _Checker:
             self.add("error", path, "missing_dataset_json", "missing: every dataset folder needs a dataset.json")
             return view
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            self.add("error", path, "invalid_dataset_json", f"not readable JSON ({exc})")
-            return view
-        if not isinstance(data, dict):
-            self.add("error", path, "invalid_dataset_json", "top level must be an object")
+            data = read_json_object(path, DatasetFormatError)  # the reader of every command
+        except DatasetFormatError as exc:
+            self.add("error", path, "invalid_dataset_json", str(exc).removeprefix(f"{path}: "))
             return view
         labels = data.get("labels")
         labels_reported = False
@@ -210,9 +209,15 @@ class _Checker:
         for entry in sorted(folder.iterdir()):
             if entry.name.startswith("."):
                 continue
-            if entry.is_symlink() and not self._inside(entry):
-                self.add("error", entry, "symlink_outside", f"symlink to {entry.resolve()} leaves the dataset folder")
-                continue
+            if entry.is_symlink():
+                try:
+                    inside = is_inside(entry, self.root)
+                except DataReadError as exc:
+                    self.add("error", entry, exc.kind, exc.problem)
+                    continue
+                if not inside:
+                    self.add("error", entry, "symlink_outside", f"symlink to {entry.resolve()} leaves the dataset folder")
+                    continue
             if entry.is_dir():
                 self.add("warning", entry, "unexpected_entry", f"sub-folder inside {name}/ is ignored")
                 continue
@@ -232,30 +237,14 @@ class _Checker:
             stems[stem] = paths[0]
         return stems
 
-    def _inside(self, path: Path) -> bool:
-        try:
-            path.resolve().relative_to(self.resolved_root)
-        except ValueError:
-            return False
-        return True
-
     # --- one file ---------------------------------------------------------------------------
     def header(self, path: Path) -> tuple[int, ...] | None:
         """Shape from the header, or None after reporting why the pixels must not be read."""
         try:
             shape = image_shape(path)
+            check_shape(path, shape)  # the same limits read_image applies for every command
         except DataReadError as exc:
-            self.add("error", path, "unreadable", exc.problem)
-            return None
-        if any(s == 0 for s in shape):
-            self.add("error", path, "unreadable", f"zero-size image {shape}")
-            return None
-        pixels = int(np.prod(shape))
-        if pixels > MAX_PIXELS:
-            self.add(
-                "error", path, "too_large",
-                f"shape {shape} is {pixels} pixels, over the safe load limit of {MAX_PIXELS} (MAX_PIXELS); tile it first",
-            )
+            self.add("error", path, exc.kind, exc.problem)
             return None
         return shape
 
@@ -263,7 +252,7 @@ class _Checker:
         try:
             return read_image(path)
         except DataReadError as exc:
-            self.add("error", path, "unreadable", exc.problem)
+            self.add("error", path, exc.kind, exc.problem)
             return None
 
     def check_image(self, path: Path, channels: int | None) -> tuple[int, ...] | None:
@@ -293,6 +282,10 @@ class _Checker:
             bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
             if bad:
                 self.add("error", path, "non_finite", f"{bad} NaN/inf pixel(s)")
+                return spatial
+        if arr.size and arr.min() == arr.max():
+            self.add("warning", path, "constant_image", f"every pixel is {arr.flat[0]!r}: the image carries no content "
+                     "(16-bit and float images are rescaled to their own range, so this one trains as all black)")
         return spatial
 
     def check_mask(self, path: Path, labels: dict[str, int] | None) -> tuple[int, ...] | None:
@@ -389,3 +382,17 @@ def check_dataset(root: str | Path) -> CheckReport:
         A :class:`CheckReport` listing every problem found (see the module docstring for the kinds).
     """
     return _Checker(Path(root)).run()
+
+
+def require_valid(root: str | Path) -> None:
+    """What every command runs on a dataset folder: :func:`check_dataset`, refusing on an error.
+
+    Raises:
+        DataReadError: the first error of the check, naming its file (and how many more there are).
+    """
+    root = Path(root)
+    errors = check_dataset(root).errors
+    if errors:
+        first = errors[0]
+        more = f" (and {len(errors) - 1} more; `segsynth data check {root}` lists them)" if len(errors) > 1 else ""
+        raise DataReadError(root / first.file, first.message + more, kind=first.kind)

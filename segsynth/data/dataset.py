@@ -100,11 +100,18 @@ class SegDataset(Dataset):
 
         The arrays stay cached, so the reading is not wasted for a run that goes on to train.
 
+        Then the whole folder goes through ``segsynth data check``'s validation, so a command never
+        accepts a folder the check rejects (an orphan mask, an unlabelled file without a case id).
+
         Raises:
-            DataReadError: the first unreadable, non-finite, misshapen or mislabelled sample.
+            DataReadError: the first unreadable, non-finite, misshapen or mislabelled sample, or
+                the first error the check finds, naming its file.
         """
+        from segsynth.data.check import require_valid  # the checker itself reads through this module
+
         for index in range(len(self)):
             self.load_arrays(index)
+        require_valid(self.root)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         ref = self.refs[index]

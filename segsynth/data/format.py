@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, StrictInt, ValidationError, field_validator, model_validator
 
 from segsynth.config import StrictModel, format_validation_error
 from segsynth.io.atomic import atomic_write_json
@@ -39,8 +39,9 @@ class DatasetSpec(StrictModel):
     description: str = ""
     modality: str = Field(min_length=1)
     prompt: str = Field(min_length=1, description="text prompt naming organ/structure and modality")
-    channels: int = Field(ge=1, le=4)
-    labels: dict[str, int]
+    # Strict: "1" or 1.0 would be accepted as 1 by pydantic, and masks are compared with these values.
+    channels: StrictInt = Field(ge=1, le=4)
+    labels: dict[str, StrictInt]
     label_provenance: Literal["human", "derived"]
     derivation: str | None = Field(default=None, description="recipe, required when labels are derived")
     licence: str = Field(min_length=1)

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from segsynth.data.check import require_valid
 from segsynth.data.format import DatasetSpec, load_spec
 from segsynth.data.io import DataReadError, image_shape, is_nifti, read_image
 from segsynth.data.loader import LABEL_HINT, SampleRef, index_dataset
@@ -126,6 +127,7 @@ def dataset_info(root: str | Path, write: bool = True) -> dict[str, Any]:
     """
     root = Path(root)
     fingerprint = compute_fingerprint(root, load_spec(root))
+    require_valid(root)  # what the fingerprint does not read (unlabelled case ids, orphan masks) too
     if write:
         atomic_write_json(root / FINGERPRINT_JSON, fingerprint)
     return fingerprint

@@ -26,15 +26,50 @@ MASK_EXTENSIONS = RASTER_EXTENSIONS + NIFTI_EXTENSIONS
 #: Largest image (pixels per 2D slice x channels) read without an explicit override: 64 Mpx, i.e.
 #: 256 MiB as float32. Larger files (whole-slide images) must be tiled before use.
 MAX_PIXELS = 64 * 1024 * 1024
+#: Smallest side of a 2D image: a 1x1 or 10000x1 "image" is a line or a point (a broken export,
+#: a transposed volume), which crops and augmentations would silently pad into blank samples.
+MIN_SIDE = 2
 
 
 class DataReadError(ValueError):
-    """A file could not be read as an image; the message names the file and the problem."""
+    """A file could not be read as an image; the message names the file and the problem.
 
-    def __init__(self, path: str | Path, problem: str) -> None:
+    ``kind`` is the problem's code in ``segsynth data check`` (its module docstring lists them),
+    so the check and every command report a file the same way.
+    """
+
+    def __init__(self, path: str | Path, problem: str, kind: str = "unreadable") -> None:
         super().__init__(f"{path}: {problem}")
         self.path = Path(path)
         self.problem = problem
+        self.kind = kind
+
+
+def resolve_link(path: Path) -> Path:
+    """``path.resolve()``, with a symlink loop (a link to itself) reported as a :class:`DataReadError`."""
+    try:
+        return path.resolve()
+    except (RuntimeError, OSError) as exc:  # Python raises RuntimeError("Symlink loop ...")
+        raise DataReadError(path, f"cannot follow the symlink ({exc}); replace it by the file it should name") from None
+
+
+def check_shape(path: Path, shape: tuple[int, ...], max_pixels: int = MAX_PIXELS) -> None:
+    """Refuse a header shape before any pixel is decoded: zero-size, degenerate or oversized.
+
+    Raises:
+        DataReadError: with kind ``unreadable`` (zero-size), ``too_small`` or ``too_large``.
+    """
+    if any(s == 0 for s in shape):
+        raise DataReadError(path, f"zero-size image {shape}")
+    if len(shape) >= 2 and min(shape[:2]) < MIN_SIDE:
+        raise DataReadError(path, f"image of shape {shape} is degenerate: each side needs at least {MIN_SIDE} "
+                                  "pixels", kind="too_small")
+    pixels = int(np.prod(shape[:2])) * (int(np.prod(shape[2:])) if len(shape) > 2 else 1)
+    if pixels > max_pixels:
+        raise DataReadError(
+            path, f"image of shape {shape} exceeds the safe load limit of {max_pixels} pixels; tile it first",
+            kind="too_large",
+        )
 
 
 def split_ext(path: str | Path) -> tuple[str, str]:
@@ -84,6 +119,9 @@ def image_shape(path: str | Path) -> tuple[int, ...]:
             import tifffile
 
             with tifffile.TiffFile(str(path)) as tif:
+                if len(tif.series) > 1:  # read_image would silently take the first page only
+                    raise DataReadError(path, f"multi-page TIFF holding {len(tif.series)} images; one 2D sample per "
+                                              "file (a slice stack belongs in NIfTI)", kind="bad_dims")
                 return tuple(int(s) for s in tif.series[0].shape)
         with _open_pil_header(path) as img:
             bands = len(img.getbands())
@@ -98,20 +136,14 @@ def read_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Decode ``path`` into a numpy array (see module docstring for the axis convention).
 
     Raises:
-        DataReadError: unknown extension, unreadable/truncated file, zero-size or oversized image.
+        DataReadError: unknown extension, unreadable/truncated file, zero-size, degenerate or
+            oversized image (:func:`check_shape`).
     """
     path = Path(path)
     ext = split_ext(path)[1]
     if ext not in IMAGE_EXTENSIONS:
         raise DataReadError(path, f"unsupported file type {ext!r}; use one of {', '.join(IMAGE_EXTENSIONS)}")
-    shape = image_shape(path)
-    if any(s == 0 for s in shape):
-        raise DataReadError(path, f"zero-size image {shape}")
-    pixels = int(np.prod(shape[:2])) * (int(np.prod(shape[2:])) if len(shape) > 2 else 1)
-    if pixels > max_pixels:
-        raise DataReadError(
-            path, f"image of shape {shape} exceeds the safe load limit of {max_pixels} pixels; tile it first"
-        )
+    check_shape(path, image_shape(path), max_pixels)
     try:
         if ext in NIFTI_EXTENSIONS:
             import nibabel as nib

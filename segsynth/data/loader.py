@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from segsynth.data.format import IMAGES_DIR, MASKS_DIR, UNLABELED_DIR, DatasetSpec, load_spec
+from segsynth.data.io import MASK_EXTENSIONS, DataReadError, image_shape, is_nifti, resolve_link, split_ext
 from segsynth.lazy import lazy_exports
-from segsynth.data.io import MASK_EXTENSIONS, DataReadError, image_shape, is_nifti, split_ext
 
 #: Raster images hold at most this many channels in their last axis; more means a slice stack.
 MAX_RASTER_CHANNELS = 4
@@ -52,7 +52,7 @@ def list_stems(folder: Path, root: Path | None = None) -> dict[str, Path]:
         if path.name.startswith("."):
             continue
         if root is not None and path.is_symlink() and not is_inside(path, root):
-            raise DataReadError(path, f"symlink to {path.resolve()} leaves the dataset folder {root}; copy the file in")
+            raise DataReadError(path, f"symlink to {resolve_link(path)} leaves the dataset folder {root}; copy the file in")
         if not path.is_file():
             continue
         stem = split_ext(path)[0]
@@ -135,8 +135,9 @@ def channels_first(arr: np.ndarray, channels: int, path: Path) -> np.ndarray:
 
 def is_inside(path: Path, root: Path) -> bool:
     """Whether ``path`` (after following links) lies inside ``root``."""
+    target = resolve_link(path)  # a symlink loop is an error of its own, not "outside"
     try:
-        path.resolve().relative_to(root.resolve())
+        target.relative_to(root.resolve())
     except ValueError:
         return False
     return True

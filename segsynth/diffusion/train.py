@@ -62,6 +62,8 @@ from segsynth.io.atomic import atomic_directory, atomic_write_json, remove_stale
 from segsynth.io.checkpoint import CheckpointManager, rng_state, set_rng_state
 from segsynth.io.run_log import check_resume, check_same_record, train_keys, truncate_log
 from segsynth.io.hashing import model_hash
+from segsynth.io.lock import owns_folder
+from segsynth.io.finite import check_losses, check_weights
 from segsynth.latent.autoencoder import encode_images, latent_factor, load_autoencoder
 from segsynth.latent.cache import LatentCache
 from segsynth.models import SegSynthModel
@@ -467,7 +469,10 @@ class Trainer:
         self.ema.step(self.raw_model.parameters())
         self.position.step += 1
         self.position.samples += self.cfg.train.batch_size
-        return {k: float(self.accelerator.reduce(v.float().reshape(1), "mean")) for k, v in logged.items()}
+        reduced = {k: float(self.accelerator.reduce(v.float().reshape(1), "mean")) for k, v in logged.items()}
+        # Checked after the reduction, so every process stops at the same step (none waits forever).
+        check_losses({name: reduced[name] for name in terms}, self.position.step, "train-diffusion")
+        return reduced
 
     @torch.no_grad()
     def to_latents(self, batch: dict[str, Any]) -> dict[str, Any]:
@@ -529,6 +534,7 @@ def _progress(console: Console | None, enabled: bool) -> Progress:
     )
 
 
+@owns_folder("out")
 def train_diffusion(
     data: str | Path | Sequence[str | Path],
     config: DiffusionTrainConfig | str | Path | None,
@@ -640,6 +646,7 @@ def _run(trainer: Trainer, preview: dict[str, torch.Tensor], console: Console | 
             if acc.is_main_process and ((cfg.sample_every and step % cfg.sample_every == 0) or last):
                 trainer.write_preview(preview)
             if step % cfg.checkpoint_every == 0 or last:
+                check_weights(trainer.raw_model.named_parameters(), step, "train-diffusion")
                 tree = trainer.state_tree()
                 if acc.is_main_process:
                     trainer.checkpoints.save(step, tree)

@@ -20,9 +20,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from segsynth.io.atomic import atomic_directory
+from segsynth.io.oserror import os_error_of
 
 COMPLETE_MARKER = "COMPLETE"
 _STEP_DIR = re.compile(r"^step_(\d{9})$")
@@ -70,7 +72,14 @@ def save_state_tree(directory: str | Path, tree: Any) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     tensors: dict[str, torch.Tensor] = {}
     structure = _encode(tree, "root", tensors)
-    save_file(tensors, str(directory / "state.safetensors"))
+    path = directory / "state.safetensors"
+    try:
+        save_file(tensors, str(path))
+    except SafetensorError as exc:  # a failed write (full disk, I/O error) arrives wrapped
+        failure = os_error_of(exc, str(path))
+        if failure is None:
+            raise
+        raise failure from exc
     (directory / "state.json").write_text(json.dumps(structure), encoding="utf-8")
 
 

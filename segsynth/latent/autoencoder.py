@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL
 
+from segsynth.io.model_config import check_model_folder
 from segsynth.io.untrusted import refuse_unsafe_files
 from segsynth.latent.config import AutoencoderModelConfig
 
@@ -58,6 +59,7 @@ def load_autoencoder(path: str | Path) -> tuple[AutoencoderKL, Path]:
         raise FileNotFoundError(f"{path}: no trained autoencoder (expected {AUTOENCODER_DIR}/config.json); "
                                 "make one with `segsynth train-autoencoder`")
     refuse_unsafe_files(folder)
+    check_model_folder(folder, AutoencoderKL)
     try:
         vae = AutoencoderKL.from_pretrained(str(folder), use_safetensors=True)
     except (OSError, ValueError, KeyError, TypeError) as exc:

@@ -43,6 +43,8 @@ from segsynth.data.style_sampling import random_patch
 from segsynth.io.atomic import atomic_directory, atomic_write_json
 from segsynth.io.checkpoint import CheckpointManager
 from segsynth.io.run_log import check_resume, check_same_record, truncate_log
+from segsynth.io.lock import owns_folder
+from segsynth.io.finite import check_losses, check_weights
 from segsynth.latent.autoencoder import AUTOENCODER_DIR, build_autoencoder, encode_images
 from segsynth.latent.config import AutoencoderTrainConfig
 
@@ -176,6 +178,7 @@ def _save_grid(path: Path, tiles: torch.Tensor, recon: torch.Tensor, columns: in
     write_image(path, grid[0] if grid.shape[0] == 1 else np.moveaxis(grid, 0, -1))
 
 
+@owns_folder("out")
 def train_autoencoder(
     data: str | Path | Sequence[str | Path],
     config: AutoencoderTrainConfig | str | Path | None,
@@ -229,6 +232,7 @@ def train_autoencoder(
             generator = torch.Generator(device=device).manual_seed(sample_seed(cfg.seed + 1, step, 0))
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 terms = reconstruction_loss(vae, images, cfg.kl_weight, generator)
+            check_losses(terms, step + 1, "train-autoencoder")
             terms["loss"].backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -243,6 +247,7 @@ def train_autoencoder(
                 bar.update(task, l1=f"{record['l1']:.4f}")
                 window = {}
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                check_weights(vae.named_parameters(), step, "train-autoencoder")
                 checkpoints.save(step, {"model": vae.state_dict(), "optimizer": optimizer.state_dict(), "step": step})
             bar.update(task, completed=step)
 

@@ -20,7 +20,6 @@ it missed.
 
 from __future__ import annotations
 
-import json
 import math
 from fractions import Fraction
 from collections.abc import Sequence
@@ -39,6 +38,8 @@ from segsynth.data.format import DatasetFormatError
 from segsynth.data.io import split_ext
 from segsynth.data.loader import SegDataset, sample_seed
 from segsynth.seg.config import MixConfig
+from segsynth.synth.manifest import ManifestRecord
+from segsynth.synth.manifest import read_manifest as read_generated_manifest
 
 MANIFEST = "manifest.jsonl"
 
@@ -87,34 +88,52 @@ class SyntheticSet:
         )
 
 
-def read_manifest(root: Path) -> dict[str, dict[str, Any]] | None:
-    """Rows of ``root/manifest.jsonl`` keyed by the stem of their ``image`` path (None if absent).
+def read_manifest(root: Path) -> dict[str, ManifestRecord] | None:
+    """Records of ``root/manifest.jsonl`` keyed by the stem of their ``image`` path (None if absent).
+
+    Parsed by the generator's own typed reader (:mod:`segsynth.synth.manifest`), so a manifest
+    train-seg accepts is exactly one ``generate`` could have written.
 
     Raises:
-        DatasetFormatError: a line that is not a JSON object with ``id``, ``image`` and ``layout_id``.
+        DatasetFormatError: a line that is not a valid record, or two records with one ``id`` or
+            one image (naming the file and the line).
     """
     path = root / MANIFEST
     if not path.is_file():
         return None
-    rows: dict[str, dict[str, Any]] = {}
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DatasetFormatError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
-        if not isinstance(row, dict) or not {"id", "image", "layout_id"} <= set(row):
-            raise DatasetFormatError(f"{path}:{number}: each row needs 'id', 'image' and 'layout_id'")
-        rows[split_ext(Path(str(row["image"])).name)[0]] = row
-    return rows
+    try:
+        records = read_generated_manifest(path)
+    except ValueError as exc:
+        raise DatasetFormatError(str(exc)) from None
+    by_stem: dict[str, ManifestRecord] = {}
+    ids: set[str] = set()
+    for number, record in enumerate(records, start=1):
+        stem = split_ext(Path(record.image).name)[0]
+        if record.id in ids or stem in by_stem:
+            what = f"id {record.id!r}" if record.id in ids else f"image {record.image!r}"
+            raise DatasetFormatError(f"{path}: line {number}: duplicate {what}; each sample must appear once")
+        ids.add(record.id)
+        by_stem[stem] = record
+    return by_stem
 
 
-def load_synthetic_set(root: str | Path, real: SegDataset) -> SyntheticSet:
+def load_synthetic_set(root: str | Path, real: SegDataset, *, layouts_independent: bool = False) -> SyntheticSet:
     """Open a synthetic set and check it is compatible with the real dataset ``real``.
 
+    Leakage can only be ruled out for samples whose manifest row names the real layout they were
+    drawn from (or says it was composed, from no real mask). A set without ``manifest.jsonl``, or
+    with samples it does not account for so, is refused: its images may have been drawn from
+    validation or test masks, and nothing could tell.
+
+    Args:
+        root: the synthetic set's folder.
+        real: the real training data.
+        layouts_independent: the caller declares that the set's layouts do not come from this real
+            data (made elsewhere or by hand); then unaccounted samples are used as they are.
+
     Raises:
-        DatasetFormatError: different labels or channel count than the real data, or no samples.
+        DatasetFormatError: different labels or channel count than the real data, no samples, or
+            (without ``layouts_independent``) a missing manifest or samples without a layout.
     """
     root = Path(root)
     dataset = SegDataset(root)
@@ -128,9 +147,25 @@ def load_synthetic_set(root: str | Path, real: SegDataset) -> SyntheticSet:
     if len(dataset) == 0:
         raise DatasetFormatError(f"{root}: the synthetic set holds no image/mask pairs")
     manifest = read_manifest(root)
-    rows = [{} if manifest is None else manifest.get(r.id, {}) for r in dataset.refs]
-    layout_ids = [row.get("layout_id") for row in rows]
-    return SyntheticSet(root, dataset, layout_ids, manifest is not None, [row.get("layout_source") for row in rows])
+    records = [None if manifest is None else manifest.get(r.id) for r in dataset.refs]
+    if not layouts_independent:
+        unaccounted = [ref.id for ref, record in zip(dataset.refs, records)
+                       if record is None or (record.layout_id is None and record.layout_source != "composed")]
+        if manifest is None:
+            problem = "missing, so no sample's layout can be checked against the validation and test cases"
+        elif unaccounted:
+            problem = (f"{len(unaccounted)} sample(s) without a row naming their layout (layout_id), "
+                       f"e.g. {unaccounted[:3]}; they may have been drawn from validation or test masks")
+        else:
+            problem = None
+        if problem is not None:
+            raise DatasetFormatError(
+                f"{root / MANIFEST}: {problem}. If the set's layouts are independent of this real data, "
+                "declare it explicitly (layouts_independent=True) to use it anyway"
+            )
+    layout_ids = [None if record is None else record.layout_id for record in records]
+    sources = [None if record is None else record.layout_source for record in records]
+    return SyntheticSet(root, dataset, layout_ids, manifest is not None, sources)
 
 
 class MixingStrategy(Protocol):

@@ -16,12 +16,14 @@ uninterrupted run and floating-point results cannot differ with batch compositio
 Shards (``shard=(i, n)``) split the index range; each writes ``manifest.shard-i-of-n.jsonl``, and
 whichever finishes last merges the parts into ``manifest.jsonl`` + ``dataset.json``
 (:func:`merge_shards` does the same on demand). Memory stays flat in ``n``: one block at a time.
+Each shard holds its own lock file (:mod:`segsynth.io.lock`) while it runs, so a second process
+writing the same shard fails at once; claiming the folder and merging hold the set's lock.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
+import importlib
 import os
 import tempfile
 from collections.abc import Callable, Mapping
@@ -31,19 +33,23 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import ConfigDict, Field, field_validator
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from segsynth.config import StrictModel, parse_config
 from segsynth.data.edges import EDGE_SOURCES, edge_map
+from segsynth.data.style_sampling import STYLE_SAMPLERS
 from segsynth.data.format import DATASET_JSON, IMAGES_DIR, MASKS_DIR, UNLABELED_DIR, DatasetSpec, save_spec
 from segsynth.data.io import write_image
 from segsynth.data.loader import SegDataset
 from segsynth.diffusion.pipeline import SegSynthPipeline
 from segsynth.io.atomic import atomic_write_json
+from segsynth.io.finite import check_images
 from segsynth.io.hashing import model_hash
 from segsynth.io.json_file import read_json_object
+from segsynth.io.lock import FolderLock
+from segsynth.io.model_config import check_model_folder, check_scheduler_config
 from segsynth.io.untrusted import refuse_unsafe_files
 from segsynth.models.text import encode_prompts
 from segsynth.synth.layouts import LayoutSource, VariantLayouts, make_layout_source
@@ -61,6 +67,13 @@ from segsynth.synth.styles import StyleSource, open_style_pool
 GENERATION_JSON = "generation.json"
 TRAINING_DATA_JSON = "training_data.json"
 PIPELINE_DIR = "pipeline"
+#: How long a shard waits for another to finish claiming or merging the set (each takes moments).
+SET_LOCK_WAIT_S = 120.0
+
+
+def shard_lock_name(index: int, count: int) -> str:
+    """Lock file of one shard: shards of a set run side by side, a shard never twice."""
+    return f".shard-{index}-of-{count}.lock"
 
 
 class GenerationConfig(StrictModel):
@@ -205,6 +218,24 @@ def pipeline_hash(pipeline: SegSynthPipeline) -> str:
         return model_hash(tmp)
 
 
+class RunTrainingData(StrictModel):
+    """The keys of a run's ``training_data.json`` generation reads, typed (others pass through)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    data_root: str | None = None
+    train_ids: list[str] | None = None
+    style_sampler: str | None = None
+    num_refs: int | None = Field(None, ge=1, le=64)
+
+    @field_validator("style_sampler")
+    @classmethod
+    def _known_sampler(cls, name: str | None) -> str | None:
+        if name is not None and name not in STYLE_SAMPLERS:
+            raise ValueError(f"unknown style sampler {name!r}; choose one of {sorted(STYLE_SAMPLERS)}")
+        return name
+
+
 #: Libraries a pipeline component may be loaded from (``model_index.json``).
 SAFE_LIBRARIES = ("diffusers", "transformers")
 
@@ -225,6 +256,21 @@ def check_pipeline_folder(pipeline_dir: Path) -> None:
         library = entry[0] if isinstance(entry, list) and len(entry) == 2 else None
         if not isinstance(library, str) or not (library in SAFE_LIBRARIES or library.startswith("segsynth.")):
             raise ValueError(f"{index_path}: component {name!r} names {entry!r}; only segsynth, diffusers and transformers classes load")
+        _check_component(pipeline_dir / name, library, entry[1], index_path)
+
+
+def _check_component(folder: Path, library: str, class_name: Any, index_path: Path) -> None:
+    """Validate one component's config against the class it builds, before anything is allocated."""
+    if (folder / "scheduler_config.json").is_file():
+        check_scheduler_config(folder / "scheduler_config.json", class_name)
+        return
+    if not (folder / "config.json").is_file() or library == "transformers":
+        return  # diffusers names what is missing; text encoders come with their own checks
+    module = importlib.import_module(library)  # only segsynth.* and diffusers reach here
+    cls = getattr(module, class_name, None) if isinstance(class_name, str) else None
+    if cls is None:
+        raise ValueError(f"{index_path}: {library} has no class {class_name!r}")
+    check_model_folder(folder, cls)
 
 
 def load_run(path: str | Path) -> tuple[SegSynthPipeline, Path, dict[str, Any]]:
@@ -240,10 +286,8 @@ def load_run(path: str | Path) -> tuple[SegSynthPipeline, Path, dict[str, Any]]:
     training_data: dict[str, Any] = {}
     info = path / TRAINING_DATA_JSON
     if info.is_file():
-        try:
-            training_data = json.loads(info.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{info}: not readable JSON ({exc})") from None
+        training_data = read_json_object(info)
+        parse_config(RunTrainingData, training_data, str(info))
     check_pipeline_folder(pipeline_dir)
     try:
         pipeline = SegSynthPipeline.from_pretrained(str(pipeline_dir))
@@ -386,7 +430,10 @@ def generate(
         pipeline.to(default_device() if device is None else device)
     data_root = training_data.get("data_root")
     if layout_data is None and data_root is None:
-        raise ValueError("layout_data is required when the model does not come with a run's training_data.json")
+        info = None if isinstance(run_or_pipeline, SegSynthPipeline) else Path(run_or_pipeline) / TRAINING_DATA_JSON
+        source = ("the model comes without a run" if info is None else
+                  f"{info} names no data_root" if info.is_file() else f"{info.parent} has no {TRAINING_DATA_JSON}")
+        raise ValueError(f"layout_data is required: {source}")
     layout_root = Path(layout_data if layout_data is not None else data_root).resolve()
     if styles is None and data_root is not None:
         styles = Path(data_root) / UNLABELED_DIR
@@ -401,7 +448,7 @@ def generate(
             "class_prior": dict(class_prior) if class_prior is not None else None,
             "layout_data": str(layout_root),
             "styles": str(Path(styles).resolve()) if styles is not None else None,
-            "style_sampler": (style_sampler or training_data.get("style_sampler", "multi_patch")) if styles else None,
+            "style_sampler": (style_sampler or training_data.get("style_sampler") or "multi_patch") if styles else None,
             "num_refs": num_refs if num_refs is not None else (
                 training_data.get("num_refs") or pipeline.style_aggregator.config.num_refs
             ),
@@ -525,7 +572,9 @@ def _generate_with_controlnet(
         raise ValueError(f"{run}: its training_data.json names no data_root; give layout_data")
     layout_root = Path(layout_data if layout_data is not None else training_data["data_root"]).resolve()
     dataset = _layout_dataset(layout_root, layout_data is None, training_data, loaded.num_classes, loaded.channels)
-    backbone = json.loads((Path(run) / "backbone.json").read_text(encoding="utf-8"))
+    backbone = read_json_object(Path(run) / "backbone.json")
+    if not isinstance(backbone.get("sha256"), str):
+        raise ValueError(f"{Path(run) / 'backbone.json'}: needs the backbone's 'sha256'")
     digest = hashlib.sha256(f"{model_hash(Path(run) / 'controlnet')}:{backbone['sha256']}".encode()).hexdigest()
     config = parse_config(
         GenerationConfig,
@@ -577,36 +626,40 @@ def _write_set(
     n = config.n
     indices = shard_range(n, shard)
     part = out / manifest_name(*shard)
-    _claim_output(out, config, synthetic_spec(source_spec, config), part, resume)
-    if resume:
-        _remove_stale_temporaries(out, indices)
-    done = _done_indices(out, part, indices) if resume else set()
-    generated = 0
-    columns = (TextColumn("generate"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
-    with ManifestWriter(part) as writer, Progress(*columns, console=console, disable=console is None) as bar:
-        task = bar.add_task("generate", total=len(indices), completed=len(done))
-        for block in _blocks(indices, batch_size):
-            if all(i in done for i in block):
-                continue
-            draws = [_draw(i, config.seed, layout_source, style_source) for i in block]
-            images = render(block, draws)
-            for index, draw, image in zip(block, draws, images):
-                if index in done:
+    # The shard's lock is held throughout (a second writer of it fails at once); the set's lock
+    # only while the recipe is claimed, so two shards never claim a fresh folder at the same time.
+    with FolderLock(out, shard_lock_name(*shard)):
+        with FolderLock(out, wait=SET_LOCK_WAIT_S):
+            _claim_output(out, config, synthetic_spec(source_spec, config), part, resume)
+        if resume:
+            _remove_stale_temporaries(out, indices)
+        done = _done_indices(out, part, indices) if resume else set()
+        generated = 0
+        columns = (TextColumn("generate"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+        with ManifestWriter(part) as writer, Progress(*columns, console=console, disable=console is None) as bar:
+            task = bar.add_task("generate", total=len(indices), completed=len(done))
+            for block in _blocks(indices, batch_size):
+                if all(i in done for i in block):
                     continue
-                record = _write_sample(out, index, draw, image, config, config.prompt or source_spec.prompt, guidance)
-                writer.append(record)
-                generated += 1
-                bar.advance(task)
-                if on_sample is not None:
-                    on_sample(record)
-    # Every shard appends its last line before this test, so the last to finish sees all parts
-    # complete. Shards finishing together may both merge: harmless, as both write the same bytes
-    # under the same names, each by an atomic rename (segsynth.io.atomic), so readers see one
-    # whole copy.
-    complete = _all_parts_complete(out, n, shard[1])
-    if complete:
-        merge_shards(out)
-    return GenerationResult(out, generated, len(done), len(indices), complete)
+                draws = [_draw(i, config.seed, layout_source, style_source) for i in block]
+                images = render(block, draws)
+                check_images(images, block.start, f"generate {out}")
+                for index, draw, image in zip(block, draws, images):
+                    if index in done:
+                        continue
+                    record = _write_sample(out, index, draw, image, config, config.prompt or source_spec.prompt, guidance)
+                    writer.append(record)
+                    generated += 1
+                    bar.advance(task)
+                    if on_sample is not None:
+                        on_sample(record)
+        # Every shard appends its last line before this test, so the last to finish sees all parts
+        # complete. Shards finishing together both merge, one after the other (merge_shards holds
+        # the set's lock), and write the same bytes.
+        complete = _all_parts_complete(out, n, shard[1])
+        if complete:
+            merge_shards(out)
+        return GenerationResult(out, generated, len(done), len(indices), complete)
 
 
 def _output_size(pipeline: SegSynthPipeline, size: int | None) -> int:
@@ -728,10 +781,7 @@ def _claim_output(out: Path, config: GenerationConfig, spec: DatasetSpec, part: 
     if existing:
         if not record_path.is_file():
             raise FileExistsError(f"{out}: exists, is not empty and holds no {GENERATION_JSON}; choose another folder")
-        try:
-            previous = json.loads(record_path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{record_path}: not readable JSON ({exc})") from None
+        previous = read_json_object(record_path)
         if previous.get("config") != record["config"]:
             changed = sorted(
                 key for key in record["config"] if previous.get("config", {}).get(key) != record["config"][key]
@@ -794,7 +844,15 @@ def merge_shards(out: str | Path) -> Path:
     record_path = out / GENERATION_JSON
     if not record_path.is_file():
         raise FileNotFoundError(f"{out}: no {GENERATION_JSON}; not a segsynth synthetic set")
-    saved = json.loads(record_path.read_text(encoding="utf-8"))
+    with FolderLock(out, wait=SET_LOCK_WAIT_S):
+        return _merge_locked(out, record_path)
+
+
+def _merge_locked(out: Path, record_path: Path) -> Path:
+    """:func:`merge_shards` once the set's lock is held."""
+    saved = read_json_object(record_path)
+    if not isinstance(saved.get("config"), dict) or not isinstance(saved.get("dataset"), dict):
+        raise ValueError(f"{record_path}: needs the objects 'config' and 'dataset'")
     config = parse_config(GenerationConfig, saved["config"], str(record_path))
     records: list[ManifestRecord] = []
     incomplete = []

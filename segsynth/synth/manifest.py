@@ -18,6 +18,7 @@ from pydantic import Field, ValidationError, field_validator
 
 from segsynth.config import StrictModel, format_validation_error
 from segsynth.io.atomic import atomic_write_text
+from segsynth.io.json_file import parse_json_text
 
 MANIFEST_JSONL = "manifest.jsonl"
 #: Record keys of the optional conditions (edge, text), left out of a line when unset.
@@ -115,9 +116,10 @@ def read_manifest(path: str | Path, repair: bool = False) -> list[ManifestRecord
 
 def _parse_line(raw: bytes, where: str) -> ManifestRecord:
     try:
-        obj = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
         raise ValueError(f"{where}: not JSON ({exc})") from None
+    obj = parse_json_text(text, where)
     if not isinstance(obj, dict):
         raise ValueError(f"{where}: expected a JSON object")
     try:
