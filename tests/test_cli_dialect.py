@@ -83,10 +83,6 @@ def test_named_options_are_overrides_and_set_has_the_last_word() -> None:
     assert bad.exit_code == 2 and "expected key=value" in bad.output
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="segsynth/io/__init__.py imports segsynth.io.checkpoint (torch) eagerly; remove this mark once it is lazy",
-)
 def test_start_up_imports_no_torch(tiny_dataset: Path) -> None:
     """``import segsynth``, ``segsynth --help`` and ``segsynth data check`` run without torch,
     diffusers or MONAI, which cost seconds to import; a command that trains imports them itself."""

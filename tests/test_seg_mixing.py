@@ -284,4 +284,10 @@ def test_train_seg_refuses_a_manifest_less_set_before_writing(own_copy, sets, tm
     result = CliRunner().invoke(app, ["train-seg", str(real_root), "--out", str(out), "--synthetic", str(synth)])
     assert result.exit_code == 2, result.output
     assert f"{synth / 'manifest.jsonl'}: missing" in " ".join(result.output.split())
+    assert "--layouts-independent" in " ".join(result.output.split())
     assert not out.exists()
+    declared = CliRunner().invoke(app, ["train-seg", str(real_root), "--out", str(out), "--synthetic", str(synth),
+                                        "--layouts-independent", "--set", "train.steps=2", "--set", "train.val_every=2",
+                                        "--set", "train.batch_size=2"])
+    assert declared.exit_code == 0, declared.output
+    assert json.loads((out / "split.json").read_text())["synthetic"][0]["manifest"] is False

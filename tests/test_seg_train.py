@@ -159,10 +159,13 @@ def test_synthetic_from_held_out_layouts_never_trains_and_real_images_are_refuse
     held = set(split["val_ids"]) | set(split["test_ids"])
     assert sorted(excluded) == sorted(f"syn_{i}_0" for i in held)
     assert split["synthetic"][0]["used"] == len(split["train_ids"])
-    # The real dataset passed as a "synthetic" set would put validation images into training (it
-    # has no manifest, so it is refused for that first; declared independent, for its images).
-    with pytest.raises(ValueError, match="synthetic set contains real validation/test image|manifest.jsonl: missing"):
+    # The real dataset passed as a "synthetic" set would put validation images into training: it has
+    # no manifest, so it is refused for that first, and declared independent, for its images.
+    with pytest.raises(ValueError, match="manifest.jsonl: missing"):
         train_seg(toy, tmp_path / "run2", cfg, synthetic=[toy], console=QUIET)
+    independent = cfg.model_copy(update={"mix": cfg.mix.model_copy(update={"layouts_independent": True})})
+    with pytest.raises(ValueError, match="synthetic set contains real validation/test image"):
+        train_seg(toy, tmp_path / "run3", independent, synthetic=[toy], console=QUIET)
     refs = index_dataset(toy)
     split_obj = resolve_split(refs, cfg)
     from segsynth.seg.mixing import SyntheticSet

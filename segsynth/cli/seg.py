@@ -18,6 +18,10 @@ def train_seg_command(
     out: Path = typer.Option(..., "--out", "-o", help="Run folder."),
     synthetic: list[Path] = typer.Option([], "--synthetic", help="Synthetic set folder (repeatable)."),
     mix: str | None = typer.Option(None, "--mix", help="none | concat | ratio[:synthetic_fraction] | merge[:alpha] (default: the config's, or ratio when --synthetic is given)."),
+    layouts_independent: bool | None = typer.Option(
+        None, "--layouts-independent/--no-layouts-independent",
+        help="Declare that the synthetic sets' layouts do not come from this data (allows sets without a manifest).",
+    ),
     config: ConfigOption = None,
     overrides: SetOption = [],
     seed: TrainSeedOption = None,
@@ -30,7 +34,8 @@ def train_seg_command(
 
         saved = out / "config.yaml"
         base = config if config is not None else (saved if resume and saved.is_file() else None)
-        cfg = command_config(SegTrainConfig, base, overrides, {**(parse_mix(mix) if mix else {}), "train.seed": seed})
+        named = {**(parse_mix(mix) if mix else {}), "train.seed": seed, "mix.layouts_independent": layouts_independent}
+        cfg = command_config(SegTrainConfig, base, overrides, named)
         if synthetic and cfg.mix.strategy == "none":
             cfg.mix.strategy = "ratio"
         run = train_seg(data, out, cfg, synthetic=synthetic, resume=resume, console=console)

@@ -132,6 +132,10 @@ class MixConfig(StrictModel):
             ``max(1, round(cell * image_side / cell_reference_size))`` so it covers the same
             fraction of the image at any size (DiffBoost: 64 px at 384 px, i.e. 1/6 of the side).
         cell_reference_size: image side at which ``cell`` is defined.
+        layouts_independent: the user declares that the synthetic sets' layouts do not come from
+            this real data (e.g. another study's masks), so sets without a manifest may train;
+            otherwise such a set is refused, since its samples could have been drawn from
+            validation or test masks.
     """
 
     strategy: Literal["none", "ratio", "merge", "concat"] = "none"
@@ -139,6 +143,7 @@ class MixConfig(StrictModel):
     alpha: float = Field(default=0.6, ge=0.0, le=1.0)
     cell: int = Field(default=64, ge=1)
     cell_reference_size: int = Field(default=384, ge=1)
+    layouts_independent: bool = False
 
 
 class SegTrainConfig(StrictModel):

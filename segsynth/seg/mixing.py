@@ -161,7 +161,7 @@ def load_synthetic_set(root: str | Path, real: SegDataset, *, layouts_independen
         if problem is not None:
             raise DatasetFormatError(
                 f"{root / MANIFEST}: {problem}. If the set's layouts are independent of this real data, "
-                "declare it explicitly (layouts_independent=True) to use it anyway"
+                "declare it explicitly to use it anyway (train-seg --layouts-independent, mix.layouts_independent: true)"
             )
     layout_ids = [None if record is None else record.layout_id for record in records]
     sources = [None if record is None else record.layout_source for record in records]

@@ -308,7 +308,7 @@ def train_seg(
     real = SegDataset(data, refs=[by_id[i] for i in split.train_ids])
     val = SegDataset(data, refs=[by_id[i] for i in split.val_ids])
     held = set(split.val_ids) | set(split.test_ids)
-    loaded = [load_synthetic_set(root, real) for root in synthetic]
+    loaded = [load_synthetic_set(root, real, layouts_independent=cfg.mix.layouts_independent) for root in synthetic]
     for s in loaded:
         s.dataset.verify()
     synthetic_sets = [s.without_layouts(held) for s in loaded]
