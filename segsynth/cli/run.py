@@ -1,0 +1,27 @@
+"""``segsynth run DATA -o RUN``: plan from the data, then every stage, resumable, ending in the report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from segsynth.cli.app import app
+from segsynth.cli.errors import console, user_errors
+
+
+@app.command("run")
+def run_command(
+    data: Path = typer.Argument(..., help="Dataset folder: labelled images/ and masks/, and unlabeled/ for styles."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run folder; re-run the same command to continue."),
+    plan_only: bool = typer.Option(
+        False, "--plan-only/--no-plan-only", help="Write RUN/plan.json and stop (edit it, then run again)."
+    ),
+) -> None:
+    """Plan recipes from the dataset fingerprint, then train, generate, benchmark, evaluate and report."""
+    with user_errors():
+        from segsynth.run import run_all
+
+        paths = run_all(data, out, plan_only=plan_only, console=console)
+        if plan_only:
+            console.print(f"plan written: {paths['plan']}; edit it, then run `segsynth run {data} -o {out}`")
