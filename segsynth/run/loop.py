@@ -3,7 +3,7 @@
 Stages, each skipped when its output is already there, so the same command continues a killed run:
 
 1. ``RUN/plan.json`` (:mod:`segsynth.run.plan`): written once; an existing one, edited or not, is
-   what later stages follow;
+   what later stages follow (the benchmark folder refuses a plan changed after it started);
 2. ``RUN/benchmark/``: :func:`segsynth.benchmark.run_benchmark` with the plan's config: per-fold
    generators, synthetic sets, every setting at the same step budget, scored by test case;
 3. ``RUN/evaluation/``: :func:`segsynth.evaluation.evaluate_synth` of the first run fold's synthetic
@@ -14,12 +14,13 @@ Stages, each skipped when its output is already there, so the same command conti
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
-from segsynth.benchmark import run_benchmark
+from segsynth.benchmark import BenchmarkConfig, run_benchmark
 from segsynth.benchmark.run import BASELINE, RESULTS_JSON, SYNTH_DIR
 from segsynth.evaluation import METRICS_JSON, evaluate_synth
 from segsynth.report import build_report
@@ -41,13 +42,18 @@ def open_plan(data: Path, out: Path, console: Console) -> RunPlan:
         plan = load_plan(path)
         if Path(plan.data) != data.resolve():
             raise ValueError(f"{path}: planned for {plan.data}, not {data.resolve()}; use a new --out")
-        console.print(f"plan: {path} (saved; edit it and re-run to change a choice)")
+        console.print(f"plan: {path} (saved; edits count until the benchmark starts, then use a new --out)")
         return plan
     plan = plan_run(data)
     out.mkdir(parents=True, exist_ok=True)
     save_plan(plan, path)
     console.print(f"plan: {path} (new, for {plan.device}); every choice says why")
     return plan
+
+
+def _finished(results: Path, cfg: BenchmarkConfig) -> bool:
+    """Whether ``results.json`` (written last by the benchmark) is there for this very config."""
+    return results.is_file() and json.loads(results.read_text(encoding="utf-8"))["config"] == cfg.model_dump(mode="json")
 
 
 def _stale(target: Path, sources: list[Path]) -> bool:
@@ -76,8 +82,9 @@ def run_all(data: str | Path, out: str | Path, plan_only: bool = False, console:
 
     console.rule("[bold]benchmark[/]: generators per fold, synthetic sets, segmentation at equal budgets")
     bench = out / BENCHMARK_DIR
-    run_benchmark(data, bench, cfg, console=console)
     paths["benchmark"] = bench / RESULTS_JSON
+    if not _finished(paths["benchmark"], cfg):
+        run_benchmark(data, bench, cfg, console=console)
 
     fold = (cfg.run_folds or [0])[0]
     evaluation = out / EVALUATION_DIR

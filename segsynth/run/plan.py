@@ -96,11 +96,12 @@ def _folds(cases: int, data: Path) -> Choice:
     if cases < 3:
         raise ValueError(f"{data / 'dataset.json'}: {cases} case(s); a benchmark by case needs at least 3 "
                          "(test, training and validation cases never share a patient)")
-    k = MAX_FOLDS
+    k = min(MAX_FOLDS, cases)
     while cases - math.ceil(cases / k) < 2:
         k -= 1
     why = f"nnU-Net's {MAX_FOLDS}-fold cross-validation by case" if k == MAX_FOLDS else (
-        f"{k} folds: with {cases} cases more folds would leave fewer than 2 training cases for training and validation")
+        f"{k} folds by case: with {cases} cases, more folds would leave a fold without a test case or without "
+        "2 other cases for training and validation")
     return Choice(value=k, why=why)
 
 
