@@ -36,7 +36,6 @@ import torch.nn.functional as F
 from diffusers import ControlNetModel, DDPMScheduler
 from diffusers.optimization import get_scheduler
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch.utils.data import DataLoader, Dataset
 
 from segsynth.backbone.config import BackboneTrainConfig
@@ -52,6 +51,7 @@ from segsynth.io.atomic import atomic_directory, atomic_write_json, remove_stale
 from segsynth.io.checkpoint import CheckpointManager, rng_state, set_rng_state
 from segsynth.io.hashing import model_hash
 from segsynth.io.run_log import check_resume, check_same_record, train_keys, truncate_log
+from segsynth.progress import StepProgress
 
 CONFIG_YAML = "config.yaml"
 BACKBONE_JSON = "backbone.json"
@@ -331,11 +331,7 @@ def _run(trainer: ControlNetTrainer, console: Console | None) -> None:
     cfg = trainer.cfg.train
     window: dict[str, float] = {}
     count, tick = 0, time.perf_counter()
-    progress = Progress(TextColumn("[bold]train-diffusion --backbone"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("loss {task.fields[loss]}"), TimeRemainingColumn(),
-                        console=console, disable=console is None, transient=False)
-    with progress:
-        task = progress.add_task("train", total=cfg.steps, completed=trainer.step, loss="-")
+    with StepProgress("train-diffusion --backbone", cfg.steps, console, trainer.step) as progress:
         for batch in trainer.batches():
             for name, value in trainer.train_step(batch).items():
                 window[name] = window.get(name, 0.0) + value
@@ -348,9 +344,9 @@ def _run(trainer: ControlNetTrainer, console: Console | None) -> None:
                           "it_per_s": count / elapsed if elapsed > 0 else None}
                 with (trainer.out / TRAIN_LOG).open("a", encoding="utf-8") as log:
                     log.write(json.dumps(record) + "\n")
-                progress.update(task, loss=f"{record['loss']:.4f}")
+                progress.update(step, loss=record["loss"])
                 window, count, tick = {}, 0, time.perf_counter()
-            progress.update(task, completed=step)
+            progress.update(step)
             if step % cfg.checkpoint_every == 0 or last:
                 trainer.checkpoints.save(step, trainer.state_tree())
         trainer.release()

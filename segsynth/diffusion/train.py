@@ -44,7 +44,6 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from monai.transforms import Compose, RandSpatialCropd, SpatialPadd
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch.utils.data import DataLoader, Dataset
 
 from segsynth.config import ConfigError, load_config, save_resolved_config
@@ -66,6 +65,7 @@ from segsynth.latent.autoencoder import encode_images, latent_factor, load_autoe
 from segsynth.latent.cache import LatentCache
 from segsynth.models import SegSynthModel
 from segsynth.models.text import encode_prompts
+from segsynth.progress import StepProgress
 
 CONFIG_YAML = "config.yaml"
 TRAINING_DATA_JSON = "training_data.json"
@@ -521,14 +521,6 @@ class Trainer:
             self.ema.restore(self.raw_model.parameters())
 
 
-def _progress(console: Console | None, enabled: bool) -> Progress:
-    return Progress(
-        TextColumn("[bold]train-diffusion"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[speed]} it/s"), TimeRemainingColumn(),
-        console=console, disable=console is None or not enabled, transient=False,
-    )
-
-
 def train_diffusion(
     data: str | Path | Sequence[str | Path],
     config: DiffusionTrainConfig | str | Path | None,
@@ -616,8 +608,8 @@ def _run(trainer: Trainer, preview: dict[str, torch.Tensor], console: Console | 
     cfg, acc = trainer.cfg.train, trainer.accelerator
     window: dict[str, float] = {}
     count, tick = 0, time.perf_counter()
-    with _progress(console, acc.is_main_process) as progress:
-        task = progress.add_task("train", total=cfg.steps, completed=trainer.position.step, loss="-", speed="-")
+    shown = console if acc.is_main_process else None
+    with StepProgress("train-diffusion", cfg.steps, shown, trainer.position.step) as progress:
         for batch in trainer.batches():
             terms = trainer.train_step(trainer.to_latents(batch))
             for name, value in terms.items():
@@ -633,9 +625,9 @@ def _run(trainer: Trainer, preview: dict[str, torch.Tensor], console: Console | 
                 if acc.is_main_process:
                     with (trainer.out / TRAIN_LOG).open("a", encoding="utf-8") as log:
                         log.write(json.dumps(record) + "\n")
-                progress.update(task, loss=f"{record['loss']:.4f}", speed=f"{record['it_per_s'] or 0:.2f}")
+                progress.update(step, loss=record["loss"])
                 window, count, tick = {}, 0, time.perf_counter()
-            progress.update(task, completed=step)
+            progress.update(step)
             last = step == cfg.steps
             if acc.is_main_process and ((cfg.sample_every and step % cfg.sample_every == 0) or last):
                 trainer.write_preview(preview)

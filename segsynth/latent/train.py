@@ -32,7 +32,6 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 from segsynth.config import load_config, save_resolved_config
@@ -45,6 +44,7 @@ from segsynth.io.checkpoint import CheckpointManager
 from segsynth.io.run_log import check_resume, check_same_record, truncate_log
 from segsynth.latent.autoencoder import AUTOENCODER_DIR, build_autoencoder, encode_images
 from segsynth.latent.config import AutoencoderTrainConfig
+from segsynth.progress import StepProgress
 
 CONFIG_YAML = "config.yaml"
 SPLIT_JSON = "split.json"
@@ -218,11 +218,8 @@ def train_autoencoder(
         truncate_log(out / TRAIN_LOG, step)
     checkpoints.remove_stale()
 
-    columns = (TextColumn("[bold]train-autoencoder"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("L1 {task.fields[l1]}"), TimeRemainingColumn())
     window: dict[str, float] = {}
-    with Progress(*columns, console=console, disable=console is None) as bar:
-        task = bar.add_task("ae", total=cfg.steps, completed=step, l1="-")
+    with StepProgress("train-autoencoder", cfg.steps, console, step) as progress:
         while step < cfg.steps:
             vae.train()
             images = pool.tiles(pool.train, cfg.batch_size, cfg.tile_size, cfg.seed, step, augment=True).to(device)
@@ -240,11 +237,11 @@ def train_autoencoder(
                 record = {"step": step, **{k: v / count for k, v in window.items()}}
                 with (out / TRAIN_LOG).open("a", encoding="utf-8") as log:
                     log.write(json.dumps(record) + "\n")
-                bar.update(task, l1=f"{record['l1']:.4f}")
+                progress.update(step, l1=record["l1"])
                 window = {}
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
                 checkpoints.save(step, {"model": vae.state_dict(), "optimizer": optimizer.state_dict(), "step": step})
-            bar.update(task, completed=step)
+            progress.update(step)
 
     vae.eval()
     scale_tiles = pool.tiles(pool.train, max(cfg.eval_tiles, 16), cfg.tile_size, cfg.seed + 2, 0, augment=False)

@@ -31,7 +31,6 @@ from monai.losses import DiceCELoss
 from monai.metrics import DiceMetric
 from monai.networks.utils import one_hot
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch.utils.data import DataLoader
 
 from segsynth.config import load_config, save_resolved_config
@@ -40,6 +39,7 @@ from segsynth.data.loader import SampleRef, SegDataset, index_dataset, sample_se
 from segsynth.io.atomic import atomic_write_json, remove_stale_temporaries
 from segsynth.io.checkpoint import CheckpointManager, rng_state, set_rng_state
 from segsynth.io.run_log import append_log_line, check_resume, train_keys, truncate_log
+from segsynth.progress import StepProgress
 from segsynth.seg.config import SegTrainConfig
 from segsynth.seg.convergence import convergence, smoothed, validations_without_gain
 from segsynth.seg.mixing import (
@@ -332,9 +332,7 @@ def train_seg(
     class_names = real.spec.class_names
     batch, t = cfg.train.batch_size, cfg.train
 
-    columns = (TextColumn("[bold]train-seg"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.description}"))
-    with Progress(*columns, console=console, transient=False) as progress:
-        task = progress.add_task("steps", total=t.steps, completed=step)
+    with StepProgress("train-seg", t.steps, console, step) as progress:
         while step < t.steps:
             if t.patience is not None and validations_without_gain(curve, t.smoothing, t.min_delta) >= t.patience:
                 stopped_early = True
@@ -364,7 +362,7 @@ def train_seg(
                 "step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "rng": rng_state(), "val_steps": val_steps, "val_curve": curve,
             })
-            progress.update(task, completed=step, description=f"loss {loss:.4f}  val Dice {dice:.3f}  best {max(curve):.3f}")
+            progress.update(step, loss=loss, val_dice=dice, best=max(curve))
     summary = {
         "steps": step, "planned_steps": t.steps, "batch_size": batch, "val_every": t.val_every,
         "examples_seen": step * batch, "stopped_early": stopped_early,

@@ -33,7 +33,6 @@ import numpy as np
 import torch
 from pydantic import Field
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from segsynth.config import StrictModel, parse_config
 from segsynth.data.edges import EDGE_SOURCES, edge_map
@@ -46,6 +45,7 @@ from segsynth.io.hashing import model_hash
 from segsynth.io.json_file import read_json_object
 from segsynth.io.untrusted import refuse_unsafe_files
 from segsynth.models.text import encode_prompts
+from segsynth.progress import StepProgress
 from segsynth.synth.layouts import LayoutSource, VariantLayouts, make_layout_source
 from segsynth.synth.manifest import (
     MANIFEST_JSONL,
@@ -582,9 +582,7 @@ def _write_set(
         _remove_stale_temporaries(out, indices)
     done = _done_indices(out, part, indices) if resume else set()
     generated = 0
-    columns = (TextColumn("generate"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
-    with ManifestWriter(part) as writer, Progress(*columns, console=console, disable=console is None) as bar:
-        task = bar.add_task("generate", total=len(indices), completed=len(done))
+    with ManifestWriter(part) as writer, StepProgress("generate", len(indices), console, len(done)) as progress:
         for block in _blocks(indices, batch_size):
             if all(i in done for i in block):
                 continue
@@ -596,7 +594,7 @@ def _write_set(
                 record = _write_sample(out, index, draw, image, config, config.prompt or source_spec.prompt, guidance)
                 writer.append(record)
                 generated += 1
-                bar.advance(task)
+                progress.advance()
                 if on_sample is not None:
                     on_sample(record)
     # Every shard appends its last line before this test, so the last to finish sees all parts
