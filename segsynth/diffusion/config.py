@@ -14,6 +14,7 @@ from segsynth.config import StrictModel
 from segsynth.data.style_sampling import STYLE_SAMPLERS
 from segsynth.diffusion.objective import ObjectiveConfig
 from segsynth.models.config import ModelConfig
+from segsynth.tracking import LogWith
 
 
 class OptimisationConfig(StrictModel):
@@ -67,6 +68,8 @@ class TrainConfig(OptimisationConfig):
             step and the first preview compile it (minutes), later calls run the compiled graph
             (``benchmarks/bench_gpu.py`` measures what it gains). Needs Triton on a GPU, a C++
             compiler on a CPU; the run stops before any work when they are missing.
+        log_with: also send the training curves to ``tensorboard``, ``csv`` or ``wandb`` (under
+            ``RUN/tracking/``, see :mod:`segsynth.tracking`); ``train_log.jsonl`` is always written.
     """
 
     ema_decay: float = Field(0.999, ge=0, lt=1)
@@ -74,6 +77,7 @@ class TrainConfig(OptimisationConfig):
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
     channels_last: bool = False
     compile: bool = False
+    log_with: LogWith = "none"
 
 
 class DataConfig(StrictModel):

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.tracking import GeneralTracker
 from diffusers import AutoencoderKL
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
@@ -66,6 +67,7 @@ from segsynth.latent.cache import LatentCache
 from segsynth.models import SegSynthModel
 from segsynth.models.text import encode_prompts
 from segsynth.progress import StepProgress
+from segsynth.tracking import PROJECT, flat_config, make_trackers
 
 CONFIG_YAML = "config.yaml"
 TRAINING_DATA_JSON = "training_data.json"
@@ -77,7 +79,7 @@ LATENT_CACHE_DIR = "latent_cache"
 # Settings that may change when a run is resumed: they decide how long, how fast and how visibly
 # it runs, not what a given step computes (the memory format and compilation only up to float rounding).
 RESUMABLE_CHANGES = {"steps", "checkpoint_every", "keep_checkpoints", "sample_every", "log_every", "num_workers",
-                     "channels_last", "compile"}
+                     "channels_last", "compile", "log_with"}
 
 
 def fit_config_to_data(cfg: DiffusionTrainConfig, spec: DatasetSpec, data: Path) -> DiffusionTrainConfig:
@@ -332,7 +334,7 @@ def mixed_precision(cfg: DiffusionTrainConfig) -> str:
     return choice
 
 
-def make_accelerator(cfg: DiffusionTrainConfig) -> Accelerator:
+def make_accelerator(cfg: DiffusionTrainConfig, trackers: Sequence[GeneralTracker] = ()) -> Accelerator:
     """The run's :class:`Accelerator`, on gloo when a multi-process launch finds no accelerator device.
 
     ``torchrun`` and ``accelerate launch --multi_gpu`` set ``WORLD_SIZE``; on a machine without
@@ -343,7 +345,8 @@ def make_accelerator(cfg: DiffusionTrainConfig) -> Accelerator:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     device_api = getattr(torch, "accelerator", None)  # torch >= 2.6 knows every device type
     has_device = device_api.is_available() if device_api is not None else torch.cuda.is_available()
-    accelerator = Accelerator(mixed_precision=mixed_precision(cfg), cpu=world > 1 and not has_device)
+    accelerator = Accelerator(mixed_precision=mixed_precision(cfg), cpu=world > 1 and not has_device,
+                              log_with=list(trackers) or None)
     if world > 1 and accelerator.num_processes != world:
         raise ValueError(f"launched as {world} processes (WORLD_SIZE) but accelerate set up "
                            f"{accelerator.num_processes}; on CPU launch with ACCELERATE_USE_CPU=true")
@@ -371,7 +374,7 @@ class Trainer:
                  text: torch.Tensor | None = None, extra: Sequence[tuple[Path, Sequence[SampleRef]]] = (),
                  vae: AutoencoderKL | None = None) -> None:
         self.cfg, self.out = cfg, out
-        self.accelerator = make_accelerator(cfg)
+        self.accelerator = make_accelerator(cfg, make_trackers(cfg.train.log_with, out))
         torch.manual_seed(cfg.train.seed)
         model = apply_memory_format(SegSynthModel.from_config(cfg.model), cfg.train.channels_last)
         maybe_compile(model, cfg.train.compile, self.accelerator.device)
@@ -609,6 +612,7 @@ def _run(trainer: Trainer, preview: dict[str, torch.Tensor], console: Console | 
     window: dict[str, float] = {}
     count, tick = 0, time.perf_counter()
     shown = console if acc.is_main_process else None
+    acc.init_trackers(PROJECT, config=flat_config(trainer.cfg))
     with StepProgress("train-diffusion", cfg.steps, shown, trainer.position.step) as progress:
         for batch in trainer.batches():
             terms = trainer.train_step(trainer.to_latents(batch))
@@ -625,6 +629,7 @@ def _run(trainer: Trainer, preview: dict[str, torch.Tensor], console: Console | 
                 if acc.is_main_process:
                     with (trainer.out / TRAIN_LOG).open("a", encoding="utf-8") as log:
                         log.write(json.dumps(record) + "\n")
+                acc.log({k: v for k, v in record.items() if k != "step"}, step=step)
                 progress.update(step, loss=record["loss"])
                 window, count, tick = {}, 0, time.perf_counter()
             progress.update(step)
@@ -639,3 +644,5 @@ def _run(trainer: Trainer, preview: dict[str, torch.Tensor], console: Console | 
         if acc.is_main_process:
             trainer.release()
         acc.wait_for_everyone()
+    if acc.trackers:
+        acc.end_training()
