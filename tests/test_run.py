@@ -60,6 +60,9 @@ def test_run_plans_runs_every_stage_and_resumes(tmp_path: Path, name: str) -> No
     assert (bench / "fold_0" / "synth" / "manifest.jsonl").is_file()
     assert (out / "evaluation" / "metrics.json").is_file()
     assert (out / "report.html").is_file()
+    # not a terminal: every stage's progress shows as plain lines (a batch job's log shows life)
+    for line in ("train-diffusion 2/2 loss", "generate 4/4 |", "train-seg 4/4 loss"):
+        assert line in result.output, line
 
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
     again = CliRunner().invoke(app, ["run", str(data), "-o", str(out)])
@@ -88,6 +91,18 @@ def test_plan_crops_images_larger_than_the_recipe(tmp_path: Path) -> None:
     plan = plan_run(write_tiny_dataset(tmp_path / "data", size=96), device="cpu")
     assert plan.choices["diffusion.model.image_size"].value == 64
     assert plan.choices["segmentation.train.patch_size"].value == 64
+
+
+def test_plan_for_a_gpu_job_made_without_one(tmp_path: Path) -> None:
+    data, out = write_tiny_dataset(tmp_path / "data", size=96), tmp_path / "run"
+    result = CliRunner().invoke(app, ["run", str(data), "-o", str(out), "--plan-only", "--plan-for", "cuda"])
+    assert result.exit_code == 0, result.output
+    plan = json.loads((out / "plan.json").read_text())
+    choices = plan["choices"]
+    assert plan["device"] == "cuda" and choices["diffusion_config"]["value"].endswith("base.yaml")
+    # the GPU recipe draws up to 256 px: the 96 px images are its size, no crop; every fold runs
+    assert choices["diffusion.model.image_size"]["value"] == 96 and "segmentation.train.patch_size" not in choices
+    assert choices["run_folds"]["value"] is None and choices["generation.per_mask"]["value"] == 10
 
 
 def test_edited_plan_with_an_unknown_key_is_refused_by_name(tmp_path: Path) -> None:

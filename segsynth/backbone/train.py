@@ -52,6 +52,7 @@ from segsynth.io.checkpoint import CheckpointManager, rng_state, set_rng_state
 from segsynth.io.hashing import model_hash
 from segsynth.io.run_log import check_resume, check_same_record, train_keys, truncate_log
 from segsynth.progress import StepProgress
+from segsynth.tracking import tracked
 
 CONFIG_YAML = "config.yaml"
 BACKBONE_JSON = "backbone.json"
@@ -60,7 +61,8 @@ TRAIN_LOG = "train_log.jsonl"
 CONTROLNET_DIR = "controlnet"
 
 #: ``train.*`` settings that may change when a run is resumed (how long, how visibly, how memory-hungry).
-RESUMABLE_CHANGES = {"steps", "checkpoint_every", "keep_checkpoints", "log_every", "num_workers", "gradient_checkpointing"}
+RESUMABLE_CHANGES = {"steps", "checkpoint_every", "keep_checkpoints", "log_every", "num_workers", "gradient_checkpointing",
+                     "log_with"}
 #: ControlNet's hint encoder widths (Zhang et al., 2023), made for a factor-8 VAE.
 DEFAULT_HINT_WIDTHS = (16, 32, 96, 256)
 
@@ -331,7 +333,8 @@ def _run(trainer: ControlNetTrainer, console: Console | None) -> None:
     cfg = trainer.cfg.train
     window: dict[str, float] = {}
     count, tick = 0, time.perf_counter()
-    with StepProgress("train-diffusion --backbone", cfg.steps, console, trainer.step) as progress:
+    with (StepProgress("train-diffusion --backbone", cfg.steps, console, trainer.step) as progress,
+          tracked(cfg.log_with, trainer.out, trainer.cfg) as track):
         for batch in trainer.batches():
             for name, value in trainer.train_step(batch).items():
                 window[name] = window.get(name, 0.0) + value
@@ -344,6 +347,7 @@ def _run(trainer: ControlNetTrainer, console: Console | None) -> None:
                           "it_per_s": count / elapsed if elapsed > 0 else None}
                 with (trainer.out / TRAIN_LOG).open("a", encoding="utf-8") as log:
                     log.write(json.dumps(record) + "\n")
+                track(record)
                 progress.update(step, loss=record["loss"])
                 window, count, tick = {}, 0, time.perf_counter()
             progress.update(step)

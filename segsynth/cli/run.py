@@ -17,11 +17,16 @@ def run_command(
     plan_only: bool = typer.Option(
         False, "--plan-only/--no-plan-only", help="Write RUN/plan.json and stop (edit it, then run again)."
     ),
+    plan_for: str | None = typer.Option(
+        None, "--plan-for", help="Plan for cpu or cuda (e.g. a GPU job planned on a login node); default: the device found here."
+    ),
 ) -> None:
     """Plan recipes from the dataset fingerprint, then train, generate, benchmark, evaluate and report."""
     with user_errors():
         from segsynth.run import run_all
 
-        paths = run_all(data, out, plan_only=plan_only, console=console)
+        if plan_for not in (None, "cpu", "cuda"):
+            raise ValueError(f"--plan-for {plan_for!r}: plan for cpu or cuda")
+        paths = run_all(data, out, plan_only=plan_only, device=plan_for, console=console)
         if plan_only:
             console.print(f"plan written: {paths['plan']}; edit it, then run `segsynth run {data} -o {out}`")

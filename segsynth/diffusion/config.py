@@ -33,6 +33,8 @@ class OptimisationConfig(StrictModel):
         log_every: steps between lines of ``train_log.jsonl``.
         seed: seeds the weights, the data order, the augmentation and every random draw of a step.
         num_workers: DataLoader worker processes (results do not depend on it).
+        log_with: also send the training curves to ``tensorboard``, ``csv`` or ``wandb`` (under
+            ``RUN/tracking/``, see :mod:`segsynth.tracking`); ``train_log.jsonl`` is always written.
     """
 
     steps: int = Field(2000, ge=1)
@@ -47,6 +49,7 @@ class OptimisationConfig(StrictModel):
     log_every: int = Field(10, ge=1)
     seed: int = Field(0, ge=0)
     num_workers: int = Field(0, ge=0)
+    log_with: LogWith = "none"
 
     @model_validator(mode="after")
     def _check_warmup(self) -> Self:
@@ -68,8 +71,6 @@ class TrainConfig(OptimisationConfig):
             step and the first preview compile it (minutes), later calls run the compiled graph
             (``benchmarks/bench_gpu.py`` measures what it gains). Needs Triton on a GPU, a C++
             compiler on a CPU; the run stops before any work when they are missing.
-        log_with: also send the training curves to ``tensorboard``, ``csv`` or ``wandb`` (under
-            ``RUN/tracking/``, see :mod:`segsynth.tracking`); ``train_log.jsonl`` is always written.
     """
 
     ema_decay: float = Field(0.999, ge=0, lt=1)
@@ -77,7 +78,6 @@ class TrainConfig(OptimisationConfig):
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
     channels_last: bool = False
     compile: bool = False
-    log_with: LogWith = "none"
 
 
 class DataConfig(StrictModel):

@@ -45,6 +45,7 @@ from segsynth.io.run_log import check_resume, check_same_record, truncate_log
 from segsynth.latent.autoencoder import AUTOENCODER_DIR, build_autoencoder, encode_images
 from segsynth.latent.config import AutoencoderTrainConfig
 from segsynth.progress import StepProgress
+from segsynth.tracking import tracked
 
 CONFIG_YAML = "config.yaml"
 SPLIT_JSON = "split.json"
@@ -52,7 +53,7 @@ TRAIN_LOG = "train_log.jsonl"
 QUALITY_JSON = "reconstruction.json"
 RECON_PNG = "reconstructions.png"
 #: Settings a resumed run may change: how long and how visibly it runs, not what a step computes.
-RESUMABLE_CHANGES = {"steps", "checkpoint_every", "log_every", "eval_tiles"}
+RESUMABLE_CHANGES = {"steps", "checkpoint_every", "log_every", "eval_tiles", "log_with"}
 
 
 class ImagePool:
@@ -219,7 +220,7 @@ def train_autoencoder(
     checkpoints.remove_stale()
 
     window: dict[str, float] = {}
-    with StepProgress("train-autoencoder", cfg.steps, console, step) as progress:
+    with StepProgress("train-autoencoder", cfg.steps, console, step) as progress, tracked(cfg.log_with, out, cfg) as track:
         while step < cfg.steps:
             vae.train()
             images = pool.tiles(pool.train, cfg.batch_size, cfg.tile_size, cfg.seed, step, augment=True).to(device)
@@ -237,6 +238,7 @@ def train_autoencoder(
                 record = {"step": step, **{k: v / count for k, v in window.items()}}
                 with (out / TRAIN_LOG).open("a", encoding="utf-8") as log:
                     log.write(json.dumps(record) + "\n")
+                track(record)
                 progress.update(step, l1=record["l1"])
                 window = {}
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:

@@ -24,15 +24,16 @@ from segsynth.benchmark import BenchmarkConfig, run_benchmark
 from segsynth.benchmark.run import BASELINE, RESULTS_JSON, SYNTH_DIR
 from segsynth.evaluation import METRICS_JSON, evaluate_synth
 from segsynth.report import build_report
-from segsynth.run.plan import PLAN_JSON, RunPlan, benchmark_config, load_plan, plan_run, save_plan
+from segsynth.run.plan import PLAN_JSON, Device, RunPlan, benchmark_config, load_plan, plan_run, save_plan
 
 BENCHMARK_DIR = "benchmark"
 EVALUATION_DIR = "evaluation"
 REPORT_HTML = "report.html"
 
 
-def open_plan(data: Path, out: Path, console: Console) -> RunPlan:
-    """The run's plan: ``out/plan.json`` when it exists (the user may have edited it), else a new one.
+def open_plan(data: Path, out: Path, console: Console, device: Device | None = None) -> RunPlan:
+    """The run's plan: ``out/plan.json`` when it exists (the user may have edited it), else a new one
+    for ``device`` (default: what torch finds).
 
     Raises:
         ValueError: the saved plan was made for another dataset folder.
@@ -44,7 +45,7 @@ def open_plan(data: Path, out: Path, console: Console) -> RunPlan:
             raise ValueError(f"{path}: planned for {plan.data}, not {data.resolve()}; use a new --out")
         console.print(f"plan: {path} (saved; edits count until the benchmark starts, then use a new --out)")
         return plan
-    plan = plan_run(data)
+    plan = plan_run(data, device)
     out.mkdir(parents=True, exist_ok=True)
     save_plan(plan, path)
     console.print(f"plan: {path} (new, for {plan.device}); every choice says why")
@@ -60,13 +61,15 @@ def _stale(target: Path, sources: list[Path]) -> bool:
     return not target.is_file() or any(s.stat().st_mtime_ns > target.stat().st_mtime_ns for s in sources)
 
 
-def run_all(data: str | Path, out: str | Path, plan_only: bool = False, console: Console | None = None) -> dict[str, Any]:
+def run_all(data: str | Path, out: str | Path, plan_only: bool = False, device: Device | None = None,
+            console: Console | None = None) -> dict[str, Any]:
     """Plan (or re-read the plan), then run or continue every stage into ``out``.
 
     Args:
         data: dataset folder with labelled images and an ``unlabeled/`` style pool.
         out: the run folder.
         plan_only: stop after writing ``plan.json``.
+        device: plan for ``cpu`` or ``cuda`` instead of the device found (a saved plan keeps its own).
         console: progress messages (default: stderr).
 
     Returns:
@@ -74,7 +77,7 @@ def run_all(data: str | Path, out: str | Path, plan_only: bool = False, console:
     """
     console = console or Console(stderr=True)
     data, out = Path(data), Path(out)
-    plan = open_plan(data, out, console)
+    plan = open_plan(data, out, console, device)
     cfg = benchmark_config(plan)
     paths: dict[str, Any] = {"plan": out / PLAN_JSON}
     if plan_only:

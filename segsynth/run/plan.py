@@ -51,6 +51,9 @@ SYNTH_BOUNDS = {"cpu": (64, 400), "cuda": (200, 2000)}
 PER_MASK = {"cpu": 2, "cuda": 10}
 
 
+Device = Literal["cpu", "cuda"]
+
+
 class Choice(StrictModel):
     """One planned value and the reason it was chosen (shown to the user, kept when they edit it)."""
 
@@ -70,7 +73,7 @@ class RunPlan(StrictModel):
 
     format_version: Literal[1] = PLAN_VERSION
     data: str
-    device: Literal["cpu", "cuda"]
+    device: Device
     fingerprint: dict[str, Any]
     choices: dict[str, Choice]
 
@@ -110,7 +113,7 @@ def _generator_size(side: int, recipe_size: int, factor: int) -> int:
     return max(factor, min(side, recipe_size) // factor * factor)
 
 
-def plan_run(data: str | Path, device: Literal["cpu", "cuda"] | None = None) -> RunPlan:
+def plan_run(data: str | Path, device: Device | None = None) -> RunPlan:
     """Plan the whole loop for the dataset folder ``data``.
 
     Args:
