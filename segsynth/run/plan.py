@@ -56,7 +56,6 @@ Device = Literal["cpu", "cuda"]
 
 class Choice(StrictModel):
     """One planned value and the reason it was chosen (shown to the user, kept when they edit it)."""
-
     value: Any
     why: str = Field(min_length=1)
 
@@ -70,7 +69,6 @@ class RunPlan(StrictModel):
         fingerprint: the dataset facts used (see :func:`fingerprint_summary`).
         choices: ``{key: Choice}``, keyed as the module docstring says.
     """
-
     format_version: Literal[1] = PLAN_VERSION
     data: str
     device: Device
@@ -80,7 +78,6 @@ class RunPlan(StrictModel):
 
 def fingerprint_summary(data: Path) -> dict[str, Any]:
     """The facts of :func:`segsynth.data.info.dataset_info` the plan decides from (nothing is written)."""
-
     info = dataset_info(data, write=False)
     return {
         "name": info["name"],
@@ -123,7 +120,6 @@ def plan_run(data: str | Path, device: Device | None = None) -> RunPlan:
     Raises:
         ValueError: no unlabelled images (the style references come from them) or too few cases.
     """
-
     data = Path(data)
     facts = fingerprint_summary(data)
     if facts["num_unlabeled"] == 0:
@@ -131,6 +127,7 @@ def plan_run(data: str | Path, device: Device | None = None) -> RunPlan:
             f"{data / 'unlabeled'}: no unlabelled images. segsynth run draws the style of every synthetic image "
             "from this pool (images never used for training); put unlabelled images of the same kind there"
         )
+    how = "asked for" if device else "found"
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     recipe = RECIPES[device]
     dcfg = load_config(DiffusionTrainConfig, recipe)
@@ -139,8 +136,8 @@ def plan_run(data: str | Path, device: Device | None = None) -> RunPlan:
     size = _generator_size(side, dcfg.model.image_size, factor)
     choices: dict[str, Choice] = {
         "diffusion_config": Choice(value=str(recipe), why=(
-            "CUDA device found: the GPU reference recipe" if device == "cuda" else
-            "no CUDA device found: the CPU-sized recipe, trained in minutes")),
+            f"a CUDA device ({how}): the GPU reference recipe" if device == "cuda" else
+            f"the CPU ({how}): the CPU-sized recipe, trained in minutes")),
         "diffusion.model.image_size": Choice(value=size, why=(
             f"the data's median image side ({side} px)" if size == side else
             f"{size} px crops of the {side} px images: the recipe's largest size, divisible by {factor}")),
@@ -173,7 +170,8 @@ def plan_run(data: str | Path, device: Device | None = None) -> RunPlan:
             f"{SYNTH_PER_IMAGE} per labelled image ({n_images}), within {low}-{high} on {device}")),
         "generation.per_mask": Choice(value=PER_MASK[device], why=(
             f"same-mask variants per labelled image for merge settings ({'as DiffBoost' if device == 'cuda' else 'CPU-sized'})")),
-        "generation.steps": Choice(value=dcfg.sampling.steps, why=f"{dcfg.sampling.sampler} sampling steps of the recipe"),
+        "generation.sampler": Choice(value=dcfg.sampling.sampler, why="the recipe's sampler"),
+        "generation.steps": Choice(value=dcfg.sampling.steps, why="the recipe's sampling steps"),
     }
     plan = RunPlan(data=str(data.resolve()), device=device, fingerprint=facts, choices=choices)
     plan.choices["segmentation.train.steps"] = _segmentation_budget(data, plan)
@@ -196,7 +194,6 @@ def benchmark_config(plan: RunPlan) -> BenchmarkConfig:
     Raises:
         ConfigError: a choice the benchmark refuses, named by its plan key.
     """
-
     fields: dict[str, Any] = {"diffusion_overrides": {}, "segmentation_overrides": {}, "generation": {}}
     for key, choice in plan.choices.items():
         section, _, rest = key.partition(".")
@@ -217,7 +214,6 @@ def benchmark_config(plan: RunPlan) -> BenchmarkConfig:
 def _check_stage_configs(cfg: BenchmarkConfig, side: int) -> None:
     """Refuse a misspelt diffusion or segmentation override, or a generator size that does not fit
     the images, now rather than after hours of training."""
-
     dcfg = load_config(DiffusionTrainConfig, cfg.diffusion_config, cfg.diffusion_overrides)
     seg = load_config(SegTrainConfig, cfg.segmentation_config, cfg.segmentation_overrides)
     fit_generator(dcfg, side, seg, f"{PLAN_JSON} choices")
@@ -225,7 +221,6 @@ def _check_stage_configs(cfg: BenchmarkConfig, side: int) -> None:
 
 def save_plan(plan: RunPlan, path: Path) -> Path:
     """Write ``plan.json`` (indented, in planning order, so it reads top-down)."""
-
     return atomic_write_text(path, json.dumps(plan.model_dump(mode="json"), indent=2) + "\n")
 
 
