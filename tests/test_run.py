@@ -38,11 +38,12 @@ def _edit(plan_path: Path, choices: dict) -> None:
 def test_run_plans_runs_every_stage_and_resumes(tmp_path: Path, name: str) -> None:
     torch.set_num_threads(1)
     data, out = build_builtin(name, tmp_path / name), tmp_path / "run"
-    planned = CliRunner().invoke(app, ["run", str(data), "-o", str(out), "--plan-only"])
+    # planned for the CPU recipe wherever the test runs: the toy choices below shrink that recipe
+    planned = CliRunner().invoke(app, ["run", str(data), "-o", str(out), "--plan-only", "--plan-for", "cpu"])
     assert planned.exit_code == 0, planned.output
     plan = json.loads((out / "plan.json").read_text())
     assert not (out / "benchmark").exists()
-    assert plan["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert plan["device"] == "cpu" and plan["choices"]["diffusion_config"]["value"].endswith("tiny.yaml")
     assert plan["fingerprint"]["num_cases"] >= 3 and plan["fingerprint"]["image_side"] == 64
     for key in ("diffusion_config", "diffusion.model.image_size", "diffusion.data.style_sampler", "folds", "seeds",
                 "settings", "generation.n", "segmentation.train.steps"):
@@ -81,6 +82,7 @@ def test_plan_without_unlabelled_images_names_the_folder(tmp_path: Path) -> None
 def test_plan_falls_back_to_augmented_styles_for_single_image_cases(tmp_path: Path) -> None:
     data = write_tiny_dataset(tmp_path / "data", cases=("p1", "p2", "p3", "p4"), per_case=1)
     plan = plan_run(data, device="cpu")
+    assert plan_run(data).device == ("cuda" if torch.cuda.is_available() else "cpu")
     choice = plan.choices["diffusion.data.style_sampler"]
     assert choice.value == "augmented" and "single" in choice.why
     assert plan_run(write_tiny_dataset(tmp_path / "more"), device="cpu").choices[
