@@ -60,7 +60,9 @@ def test_run_plans_runs_every_stage_and_resumes(tmp_path: Path, name: str) -> No
     assert (bench / "fold_0" / "diffusion" / "pipeline" / "model_index.json").is_file()
     assert (bench / "fold_0" / "synth" / "manifest.jsonl").is_file()
     assert (out / "evaluation" / "metrics.json").is_file()
-    assert (out / "report.html").is_file()
+    html = (out / "report.html").read_text(encoding="utf-8")
+    for section in ("answer", "benchmark", "fidelity"):  # the benchmark's answer and the set's evaluation
+        assert f'<section id="{section}">' in html, section
     # not a terminal: every stage's progress shows as plain lines (a batch job's log shows life)
     for line in ("train-diffusion 2/2 loss", "generate 4/4 |", "train-seg 4/4 loss"):
         assert line in result.output, line
