@@ -40,6 +40,7 @@ class StepProgress:
         self.completed = self._start = completed
         self._started = self._last_line = time.monotonic()
         self._fields = ""
+        self._shown = completed
         self._bar: Progress | None = None
         if console is not None and console.is_terminal:
             self._bar = Progress(
@@ -57,12 +58,14 @@ class StepProgress:
                 for name, value in fields.items()
             )
         if self._bar is not None:
-            self._bar.update(self._task, completed=completed, info=f"{self._fields} | {self._rate():.2f} it/s")
+            info = " | ".join(filter(None, (self._fields, f"{self._rate():.2f} it/s")))
+            self._bar.update(self._task, completed=completed, info=info)
         elif self.console is not None:
             now = time.monotonic()
-            if completed >= self.total or now - self._last_line >= self.every_s:
+            due = completed >= self.total or now - self._last_line >= self.every_s
+            if due and completed != self._shown:  # a loop may update a step twice (values, then count)
                 self.console.print(self.line(), highlight=False, soft_wrap=True)
-                self._last_line = now
+                self._last_line, self._shown = now, completed
 
     def advance(self, steps: int = 1) -> None:
         """One more step done (or ``steps``)."""
