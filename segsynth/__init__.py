@@ -13,6 +13,7 @@ The public API, stage by stage (each stage reads and writes plain folders):
 - synthesis: :func:`generate` (large images in blended tiles with ``size``);
 - segmentation: :class:`SegTrainConfig`, :func:`train_seg`, :func:`evaluate_seg`;
 - experiment: :class:`BenchmarkConfig`, :func:`run_benchmark`;
+- the whole loop on a folder: :func:`plan_run` (a :class:`RunPlan` from the fingerprint), :func:`run_all`;
 - evaluation and reporting: :func:`evaluate_synth`, :func:`build_report`.
 
 Names are imported on first use (module ``__getattr__``), so ``import segsynth`` and the command
@@ -40,6 +41,7 @@ _EXPORTS = {
     "DiffusionTrainConfig": "segsynth.diffusion.config",
     "ModelConfig": "segsynth.models",
     "ObjectiveConfig": "segsynth.diffusion",
+    "RunPlan": "segsynth.run",
     "SampleRef": "segsynth.data",
     "SegDataset": "segsynth.data",
     "SegSynthModel": "segsynth.models",
@@ -62,7 +64,9 @@ _EXPORTS = {
     "make_train_scheduler": "segsynth.diffusion",
     "merge_shards": "segsynth.synth",
     "paired_augmentation": "segsynth.data",
+    "plan_run": "segsynth.run",
     "read_image": "segsynth.data",
+    "run_all": "segsynth.run",
     "run_benchmark": "segsynth.benchmark",
     "save_spec": "segsynth.data",
     "train_autoencoder": "segsynth.latent",

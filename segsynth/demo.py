@@ -31,6 +31,7 @@ from segsynth.data.check import check_dataset
 from segsynth.data.info import dataset_info
 from segsynth.data.nnunet import export_nnunet
 from segsynth.evaluation import evaluate_synth
+from segsynth.evaluation.evaluate_synth import EVALUATION_DIR, METRICS_JSON, read_metrics
 from segsynth.evaluation.table import metrics_table
 from segsynth.report import build_report
 
@@ -150,7 +151,9 @@ def run_demo(out: str | Path, console: Console | None = None, smoke: bool = Fals
 
     stage("4/4 generator fidelity and the report")
     # The baseline network (real data of fold 0 only) judges the layouts: it never saw a synthetic image.
-    fidelity = evaluate_synth(synth, data, seg_run=bench / "fold_0" / "seg" / "baseline" / "seed_0", console=console)
+    fidelity = read_metrics(synth / EVALUATION_DIR / METRICS_JSON) or evaluate_synth(
+        synth, data, seg_run=bench / "fold_0" / "seg" / "baseline" / "seed_0", console=console
+    )
     console.print(metrics_table(fidelity))
     report = build_report([out], out / "report.html", title="segsynth demo")
     console.print(f"report: {report}")

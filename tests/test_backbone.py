@@ -147,6 +147,13 @@ def test_backbone_is_frozen_during_a_step(backbone: Path, data: Path, tmp_path: 
     assert not any(seen["grad"])
 
 
+def test_controlnet_logs_its_curve_to_csv(backbone: Path, data: Path, tmp_path: Path) -> None:
+    from test_tracking import assert_csv_matches_train_log
+
+    cfg = load_config(BackboneTrainConfig, None, {**TINY, "train.log_with": "csv"})
+    assert_csv_matches_train_log(train_controlnet(data, backbone, cfg, tmp_path / "run"), "loss")
+
+
 def test_controlnet_saves_reloads_and_samples_images_of_the_hint_size(straight: Path, data: Path) -> None:
     masks = np.zeros((2, SIZE, SIZE), dtype=np.int64)
     masks[:, 8:24, 8:24] = 1

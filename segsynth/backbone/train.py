@@ -36,7 +36,6 @@ import torch.nn.functional as F
 from diffusers import ControlNetModel, DDPMScheduler
 from diffusers.optimization import get_scheduler
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch.utils.data import DataLoader, Dataset
 
 from segsynth.backbone.config import BackboneTrainConfig
@@ -54,6 +53,8 @@ from segsynth.io.hashing import model_hash
 from segsynth.io.run_log import check_resume, check_same_record, train_keys, truncate_log
 from segsynth.io.lock import owns_folder
 from segsynth.io.finite import check_losses, check_weights
+from segsynth.progress import StepProgress
+from segsynth.tracking import tracked
 
 CONFIG_YAML = "config.yaml"
 BACKBONE_JSON = "backbone.json"
@@ -62,7 +63,8 @@ TRAIN_LOG = "train_log.jsonl"
 CONTROLNET_DIR = "controlnet"
 
 #: ``train.*`` settings that may change when a run is resumed (how long, how visibly, how memory-hungry).
-RESUMABLE_CHANGES = {"steps", "checkpoint_every", "keep_checkpoints", "log_every", "num_workers", "gradient_checkpointing"}
+RESUMABLE_CHANGES = {"steps", "checkpoint_every", "keep_checkpoints", "log_every", "num_workers", "gradient_checkpointing",
+                     "log_with"}
 #: ControlNet's hint encoder widths (Zhang et al., 2023), made for a factor-8 VAE.
 DEFAULT_HINT_WIDTHS = (16, 32, 96, 256)
 
@@ -335,11 +337,8 @@ def _run(trainer: ControlNetTrainer, console: Console | None) -> None:
     cfg = trainer.cfg.train
     window: dict[str, float] = {}
     count, tick = 0, time.perf_counter()
-    progress = Progress(TextColumn("[bold]train-diffusion --backbone"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("loss {task.fields[loss]}"), TimeRemainingColumn(),
-                        console=console, disable=console is None, transient=False)
-    with progress:
-        task = progress.add_task("train", total=cfg.steps, completed=trainer.step, loss="-")
+    with (StepProgress("train-diffusion --backbone", cfg.steps, console, trainer.step) as progress,
+          tracked(cfg.log_with, trainer.out, trainer.cfg) as track):
         for batch in trainer.batches():
             for name, value in trainer.train_step(batch).items():
                 window[name] = window.get(name, 0.0) + value
@@ -352,9 +351,10 @@ def _run(trainer: ControlNetTrainer, console: Console | None) -> None:
                           "it_per_s": count / elapsed if elapsed > 0 else None}
                 with (trainer.out / TRAIN_LOG).open("a", encoding="utf-8") as log:
                     log.write(json.dumps(record) + "\n")
-                progress.update(task, loss=f"{record['loss']:.4f}")
+                track(record)
+                progress.update(step, loss=record["loss"])
                 window, count, tick = {}, 0, time.perf_counter()
-            progress.update(task, completed=step)
+            progress.update(step)
             if step % cfg.checkpoint_every == 0 or last:
                 check_weights(trainer.controlnet.named_parameters(), step, "train-diffusion --backbone")
                 trainer.checkpoints.save(step, trainer.state_tree())

@@ -14,6 +14,7 @@ from segsynth.config import StrictModel
 from segsynth.data.style_sampling import STYLE_SAMPLERS
 from segsynth.diffusion.objective import ObjectiveConfig
 from segsynth.models.config import ModelConfig
+from segsynth.tracking import LogWith
 
 
 class OptimisationConfig(StrictModel):
@@ -32,6 +33,8 @@ class OptimisationConfig(StrictModel):
         log_every: steps between lines of ``train_log.jsonl``.
         seed: seeds the weights, the data order, the augmentation and every random draw of a step.
         num_workers: DataLoader worker processes (results do not depend on it).
+        log_with: also send the training curves to ``tensorboard``, ``csv`` or ``wandb`` (under
+            ``RUN/tracking/``, see :mod:`segsynth.tracking`); ``train_log.jsonl`` is always written.
     """
 
     steps: int = Field(2000, ge=1)
@@ -46,6 +49,7 @@ class OptimisationConfig(StrictModel):
     log_every: int = Field(10, ge=1)
     seed: int = Field(0, ge=0)
     num_workers: int = Field(0, ge=0)
+    log_with: LogWith = "none"
 
     @model_validator(mode="after")
     def _check_warmup(self) -> Self:

@@ -29,7 +29,6 @@ Run folder::
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -38,13 +37,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from accelerate import Accelerator
 from diffusers import AutoencoderKL
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from monai.transforms import Compose, RandSpatialCropd, SpatialPadd
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch.utils.data import DataLoader, Dataset
 
 from segsynth.config import ConfigError, load_config, save_resolved_config
@@ -58,6 +55,7 @@ from segsynth.diffusion.objective import diffusion_loss, make_train_scheduler
 from segsynth.diffusion.performance import apply_memory_format, maybe_compile
 from segsynth.diffusion.pipeline import SegSynthPipeline
 from segsynth.diffusion.sample_grid import save_sample_grid
+from segsynth.device import make_accelerator
 from segsynth.io.atomic import atomic_directory, atomic_write_json, remove_stale_temporaries
 from segsynth.io.checkpoint import CheckpointManager, rng_state, set_rng_state
 from segsynth.io.run_log import check_resume, check_same_record, train_keys, truncate_log
@@ -68,6 +66,8 @@ from segsynth.latent.autoencoder import encode_images, latent_factor, load_autoe
 from segsynth.latent.cache import LatentCache
 from segsynth.models import SegSynthModel
 from segsynth.models.text import encode_prompts
+from segsynth.progress import StepProgress
+from segsynth.tracking import PROJECT, flat_config, make_trackers
 
 CONFIG_YAML = "config.yaml"
 TRAINING_DATA_JSON = "training_data.json"
@@ -79,7 +79,7 @@ LATENT_CACHE_DIR = "latent_cache"
 # Settings that may change when a run is resumed: they decide how long, how fast and how visibly
 # it runs, not what a given step computes (the memory format and compilation only up to float rounding).
 RESUMABLE_CHANGES = {"steps", "checkpoint_every", "keep_checkpoints", "sample_every", "log_every", "num_workers",
-                     "channels_last", "compile"}
+                     "channels_last", "compile", "log_with"}
 
 
 def fit_config_to_data(cfg: DiffusionTrainConfig, spec: DatasetSpec, data: Path) -> DiffusionTrainConfig:
@@ -324,34 +324,6 @@ class Position:
     samples: int = 0
 
 
-def mixed_precision(cfg: DiffusionTrainConfig) -> str:
-    """Resolve ``train.mixed_precision`` for this machine."""
-    choice = cfg.train.mixed_precision
-    if choice == "auto":
-        return "bf16" if torch.cuda.is_available() else "no"
-    if choice == "fp16" and not torch.cuda.is_available():
-        raise ConfigError("train.mixed_precision fp16 needs a CUDA device")
-    return choice
-
-
-def make_accelerator(cfg: DiffusionTrainConfig) -> Accelerator:
-    """The run's :class:`Accelerator`, on gloo when a multi-process launch finds no accelerator device.
-
-    ``torchrun`` and ``accelerate launch --multi_gpu`` set ``WORLD_SIZE``; on a machine without
-    CUDA, ``accelerate`` then sets up the process group only when told to run on the CPU (else
-    every process would train alone, each thinking it is rank 0 of 1, and all would write the
-    same run folder). A launch that still ends up with another process count is refused.
-    """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    device_api = getattr(torch, "accelerator", None)  # torch >= 2.6 knows every device type
-    has_device = device_api.is_available() if device_api is not None else torch.cuda.is_available()
-    accelerator = Accelerator(mixed_precision=mixed_precision(cfg), cpu=world > 1 and not has_device)
-    if world > 1 and accelerator.num_processes != world:
-        raise ValueError(f"launched as {world} processes (WORLD_SIZE) but accelerate set up "
-                           f"{accelerator.num_processes}; on CPU launch with ACCELERATE_USE_CPU=true")
-    return accelerator
-
-
 def prepare_run_dir(out: Path, cfg: DiffusionTrainConfig, resume: bool, training_data: dict[str, Any]) -> None:
     """Create the run folder, or check that a resumed run trains the same model on the same data."""
     config_path, data_path = out / CONFIG_YAML, out / TRAINING_DATA_JSON
@@ -373,7 +345,8 @@ class Trainer:
                  text: torch.Tensor | None = None, extra: Sequence[tuple[Path, Sequence[SampleRef]]] = (),
                  vae: AutoencoderKL | None = None) -> None:
         self.cfg, self.out = cfg, out
-        self.accelerator = make_accelerator(cfg)
+        self.accelerator = make_accelerator(cfg.train.mixed_precision,
+                                            log_with=make_trackers(cfg.train.log_with, out) or None)
         torch.manual_seed(cfg.train.seed)
         model = apply_memory_format(SegSynthModel.from_config(cfg.model), cfg.train.channels_last)
         maybe_compile(model, cfg.train.compile, self.accelerator.device)
@@ -526,14 +499,6 @@ class Trainer:
             self.ema.restore(self.raw_model.parameters())
 
 
-def _progress(console: Console | None, enabled: bool) -> Progress:
-    return Progress(
-        TextColumn("[bold]train-diffusion"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[speed]} it/s"), TimeRemainingColumn(),
-        console=console, disable=console is None or not enabled, transient=False,
-    )
-
-
 @owns_folder("out")
 def train_diffusion(
     data: str | Path | Sequence[str | Path],
@@ -622,8 +587,9 @@ def _run(trainer: Trainer, preview: dict[str, torch.Tensor], console: Console | 
     cfg, acc = trainer.cfg.train, trainer.accelerator
     window: dict[str, float] = {}
     count, tick = 0, time.perf_counter()
-    with _progress(console, acc.is_main_process) as progress:
-        task = progress.add_task("train", total=cfg.steps, completed=trainer.position.step, loss="-", speed="-")
+    shown = console if acc.is_main_process else None
+    acc.init_trackers(PROJECT, config=flat_config(trainer.cfg))
+    with StepProgress("train-diffusion", cfg.steps, shown, trainer.position.step) as progress:
         for batch in trainer.batches():
             terms = trainer.train_step(trainer.to_latents(batch))
             for name, value in terms.items():
@@ -639,9 +605,10 @@ def _run(trainer: Trainer, preview: dict[str, torch.Tensor], console: Console | 
                 if acc.is_main_process:
                     with (trainer.out / TRAIN_LOG).open("a", encoding="utf-8") as log:
                         log.write(json.dumps(record) + "\n")
-                progress.update(task, loss=f"{record['loss']:.4f}", speed=f"{record['it_per_s'] or 0:.2f}")
+                acc.log({k: v for k, v in record.items() if k != "step"}, step=step)
+                progress.update(step, loss=record["loss"])
                 window, count, tick = {}, 0, time.perf_counter()
-            progress.update(task, completed=step)
+            progress.update(step)
             last = step == cfg.steps
             if acc.is_main_process and ((cfg.sample_every and step % cfg.sample_every == 0) or last):
                 trainer.write_preview(preview)
@@ -654,3 +621,5 @@ def _run(trainer: Trainer, preview: dict[str, torch.Tensor], console: Console | 
         if acc.is_main_process:
             trainer.release()
         acc.wait_for_everyone()
+    if acc.trackers:
+        acc.end_training()

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from segsynth.config import StrictModel
+from segsynth.tracking import LogWith
 
 
 class AutoencoderModelConfig(StrictModel):
@@ -59,6 +60,8 @@ class AutoencoderTrainConfig(StrictModel):
         log_every: steps between lines of ``train_log.jsonl``.
         seed: seeds the weights, the split, the tile draws and the posterior samples.
         mixed_precision: ``auto`` is bf16 autocast on CUDA and full precision on CPU.
+        log_with: also send the training curves to ``tensorboard``, ``csv`` or ``wandb`` (under
+            ``RUN/tracking/``, see :mod:`segsynth.tracking`).
     """
 
     model: AutoencoderModelConfig = Field(default_factory=AutoencoderModelConfig)
@@ -73,6 +76,7 @@ class AutoencoderTrainConfig(StrictModel):
     log_every: int = Field(50, ge=1)
     seed: int = Field(0, ge=0)
     mixed_precision: Literal["auto", "no", "bf16"] = "auto"
+    log_with: LogWith = "none"
 
     @model_validator(mode="after")
     def _check(self) -> AutoencoderTrainConfig:

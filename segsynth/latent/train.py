@@ -32,7 +32,6 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 from segsynth.config import load_config, save_resolved_config
@@ -47,6 +46,8 @@ from segsynth.io.lock import owns_folder
 from segsynth.io.finite import check_losses, check_weights
 from segsynth.latent.autoencoder import AUTOENCODER_DIR, build_autoencoder, encode_images
 from segsynth.latent.config import AutoencoderTrainConfig
+from segsynth.progress import StepProgress
+from segsynth.tracking import tracked
 
 CONFIG_YAML = "config.yaml"
 SPLIT_JSON = "split.json"
@@ -54,7 +55,7 @@ TRAIN_LOG = "train_log.jsonl"
 QUALITY_JSON = "reconstruction.json"
 RECON_PNG = "reconstructions.png"
 #: Settings a resumed run may change: how long and how visibly it runs, not what a step computes.
-RESUMABLE_CHANGES = {"steps", "checkpoint_every", "log_every", "eval_tiles"}
+RESUMABLE_CHANGES = {"steps", "checkpoint_every", "log_every", "eval_tiles", "log_with"}
 
 
 class ImagePool:
@@ -221,11 +222,8 @@ def train_autoencoder(
         truncate_log(out / TRAIN_LOG, step)
     checkpoints.remove_stale()
 
-    columns = (TextColumn("[bold]train-autoencoder"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("L1 {task.fields[l1]}"), TimeRemainingColumn())
     window: dict[str, float] = {}
-    with Progress(*columns, console=console, disable=console is None) as bar:
-        task = bar.add_task("ae", total=cfg.steps, completed=step, l1="-")
+    with StepProgress("train-autoencoder", cfg.steps, console, step) as progress, tracked(cfg.log_with, out, cfg) as track:
         while step < cfg.steps:
             vae.train()
             images = pool.tiles(pool.train, cfg.batch_size, cfg.tile_size, cfg.seed, step, augment=True).to(device)
@@ -244,12 +242,13 @@ def train_autoencoder(
                 record = {"step": step, **{k: v / count for k, v in window.items()}}
                 with (out / TRAIN_LOG).open("a", encoding="utf-8") as log:
                     log.write(json.dumps(record) + "\n")
-                bar.update(task, l1=f"{record['l1']:.4f}")
+                track(record)
+                progress.update(step, l1=record["l1"])
                 window = {}
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
                 check_weights(vae.named_parameters(), step, "train-autoencoder")
                 checkpoints.save(step, {"model": vae.state_dict(), "optimizer": optimizer.state_dict(), "step": step})
-            bar.update(task, completed=step)
+            progress.update(step)
 
     vae.eval()
     scale_tiles = pool.tiles(pool.train, max(cfg.eval_tiles, 16), cfg.tile_size, cfg.seed + 2, 0, augment=False)

@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from segsynth.config import ConfigError, StrictModel
+from segsynth.tracking import LogWith
 
 
 class NetworkConfig(StrictModel):
@@ -101,6 +102,7 @@ class TrainConfig(StrictModel):
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
         default="auto", description="auto: bf16 autocast on CUDA, full precision elsewhere"
     )
+    log_with: LogWith = Field(default="none", description="training curves to RUN/tracking/ (accelerate trackers)")
     seed: int = 0
 
 

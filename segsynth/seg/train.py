@@ -33,7 +33,6 @@ from monai.losses import DiceCELoss
 from monai.metrics import DiceMetric
 from monai.networks.utils import one_hot
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch.utils.data import DataLoader
 
 from segsynth.config import load_config, save_resolved_config
@@ -43,6 +42,8 @@ from segsynth.device import make_accelerator
 from segsynth.io.atomic import atomic_write_json, remove_stale_temporaries
 from segsynth.io.checkpoint import CheckpointManager, rng_state, set_rng_state
 from segsynth.io.run_log import append_log_line, check_resume, train_keys, truncate_log
+from segsynth.progress import StepProgress
+from segsynth.tracking import tracked
 from segsynth.seg.config import SegTrainConfig
 from segsynth.seg.convergence import convergence, smoothed, validations_without_gain
 from segsynth.seg.mixing import (
@@ -139,7 +140,7 @@ def check_no_leakage(split: Split, refs: Sequence[SampleRef], synthetic: Sequenc
 
 
 #: Settings a resumed run may change: how long it goes, not what a step computes.
-RESUMABLE_CHANGES = {"steps", "patience", "num_workers"}
+RESUMABLE_CHANGES = {"steps", "patience", "num_workers", "log_with"}
 
 
 def _resolve_config(run: Path, config: SegTrainConfig | str | Path | None, resume: bool) -> SegTrainConfig:
@@ -364,9 +365,8 @@ def train_seg(
     class_names = real.spec.class_names
     t = cfg.train
 
-    columns = (TextColumn("[bold]train-seg"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.description}"))
-    with Progress(*columns, console=console, transient=False, disable=not main) as progress:
-        task = progress.add_task("steps", total=t.steps, completed=step)
+    with (StepProgress("train-seg", t.steps, console if main else None, step) as progress,
+          tracked(t.log_with if main else "none", run, cfg) as track):
         while step < t.steps:
             if t.patience is not None and validations_without_gain(curve, t.smoothing, t.min_delta) >= t.patience:
                 stopped_early = True
@@ -391,17 +391,19 @@ def train_seg(
             curve.append(dice)
             if main:
                 n_syn = sum(1 for item, _ in plan if item[0] != 0)
-                append_log_line(run / TRAIN_LOG, {
+                record = {
                     "step": step, "loss": loss, "val_dice": dice, "val_dice_smoothed": smoothed(curve, t.smoothing)[-1],
                     "best_val_dice": max(curve), "lr": scheduler.get_last_lr()[0], "real_examples": len(plan) - n_syn,
                     "synthetic_examples": n_syn, "paired_with_variant": sum(1 for _, partner in plan if partner is not None),
-                })
+                }
+                append_log_line(run / TRAIN_LOG, record)
+                track(record)
                 checkpoints.save(step, {
                     "step": step, "model": network.state_dict(), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "rng": rng_state(), "val_steps": val_steps, "val_curve": curve,
                 })
             accelerator.wait_for_everyone()
-            progress.update(task, completed=step, description=f"loss {loss:.4f}  val Dice {dice:.3f}  best {max(curve):.3f}")
+            progress.update(step, loss=loss, val_dice=dice, best=max(curve))
     summary = {
         "steps": step, "planned_steps": t.steps, "batch_size": loop.global_batch, "val_every": t.val_every,
         "examples_seen": step * loop.global_batch, "processes": accelerator.num_processes, "stopped_early": stopped_early,

@@ -35,7 +35,6 @@ import numpy as np
 import torch
 from pydantic import ConfigDict, Field, field_validator
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from segsynth.config import StrictModel, parse_config
 from segsynth.data.edges import EDGE_SOURCES, edge_map
@@ -52,6 +51,7 @@ from segsynth.io.lock import FolderLock
 from segsynth.io.model_config import check_model_folder, check_scheduler_config
 from segsynth.io.untrusted import refuse_unsafe_files
 from segsynth.models.text import encode_prompts
+from segsynth.progress import StepProgress
 from segsynth.synth.layouts import LayoutSource, VariantLayouts, make_layout_source
 from segsynth.synth.manifest import (
     MANIFEST_JSONL,
@@ -635,9 +635,7 @@ def _write_set(
             _remove_stale_temporaries(out, indices)
         done = _done_indices(out, part, indices) if resume else set()
         generated = 0
-        columns = (TextColumn("generate"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
-        with ManifestWriter(part) as writer, Progress(*columns, console=console, disable=console is None) as bar:
-            task = bar.add_task("generate", total=len(indices), completed=len(done))
+        with ManifestWriter(part) as writer, StepProgress("generate", len(indices), console, len(done)) as progress:
             for block in _blocks(indices, batch_size):
                 if all(i in done for i in block):
                     continue
@@ -650,7 +648,7 @@ def _write_set(
                     record = _write_sample(out, index, draw, image, config, config.prompt or source_spec.prompt, guidance)
                     writer.append(record)
                     generated += 1
-                    bar.advance(task)
+                    progress.advance()
                     if on_sample is not None:
                         on_sample(record)
         # Every shard appends its last line before this test, so the last to finish sees all parts

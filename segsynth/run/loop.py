@@ -1,0 +1,105 @@
+"""``segsynth run DATA -o RUN``: the whole loop on a user's folder, planned, resumable, ending in a report.
+
+Stages, each skipped when its output is already there, so the same command continues a killed run:
+
+1. ``RUN/plan.json`` (:mod:`segsynth.run.plan`): written once; an existing one, edited or not, is
+   what later stages follow (the benchmark folder refuses a plan changed after it started);
+2. ``RUN/benchmark/``: :func:`segsynth.benchmark.run_benchmark` with the plan's config: per-fold
+   generators, synthetic sets, every setting at the same step budget, scored by test case;
+3. ``RUN/evaluation/``: :func:`segsynth.evaluation.evaluate_synth` of the first run fold's synthetic
+   set, judged by that fold's real-only baseline network (which never saw a synthetic image);
+4. ``RUN/report.html``: :func:`segsynth.report.build_report` of the whole folder, rebuilt only when
+   it is older than the results it shows.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from segsynth.benchmark import BenchmarkConfig, run_benchmark
+from segsynth.benchmark.run import BASELINE, RESULTS_JSON, SYNTH_DIR
+from segsynth.evaluation import METRICS_JSON, evaluate_synth
+from segsynth.report import build_report
+from segsynth.run.plan import PLAN_JSON, Device, RunPlan, benchmark_config, load_plan, plan_run, save_plan
+
+BENCHMARK_DIR = "benchmark"
+EVALUATION_DIR = "evaluation"
+REPORT_HTML = "report.html"
+
+
+def open_plan(data: Path, out: Path, console: Console, device: Device | None = None) -> RunPlan:
+    """The run's plan: ``out/plan.json`` when it exists (the user may have edited it), else a new one
+    for ``device`` (default: what torch finds).
+
+    Raises:
+        ValueError: the saved plan was made for another dataset folder.
+    """
+    path = out / PLAN_JSON
+    if path.is_file():
+        plan = load_plan(path)
+        if Path(plan.data) != data.resolve():
+            raise ValueError(f"{path}: planned for {plan.data}, not {data.resolve()}; use a new --out")
+        console.print(f"plan: {path} (saved; edits count until the benchmark starts, then use a new --out)")
+        return plan
+    plan = plan_run(data, device)
+    out.mkdir(parents=True, exist_ok=True)
+    save_plan(plan, path)
+    console.print(f"plan: {path} (new, for {plan.device}); every choice says why")
+    return plan
+
+
+def _finished(results: Path, cfg: BenchmarkConfig) -> bool:
+    """Whether ``results.json`` (written last by the benchmark) is there for this very config."""
+    return results.is_file() and json.loads(results.read_text(encoding="utf-8"))["config"] == cfg.model_dump(mode="json")
+
+
+def _stale(target: Path, sources: list[Path]) -> bool:
+    return not target.is_file() or any(s.stat().st_mtime_ns > target.stat().st_mtime_ns for s in sources)
+
+
+def run_all(data: str | Path, out: str | Path, plan_only: bool = False, device: Device | None = None,
+            console: Console | None = None) -> dict[str, Any]:
+    """Plan (or re-read the plan), then run or continue every stage into ``out``.
+
+    Args:
+        data: dataset folder with labelled images and an ``unlabeled/`` style pool.
+        out: the run folder.
+        plan_only: stop after writing ``plan.json``.
+        device: plan for ``cpu`` or ``cuda`` instead of the device found (a saved plan keeps its own).
+        console: progress messages (default: stderr).
+
+    Returns:
+        ``{"plan": path, ...}`` plus ``benchmark``, ``evaluation`` and ``report`` paths when run.
+    """
+    console = console or Console(stderr=True)
+    data, out = Path(data), Path(out)
+    plan = open_plan(data, out, console, device)
+    cfg = benchmark_config(plan)
+    paths: dict[str, Any] = {"plan": out / PLAN_JSON}
+    if plan_only:
+        return paths
+
+    console.rule("[bold]benchmark[/]: generators per fold, synthetic sets, segmentation at equal budgets")
+    bench = out / BENCHMARK_DIR
+    paths["benchmark"] = bench / RESULTS_JSON
+    if not _finished(paths["benchmark"], cfg):
+        run_benchmark(data, bench, cfg, console=console)
+
+    fold = (cfg.run_folds or [0])[0]
+    evaluation = out / EVALUATION_DIR
+    if not (evaluation / METRICS_JSON).is_file():
+        console.rule(f"[bold]synthetic set of fold {fold}[/]: layout fidelity, style retrieval, FID/KID, diversity")
+        baseline = bench / f"fold_{fold}" / "seg" / BASELINE / f"seed_{cfg.seeds[0]}"
+        evaluate_synth(bench / f"fold_{fold}" / SYNTH_DIR, data, seg_run=baseline, out=evaluation, console=console)
+    paths["evaluation"] = evaluation / METRICS_JSON
+
+    report = out / REPORT_HTML
+    if _stale(report, [paths["benchmark"], paths["evaluation"]]):
+        build_report([out], report, title=f"segsynth run: {plan.fingerprint['name']}")
+    paths["report"] = report
+    console.print(f"report: {report}")
+    return paths

@@ -1,0 +1,123 @@
+"""`segsynth run DATA -o RUN`: the plan says why, an edited plan is followed, every stage runs and resumes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from conftest import write_tiny_dataset
+from segsynth.cli import app
+from segsynth.data.builtin import BUILTIN_DATASETS, build_builtin
+from segsynth.demo import SMOKE_PROFILE
+from segsynth.run import plan_run
+
+#: The demo's toy sizes as plan choices, one synthetic setting and no controls: the loop, not the numbers.
+TINY_CHOICES = {
+    **{f"diffusion.{k}": v for k, v in SMOKE_PROFILE["diffusion_overrides"].items()},
+    **{f"segmentation.{k}": v for k, v in SMOKE_PROFILE["segmentation_overrides"].items()},
+    **{f"generation.{k}": v for k, v in SMOKE_PROFILE["generation"].items()},
+    "seeds": [0],
+    "settings": ["ratio:0.5"],
+    "controls": [],
+}
+
+
+def _edit(plan_path: Path, choices: dict) -> None:
+    plan = json.loads(plan_path.read_text())
+    for key, value in choices.items():
+        plan["choices"][key] = {"value": value, "why": "test: toy size"}
+    plan_path.write_text(json.dumps(plan))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(BUILTIN_DATASETS))
+def test_run_plans_runs_every_stage_and_resumes(tmp_path: Path, name: str) -> None:
+    torch.set_num_threads(1)
+    data, out = build_builtin(name, tmp_path / name), tmp_path / "run"
+    # planned for the CPU recipe wherever the test runs: the toy choices below shrink that recipe
+    planned = CliRunner().invoke(app, ["run", str(data), "-o", str(out), "--plan-only", "--plan-for", "cpu"])
+    assert planned.exit_code == 0, planned.output
+    plan = json.loads((out / "plan.json").read_text())
+    assert not (out / "benchmark").exists()
+    assert plan["device"] == "cpu" and plan["choices"]["diffusion_config"]["value"].endswith("tiny.yaml")
+    assert plan["fingerprint"]["num_cases"] >= 3 and plan["fingerprint"]["image_side"] == 64
+    for key in ("diffusion_config", "diffusion.model.image_size", "diffusion.data.style_sampler", "folds", "seeds",
+                "settings", "generation.n", "segmentation.train.steps"):
+        assert plan["choices"][key]["why"], key
+    assert plan["choices"]["diffusion.model.image_size"]["value"] == 64
+
+    _edit(out / "plan.json", TINY_CHOICES)
+    result = CliRunner().invoke(app, ["run", str(data), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    bench = out / "benchmark"
+    # the edited plan was followed: 4 segmentation steps, one seed, one setting
+    results = json.loads((bench / "results.json").read_text())
+    assert results["order"] == ["baseline", "ratio:0.5"] and {r["steps"] for r in results["runs"]} == {4}
+    assert (bench / "fold_0" / "diffusion" / "pipeline" / "model_index.json").is_file()
+    assert (bench / "fold_0" / "synth" / "manifest.jsonl").is_file()
+    assert (out / "evaluation" / "metrics.json").is_file()
+    html = (out / "report.html").read_text(encoding="utf-8")
+    for section in ("answer", "benchmark", "fidelity"):  # the benchmark's answer and the set's evaluation
+        assert f'<section id="{section}">' in html, section
+    # not a terminal: every stage's progress shows as plain lines (a batch job's log shows life)
+    for line in ("train-diffusion 2/2 loss", "generate 4/4 |", "train-seg 4/4 loss"):
+        assert line in result.output, line
+
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    again = CliRunner().invoke(app, ["run", str(data), "-o", str(out)])
+    assert again.exit_code == 0, again.output
+    changed = [p for p, t in stamps.items() if p.stat().st_mtime_ns != t]
+    assert changed == [] and "plan: " in again.output and "saved" in again.output
+
+
+def test_plan_without_unlabelled_images_names_the_folder(tmp_path: Path) -> None:
+    data = write_tiny_dataset(tmp_path / "data", unlabeled=0)
+    result = CliRunner().invoke(app, ["run", str(data), "-o", str(tmp_path / "run"), "--plan-only"])
+    assert result.exit_code == 2
+    assert str(data / "unlabeled") in result.output and not (tmp_path / "run" / "plan.json").exists()
+
+
+def test_plan_falls_back_to_augmented_styles_for_single_image_cases(tmp_path: Path) -> None:
+    data = write_tiny_dataset(tmp_path / "data", cases=("p1", "p2", "p3", "p4"), per_case=1)
+    plan = plan_run(data, device="cpu")
+    assert plan_run(data).device == ("cuda" if torch.cuda.is_available() else "cpu")
+    choice = plan.choices["diffusion.data.style_sampler"]
+    assert choice.value == "augmented" and "single" in choice.why
+    assert plan_run(write_tiny_dataset(tmp_path / "more"), device="cpu").choices[
+        "diffusion.data.style_sampler"].value == "multi_patch"
+
+
+def test_plan_crops_images_larger_than_the_recipe(tmp_path: Path) -> None:
+    plan = plan_run(write_tiny_dataset(tmp_path / "data", size=96), device="cpu")
+    assert plan.choices["diffusion.model.image_size"].value == 64
+    assert plan.choices["segmentation.train.patch_size"].value == 64
+
+
+def test_plan_for_a_gpu_job_made_without_one(tmp_path: Path) -> None:
+    data, out = write_tiny_dataset(tmp_path / "data", size=96), tmp_path / "run"
+    result = CliRunner().invoke(app, ["run", str(data), "-o", str(out), "--plan-only", "--plan-for", "cuda"])
+    assert result.exit_code == 0, result.output
+    plan = json.loads((out / "plan.json").read_text())
+    choices = plan["choices"]
+    assert plan["device"] == "cuda" and choices["diffusion_config"]["value"].endswith("base.yaml")
+    # the GPU recipe draws up to 256 px: the 96 px images are its size, no crop; every fold runs
+    assert choices["diffusion.model.image_size"]["value"] == 96 and "segmentation.train.patch_size" not in choices
+    assert choices["run_folds"]["value"] is None and choices["generation.per_mask"]["value"] == 10
+
+
+def test_edited_plan_with_an_unknown_key_is_refused_by_name(tmp_path: Path) -> None:
+    data, out = write_tiny_dataset(tmp_path / "data"), tmp_path / "run"
+    assert CliRunner().invoke(app, ["run", str(data), "-o", str(out), "--plan-only"]).exit_code == 0
+    _edit(out / "plan.json", {"diffusion.train.stepz": 3})
+    result = CliRunner().invoke(app, ["run", str(data), "-o", str(out), "--plan-only"])
+    assert result.exit_code == 2 and "stepz" in result.output
+    plan = json.loads((out / "plan.json").read_text())
+    del plan["choices"]["diffusion.train.stepz"]
+    plan["choices"]["folds"]["why"] = ""
+    (out / "plan.json").write_text(json.dumps(plan))
+    result = CliRunner().invoke(app, ["run", str(data), "-o", str(out), "--plan-only"])
+    assert result.exit_code == 2 and "choices.folds.why" in result.output
