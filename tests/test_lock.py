@@ -21,6 +21,7 @@ from conftest import TINY_DIFFUSION_MODEL, write_tiny_dataset
 from typer.testing import CliRunner
 
 from segsynth.backbone.train import train_controlnet
+from segsynth.benchmark import BenchmarkConfig, run_benchmark
 from segsynth.cli import app
 from segsynth.diffusion.objective import ObjectiveConfig, make_train_scheduler
 from segsynth.diffusion.pipeline import SegSynthPipeline
@@ -29,6 +30,7 @@ from segsynth.io.lock import FOLDER_LOCK, FolderInUseError, FolderLock
 from segsynth.latent.train import train_autoencoder
 from segsynth.models.config import ModelConfig
 from segsynth.models.model import SegSynthModel
+from segsynth.seg.train import train_seg
 from segsynth.synth.manifest import read_manifest
 
 
@@ -154,7 +156,9 @@ def test_a_refused_writer_leaves_no_folder_behind(tmp_path: Path) -> None:
     lambda out: train_diffusion("/no/data", None, out),
     lambda out: train_autoencoder("/no/data", None, out),
     lambda out: train_controlnet("/no/data", "/no/backbone", None, out),
-], ids=["train-diffusion", "train-autoencoder", "controlnet"])
+    lambda out: train_seg("/no/data", out),
+    lambda out: run_benchmark("/no/data", out, BenchmarkConfig()),
+], ids=["train-diffusion", "train-autoencoder", "controlnet", "train-seg", "benchmark"])
 def test_every_trainer_refuses_a_run_folder_another_process_owns(tmp_path: Path, command) -> None:
     out = tmp_path / "run"
     pid = hold(out)

@@ -33,6 +33,7 @@ from segsynth.data.loader import SegDataset, index_dataset
 from segsynth.diffusion.config import DiffusionTrainConfig
 from segsynth.diffusion.train import train_diffusion
 from segsynth.io.atomic import atomic_write_json, atomic_write_text
+from segsynth.io.lock import owns_folder
 from segsynth.seg.config import SegTrainConfig, parse_mix
 from segsynth.seg.evaluate import evaluate_seg
 from segsynth.seg.splits import Split, load_splits, make_folds, save_splits
@@ -242,6 +243,7 @@ def fold_generator(
     return run, synth, variants
 
 
+@owns_folder("out")
 def run_benchmark(data: str | Path, out: str | Path, config: BenchmarkConfig, console: Console | None = None) -> dict[str, Any]:
     """Run (or continue) the whole benchmark and write ``results.json`` and ``results.md``.
 

@@ -41,6 +41,7 @@ from segsynth.data.loader import SampleRef, SegDataset, index_dataset, sample_se
 from segsynth.device import make_accelerator
 from segsynth.io.atomic import atomic_write_json, remove_stale_temporaries
 from segsynth.io.checkpoint import CheckpointManager, rng_state, set_rng_state
+from segsynth.io.lock import owns_folder
 from segsynth.io.run_log import append_log_line, check_resume, train_keys, truncate_log
 from segsynth.progress import StepProgress
 from segsynth.tracking import tracked
@@ -264,6 +265,7 @@ def _check_sizes(real: SegDataset, synthetic: Sequence[SyntheticSet], patch_size
             )
 
 
+@owns_folder("out")
 def train_seg(
     data: str | Path,
     out: str | Path,
