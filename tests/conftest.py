@@ -139,3 +139,21 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def write_untrained_run(run: Path, data: Path) -> Path:
+    """A run folder ``generate`` accepts, holding an untrained tiny model: for tests of what happens
+    around sampling (locks, refusals, tampered files), where the images do not matter."""
+    import json
+
+    from segsynth.diffusion.objective import ObjectiveConfig, make_train_scheduler
+    from segsynth.diffusion.pipeline import SegSynthPipeline
+    from segsynth.models.config import ModelConfig
+    from segsynth.models.model import SegSynthModel
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(image_channels=1, num_classes=2, **TINY_DIFFUSION_MODEL)
+    pipe = SegSynthPipeline.from_model(SegSynthModel.from_config(cfg), make_train_scheduler(ObjectiveConfig()))
+    pipe.save_pretrained(run / "pipeline")
+    (run / "training_data.json").write_text(json.dumps({"data_root": str(data), "num_refs": 2}))
+    return run

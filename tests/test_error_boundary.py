@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 from conftest import TINY_DIFFUSION_MODEL, write_tiny_dataset
 from safetensors import SafetensorError
@@ -26,12 +25,7 @@ DIFFUSION = {"model": TINY_DIFFUSION_MODEL,
              "sampling": {"steps": 1, "grid_rows": 1}}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def run_main(argv: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> tuple[int, str]:

@@ -3,13 +3,12 @@ refuses non-finite images."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from conftest import TINY_DIFFUSION_MODEL, write_tiny_dataset
+from conftest import TINY_DIFFUSION_MODEL, write_tiny_dataset, write_untrained_run
 from test_latent import TINY_AE_TRAIN
 from typer.testing import CliRunner
 
@@ -17,20 +16,12 @@ import segsynth  # noqa: F401  (imports every config class)
 from segsynth.cli import app
 from segsynth.config import ConfigError, StrictModel, load_config, parse_config
 from segsynth.diffusion.config import DiffusionTrainConfig
-from segsynth.diffusion.objective import ObjectiveConfig, make_train_scheduler
 from segsynth.diffusion.pipeline import SegSynthPipeline
 from segsynth.io.checkpoint import CheckpointManager
-from segsynth.models.config import ModelConfig
-from segsynth.models.model import SegSynthModel
 from segsynth.synth.generate import GenerationConfig
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def subclasses(cls: type) -> set[type]:
@@ -122,12 +113,7 @@ def test_train_autoencoder_stops_at_a_non_finite_loss(data: Path, tmp_path: Path
 @pytest.fixture(scope="module")
 def run(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("finite-run")
-    torch.manual_seed(0)
-    cfg = ModelConfig(image_channels=1, num_classes=2, **TINY_DIFFUSION_MODEL)
-    pipe = SegSynthPipeline.from_model(SegSynthModel.from_config(cfg), make_train_scheduler(ObjectiveConfig()))
-    pipe.save_pretrained(root / "run" / "pipeline")
-    (root / "run" / "training_data.json").write_text(json.dumps({"data_root": str(data), "num_refs": 2}))
-    return root / "run"
+    return write_untrained_run(root / "run", data)
 
 
 @pytest.mark.parametrize("flag", [["--style-guidance", "inf"], ["--guidance-rescale", "nan"],

@@ -16,9 +16,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 import yaml
-from conftest import TINY_DIFFUSION_MODEL, write_tiny_dataset
+from conftest import TINY_DIFFUSION_MODEL, write_tiny_dataset, write_untrained_run
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_seg_train import make_synthetic_set, make_toy_dataset
@@ -28,22 +27,13 @@ from segsynth.cli import app
 from segsynth.data.format import DatasetFormatError
 from segsynth.data.io import write_image
 from segsynth.data.loader import SegDataset
-from segsynth.diffusion.objective import ObjectiveConfig, make_train_scheduler
-from segsynth.diffusion.pipeline import SegSynthPipeline
-from segsynth.models.config import ModelConfig
-from segsynth.models.model import SegSynthModel
 from segsynth.seg.mixing import load_synthetic_set
 
 FUZZ = settings(max_examples=12, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 json_values = st.recursive(
@@ -244,12 +234,7 @@ def test_mutated_manifests_load_or_are_refused_naming_the_manifest(synthetic, ro
 @pytest.fixture(scope="module")
 def run(base, tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("fuzz-run")
-    torch.manual_seed(0)
-    cfg = ModelConfig(image_channels=1, num_classes=2, **TINY_DIFFUSION_MODEL)
-    pipe = SegSynthPipeline.from_model(SegSynthModel.from_config(cfg), make_train_scheduler(ObjectiveConfig()))
-    pipe.save_pretrained(root / "run" / "pipeline")
-    (root / "run" / "training_data.json").write_text(json.dumps({"data_root": str(base["data"]), "num_refs": 2}))
-    return root / "run"
+    return write_untrained_run(root / "run", base["data"])
 
 
 PIPELINE_FILES = {

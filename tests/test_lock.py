@@ -16,30 +16,20 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import torch
-from conftest import TINY_DIFFUSION_MODEL, write_tiny_dataset
+from conftest import write_tiny_dataset, write_untrained_run
 from typer.testing import CliRunner
 
 from segsynth.backbone.train import train_controlnet
 from segsynth.benchmark import BenchmarkConfig, run_benchmark
 from segsynth.cli import app
-from segsynth.diffusion.objective import ObjectiveConfig, make_train_scheduler
-from segsynth.diffusion.pipeline import SegSynthPipeline
 from segsynth.diffusion.train import train_diffusion
 from segsynth.io.lock import FOLDER_LOCK, FolderInUseError, FolderLock
 from segsynth.latent.train import train_autoencoder
-from segsynth.models.config import ModelConfig
-from segsynth.models.model import SegSynthModel
 from segsynth.seg.train import train_seg
 from segsynth.synth.manifest import read_manifest
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def fork(child: Callable[[], None]) -> int:
@@ -177,13 +167,7 @@ def test_every_trainer_refuses_a_run_folder_another_process_owns(tmp_path: Path,
 def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("lock")
     data = write_tiny_dataset(root / "data")
-    torch.manual_seed(0)
-    cfg = ModelConfig(image_size=16, image_channels=1, num_classes=2, **{
-        k: v for k, v in TINY_DIFFUSION_MODEL.items() if k != "image_size"})
-    pipe = SegSynthPipeline.from_model(SegSynthModel.from_config(cfg), make_train_scheduler(ObjectiveConfig()))
-    pipe.save_pretrained(root / "run" / "pipeline")
-    (root / "run" / "training_data.json").write_text(json.dumps({"data_root": str(data), "num_refs": 2}))
-    return root / "run"
+    return write_untrained_run(root / "run", data)
 
 
 def cli_in_child(args: list[str]) -> Callable[[], None]:

@@ -9,30 +9,20 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import torch
-from conftest import TINY_DIFFUSION_MODEL, write_tiny_dataset
+from conftest import write_tiny_dataset, write_untrained_run
 from test_latent import TINY_AE
 from typer.testing import CliRunner
 
 from segsynth.cli import app
-from segsynth.diffusion.objective import ObjectiveConfig, make_train_scheduler
-from segsynth.diffusion.pipeline import SegSynthPipeline
 from segsynth.latent.autoencoder import build_autoencoder, load_autoencoder
 from segsynth.latent.config import AutoencoderModelConfig
-from segsynth.models.config import ModelConfig
-from segsynth.models.model import SegSynthModel
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("tamper")
     data = write_tiny_dataset(root / "data")
-    torch.manual_seed(0)
-    cfg = ModelConfig(image_channels=1, num_classes=2, **TINY_DIFFUSION_MODEL)
-    pipe = SegSynthPipeline.from_model(SegSynthModel.from_config(cfg), make_train_scheduler(ObjectiveConfig()))
-    pipe.save_pretrained(root / "run" / "pipeline")
-    (root / "run" / "training_data.json").write_text(json.dumps({"data_root": str(data), "num_refs": 2}))
-    return root / "run"
+    return write_untrained_run(root / "run", data)
 
 
 def edit_json(path: Path, change: Callable[[dict], None]) -> None:
