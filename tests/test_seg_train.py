@@ -277,3 +277,13 @@ def test_networks_predict_any_size_and_round_trip(name: str, tmp_path: Path) -> 
         assert torch.equal(predict_logits(loaded, image, size_divisor(cfg)), whole)
     with pytest.raises(ValueError, match="num_classes"):
         build_network(cfg, 1, 1)
+
+
+def test_a_non_finite_loss_stops_training_before_anything_is_saved(toy: Path, tmp_path: Path) -> None:
+    from segsynth.io.finite import NonFiniteError
+
+    cfg = tiny_config(steps=6, val_every=3)
+    cfg.optim.lr = 1e30  # finite, but the weights overflow within a few steps
+    with pytest.raises(NonFiniteError, match=r"train-seg: step [1-6]: loss term 'loss' is (nan|inf)"):
+        train_seg(toy, tmp_path / "run", cfg, console=QUIET)
+    assert not CheckpointManager(tmp_path / "run").complete_steps()

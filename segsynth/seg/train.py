@@ -41,6 +41,7 @@ from segsynth.data.loader import SampleRef, SegDataset, index_dataset, sample_se
 from segsynth.device import make_accelerator
 from segsynth.io.atomic import atomic_write_json, remove_stale_temporaries
 from segsynth.io.checkpoint import CheckpointManager, rng_state, set_rng_state
+from segsynth.io.finite import check_losses
 from segsynth.io.lock import owns_folder
 from segsynth.io.run_log import append_log_line, check_resume, train_keys, truncate_log
 from segsynth.progress import StepProgress
@@ -236,11 +237,7 @@ class _Loop:
                     logits = self.model(image)
                 loss = self.loss_fn(logits.float(), mask[:, None])
             mean_loss = float(self.accelerator.reduce(loss.detach().reshape(1), "mean"))
-            if not math.isfinite(mean_loss):
-                raise ValueError(
-                    f"step {first_step + steps + 1}: the segmentation loss is {mean_loss}; lower optim.lr "
-                    "(nothing of this step was saved)"
-                )
+            check_losses({"loss": mean_loss}, first_step + steps + 1, "train-seg")  # reduced: every process stops
             self.optimizer.zero_grad(set_to_none=True)
             self.accelerator.backward(loss)
             self.optimizer.step()
