@@ -25,9 +25,9 @@ from segsynth.data.io import image_shape
 from segsynth.diffusion.config import DiffusionTrainConfig
 from segsynth.seg.config import SegTrainConfig
 
-#: Fewest optimiser steps of any benchmark segmentation run. On nuclei-fluo (fold 0 of 4, one
-#: labelled training case, 64 px, default UNet, cosine schedule) the smoothed validation Dice of
-#: the baseline stops rising after about 350 steps of batch 8.
+#: Fewest optimiser steps of any benchmark segmentation run. At 400 steps of batch 8 (64 px, default
+#: UNet, cosine schedule) the low-label baselines of nuclei-fluo and histo-he had stopped rising in
+#: every run, and brain-mri's in 5 of 6 (``benchmarks/results/downstream-*.json``, "still_rising").
 SEG_STEP_FLOOR = 400
 #: Passes over the largest real training set (batches of ``train.batch_size``).
 SEG_PASSES = 40
