@@ -1,0 +1,65 @@
+"""The file and folder names of every segsynth folder kind, declared once.
+
+Names shared by several kinds (``config.yaml``, ``train_log.jsonl``) mean the same thing in each:
+the resolved config and one JSON line per log interval. A name is never reused for two different
+records (the autoencoder's image split is ``image_split.json``, the segmentation split is
+``split.json``).
+"""
+
+from __future__ import annotations
+
+# --- every training run (diffusion, ControlNet, autoencoder, segmentation) ---------------------
+CONFIG_YAML = "config.yaml"  # resolved config of the run
+TRAIN_LOG = "train_log.jsonl"  # one JSON object per log interval (key "step" first-class)
+CHECKPOINTS_DIR = "checkpoints"  # resumable state, one complete step_* folder per kept checkpoint
+TRACKING_DIR = "tracking"  # train.log_with trackers (TensorBoard, CSV, W&B) write here
+TRACKING_CSV = "metrics.csv"  # the csv tracker's file inside TRACKING_DIR
+
+# --- dataset folder (real or synthetic) -----------------------------------------------------------
+DATASET_JSON = "dataset.json"
+IMAGES_DIR = "images"
+MASKS_DIR = "masks"
+UNLABELED_DIR = "unlabeled"
+FINGERPRINT_JSON = "fingerprint.json"  # `segsynth data info` output
+
+# --- diffusion run (train-diffusion) ------------------------------------------------------------------
+TRAINING_DATA_JSON = "training_data.json"  # data roots, train ids, style sampler, prompts, autoencoder
+SAMPLES_DIR = "samples"  # preview grids
+PIPELINE_DIR = "pipeline"  # released SegSynthPipeline
+LATENT_CACHE_DIR = "latent_cache"  # data.cache_latents
+
+# --- ControlNet run (train-diffusion --backbone) ----------------------------------------------------
+BACKBONE_JSON = "backbone.json"  # frozen Stable Diffusion folder, variant, sha256
+CONTROLNET_DIR = "controlnet"  # the trained ControlNetModel
+
+# --- autoencoder run (train-autoencoder) ------------------------------------------------------------
+AUTOENCODER_DIR = "autoencoder"  # the trained AutoencoderKL
+IMAGE_SPLIT_JSON = "image_split.json"  # training and held-out image ids
+RECONSTRUCTION_JSON = "reconstruction.json"  # held-out PSNR / SSIM vs bicubic
+RECONSTRUCTIONS_PNG = "reconstructions.png"
+
+# --- synthetic set (generate) ---------------------------------------------------------------------------
+MANIFEST_JSONL = "manifest.jsonl"  # one ManifestRecord per sample
+GENERATION_JSON = "generation.json"  # the generation config and its source run
+
+# --- segmentation run (train-seg) ---------------------------------------------------------------------
+SPLIT_JSON = "split.json"  # data root, train/val/test ids and cases, synthetic sets used
+BEST_DIR = "best"  # network of the best validation step
+TRAINING_JSON = "training.json"  # steps taken, best step, whether validation was still rising
+MODEL_JSON = "model.json"  # network description next to model.safetensors
+
+# --- evaluation (evaluate-synth) ------------------------------------------------------------------------
+METRICS_JSON = "metrics.json"
+EVALUATION_DIR = "evaluation"
+SEG_REAL_DIR = "seg_real"  # the real-data segmentation run evaluate-synth trains for fidelity
+
+# --- benchmark (segsynth benchmark) -----------------------------------------------------------------
+BENCHMARK_YAML = "benchmark.yaml"
+RESULTS_JSON = "results.json"
+RESULTS_MD = "results.md"
+SYNTH_DIR = "synth"
+VARIANTS_DIR = "synth_variants"
+
+# --- whole-loop run (segsynth run) ------------------------------------------------------------------
+PLAN_JSON = "plan.json"
+BENCHMARK_DIR = "benchmark"
