@@ -8,9 +8,8 @@ line); ``csv`` is :class:`CSVTracker`, which needs nothing installed. Every trac
 
 from __future__ import annotations
 
-import contextlib
 import csv
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -88,30 +87,6 @@ def make_trackers(log_with: LogWith, out: Path) -> list[GeneralTracker]:
     if log_with == "tensorboard":
         return [TensorBoardTracker(PROJECT, logging_dir)]
     return [WandBTracker(PROJECT, dir=str(logging_dir))]
-
-
-@contextlib.contextmanager
-def tracked(log_with: LogWith, out: Path, config: BaseModel) -> Iterator[Callable[[Mapping[str, Any]], None]]:
-    """The trackers of a one-process trainer without an :class:`~accelerate.Accelerator` (the
-    autoencoder, ControlNet): started with ``config`` as hyperparameters, finished on leaving.
-
-    Yields:
-        ``log(record)`` for a ``train_log.jsonl`` record (its ``step`` is the tracker step).
-    """
-    trackers = make_trackers(log_with, out)
-    for tracker in trackers:
-        tracker.start()
-        tracker.store_init_configuration(flat_config(config))
-
-    def log(record: Mapping[str, Any]) -> None:
-        for tracker in trackers:
-            tracker.log({k: v for k, v in record.items() if k != "step"}, step=record["step"])
-
-    try:
-        yield log
-    finally:
-        for tracker in trackers:
-            tracker.finish()
 
 
 def flat_config(config: BaseModel) -> dict[str, bool | int | float | str | None]:

@@ -129,16 +129,16 @@ def test_backbone_is_frozen_during_a_step(backbone: Path, data: Path, tmp_path: 
     import segsynth.backbone.train as train_module
 
     seen = {}
-    real = train_module.ControlNetTrainer.release
+    real = train_module.ControlNetTask.release
 
-    def keep(self: train_module.ControlNetTrainer) -> None:
+    def keep(self: train_module.ControlNetTask) -> None:
         seen["unet"] = {k: v.clone() for k, v in self.backbone.unet.state_dict().items()}
         seen["text"] = {k: v.clone() for k, v in self.backbone.text_encoder.state_dict().items()}
         seen["grad"] = [p.requires_grad for m in (self.backbone.unet, self.backbone.vae, self.backbone.text_encoder)
                         for p in m.parameters()]
         real(self)
 
-    monkeypatch.setattr(train_module.ControlNetTrainer, "release", keep)
+    monkeypatch.setattr(train_module.ControlNetTask, "release", keep)
     train_controlnet(data, backbone, load_config(BackboneTrainConfig, None, {**TINY, "train.steps": 1}), tmp_path / "run")
     unet_file = load_file(backbone / "unet" / "diffusion_pytorch_model.safetensors")
     assert seen["unet"].keys() == unet_file.keys() and all(torch.equal(seen["unet"][k], unet_file[k]) for k in unet_file)
@@ -173,18 +173,18 @@ def test_resume_after_stopping_at_step_one_equals_the_straight_run(backbone: Pat
 
     run = tmp_path / "resumed"
     cfg = load_config(BackboneTrainConfig, None, {**TINY, "train.checkpoint_every": 1})
-    real_loss, calls = train_module.ControlNetTrainer.loss, {"n": 0}
+    real_loss, calls = train_module.ControlNetTask.loss, {"n": 0}
 
-    def stops_in_step_two(self: train_module.ControlNetTrainer, *args: object) -> torch.Tensor:
+    def stops_in_step_two(self: train_module.ControlNetTask, *args: object) -> torch.Tensor:
         calls["n"] += 1
         if calls["n"] == 2:
             raise KeyboardInterrupt
         return real_loss(self, *args)
 
-    monkeypatch.setattr(train_module.ControlNetTrainer, "loss", stops_in_step_two)
+    monkeypatch.setattr(train_module.ControlNetTask, "loss", stops_in_step_two)
     with pytest.raises(KeyboardInterrupt):
         train_controlnet(data, backbone, cfg, run)
-    monkeypatch.setattr(train_module.ControlNetTrainer, "loss", real_loss)
+    monkeypatch.setattr(train_module.ControlNetTask, "loss", real_loss)
     assert CheckpointManager(run).complete_steps() == [1] and not (run / "controlnet").exists()
     with pytest.raises(FileExistsError, match="--resume"):
         train_controlnet(data, backbone, cfg, run)

@@ -25,7 +25,8 @@ from segsynth.diffusion.config import DiffusionTrainConfig
 from segsynth.diffusion.objective import ObjectiveConfig, diffusion_loss, make_train_scheduler
 from segsynth.diffusion.pipeline import SegSynthPipeline
 from segsynth.diffusion.schedulers import make_sampler
-from segsynth.diffusion.train import TrainingSamples, select_refs, train_diffusion
+from segsynth.diffusion.samples import SampleSettings, TrainingSamples, select_refs
+from segsynth.diffusion.train import train_diffusion
 from segsynth.models import ModelConfig, SegSynthModel
 from segsynth.models.text import TextEncoderUnavailable, encode_prompts, load_sentence_encoder, prompt_key
 from segsynth.synth.generate import generate
@@ -95,7 +96,7 @@ def test_training_edges_are_computed_after_the_paired_augmentation(tmp_path):
         "model.image_size": 16, "model.image_channels": 1, "model.num_classes": 2, "model.edge": True,
         "data.augmentation": "heavy", "data.edge_image_prob": 1.0, "model.style.num_refs": 2,
     })
-    samples = TrainingSamples(data, select_refs(data, SegDataset(data).spec, None), cfg)
+    samples = TrainingSamples(data, select_refs(data, SegDataset(data).spec, None), SampleSettings.of(cfg))
     near = []
     for epoch in range(3):
         for index in range(len(samples)):
@@ -114,7 +115,7 @@ def test_training_edges_are_computed_after_the_paired_augmentation(tmp_path):
     assert len(near) > 50 and np.mean(near) > 0.8
     # with edge_image_prob 0 the map is the mask boundary alone; other draws are unchanged
     cfg0 = cfg.model_copy(update={"data": cfg.data.model_copy(update={"edge_image_prob": 0.0})})
-    item0 = TrainingSamples(data, samples.dataset.refs, cfg0)[(1, 2)]
+    item0 = TrainingSamples(data, samples.dataset.refs, SampleSettings.of(cfg0))[(1, 2)]
     item1 = samples[(1, 2)]
     assert np.array_equal(item0["edge"][0].numpy(), mask_boundary(item0["mask"].numpy()))
     assert torch.equal(item0["image"], item1["image"]) and torch.equal(item0["style_images"], item1["style_images"])
@@ -270,8 +271,8 @@ def test_one_model_trains_on_several_datasets_with_edge_and_text(tmp_path, monke
     pipe = SegSynthPipeline.from_pretrained(run / "pipeline")
     assert pipe.unet.uses_edge and pipe.unet.uses_text and pipe.unet.config.image_channels == 3
     assert pipe.unet.config.num_classes == 3
-    samples = TrainingSamples(grey, select_refs(grey, SegDataset(grey).spec, None), cfg.model_copy(
-        update={"model": cfg.model.model_copy(update={"image_channels": 3, "num_classes": 3})}),
+    samples = TrainingSamples(grey, select_refs(grey, SegDataset(grey).spec, None), SampleSettings.of(cfg.model_copy(
+        update={"model": cfg.model.model_copy(update={"image_channels": 3, "num_classes": 3})})),
         text=torch.zeros(2, TEXT_DIM), extra=[(rgb, select_refs(rgb, SegDataset(rgb).spec, None))])
     assert len(samples) == 8 and samples.locate(3) == (0, 3) and samples.locate(5) == (1, 1)
     item = samples[(0, 0)]

@@ -94,14 +94,14 @@ def test_train_diffusion_stops_at_a_nan_loss_keeping_the_last_good_checkpoint(da
 def test_train_autoencoder_stops_at_a_non_finite_loss(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import segsynth.latent.train as train_module
 
-    real = train_module.reconstruction_loss
+    real = train_module.ReconstructionObjective.forward
 
     def overflows(*args, **kwargs):
         terms = real(*args, **kwargs)
         terms["kl"] = terms["kl"] + float("inf")
         return terms
 
-    monkeypatch.setattr(train_module, "reconstruction_loss", overflows)
+    monkeypatch.setattr(train_module.ReconstructionObjective, "forward", overflows)
     config, out = tmp_path / "cfg.yaml", tmp_path / "ae"
     config.write_text(yaml.safe_dump(TINY_AE_TRAIN))
     result = CliRunner().invoke(app, ["train-autoencoder", str(data), "--out", str(out), "--config", str(config)])

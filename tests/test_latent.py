@@ -15,7 +15,8 @@ from segsynth.diffusion.config import DiffusionTrainConfig
 from segsynth.diffusion.train import train_diffusion
 from segsynth.latent import AutoencoderModelConfig, AutoencoderTrainConfig, build_autoencoder, load_autoencoder
 from segsynth.latent.autoencoder import decode_latents, encode_images
-from segsynth.latent.train import QUALITY_JSON, SPLIT_JSON, ImagePool, reconstruction_quality, train_autoencoder
+from segsynth.artifacts.names import IMAGE_SPLIT_JSON, RECONSTRUCTION_JSON
+from segsynth.latent.train import ImagePool, reconstruction_quality, train_autoencoder
 from segsynth.models.unet import LayoutStyleUNet
 from segsynth.synth.generate import load_run
 
@@ -85,8 +86,8 @@ def test_autoencoder_run_reports_held_out_quality_and_scale(data, autoencoder_ru
     """reconstruction.json scores tiles of held-out cases only (recomputed here from the split), the
     trained autoencoder beats the bicubic baseline the run reports next to it, and the latent scale
     is saved with the weights."""
-    quality = json.loads((autoencoder_run / QUALITY_JSON).read_text())
-    split = json.loads((autoencoder_run / SPLIT_JSON).read_text())
+    quality = json.loads((autoencoder_run / RECONSTRUCTION_JSON).read_text())
+    split = json.loads((autoencoder_run / IMAGE_SPLIT_JSON).read_text())
     assert quality["evaluated_on"] == "held-out cases" and quality["factor"] == 4
     assert split["held_out"] and not set(split["held_out"]) & set(split["train"])
     assert {p.split("/")[-1].split("_")[0] for p in split["held_out"]}.isdisjoint(
@@ -98,15 +99,15 @@ def test_autoencoder_run_reports_held_out_quality_and_scale(data, autoencoder_ru
 
     cfg = AutoencoderTrainConfig.model_validate(BICUBIC_BEATING_AE_TRAIN)
     run = train_autoencoder(data, cfg, tmp_path / "ae")
-    quality = json.loads((run / QUALITY_JSON).read_text())
+    quality = json.loads((run / RECONSTRUCTION_JSON).read_text())
     ae, bicubic = quality["autoencoder"], quality["bicubic_baseline"]
     assert ae["psnr"] > bicubic["psnr"] + 0.5 and ae["ssim"] > bicubic["ssim"], quality
     # The reported numbers are those of tiles of the held-out cases, and differ from training tiles'.
     pool = ImagePool([data], cfg.holdout, cfg.seed)
-    assert pool.ids(pool.held_out) == json.loads((run / SPLIT_JSON).read_text())["held_out"]
+    assert pool.ids(pool.held_out) == json.loads((run / IMAGE_SPLIT_JSON).read_text())["held_out"]
     vae, _ = load_autoencoder(run)
-    held = reconstruction_quality(vae, pool.tiles(pool.held_out, cfg.eval_tiles, cfg.tile_size, cfg.seed + 3, 0, False))
-    seen = reconstruction_quality(vae, pool.tiles(pool.train, cfg.eval_tiles, cfg.tile_size, cfg.seed + 3, 0, False))
+    held = reconstruction_quality(vae, pool.tiles(pool.held_out, range(cfg.eval_tiles), cfg.tile_size, cfg.seed + 3, 0, False))
+    seen = reconstruction_quality(vae, pool.tiles(pool.train, range(cfg.eval_tiles), cfg.tile_size, cfg.seed + 3, 0, False))
     for method in ("autoencoder", "bicubic_baseline"):
         assert held[method]["psnr"] == pytest.approx(quality[method]["psnr"], abs=1e-4)
         assert held[method]["ssim"] == pytest.approx(quality[method]["ssim"], abs=1e-4)

@@ -11,7 +11,7 @@ from segsynth.config import ConfigError, load_config
 from segsynth.data import DatasetSpec, SegDataset, save_spec, write_image
 from segsynth.data.style_sampling import STYLE_SAMPLERS, make_style_sampler
 from segsynth.diffusion.config import DiffusionTrainConfig
-from segsynth.diffusion.train import TrainingSamples
+from segsynth.diffusion.samples import SampleSettings, TrainingSamples
 
 #: The samplers whose references come from the target's case-mates (not copies of the target).
 CASE_SAMPLERS = ("nearby", "multi_patch")
@@ -119,7 +119,7 @@ def test_a_training_target_is_never_its_own_reference(tmp_path: Path, name: str)
     cases = write_blob_dataset(tmp_path / "pairs", {"a": 2, "b": 3, "c": 4}, size=16)
     cfg = load_config(DiffusionTrainConfig, None, {
         "model.image_size": 16, "model.style.num_refs": 3, "data.style_sampler": name})
-    samples = TrainingSamples(cases, SegDataset(cases).refs, cfg)
+    samples = TrainingSamples(cases, SegDataset(cases).refs, SampleSettings.of(cfg))
     draws = []
     real_sampler = samples.sampler
 
@@ -148,7 +148,7 @@ def test_training_refuses_a_case_of_one_image_naming_it(blobs: Path, name: str) 
         sampler(dataset, [ref.id for ref in dataset.refs].index("c_000"), 2, np.random.default_rng(0))
     cfg = load_config(DiffusionTrainConfig, None, {"model.image_size": 16, "data.style_sampler": name})
     with pytest.raises(ConfigError, match="'c'"):
-        TrainingSamples(blobs, dataset.refs, cfg)
+        TrainingSamples(blobs, dataset.refs, SampleSettings.of(cfg))
     make_style_sampler("augmented").check_targets(dataset)  # copies of the target: the stated choice
     make_style_sampler(name, anchor_is_target=False).check_targets(dataset)  # a generation pool
 

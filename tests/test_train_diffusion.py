@@ -16,7 +16,8 @@ import segsynth.diffusion.train as train_module
 from segsynth.config import ConfigError, load_config
 from segsynth.diffusion.config import DiffusionTrainConfig
 from segsynth.diffusion.pipeline import SegSynthPipeline
-from segsynth.diffusion.train import BatchPlan, epoch_order, train_diffusion
+from segsynth.diffusion.samples import BatchPlan, epoch_order
+from segsynth.diffusion.train import train_diffusion
 from segsynth.io.checkpoint import CheckpointManager
 
 TINY = {

@@ -22,7 +22,7 @@ from diffusers import ControlNetModel
 from segsynth.backbone.config import BackboneTrainConfig
 from segsynth.backbone.hint import hints_from_layouts
 from segsynth.backbone.load import BackboneError, load_backbone
-from segsynth.backbone.train import BACKBONE_JSON, CONFIG_YAML, CONTROLNET_DIR, TRAINING_DATA_JSON
+from segsynth.artifacts.names import BACKBONE_JSON, CONFIG_YAML, CONTROLNET_DIR, TRAINING_DATA_JSON
 from segsynth.config import load_config
 from segsynth.diffusion.schedulers import make_sampler
 from segsynth.io.hashing import model_hash

@@ -5,11 +5,13 @@ zero-initialised output convolutions, as in Zhang et al., 2023) and learns to st
 UNet with a hint made from the mask and the edge map (:mod:`segsynth.backbone.hint`); the
 prompt is the dataset's ``dataset.json`` prompt, replaced by the empty prompt with probability
 ``data.prompt_drop``. VAE, UNet and text encoder never change. Training crops come from
-:class:`segsynth.diffusion.train.TrainingSamples` (paired augmentation, random crop, edge map
-after the augmentation; single-channel images repeated to RGB), in the data order of
-:class:`~segsynth.diffusion.train.BatchPlan`, and every random draw of a step (VAE posterior
-sample, noise, timesteps, prompt drops) comes from a generator seeded by the step, so a resumed
-run replays exactly (bit for bit on the CPU).
+:class:`segsynth.diffusion.samples.TrainingSamples` (paired augmentation, random crop, edge map
+after the augmentation; single-channel images repeated to RGB; no style references), in the data
+order of :class:`~segsynth.diffusion.samples.BatchPlan`, and every random draw of a step (VAE
+posterior sample, noise, timesteps, prompt drops) comes from a generator seeded by the step, so a
+resumed run replays exactly (bit for bit on the CPU). :class:`ControlNetTask` is what this stage
+hands the training engine (:mod:`segsynth.engine`), which owns the run folder, the log,
+checkpoints, precision and resume.
 
 Run folder::
 
@@ -17,17 +19,15 @@ Run folder::
     RUN/backbone.json          backbone path, variant and sha256 of its safetensors
     RUN/training_data.json     data roots, train ids, prompts, classes, channels
     RUN/train_log.jsonl        one JSON object per log interval
-    RUN/checkpoints/step_*/    resumable state (CheckpointManager): ControlNet, optimiser, LR schedule, RNG
+    RUN/checkpoints/step_*/    resumable state: ControlNet, optimiser, LR schedule, RNG
     RUN/controlnet/            the trained ControlNetModel (save_pretrained, safetensors)
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,29 +38,22 @@ from diffusers.optimization import get_scheduler
 from rich.console import Console
 from torch.utils.data import DataLoader, Dataset
 
+from segsynth.artifacts.names import BACKBONE_JSON, CONFIG_YAML, CONTROLNET_DIR, TRAINING_DATA_JSON
 from segsynth.backbone.config import BackboneTrainConfig
 from segsynth.backbone.hint import HINT_CHANNELS, make_hint
-from segsynth.backbone.load import Backbone, BackboneError, load_backbone
+from segsynth.backbone.load import Backbone, load_backbone
 from segsynth.backbone.prompts import encode_prompts
-from segsynth.config import ConfigError, load_config, save_resolved_config
+from segsynth.config import ConfigError, load_config
 from segsynth.data.format import DatasetSpec, load_spec
 from segsynth.data.loader import sample_seed
-from segsynth.diffusion.config import DiffusionTrainConfig
-from segsynth.diffusion.train import BatchPlan, TrainingSamples, select_refs
-from segsynth.io.atomic import atomic_directory, atomic_write_json, remove_stale_temporaries
-from segsynth.io.checkpoint import CheckpointManager, rng_state, set_rng_state
+from segsynth.device import resolve_mixed_precision
+from segsynth.diffusion.objective import prediction_target
+from segsynth.diffusion.samples import BatchPlan, SampleSettings, TrainingSamples, select_refs
+from segsynth.engine import Engine, EngineSettings, RunRecord, prepare_run_folder
+from segsynth.io.atomic import atomic_directory
 from segsynth.io.hashing import model_hash
-from segsynth.io.run_log import check_resume, check_same_record, train_keys, truncate_log
 from segsynth.io.lock import owns_folder
-from segsynth.io.finite import check_losses, check_weights
-from segsynth.progress import StepProgress
-from segsynth.tracking import tracked
-
-CONFIG_YAML = "config.yaml"
-BACKBONE_JSON = "backbone.json"
-TRAINING_DATA_JSON = "training_data.json"
-TRAIN_LOG = "train_log.jsonl"
-CONTROLNET_DIR = "controlnet"
+from segsynth.io.run_log import train_keys
 
 #: ``train.*`` settings that may change when a run is resumed (how long, how visibly, how memory-hungry).
 RESUMABLE_CHANGES = {"steps", "checkpoint_every", "keep_checkpoints", "log_every", "num_workers", "gradient_checkpointing",
@@ -84,22 +77,20 @@ def hint_widths(cfg: BackboneTrainConfig, vae_factor: int) -> tuple[int, ...]:
     return widths
 
 
-def samples_config(cfg: BackboneTrainConfig, num_classes: int) -> DiffusionTrainConfig:
-    """The settings :class:`TrainingSamples` reads, as a :class:`DiffusionTrainConfig`.
+def sample_settings(cfg: BackboneTrainConfig) -> SampleSettings:
+    """The crops a ControlNet trains on: RGB (single-channel images repeated), with the edge map, no
+    style references."""
+    return SampleSettings(image_size=cfg.data.image_size, channels=3, augmentation=cfg.data.augmentation,
+                          seed=cfg.train.seed, edge=True, edge_sigma=cfg.data.edge_sigma,
+                          edge_image_prob=cfg.data.edge_image_prob)
 
-    Images are repeated to 3 channels (RGB), edge maps are on; the model section is otherwise a
-    stub (TrainingSamples only reads its sizes), and style references, which it draws for every
-    sample, come from the cheap ``augmented`` sampler (one reference) and are not used.
-    """
-    return DiffusionTrainConfig.model_validate({
-        "model": {"image_size": cfg.data.image_size, "image_channels": 3, "num_classes": num_classes,
-                  "block_out_channels": [8], "attention_levels": [True],
-                  "style": {"encoder_channels": [8], "num_refs": 1},
-                  "edge": True, "edge_sigma": cfg.data.edge_sigma},
-        "data": {"augmentation": cfg.data.augmentation, "style_sampler": "augmented", "style_augment": False,
-                 "edge_image_prob": cfg.data.edge_image_prob},
-        "train": {"seed": cfg.train.seed, "warmup": 0},
-    })
+
+def engine_settings(cfg: BackboneTrainConfig) -> EngineSettings:
+    """The engine's loop settings from the ``train`` section."""
+    t = cfg.train
+    return EngineSettings(label="train-diffusion --backbone", steps=t.steps, log_every=t.log_every,
+                          checkpoint_every=t.checkpoint_every, keep_checkpoints=t.keep_checkpoints,
+                          mixed_precision=t.mixed_precision, log_with=t.log_with)
 
 
 class HintSamples(Dataset):
@@ -132,70 +123,58 @@ def fit_channels(specs: Sequence[DatasetSpec], roots: Sequence[Path]) -> None:
                               "draws RGB, so only 1-channel (repeated to RGB) or 3-channel data can be used")
 
 
-def resolve_device_and_dtype(cfg: BackboneTrainConfig) -> tuple[torch.device, torch.dtype]:
-    """The device (the GPU when there is one) and the dtype the frozen backbone is kept in."""
-    cuda = torch.cuda.is_available()
-    choice = cfg.train.mixed_precision
-    if choice == "bf16" and not cuda:
-        raise ConfigError("train.mixed_precision bf16 needs a CUDA device")
-    bf16 = choice == "bf16" or (choice == "auto" and cuda)
-    return torch.device("cuda" if cuda else "cpu"), (torch.bfloat16 if bf16 else torch.float32)
+class ControlNetTask:
+    """One run: frozen backbone, trained ControlNet, optimiser and data (a :class:`~segsynth.engine.TrainTask`).
 
+    The frozen backbone is kept in bf16 when the engine trains in bf16 (the ControlNet itself stays
+    fp32 under autocast), else in fp32.
+    """
 
-class ControlNetTrainer:
-    """One run: frozen backbone, trained ControlNet, optimiser, data and checkpoints; see :func:`train_controlnet`."""
-
-    def __init__(self, backbone: Backbone, cfg: BackboneTrainConfig, out: Path, samples: HintSamples,
+    def __init__(self, engine: Engine, backbone: Backbone, cfg: BackboneTrainConfig, samples: HintSamples,
                  prompts: Sequence[str]) -> None:
-        self.cfg, self.out, self.samples = cfg, out, samples
-        self.device, self.dtype = resolve_device_and_dtype(cfg)
+        self.cfg, self.out, self.samples = cfg, engine.out, samples
+        self.accelerator = engine.accelerator
+        self.device = self.accelerator.device
+        self.dtype = torch.bfloat16 if self.accelerator.mixed_precision == "bf16" else torch.float32
         torch.manual_seed(cfg.train.seed)  # the hint encoder's initial weights
-        self.controlnet = ControlNetModel.from_unet(
+        controlnet = ControlNetModel.from_unet(
             backbone.unet, conditioning_embedding_out_channels=hint_widths(cfg, backbone.vae_factor))
-        self.controlnet.to(device=self.device, dtype=torch.float32).train()
+        controlnet.to(dtype=torch.float32).train()
         self.backbone = backbone.to(self.device, self.dtype)
         if cfg.train.gradient_checkpointing:
-            self.controlnet.enable_gradient_checkpointing()
+            controlnet.enable_gradient_checkpointing()
             self.backbone.unet.enable_gradient_checkpointing()
         # Every prompt once, plus the empty prompt (the dropped one), as the frozen encoder makes them.
         embeds = encode_prompts(backbone, [*prompts, ""], self.device)
         self.prompt_embeds, self.empty_embeds = embeds[:-1], embeds[-1:]
         self.noise_scheduler = DDPMScheduler.from_config(backbone.scheduler_config)
-        self.optimizer = torch.optim.AdamW(self.controlnet.parameters(), lr=cfg.train.lr,
-                                           weight_decay=cfg.train.weight_decay)
+        optimizer = torch.optim.AdamW(controlnet.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         self.lr_scheduler = get_scheduler(
             "constant_with_warmup" if cfg.train.lr_schedule == "constant" else "cosine",
-            self.optimizer, num_warmup_steps=cfg.train.warmup, num_training_steps=cfg.train.steps,
+            optimizer, num_warmup_steps=cfg.train.warmup, num_training_steps=cfg.train.steps,
         )
-        self.checkpoints = CheckpointManager(out, keep=cfg.train.keep_checkpoints)
-        self.step, self.position = 0, 0  # optimiser steps done, samples consumed
+        self.controlnet, self.optimizer = self.accelerator.prepare(controlnet, optimizer)
 
     @property
-    def epoch(self) -> int:
-        return self.position // len(self.samples)
+    def raw_controlnet(self) -> ControlNetModel:
+        return self.accelerator.unwrap_model(self.controlnet)
 
-    def state_tree(self) -> dict[str, Any]:
-        return {"controlnet": self.controlnet.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "lr_scheduler": self.lr_scheduler.state_dict(), "rng": rng_state(),
-                "step": self.step, "samples": self.position}
+    def state_tree(self, step: int) -> dict[str, Any]:
+        return {"controlnet": self.raw_controlnet.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "lr_scheduler": self.lr_scheduler.state_dict()}
 
     def load_state_tree(self, tree: dict[str, Any]) -> None:
-        self.controlnet.load_state_dict(tree["controlnet"])
+        self.raw_controlnet.load_state_dict(tree["controlnet"])
         self.optimizer.load_state_dict(tree["optimizer"])
         self.lr_scheduler.load_state_dict(tree["lr_scheduler"])
-        set_rng_state(tree["rng"])
-        self.step, self.position = int(tree["step"]), int(tree["samples"])
 
-    def batches(self) -> Iterator[dict[str, torch.Tensor]]:
+    def batches(self, step: int) -> Iterator[dict[str, torch.Tensor]]:
         cfg = self.cfg.train
-        plan = BatchPlan(len(self.samples), cfg.batch_size, cfg.seed, self.position, cfg.steps - self.step)
+        plan = BatchPlan(len(self.samples), cfg.batch_size, cfg.seed, step * cfg.batch_size, cfg.steps - step)
         loader = DataLoader(self.samples, batch_sampler=plan, num_workers=cfg.num_workers,
                             generator=torch.Generator().manual_seed(cfg.seed), pin_memory=self.device.type == "cuda")
         for batch in loader:
             yield {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-
-    def autocast(self) -> Any:
-        return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
 
     def loss(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> torch.Tensor:
         """The denoising loss of the frozen UNet steered by the ControlNet (epsilon or v target, as the backbone)."""
@@ -211,14 +190,8 @@ class ControlNetTrainer:
         dropped = torch.rand(size, generator=generator, device=self.device) < self.cfg.data.prompt_drop
         embeds = torch.where(dropped[:, None, None], self.empty_embeds, self.prompt_embeds[batch["source"]])
         noisy = scheduler.add_noise(latents, noise, timesteps)
-        if scheduler.config.prediction_type == "epsilon":
-            target = noise
-        elif scheduler.config.prediction_type == "v_prediction":
-            target = scheduler.get_velocity(latents, noise, timesteps)
-        else:
-            raise BackboneError(f"prediction_type {scheduler.config.prediction_type!r} of the backbone's scheduler "
-                                "is not supported (epsilon or v_prediction)")
-        with self.autocast():
+        target = prediction_target(scheduler, latents, noise, timesteps)
+        with self.accelerator.autocast():
             down, mid = self.controlnet(noisy, timesteps, encoder_hidden_states=embeds, controlnet_cond=batch["hint"],
                                         return_dict=False)
             pred = unet(noisy.to(self.dtype), timesteps, encoder_hidden_states=embeds.to(self.dtype),
@@ -226,41 +199,35 @@ class ControlNetTrainer:
                         mid_block_additional_residual=mid.to(self.dtype)).sample
         return F.mse_loss(pred.float(), target.float())
 
-    def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
-        generator = torch.Generator(device=self.device).manual_seed(sample_seed(self.cfg.train.seed + 2, self.step, 0))
+    def train_step(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, torch.Tensor]:
+        generator = torch.Generator(device=self.device).manual_seed(sample_seed(self.cfg.train.seed + 2, step, 0))
         loss = self.loss(batch, generator)
-        check_losses({"loss": loss}, self.step + 1, "train-diffusion --backbone")
-        loss.backward()
-        logged = {"loss": float(loss.detach())}
+        self.accelerator.backward(loss)
+        logged = {"loss": loss.detach()}
         if self.cfg.train.grad_clip is not None:
-            logged["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.controlnet.parameters(), self.cfg.train.grad_clip))
+            logged["grad_norm"] = torch.as_tensor(
+                self.accelerator.clip_grad_norm_(self.controlnet.parameters(), self.cfg.train.grad_clip))
         self.optimizer.step()
         self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self.step += 1
-        self.position += self.cfg.train.batch_size
         return logged
+
+    def log_fields(self, step: int) -> dict[str, Any]:
+        return {"epoch": step * self.cfg.train.batch_size // len(self.samples), "lr": self.lr_scheduler.get_last_lr()[0]}
+
+    def after_step(self, step: int, last: bool) -> None:
+        """Nothing: a ControlNet run draws no previews while it trains (``segsynth generate`` does)."""
+
+    def should_stop(self) -> bool:
+        return False
+
+    def weights(self) -> Iterable[tuple[str, torch.Tensor]]:
+        return self.raw_controlnet.named_parameters()
 
     def release(self) -> None:
         """Write ``RUN/controlnet`` (safetensors + config.json), atomically."""
         with atomic_directory(self.out / CONTROLNET_DIR, overwrite=True) as tmp:
-            self.controlnet.save_pretrained(tmp, safe_serialization=True)
-
-
-def prepare_backbone_run(out: Path, cfg: BackboneTrainConfig, resume: bool, training_data: dict[str, Any],
-                         backbone_info: dict[str, Any]) -> None:
-    """Create the run folder, or check that a resumed run trains on the same data and backbone."""
-    config_path, data_path, backbone_path = out / CONFIG_YAML, out / TRAINING_DATA_JSON, out / BACKBONE_JSON
-    check_resume(config_path, cfg, resume, train_keys(RESUMABLE_CHANGES))
-    if resume:
-        check_same_record(data_path, "train_ids", training_data["train_ids"],
-                          "the training samples differ from those of the run being resumed")
-        check_same_record(backbone_path, "sha256", backbone_info["sha256"],
-                          "the run being resumed was trained on another backbone")
-    out.mkdir(parents=True, exist_ok=True)
-    save_resolved_config(cfg, config_path)
-    atomic_write_json(data_path, training_data)
-    atomic_write_json(backbone_path, backbone_info)
+            self.raw_controlnet.save_pretrained(tmp, safe_serialization=True)
 
 
 @owns_folder("out")
@@ -301,7 +268,7 @@ def train_controlnet(
     specs = [load_spec(root) for root in roots]
     fit_channels(specs, roots)
     num_classes = max(spec.num_classes for spec in specs)
-    resolve_device_and_dtype(cfg)  # a bad mixed_precision fails before the backbone loads
+    resolve_mixed_precision(cfg.train.mixed_precision)  # a bad choice fails before the backbone loads
     refs = select_refs(roots[0], specs[0], train_ids)
     extra = [(root, select_refs(root, spec, None)) for root, spec in zip(roots[1:], specs[1:])]
 
@@ -310,7 +277,7 @@ def train_controlnet(
         raise ConfigError(f"data.image_size {cfg.data.image_size} is not divisible by {loaded.size_multiple} "
                           f"(the backbone's VAE factor {loaded.vae_factor} times its UNet's downsampling)")
     hint_widths(cfg, loaded.vae_factor)
-    samples = HintSamples(TrainingSamples(roots[0], refs, samples_config(cfg, num_classes), extra=extra), num_classes)
+    samples = HintSamples(TrainingSamples(roots[0], refs, sample_settings(cfg), extra=extra), num_classes)
     samples.verify()  # a bad file fails now, naming it, before the run folder is touched
     prompts = [spec.prompt for spec in specs]
     training_data = {"data_root": str(roots[0]), "train_ids": [ref.id for ref in refs], "prompts": prompts,
@@ -320,43 +287,11 @@ def train_controlnet(
         training_data["datasets"] = [{"data_root": str(root), "train_ids": [r.id for r in rf], "prompt": spec.prompt}
                                      for (root, rf), spec in zip([(roots[0], refs), *extra], specs)]
     backbone_info = {"path": str(loaded.path), "sha256": model_hash(loaded.path), "variant": cfg.backbone.variant}
-    prepare_backbone_run(out, cfg, resume, training_data, backbone_info)
-
-    trainer = ControlNetTrainer(loaded, cfg, out, samples, prompts)
-    latest = trainer.checkpoints.latest() if resume else None
-    if latest is not None:
-        trainer.load_state_tree(latest[1])
-    if resume:
-        truncate_log(out / TRAIN_LOG, trainer.step)
-        remove_stale_temporaries(out, out / "checkpoints")
-    _run(trainer, console)
+    engine = Engine(out, engine_settings(cfg), cfg)
+    prepare_run_folder(out, cfg, resume, train_keys(RESUMABLE_CHANGES), [
+        RunRecord(TRAINING_DATA_JSON, training_data,
+                  {"train_ids": "the training samples differ from those of the run being resumed"}),
+        RunRecord(BACKBONE_JSON, backbone_info, {"sha256": "the run being resumed was trained on another backbone"}),
+    ])
+    engine.run(ControlNetTask(engine, loaded, cfg, samples, prompts), resume=resume, console=console)
     return out
-
-
-def _run(trainer: ControlNetTrainer, console: Console | None) -> None:
-    cfg = trainer.cfg.train
-    window: dict[str, float] = {}
-    count, tick = 0, time.perf_counter()
-    with (StepProgress("train-diffusion --backbone", cfg.steps, console, trainer.step) as progress,
-          tracked(cfg.log_with, trainer.out, trainer.cfg) as track):
-        for batch in trainer.batches():
-            for name, value in trainer.train_step(batch).items():
-                window[name] = window.get(name, 0.0) + value
-            count += 1
-            step, last = trainer.step, trainer.step == cfg.steps
-            if step % cfg.log_every == 0 or last:
-                elapsed = time.perf_counter() - tick
-                record = {"step": step, "epoch": trainer.epoch, "lr": trainer.lr_scheduler.get_last_lr()[0],
-                          **{name: total / count for name, total in window.items()},
-                          "it_per_s": count / elapsed if elapsed > 0 else None}
-                with (trainer.out / TRAIN_LOG).open("a", encoding="utf-8") as log:
-                    log.write(json.dumps(record) + "\n")
-                track(record)
-                progress.update(step, loss=record["loss"])
-                window, count, tick = {}, 0, time.perf_counter()
-            progress.update(step)
-            if step % cfg.checkpoint_every == 0 or last:
-                check_weights(trainer.controlnet.named_parameters(), step, "train-diffusion --backbone")
-                trainer.checkpoints.save(step, trainer.state_tree())
-        trainer.release()
-

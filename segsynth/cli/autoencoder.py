@@ -24,11 +24,12 @@ def train_autoencoder_command(
     """Train an AutoencoderKL (f4 or f8) for latent diffusion; reports held-out PSNR / SSIM."""
     with user_errors():
         from segsynth.latent.config import AutoencoderTrainConfig
-        from segsynth.latent.train import QUALITY_JSON, train_autoencoder
+        from segsynth.artifacts.names import RECONSTRUCTION_JSON
+        from segsynth.latent.train import train_autoencoder
 
         cfg = command_config(AutoencoderTrainConfig, config, overrides, {"train.seed": seed})
         run = train_autoencoder(data, cfg, out, resume=resume, console=console)
-    quality = json.loads((run / QUALITY_JSON).read_text(encoding="utf-8"))
+    quality = json.loads((run / RECONSTRUCTION_JSON).read_text(encoding="utf-8"))
     ae, base = quality["autoencoder"], quality["bicubic_baseline"]
     console.print(
         f"[green]autoencoder[/] f{quality['factor']}, {quality['tiles']} tiles of {quality['evaluated_on']}: "

@@ -38,7 +38,8 @@ def train_diffusion_command(
         return
     with user_errors():
         from segsynth.diffusion.config import DiffusionTrainConfig
-        from segsynth.diffusion.train import PIPELINE_DIR, TRAIN_LOG, train_diffusion
+        from segsynth.artifacts.names import PIPELINE_DIR, TRAIN_LOG
+        from segsynth.diffusion.train import train_diffusion
 
         cfg = command_config(DiffusionTrainConfig, config, overrides, {"train.seed": seed})
         run = train_diffusion(data[0] if len(data) == 1 else data, cfg, out, resume=resume, console=console,
@@ -58,7 +59,8 @@ def train_backbone_command(data: list[Path], backbone: Path, config: Path | None
     """``train-diffusion --backbone``: a ControlNet on a frozen Stable Diffusion folder (segsynth.backbone)."""
     with user_errors():
         from segsynth.backbone.config import BackboneTrainConfig
-        from segsynth.backbone.train import CONTROLNET_DIR, TRAIN_LOG, train_controlnet
+        from segsynth.artifacts.names import CONTROLNET_DIR, TRAIN_LOG
+        from segsynth.backbone.train import train_controlnet
 
         if autoencoder is not None:
             raise ConfigError("--autoencoder and --backbone exclude each other (the backbone brings its own VAE)")

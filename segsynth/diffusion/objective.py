@@ -103,6 +103,22 @@ def min_snr_weights(snr: torch.Tensor, gamma: float, prediction_type: str) -> to
     raise ValueError(f"Min-SNR weighting supports epsilon and v_prediction, got {prediction_type!r}")
 
 
+def prediction_target(scheduler: DDPMScheduler, x0: torch.Tensor, noise: torch.Tensor,
+                      t: torch.Tensor) -> torch.Tensor:
+    """What the network regresses at timesteps ``t``: the noise (``epsilon``) or the velocity
+    (``v_prediction``), as the scheduler's ``prediction_type`` says.
+
+    Raises:
+        ValueError: another prediction type (``sample`` is not supported by these trainers).
+    """
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return noise
+    if kind == "v_prediction":
+        return scheduler.get_velocity(x0, noise, t)
+    raise ValueError(f"prediction_type {kind!r} of the scheduler is not supported (epsilon or v_prediction)")
+
+
 def _gen_device(generator: torch.Generator | None) -> torch.device:
     return generator.device if generator is not None else torch.device("cpu")
 
@@ -175,7 +191,7 @@ def diffusion_loss(
             drop[name] = _own_rows(_uniform(n, generator, device), share) < getattr(cfg.cond_drop, name)
             extra[name] = batch[name]
     noisy = scheduler.add_noise(x0, noise, t)
-    target = noise if cfg.prediction_type == "epsilon" else scheduler.get_velocity(x0, noise, t)
+    target = prediction_target(scheduler, x0, noise, t)
     pred = model(noisy, t, batch["mask"], batch.get("style_images"), drop, **extra)
     err = F.mse_loss(pred.float(), target.float(), reduction="none") if cfg.loss == "l2" else (pred.float() - target.float()).abs()
     per_sample = err.mean(dim=(1, 2, 3))

@@ -8,11 +8,16 @@ a plain low-resolution copy.
 
 Every random draw (tile choice, crop, flip, posterior sample) is a pure function of
 ``(seed, step, slot)``, so a run killed at any step resumes from its newest checkpoint exactly.
+:class:`AutoencoderTask` is what this stage hands the training engine (:mod:`segsynth.engine`),
+which owns the folder, the log, checkpoints, precision and resume. Under a multi-process launch,
+rank r of W takes slots ``r * b ... (r + 1) * b - 1`` of the ``W * b`` tiles one process of batch
+``W * b`` would take, so every step sees the tiles of that one process (the posterior noise of
+ranks r > 0 comes from streams of their own).
 
 Output folder::
 
     AE/config.yaml          resolved config
-    AE/split.json           training and held-out image ids
+    AE/image_split.json     training and held-out image ids
     AE/train_log.jsonl      loss terms per log interval
     AE/checkpoints/step_*/  resumable state
     AE/autoencoder/         the trained AutoencoderKL (config.json + safetensors)
@@ -22,8 +27,7 @@ Output folder::
 
 from __future__ import annotations
 
-import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,26 +38,18 @@ from diffusers import AutoencoderKL
 from rich.console import Console
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
-from segsynth.config import load_config, save_resolved_config
+from segsynth.artifacts.names import AUTOENCODER_DIR, IMAGE_SPLIT_JSON, RECONSTRUCTION_JSON, RECONSTRUCTIONS_PNG
+from segsynth.config import load_config
 from segsynth.data.format import load_spec
 from segsynth.data.io import write_image
 from segsynth.data.loader import SegDataset, sample_seed
 from segsynth.data.style_sampling import random_patch
+from segsynth.engine import Engine, EngineSettings, RunRecord, prepare_run_folder
 from segsynth.io.atomic import atomic_directory, atomic_write_json
-from segsynth.io.checkpoint import CheckpointManager
-from segsynth.io.run_log import check_resume, check_same_record, truncate_log
 from segsynth.io.lock import owns_folder
-from segsynth.io.finite import check_losses, check_weights
-from segsynth.latent.autoencoder import AUTOENCODER_DIR, build_autoencoder, encode_images
+from segsynth.latent.autoencoder import build_autoencoder, encode_images
 from segsynth.latent.config import AutoencoderTrainConfig
-from segsynth.progress import StepProgress
-from segsynth.tracking import tracked
 
-CONFIG_YAML = "config.yaml"
-SPLIT_JSON = "split.json"
-TRAIN_LOG = "train_log.jsonl"
-QUALITY_JSON = "reconstruction.json"
-RECON_PNG = "reconstructions.png"
 #: Settings a resumed run may change: how long and how visibly it runs, not what a step computes.
 RESUMABLE_CHANGES = {"steps", "checkpoint_every", "log_every", "eval_tiles", "log_with"}
 
@@ -100,12 +96,12 @@ class ImagePool:
         for dataset in self.datasets:
             dataset.verify()
 
-    def tiles(self, items: Sequence[tuple[SegDataset, int]], count: int, size: int, seed: int, step: int,
+    def tiles(self, items: Sequence[tuple[SegDataset, int]], slots: Iterable[int], size: int, seed: int, step: int,
               augment: bool) -> torch.Tensor:
-        """``count`` random ``size`` tiles in [0, 1] from ``items``; tile k of a call depends only on
-        ``(seed, step, k)``."""
+        """Random ``size`` tiles in [0, 1] from ``items``, one per slot; the tile of slot k depends
+        only on ``(seed, step, k)``."""
         tiles = []
-        for k in range(count):
+        for k in slots:
             rng = np.random.default_rng(sample_seed(seed, step, k))
             dataset, index = items[int(rng.integers(len(items)))]
             tile = random_patch(dataset.load_arrays(index)[0], size, rng)
@@ -117,16 +113,26 @@ class ImagePool:
         return torch.from_numpy(np.stack(tiles))
 
 
-def reconstruction_loss(vae: AutoencoderKL, images: torch.Tensor, kl_weight: float,
-                        generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """L1 between input and reconstruction of a posterior sample, plus ``kl_weight`` times the KL
-    to N(0, I) (summed over the latent, averaged over the batch, as in LDM)."""
-    x = images * 2 - 1
-    posterior = vae.encode(x).latent_dist
-    recon = vae.decode(posterior.sample(generator)).sample
-    l1 = (recon.float() - x.float()).abs().mean()
-    kl = posterior.kl().float().mean()
-    return {"loss": l1 + kl_weight * kl, "l1": l1.detach(), "kl": kl.detach()}
+class ReconstructionObjective(torch.nn.Module):
+    """The autoencoder's training loss as a module's ``forward``.
+
+    L1 between input and reconstruction of a posterior sample, plus ``kl_weight`` times the KL to
+    N(0, I) (summed over the latent, averaged over the batch, as in LDM). Encoding and decoding
+    happen inside one ``forward`` so that a data-parallel wrapper sees the whole step and
+    synchronises every gradient.
+    """
+
+    def __init__(self, vae: AutoencoderKL, kl_weight: float) -> None:
+        super().__init__()
+        self.vae, self.kl_weight = vae, kl_weight
+
+    def forward(self, images: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        x = images * 2 - 1
+        posterior = self.vae.encode(x).latent_dist
+        recon = self.vae.decode(posterior.sample(generator)).sample
+        l1 = (recon.float() - x.float()).abs().mean()
+        kl = posterior.kl().float().mean()
+        return {"loss": l1 + self.kl_weight * kl, "l1": l1.detach(), "kl": kl.detach()}
 
 
 @torch.no_grad()
@@ -160,15 +166,77 @@ def latent_scaling_factor(vae: AutoencoderKL, tiles: torch.Tensor) -> float:
     return float(1.0 / latents.std().clamp_min(1e-6))
 
 
-def _prepare_out(out: Path, cfg: AutoencoderTrainConfig, split: dict[str, Any], resume: bool) -> None:
-    config_path = out / CONFIG_YAML
-    check_resume(config_path, cfg, resume, RESUMABLE_CHANGES.__contains__)
-    if resume:
-        for key in ("data", "train", "held_out"):
-            check_same_record(out / SPLIT_JSON, key, split[key], "the images differ from those of the run being resumed")
-    out.mkdir(parents=True, exist_ok=True)
-    save_resolved_config(cfg, config_path)
-    atomic_write_json(out / SPLIT_JSON, split)
+class AutoencoderTask:
+    """One autoencoder run: the model, its optimiser and the tile draws (a :class:`~segsynth.engine.TrainTask`)."""
+
+    def __init__(self, engine: Engine, pool: ImagePool, cfg: AutoencoderTrainConfig) -> None:
+        self.cfg, self.pool, self.out = cfg, pool, engine.out
+        self.accelerator = engine.accelerator
+        torch.manual_seed(cfg.seed)
+        self.vae = build_autoencoder(cfg.model, pool.channels, cfg.tile_size)
+        optimizer = torch.optim.Adam(self.vae.parameters(), lr=cfg.lr)
+        self.objective, self.optimizer = self.accelerator.prepare(ReconstructionObjective(self.vae, cfg.kl_weight),
+                                                                  optimizer)
+
+    def state_tree(self, step: int) -> dict[str, Any]:
+        return {"model": self.vae.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_tree(self, tree: dict[str, Any]) -> None:
+        self.vae.load_state_dict(tree["model"])
+        self.optimizer.load_state_dict(tree["optimizer"])
+
+    def batches(self, step: int) -> Iterator[torch.Tensor]:
+        """This process's tiles of each step: slots ``rank * b ...`` of the global batch's draws."""
+        acc, b = self.accelerator, self.cfg.batch_size
+        for s in range(step, self.cfg.steps):
+            slots = range(acc.process_index * b, (acc.process_index + 1) * b)
+            yield self.pool.tiles(self.pool.train, slots, self.cfg.tile_size, self.cfg.seed, s, augment=True).to(acc.device)
+
+    def train_step(self, batch: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
+        acc = self.accelerator
+        self.objective.train()
+        # Process 0 draws the posterior noise a single process draws; others draw streams of their own.
+        generator = torch.Generator(device=acc.device).manual_seed(sample_seed(self.cfg.seed + 1, step, acc.process_index))
+        with acc.autocast():
+            terms = self.objective(batch, generator)
+        acc.backward(terms["loss"])
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return terms
+
+    def log_fields(self, step: int) -> dict[str, Any]:
+        return {}
+
+    def after_step(self, step: int, last: bool) -> None:
+        """Nothing: the reconstructions are drawn once, at release."""
+
+    def should_stop(self) -> bool:
+        return False
+
+    def weights(self) -> Iterable[tuple[str, torch.Tensor]]:
+        return self.vae.named_parameters()
+
+    def release(self) -> None:
+        """Set the latent scale, write ``AE/autoencoder`` and the held-out reconstruction report."""
+        cfg, pool, vae = self.cfg, self.pool, self.vae
+        vae.eval()
+        scale_tiles = pool.tiles(pool.train, range(max(cfg.eval_tiles, 16)), cfg.tile_size, cfg.seed + 2, 0, augment=False)
+        vae.register_to_config(scaling_factor=latent_scaling_factor(vae, scale_tiles))
+        with atomic_directory(self.out / AUTOENCODER_DIR, overwrite=True) as tmp:
+            vae.save_pretrained(tmp, safe_serialization=True)
+        held = pool.held_out or pool.train
+        tiles = pool.tiles(held, range(cfg.eval_tiles), cfg.tile_size, cfg.seed + 3, 0, augment=False)
+        quality = reconstruction_quality(vae, tiles)
+        _save_grid(self.out / RECONSTRUCTIONS_PNG, tiles, quality.pop("reconstructions"))
+        atomic_write_json(self.out / RECONSTRUCTION_JSON, {
+            **quality,
+            "tiles": cfg.eval_tiles,
+            "tile_size": cfg.tile_size,
+            "factor": cfg.model.factor,
+            "evaluated_on": "held-out cases" if pool.held_out else "training images (the data has one case)",
+            "scaling_factor": vae.config.scaling_factor,
+            "steps": cfg.steps,
+        })
 
 
 def _save_grid(path: Path, tiles: torch.Tensor, recon: torch.Tensor, columns: int = 8) -> None:
@@ -205,67 +273,13 @@ def train_autoencoder(
     pool = ImagePool(roots, cfg.holdout, cfg.seed)
     pool.verify()
     split = {"data": [str(r) for r in roots], "train": pool.ids(pool.train), "held_out": pool.ids(pool.held_out)}
-    _prepare_out(out, cfg, split, resume)
-
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    bf16 = cfg.mixed_precision == "bf16" or (cfg.mixed_precision == "auto" and device.type == "cuda")
-    torch.manual_seed(cfg.seed)
-    vae = build_autoencoder(cfg.model, pool.channels, cfg.tile_size).to(device)
-    optimizer = torch.optim.Adam(vae.parameters(), lr=cfg.lr)
-    checkpoints = CheckpointManager(out)
-    step = 0
-    latest = checkpoints.latest() if resume else None
-    if latest is not None:
-        step, tree = latest
-        vae.load_state_dict(tree["model"])
-        optimizer.load_state_dict(tree["optimizer"])
-        truncate_log(out / TRAIN_LOG, step)
-    checkpoints.remove_stale()
-
-    window: dict[str, float] = {}
-    with StepProgress("train-autoencoder", cfg.steps, console, step) as progress, tracked(cfg.log_with, out, cfg) as track:
-        while step < cfg.steps:
-            vae.train()
-            images = pool.tiles(pool.train, cfg.batch_size, cfg.tile_size, cfg.seed, step, augment=True).to(device)
-            generator = torch.Generator(device=device).manual_seed(sample_seed(cfg.seed + 1, step, 0))
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                terms = reconstruction_loss(vae, images, cfg.kl_weight, generator)
-            check_losses(terms, step + 1, "train-autoencoder")
-            terms["loss"].backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            for name, value in terms.items():
-                window[name] = window.get(name, 0.0) + float(value.detach())
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                count = cfg.log_every if step % cfg.log_every == 0 else step % cfg.log_every
-                record = {"step": step, **{k: v / count for k, v in window.items()}}
-                with (out / TRAIN_LOG).open("a", encoding="utf-8") as log:
-                    log.write(json.dumps(record) + "\n")
-                track(record)
-                progress.update(step, l1=record["l1"])
-                window = {}
-            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                check_weights(vae.named_parameters(), step, "train-autoencoder")
-                checkpoints.save(step, {"model": vae.state_dict(), "optimizer": optimizer.state_dict(), "step": step})
-            progress.update(step)
-
-    vae.eval()
-    scale_tiles = pool.tiles(pool.train, max(cfg.eval_tiles, 16), cfg.tile_size, cfg.seed + 2, 0, augment=False)
-    vae.register_to_config(scaling_factor=latent_scaling_factor(vae, scale_tiles))
-    with atomic_directory(out / AUTOENCODER_DIR, overwrite=True) as tmp:
-        vae.save_pretrained(tmp, safe_serialization=True)
-    held = pool.held_out or pool.train
-    tiles = pool.tiles(held, cfg.eval_tiles, cfg.tile_size, cfg.seed + 3, 0, augment=False)
-    quality = reconstruction_quality(vae, tiles)
-    _save_grid(out / RECON_PNG, tiles, quality.pop("reconstructions"))
-    atomic_write_json(out / QUALITY_JSON, {
-        **quality,
-        "tiles": cfg.eval_tiles,
-        "tile_size": cfg.tile_size,
-        "factor": cfg.model.factor,
-        "evaluated_on": "held-out cases" if pool.held_out else "training images (the data has one case)",
-        "scaling_factor": vae.config.scaling_factor,
-        "steps": cfg.steps,
-    })
+    engine = Engine(out, EngineSettings(label="train-autoencoder", steps=cfg.steps, log_every=cfg.log_every,
+                                        checkpoint_every=cfg.checkpoint_every, mixed_precision=cfg.mixed_precision,
+                                        log_with=cfg.log_with, shown=("l1",)), cfg)
+    problem = "the images differ from those of the run being resumed"
+    if engine.is_main:
+        prepare_run_folder(out, cfg, resume, RESUMABLE_CHANGES.__contains__,
+                           [RunRecord(IMAGE_SPLIT_JSON, split, dict.fromkeys(("data", "train", "held_out"), problem))])
+    engine.accelerator.wait_for_everyone()
+    engine.run(AutoencoderTask(engine, pool, cfg), resume=resume, console=console)
     return out

@@ -1,11 +1,13 @@
 """``train_seg``: a MONAI segmentation network on real data, optionally mixed with synthetic sets.
 
-The run folder explains itself (nnU-Net manners)::
+:class:`SegTask` is what this stage hands the training engine (:mod:`segsynth.engine`), which
+owns the folder, the log, checkpoints, trackers, precision and resume. The run folder explains
+itself (nnU-Net manners)::
 
     RUN/config.yaml        resolved SegTrainConfig
     RUN/split.json         data root, train/val/test ids and cases, synthetic sets used
     RUN/best/              model.json + model.safetensors of the best validation step
-    RUN/checkpoints/       resumable state (CheckpointManager: model, optimizer, scheduler, RNGs, curve)
+    RUN/checkpoints/       resumable state: model, optimizer, scheduler, RNGs, validation curve
     RUN/train_log.jsonl    one line per validation: step, loss, raw and smoothed val Dice, lr, examples
     RUN/training.json      the finished run: steps taken, best step, whether validation was still rising
 
@@ -21,34 +23,30 @@ checkpointed at every validation, so a resumed run on CPU equals an uninterrupte
 
 from __future__ import annotations
 
-import json
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
-from accelerate import Accelerator
 from monai.losses import DiceCELoss
 from monai.metrics import DiceMetric
 from monai.networks.utils import one_hot
 from rich.console import Console
 from torch.utils.data import DataLoader
 
-from segsynth.config import load_config, save_resolved_config
+from segsynth.artifacts.names import BEST_DIR, CONFIG_YAML, SPLIT_JSON, TRAINING_JSON
+from segsynth.config import load_config
 from segsynth.data.format import DatasetFormatError
 from segsynth.data.loader import SampleRef, SegDataset, index_dataset, sample_seed
-from segsynth.device import make_accelerator
-from segsynth.io.atomic import atomic_write_json, remove_stale_temporaries
-from segsynth.io.checkpoint import CheckpointManager, rng_state, set_rng_state
-from segsynth.io.finite import check_losses
+from segsynth.engine import Engine, EngineSettings, RunRecord, prepare_run_folder
+from segsynth.io.atomic import atomic_write_json
 from segsynth.io.lock import owns_folder
-from segsynth.io.run_log import append_log_line, check_resume, train_keys, truncate_log
-from segsynth.progress import StepProgress
-from segsynth.tracking import tracked
+from segsynth.io.run_log import train_keys
 from segsynth.seg.config import SegTrainConfig
 from segsynth.seg.convergence import convergence, smoothed, validations_without_gain
 from segsynth.seg.mixing import (
+    MixingStrategy,
     PlanDataset,
     SyntheticSet,
     load_synthetic_set,
@@ -59,13 +57,6 @@ from segsynth.seg.mixing import (
 )
 from segsynth.seg.networks import build_network, predict_logits, save_network, size_divisor
 from segsynth.seg.splits import Split, hold_out_cases, ids_of_cases, low_label_cases, make_split
-
-CONFIG_YAML = "config.yaml"
-SPLIT_JSON = "split.json"
-TRAIN_LOG = "train_log.jsonl"
-TRAINING_JSON = "training.json"
-BEST_DIR = "best"
-
 
 def resolve_split(
     refs: Sequence[SampleRef],
@@ -155,7 +146,6 @@ def _resolve_config(run: Path, config: SegTrainConfig | str | Path | None, resum
         cfg = load_config(SegTrainConfig, saved)
     else:
         cfg = SegTrainConfig()
-    check_resume(saved, cfg, resume, train_keys(RESUMABLE_CHANGES))
     return cfg
 
 
@@ -188,18 +178,45 @@ def validation_dice(
     return float(metric.aggregate().item())
 
 
-@dataclass
-class _Loop:
-    """What one optimiser step needs: the prepared model and optimiser, the loss, and where this
-    process's rows sit in each global batch (``rows`` of ``batch * world``)."""
+class SegTask:
+    """One segmentation run: network, optimiser, schedule, mixing plan and validation (a
+    :class:`~segsynth.engine.TrainTask`).
 
-    model: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    loss_fn: DiceCELoss
-    accelerator: Accelerator
-    cfg: SegTrainConfig
-    paired: bool
+    Validation runs at every log point of the engine (``train.val_every`` steps and the last) on
+    every process; the best network is written then. Process r of W takes rows ``r * b ... (r + 1) *
+    b - 1`` of each global batch of ``W * b`` examples, and merge grids are drawn for the global
+    batch, so W processes take the steps one process of batch ``W * b`` takes.
+
+    Args:
+        engine: the run's engine.
+        cfg: the resolved config.
+        sources: the real training set, then the synthetic sets (the mixing plan's source numbers).
+        val: the validation images.
+        mixing: the mixing strategy (:func:`segsynth.seg.mixing.make_mixing`).
+    """
+
+    def __init__(self, engine: Engine, cfg: SegTrainConfig, sources: Sequence[SegDataset], val: SegDataset,
+                 mixing: MixingStrategy) -> None:
+        self.cfg, self.out, self.sources, self.val, self.mixing = cfg, engine.out, sources, val, mixing
+        self.accelerator = engine.accelerator
+        real = sources[0]
+        self.num_classes, self.channels, self.class_names = real.spec.num_classes, real.spec.channels, real.spec.class_names
+        torch.manual_seed(cfg.train.seed)
+        model = build_network(cfg.network, self.channels, self.num_classes)
+        self.divisor = size_divisor(cfg.network)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(cfg))
+        self.loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, lambda_dice=cfg.loss.lambda_dice,
+                                  lambda_ce=cfg.loss.lambda_ce)
+        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)  # the scheduler steps once per step
+        self.val_steps: list[int] = []
+        self.curve: list[float] = []
+        self.steps_done, self.stopped_early = 0, False
+        self.chunk_plan: list = []  # the examples of the steps since the last validation
+
+    @property
+    def network(self) -> torch.nn.Module:
+        return self.accelerator.unwrap_model(self.model)
 
     @property
     def global_batch(self) -> int:
@@ -207,44 +224,109 @@ class _Loop:
 
     @property
     def rows(self) -> slice:
-        b = self.cfg.train.batch_size
-        return slice(self.accelerator.process_index * b, (self.accelerator.process_index + 1) * b)
+        b, rank = self.cfg.train.batch_size, self.accelerator.process_index
+        return slice(rank * b, (rank + 1) * b)
 
     def my_positions(self, start: int, n_steps: int) -> list[int]:
-        """Stream positions of this process's examples over ``n_steps`` steps from ``start``."""
+        """Stream positions of this process's examples over ``n_steps`` steps from stream position ``start``."""
         g, rows = self.global_batch, self.rows
         return [start + s * g + i for s in range(n_steps) for i in range(g)[rows]]
 
-    def train_steps(self, loader: DataLoader, first_step: int) -> tuple[float, int]:
-        """One optimiser step per batch of ``loader``; returns ``(mean loss over processes, steps)``."""
+    def state_tree(self, step: int) -> dict[str, Any]:
+        return {"model": self.network.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "val_steps": self.val_steps, "val_curve": self.curve}
+
+    def load_state_tree(self, tree: dict[str, Any]) -> None:
+        self.network.load_state_dict(tree["model"])
+        self.optimizer.load_state_dict(tree["optimizer"])
+        self.scheduler.load_state_dict(tree["scheduler"])
+        self.val_steps, self.curve = list(tree["val_steps"]), list(tree["val_curve"])
+        self.steps_done = int(tree["step"])
+
+    def batches(self, step: int) -> Iterator[dict[str, torch.Tensor]]:
+        """The batches from ``step`` on, one validation interval at a time (each with its own plan)."""
+        t = self.cfg.train
+        while step < t.steps:
+            n_steps = min(t.val_every - step % t.val_every, t.steps - step)
+            start = step * self.global_batch
+            self.chunk_plan = self.mixing.plan(start, n_steps * self.global_batch)
+            positions = self.my_positions(start, n_steps)
+            mine = [self.chunk_plan[p - start] for p in positions]
+            chunk = PlanDataset(self.sources, mine, positions, self.mixing.paired, t.augment, t.patch_size, t.seed)
+            yield from DataLoader(chunk, batch_size=t.batch_size, shuffle=False, num_workers=t.num_workers)
+            step += n_steps
+
+    def train_step(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, torch.Tensor]:
         self.model.train()
-        device = self.accelerator.device
-        total, steps = 0.0, 0
-        for batch in loader:
-            image, mask = batch["image"].to(device), batch["mask"].to(device)
-            with self.accelerator.autocast():
-                if self.paired:
-                    logits = self.model(torch.cat([image, batch["partner_image"].to(device)]))
-                    real_logits, syn_logits = logits.split(image.shape[0])
-                    mix = self.cfg.mix
-                    cell = merge_cell_size(image.shape[-2], mix.cell, mix.cell_reference_size)
-                    generator = torch.Generator().manual_seed(sample_seed(self.cfg.train.seed + 1, 0, first_step + steps))
-                    # drawn for the global batch so every process count merges the same cells
-                    grid = merge_grid(self.global_batch, *image.shape[-2:], mix.alpha, cell, generator)[self.rows]
-                    logits, mask = random_merge(real_logits, syn_logits, mask, batch["partner_mask"].to(device),
-                                                grid.to(device), batch["has_partner"].to(device))
-                else:
-                    logits = self.model(image)
-                loss = self.loss_fn(logits.float(), mask[:, None])
-            mean_loss = float(self.accelerator.reduce(loss.detach().reshape(1), "mean"))
-            check_losses({"loss": mean_loss}, first_step + steps + 1, "train-seg")  # reduced: every process stops
-            self.optimizer.zero_grad(set_to_none=True)
-            self.accelerator.backward(loss)
-            self.optimizer.step()
-            self.scheduler.step()
-            total += mean_loss
-            steps += 1
-        return total / max(1, steps), steps
+        acc = self.accelerator
+        image, mask = batch["image"].to(acc.device), batch["mask"].to(acc.device)
+        with acc.autocast():
+            if self.mixing.paired:
+                logits = self.model(torch.cat([image, batch["partner_image"].to(acc.device)]))
+                real_logits, syn_logits = logits.split(image.shape[0])
+                mix = self.cfg.mix
+                cell = merge_cell_size(image.shape[-2], mix.cell, mix.cell_reference_size)
+                generator = torch.Generator().manual_seed(sample_seed(self.cfg.train.seed + 1, 0, step))
+                # drawn for the global batch so every process count merges the same cells
+                grid = merge_grid(self.global_batch, *image.shape[-2:], mix.alpha, cell, generator)[self.rows]
+                logits, mask = random_merge(real_logits, syn_logits, mask, batch["partner_mask"].to(acc.device),
+                                            grid.to(acc.device), batch["has_partner"].to(acc.device))
+            else:
+                logits = self.model(image)
+            loss = self.loss_fn(logits.float(), mask[:, None])
+        self.optimizer.zero_grad(set_to_none=True)
+        acc.backward(loss)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.steps_done = step + 1
+        return {"loss": loss}
+
+    def log_fields(self, step: int) -> dict[str, Any]:
+        """Validate, keep the best network, and report the interval's example counts."""
+        t = self.cfg.train
+        network = self.network
+        dice = validation_dice(network, self.val, self.num_classes, self.divisor, t.patch_size)
+        if self.accelerator.is_main_process and (not self.curve or dice > max(self.curve)):
+            save_network(self.out / BEST_DIR, network, self.cfg.network, self.channels, self.class_names,
+                         extra={"step": step, "val_dice": dice, "divisor": self.divisor, "patch_size": t.patch_size})
+        self.val_steps.append(step)
+        self.curve.append(dice)
+        plan = self.chunk_plan
+        n_syn = sum(1 for item, _ in plan if item[0] != 0)
+        return {"val_dice": dice, "val_dice_smoothed": smoothed(self.curve, t.smoothing)[-1],
+                "best_val_dice": max(self.curve), "lr": self.scheduler.get_last_lr()[0],
+                "real_examples": len(plan) - n_syn, "synthetic_examples": n_syn,
+                "paired_with_variant": sum(1 for _, partner in plan if partner is not None)}
+
+    def after_step(self, step: int, last: bool) -> None:
+        """Nothing: validation happens with the log line."""
+
+    def should_stop(self) -> bool:
+        t = self.cfg.train
+        if t.patience is not None and validations_without_gain(self.curve, t.smoothing, t.min_delta) >= t.patience:
+            self.stopped_early = True
+        return self.stopped_early
+
+    def weights(self) -> Iterable[tuple[str, torch.Tensor]]:
+        return self.network.named_parameters()
+
+    def release(self) -> None:
+        """Write ``training.json``: the steps taken, the budget, and where validation stood."""
+        t = self.cfg.train
+        atomic_write_json(self.out / TRAINING_JSON, {
+            "steps": self.steps_done, "planned_steps": t.steps, "batch_size": self.global_batch,
+            "val_every": t.val_every, "examples_seen": self.steps_done * self.global_batch,
+            "processes": self.accelerator.num_processes, "stopped_early": self.stopped_early,
+            **convergence(self.val_steps, self.curve, t.smoothing, t.min_delta),
+        })
+
+
+def engine_settings(cfg: SegTrainConfig) -> EngineSettings:
+    """The engine's loop settings: a log line, a validation and a checkpoint every ``val_every`` steps."""
+    t = cfg.train
+    return EngineSettings(label="train-seg", steps=t.steps, log_every=t.val_every, checkpoint_every=t.val_every,
+                          mixed_precision=t.mixed_precision, log_with=t.log_with,
+                          shown=("loss", "val_dice", "best_val_dice"))
 
 
 def _check_sizes(real: SegDataset, synthetic: Sequence[SyntheticSet], patch_size: int | None) -> None:
@@ -324,91 +406,11 @@ def train_seg(
             for s in synthetic_sets
         ],
     }
-    split_path = run / SPLIT_JSON
-    if resume and split_path.is_file():
-        if json.loads(split_path.read_text(encoding="utf-8")) != json.loads(json.dumps(split_record, sort_keys=True)):
-            raise ValueError(f"{split_path}: data, split or synthetic sets differ from the run being resumed")
-    accelerator = make_accelerator(cfg.train.mixed_precision)  # before any other use of the process state
-    main = accelerator.is_main_process
-    if main:
-        run.mkdir(parents=True, exist_ok=True)
-        save_resolved_config(cfg, run / CONFIG_YAML)
-        atomic_write_json(split_path, split_record)
-
-    torch.manual_seed(seed)
-    num_classes, channels = real.spec.num_classes, real.spec.channels
-    model = build_network(cfg.network, channels, num_classes)
-    divisor = size_divisor(cfg.network)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(cfg))
-    loss_fn = DiceCELoss(
-        to_onehot_y=True, softmax=True, lambda_dice=cfg.loss.lambda_dice, lambda_ce=cfg.loss.lambda_ce
-    )
-    checkpoints = CheckpointManager(run, keep=1)
-    step, val_steps, curve, stopped_early = 0, [], [], False
-    latest = checkpoints.latest() if resume else None
-    if latest is not None:
-        _, state = latest
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"])
-        step, val_steps, curve = state["step"], list(state["val_steps"]), list(state["val_curve"])
-    model, optimizer = accelerator.prepare(model, optimizer)  # the scheduler steps once per step, unprepared
-    loop = _Loop(model, optimizer, scheduler, loss_fn, accelerator, cfg, mixing.paired)
-    if main:
-        truncate_log(run / TRAIN_LOG, step)
-        if resume:
-            remove_stale_temporaries(run, run / "checkpoints")
+    engine = Engine(run, engine_settings(cfg), cfg)  # before any other use of the process state
+    if engine.is_main:
+        prepare_run_folder(run, cfg, resume, train_keys(RESUMABLE_CHANGES), [RunRecord(
+            SPLIT_JSON, split_record, problem="data, split or synthetic sets differ from the run being resumed")])
+    engine.accelerator.wait_for_everyone()
     sources = [real, *(s.dataset for s in synthetic_sets)]
-    class_names = real.spec.class_names
-    t = cfg.train
-
-    with (StepProgress("train-seg", t.steps, console if main else None, step) as progress,
-          tracked(t.log_with if main else "none", run, cfg) as track):
-        while step < t.steps:
-            if t.patience is not None and validations_without_gain(curve, t.smoothing, t.min_delta) >= t.patience:
-                stopped_early = True
-                break
-            n_steps = min(t.val_every, t.steps - step)
-            start = step * loop.global_batch
-            plan = mixing.plan(start, n_steps * loop.global_batch)
-            positions = loop.my_positions(start, n_steps)
-            mine = [plan[p - start] for p in positions]
-            chunk = PlanDataset(sources, mine, positions, mixing.paired, t.augment, t.patch_size, seed)
-            loader = DataLoader(chunk, batch_size=t.batch_size, shuffle=False, num_workers=t.num_workers)
-            loss, taken = loop.train_steps(loader, step)
-            step += taken
-            network = accelerator.unwrap_model(model)
-            dice = validation_dice(network, val, num_classes, divisor, t.patch_size)
-            if main and (not curve or dice > max(curve)):
-                save_network(
-                    run / BEST_DIR, network, cfg.network, channels, class_names,
-                    extra={"step": step, "val_dice": dice, "divisor": divisor, "patch_size": t.patch_size},
-                )
-            val_steps.append(step)
-            curve.append(dice)
-            if main:
-                n_syn = sum(1 for item, _ in plan if item[0] != 0)
-                record = {
-                    "step": step, "loss": loss, "val_dice": dice, "val_dice_smoothed": smoothed(curve, t.smoothing)[-1],
-                    "best_val_dice": max(curve), "lr": scheduler.get_last_lr()[0], "real_examples": len(plan) - n_syn,
-                    "synthetic_examples": n_syn, "paired_with_variant": sum(1 for _, partner in plan if partner is not None),
-                }
-                append_log_line(run / TRAIN_LOG, record)
-                track(record)
-                checkpoints.save(step, {
-                    "step": step, "model": network.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "rng": rng_state(), "val_steps": val_steps, "val_curve": curve,
-                })
-            accelerator.wait_for_everyone()
-            progress.update(step, loss=loss, val_dice=dice, best=max(curve))
-    summary = {
-        "steps": step, "planned_steps": t.steps, "batch_size": loop.global_batch, "val_every": t.val_every,
-        "examples_seen": step * loop.global_batch, "processes": accelerator.num_processes, "stopped_early": stopped_early,
-        **convergence(val_steps, curve, t.smoothing, t.min_delta),
-    }
-    if main:
-        atomic_write_json(run / TRAINING_JSON, summary)
-    accelerator.wait_for_everyone()
+    engine.run(SegTask(engine, cfg, sources, val, mixing), resume=resume, console=console)
     return run
