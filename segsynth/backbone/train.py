@@ -49,7 +49,7 @@ from segsynth.data.loader import sample_seed
 from segsynth.device import resolve_mixed_precision
 from segsynth.diffusion.objective import prediction_target
 from segsynth.diffusion.samples import BatchPlan, SampleSettings, TrainingSamples, select_refs
-from segsynth.engine import Engine, EngineSettings, RunRecord, prepare_run_folder
+from segsynth.engine import DefaultHooks, Engine, EngineSettings, RunRecord, prepare_run_folder
 from segsynth.io.atomic import atomic_directory
 from segsynth.io.hashing import model_hash
 from segsynth.io.lock import owns_folder
@@ -123,8 +123,9 @@ def fit_channels(specs: Sequence[DatasetSpec], roots: Sequence[Path]) -> None:
                               "draws RGB, so only 1-channel (repeated to RGB) or 3-channel data can be used")
 
 
-class ControlNetTask:
-    """One run: frozen backbone, trained ControlNet, optimiser and data (a :class:`~segsynth.engine.TrainTask`).
+class ControlNetTask(DefaultHooks):
+    """One run: frozen backbone, trained ControlNet, optimiser and data (a :class:`~segsynth.engine.TrainTask`;
+    it draws no previews while it trains: ``segsynth generate`` does).
 
     The frozen backbone is kept in bf16 when the engine trains in bf16 (the ControlNet itself stays
     fp32 under autocast), else in fp32.
@@ -214,12 +215,6 @@ class ControlNetTask:
 
     def log_fields(self, step: int) -> dict[str, Any]:
         return {"epoch": step * self.cfg.train.batch_size // len(self.samples), "lr": self.lr_scheduler.get_last_lr()[0]}
-
-    def after_step(self, step: int, last: bool) -> None:
-        """Nothing: a ControlNet run draws no previews while it trains (``segsynth generate`` does)."""
-
-    def should_stop(self) -> bool:
-        return False
 
     def weights(self) -> Iterable[tuple[str, torch.Tensor]]:
         return self.raw_controlnet.named_parameters()

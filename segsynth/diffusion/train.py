@@ -52,7 +52,7 @@ from segsynth.diffusion.performance import apply_memory_format, maybe_compile
 from segsynth.diffusion.pipeline import SegSynthPipeline
 from segsynth.diffusion.sample_grid import save_sample_grid
 from segsynth.diffusion.samples import BatchPlan, SampleSettings, TrainingSamples, epoch_order, select_refs
-from segsynth.engine import Engine, EngineSettings, RunRecord, prepare_run_folder
+from segsynth.engine import DefaultHooks, Engine, EngineSettings, RunRecord, prepare_run_folder
 from segsynth.io.atomic import atomic_directory, remove_stale_temporaries
 from segsynth.io.hashing import model_hash
 from segsynth.io.lock import owns_folder
@@ -120,7 +120,7 @@ def fit_config_to_autoencoder(cfg: DiffusionTrainConfig, vae: AutoencoderKL, fol
 
 
 
-class DiffusionTask:
+class DiffusionTask(DefaultHooks):
     """One training run of the denoiser: model, optimiser, EMA, data and previews (a :class:`~segsynth.engine.TrainTask`).
 
     Args:
@@ -227,9 +227,6 @@ class DiffusionTask:
         every = self.cfg.train.sample_every
         if self.accelerator.is_main_process and ((every and step % every == 0) or last):
             self.write_preview(step)
-
-    def should_stop(self) -> bool:
-        return False
 
     def weights(self) -> Iterable[tuple[str, torch.Tensor]]:
         return self.raw_model.named_parameters()

@@ -11,6 +11,6 @@ retention, and kill-safe resume. A fix to any of those is made once, here.
 
 from segsynth.engine.loop import Engine
 from segsynth.engine.run_folder import RunRecord, prepare_run_folder
-from segsynth.engine.task import EngineSettings, TrainTask
+from segsynth.engine.task import DefaultHooks, EngineSettings, TrainTask
 
-__all__ = ["Engine", "EngineSettings", "RunRecord", "TrainTask", "prepare_run_folder"]
+__all__ = ["DefaultHooks", "Engine", "EngineSettings", "RunRecord", "TrainTask", "prepare_run_folder"]

@@ -74,3 +74,17 @@ class TrainTask(Protocol):
 
     def release(self) -> None:
         """Write what the run is for (the pipeline, the network, the summary); main process only."""
+
+
+class DefaultHooks:
+    """The optional hooks of a :class:`TrainTask` for a stage that needs none of them: no extra log
+    fields, nothing after a step, no early stop."""
+
+    def log_fields(self, step: int) -> dict[str, Any]:
+        return {}
+
+    def after_step(self, step: int, last: bool) -> None:
+        return None
+
+    def should_stop(self) -> bool:
+        return False

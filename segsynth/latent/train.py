@@ -44,7 +44,7 @@ from segsynth.data.format import load_spec
 from segsynth.data.io import write_image
 from segsynth.data.loader import SegDataset, sample_seed
 from segsynth.data.style_sampling import random_patch
-from segsynth.engine import Engine, EngineSettings, RunRecord, prepare_run_folder
+from segsynth.engine import DefaultHooks, Engine, EngineSettings, RunRecord, prepare_run_folder
 from segsynth.io.atomic import atomic_directory, atomic_write_json
 from segsynth.io.lock import owns_folder
 from segsynth.latent.autoencoder import build_autoencoder, encode_images
@@ -166,8 +166,9 @@ def latent_scaling_factor(vae: AutoencoderKL, tiles: torch.Tensor) -> float:
     return float(1.0 / latents.std().clamp_min(1e-6))
 
 
-class AutoencoderTask:
-    """One autoencoder run: the model, its optimiser and the tile draws (a :class:`~segsynth.engine.TrainTask`)."""
+class AutoencoderTask(DefaultHooks):
+    """One autoencoder run: the model, its optimiser and the tile draws (a :class:`~segsynth.engine.TrainTask`;
+    the reconstructions are drawn once, at release)."""
 
     def __init__(self, engine: Engine, pool: ImagePool, cfg: AutoencoderTrainConfig) -> None:
         self.cfg, self.pool, self.out = cfg, pool, engine.out
@@ -203,15 +204,6 @@ class AutoencoderTask:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return terms
-
-    def log_fields(self, step: int) -> dict[str, Any]:
-        return {}
-
-    def after_step(self, step: int, last: bool) -> None:
-        """Nothing: the reconstructions are drawn once, at release."""
-
-    def should_stop(self) -> bool:
-        return False
 
     def weights(self) -> Iterable[tuple[str, torch.Tensor]]:
         return self.vae.named_parameters()

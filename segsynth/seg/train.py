@@ -39,7 +39,7 @@ from segsynth.artifacts.names import BEST_DIR, CONFIG_YAML, SPLIT_JSON, TRAINING
 from segsynth.config import load_config
 from segsynth.data.format import DatasetFormatError
 from segsynth.data.loader import SampleRef, SegDataset, index_dataset, sample_seed
-from segsynth.engine import Engine, EngineSettings, RunRecord, prepare_run_folder
+from segsynth.engine import DefaultHooks, Engine, EngineSettings, RunRecord, prepare_run_folder
 from segsynth.io.atomic import atomic_write_json
 from segsynth.io.lock import owns_folder
 from segsynth.io.run_log import train_keys
@@ -178,7 +178,7 @@ def validation_dice(
     return float(metric.aggregate().item())
 
 
-class SegTask:
+class SegTask(DefaultHooks):
     """One segmentation run: network, optimiser, schedule, mixing plan and validation (a
     :class:`~segsynth.engine.TrainTask`).
 
@@ -297,9 +297,6 @@ class SegTask:
                 "best_val_dice": max(self.curve), "lr": self.scheduler.get_last_lr()[0],
                 "real_examples": len(plan) - n_syn, "synthetic_examples": n_syn,
                 "paired_with_variant": sum(1 for _, partner in plan if partner is not None)}
-
-    def after_step(self, step: int, last: bool) -> None:
-        """Nothing: validation happens with the log line."""
 
     def should_stop(self) -> bool:
         t = self.cfg.train
