@@ -11,8 +11,8 @@ Every random draw (tile choice, crop, flip, posterior sample) is a pure function
 :class:`AutoencoderTask` is what this stage hands the training engine (:mod:`segsynth.engine`),
 which owns the folder, the log, checkpoints, precision and resume. Under a multi-process launch,
 rank r of W takes slots ``r * b ... (r + 1) * b - 1`` of the ``W * b`` tiles one process of batch
-``W * b`` would take, so every step sees the tiles of that one process (the posterior noise of
-ranks r > 0 comes from streams of their own).
+``W * b`` would take, with the same posterior noise, so W processes learn what that one process
+learns (up to float summation order).
 
 Output folder::
 
@@ -35,6 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL
+from diffusers.utils.torch_utils import randn_tensor
 from rich.console import Console
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
@@ -126,10 +127,17 @@ class ReconstructionObjective(torch.nn.Module):
         super().__init__()
         self.vae, self.kl_weight = vae, kl_weight
 
-    def forward(self, images: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    def forward(self, images: torch.Tensor, generator: torch.Generator,
+                share: tuple[int, int] = (0, 1)) -> dict[str, torch.Tensor]:
+        """``share`` is ``(rank, world)``: the posterior noise is drawn for the global batch of
+        ``world * len(images)`` tiles and this process keeps its rows (``(0, 1)``: its own batch)."""
         x = images * 2 - 1
         posterior = self.vae.encode(x).latent_dist
-        recon = self.vae.decode(posterior.sample(generator)).sample
+        rank, world = share
+        n = len(images)
+        noise = randn_tensor((world * n, *posterior.mean.shape[1:]), generator=generator, device=x.device,
+                             dtype=posterior.mean.dtype)[rank * n : (rank + 1) * n]
+        recon = self.vae.decode(posterior.mean + posterior.std * noise).sample
         l1 = (recon.float() - x.float()).abs().mean()
         kl = posterior.kl().float().mean()
         return {"loss": l1 + self.kl_weight * kl, "l1": l1.detach(), "kl": kl.detach()}
@@ -196,10 +204,9 @@ class AutoencoderTask(DefaultHooks):
     def train_step(self, batch: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
         acc = self.accelerator
         self.objective.train()
-        # Process 0 draws the posterior noise a single process draws; others draw streams of their own.
-        generator = torch.Generator(device=acc.device).manual_seed(sample_seed(self.cfg.seed + 1, step, acc.process_index))
+        generator = torch.Generator(device=acc.device).manual_seed(sample_seed(self.cfg.seed + 1, step, 0))
         with acc.autocast():
-            terms = self.objective(batch, generator)
+            terms = self.objective(batch, generator, (acc.process_index, acc.num_processes))
         acc.backward(terms["loss"])
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
