@@ -47,6 +47,7 @@ from segsynth.diffusion.pipeline import SegSynthPipeline
 from segsynth.diffusion.train import train_diffusion
 from segsynth.evaluation.layout_fidelity import score_layouts
 from segsynth.models.text import encode_prompts
+from segsynth.synth.config import GenerationConfig
 from segsynth.synth.generate import generate
 from segsynth.synth.layouts import fit_mask
 
@@ -131,7 +132,7 @@ def edge_experiment(data: Path, work: Path, size: int, steps: int, n: int) -> di
         for source in (["layout", "image"] if edge else [None]):
             out = work / f"synth_edge_{edge}_{source}_{steps}_{n}"
             if not (out / "manifest.jsonl").is_file():
-                generate(run, out, n, "variants", per_mask=1, steps=10, edges=source, batch_size=16)
+                generate(run, out, GenerationConfig(n=n, layouts="variants", per_mask=1, steps=10, edges=source, batch_size=16))
             sx, sy = real_arrays(out, size)
             scores = score_layouts(sx, sy, predict, names)
             dice = scores["summary"]["dice"]["mean_fg"]["mean"]

@@ -10,7 +10,7 @@ The public API, stage by stage (each stage reads and writes plain folders):
   :class:`DiffusionTrainConfig`, :func:`train_diffusion`;
 - latent mode and backbones: :class:`AutoencoderTrainConfig`, :func:`train_autoencoder`,
   :class:`BackboneTrainConfig`, :func:`train_controlnet` (ControlNet on a frozen Stable Diffusion);
-- synthesis: :func:`generate` (large images in blended tiles with ``size``);
+- synthesis: :class:`GenerationConfig`, :func:`generate` (large images in blended tiles with ``size``);
 - segmentation: :class:`SegTrainConfig`, :func:`train_seg`, :func:`evaluate_seg`;
 - experiment: :class:`BenchmarkConfig`, :func:`run_benchmark`;
 - the whole loop on a folder: :func:`plan_run` (a :class:`RunPlan` from the fingerprint), :func:`run_all`;
@@ -39,6 +39,7 @@ _EXPORTS = {
     "DatasetFormatError": "segsynth.data",
     "DatasetSpec": "segsynth.data",
     "DiffusionTrainConfig": "segsynth.diffusion.config",
+    "GenerationConfig": "segsynth.synth.config",
     "ModelConfig": "segsynth.models",
     "ObjectiveConfig": "segsynth.diffusion",
     "RunPlan": "segsynth.run",

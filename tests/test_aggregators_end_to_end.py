@@ -14,6 +14,7 @@ from segsynth.diffusion.config import DiffusionTrainConfig
 from segsynth.diffusion.pipeline import SegSynthPipeline
 from segsynth.diffusion.train import train_diffusion
 from segsynth.models.style import AGGREGATORS
+from segsynth.synth.config import GenerationConfig
 from segsynth.synth.generate import generate
 from segsynth.synth.manifest import read_manifest
 
@@ -80,13 +81,13 @@ def test_set_aggregators_ignore_order_and_take_any_number(run: Path) -> None:
 
 
 def test_generate_writes_a_set_from_the_run(run: Path, tmp_path: Path) -> None:
-    result = generate(run, tmp_path / "synth", 3, steps=2, batch_size=2, device="cpu")
+    result = generate(run, tmp_path / "synth", GenerationConfig(n=3, steps=2, batch_size=2), device="cpu")
     assert result.complete and result.generated == 3
     assert [r.index for r in read_manifest(tmp_path / "synth" / "manifest.jsonl")] == [0, 1, 2]
     if load(run / "pipeline").style_aggregator.config.mode in ORDER_INVARIANT:  # more references than trained with
-        generate(run, tmp_path / "more", 2, num_refs=3, steps=2, device="cpu")
+        generate(run, tmp_path / "more", GenerationConfig(n=2, num_refs=3, steps=2), device="cpu")
         assert all(len(r.style_ids) == 3 for r in read_manifest(tmp_path / "more" / "manifest.jsonl"))
     else:
         with pytest.raises(ValueError, match="built for 2 references"):
-            generate(run, tmp_path / "more", 2, num_refs=3, steps=2, device="cpu")
+            generate(run, tmp_path / "more", GenerationConfig(n=2, num_refs=3, steps=2), device="cpu")
         assert not (tmp_path / "more").exists()  # refused before any output

@@ -257,6 +257,7 @@ def test_generate_writes_a_synthetic_set_from_a_controlnet_run(straight: Path, d
     """`segsynth generate` takes the ControlNet run like any other: variants of the real masks with
     the real images' edges, the usual set format and manifest, and an exact resume."""
     from segsynth.data.loader import SegDataset
+    from segsynth.synth.config import GenerationConfig
     from segsynth.synth.generate import generate
     from segsynth.synth.manifest import read_manifest
 
@@ -273,7 +274,8 @@ def test_generate_writes_a_synthetic_set_from_a_controlnet_run(straight: Path, d
     before = {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
     manifest = (out / "manifest.jsonl").read_bytes()
     (out / "images" / "synth_0000003.png").unlink()  # a lost sample is redone, the others kept
-    again = generate(straight, out, 4, "variants", per_mask=2, edges="image", steps=2, batch_size=2, resume=True)
+    again = generate(straight, out, GenerationConfig(n=4, layouts="variants", per_mask=2, edges="image", steps=2,
+                                                      batch_size=2), resume=True)
     assert (again.generated, again.skipped) == (1, 3)
     # Exact: the redone sample is byte for byte the lost one, and the set (manifest included) is unchanged.
     after = {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
@@ -282,8 +284,11 @@ def test_generate_writes_a_synthetic_set_from_a_controlnet_run(straight: Path, d
     assert (out / "manifest.jsonl").read_bytes() == manifest
     changed = [str(k) for k in before if after[k] != before[k]]
     assert changed in ([], ["generation.json"]), changed
-    with pytest.raises(ValueError, match="takes no style references"):
-        generate(straight, tmp_path / "styled", 1, styles=data / "unlabeled")
+    with pytest.raises(ValueError, match=r"takes no style references.*\['styles', 'style_guidance'\]"):
+        generate(straight, tmp_path / "styled", GenerationConfig(n=1, styles=data / "unlabeled", style_guidance=2.0))
+    with pytest.raises(ValueError, match=r"does not use \['tile_overlap'\]"):
+        generate(straight, tmp_path / "tiled", GenerationConfig(n=1, tile_overlap=4))
+    assert not (tmp_path / "styled").exists() and not (tmp_path / "tiled").exists()
 
 
 def test_report_recognises_a_controlnet_run(straight: Path, tmp_path: Path) -> None:

@@ -29,6 +29,7 @@ from segsynth.diffusion.samples import SampleSettings, TrainingSamples, select_r
 from segsynth.diffusion.train import train_diffusion
 from segsynth.models import ModelConfig, SegSynthModel
 from segsynth.models.text import TextEncoderUnavailable, encode_prompts, load_sentence_encoder, prompt_key
+from segsynth.synth.config import GenerationConfig
 from segsynth.synth.generate import generate
 from segsynth.synth.manifest import read_manifest
 
@@ -351,10 +352,10 @@ def test_variants_write_n_per_mask_with_edges_from_the_real_image(tmp_path, monk
 def test_models_without_edges_write_the_same_records_as_before(tmp_path):
     data = write_tiny_dataset(tmp_path / "data", cases=("p1",), per_case=2, labels=("background", "a", "b"))
     pipe = pipeline_of(tiny_model(edge=False, text=False))
-    generate(pipe, tmp_path / "synth", 2, "variants", layout_data=data, per_mask=1, steps=1)
+    generate(pipe, tmp_path / "synth", GenerationConfig(n=2, layouts="variants", layout_data=data, per_mask=1, steps=1))
     line = (tmp_path / "synth" / "manifest.jsonl").read_text().splitlines()[0]
     assert "edge" not in line and "text_guidance" not in line
     config = json.loads((tmp_path / "synth" / "generation.json").read_text())["config"]
     assert not {"edge_source", "edge_guidance", "prompt", "text_guidance"} & set(config)
     with pytest.raises(ValueError, match="no edge condition"):
-        generate(pipe, tmp_path / "other", 2, "variants", layout_data=data, edges="layout", steps=1)
+        generate(pipe, tmp_path / "other", GenerationConfig(n=2, layouts="variants", layout_data=data, edges="layout", steps=1))

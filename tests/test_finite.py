@@ -18,7 +18,7 @@ from segsynth.config import ConfigError, StrictModel, load_config, parse_config
 from segsynth.diffusion.config import DiffusionTrainConfig
 from segsynth.diffusion.pipeline import SegSynthPipeline
 from segsynth.io.checkpoint import CheckpointManager
-from segsynth.synth.generate import GenerationConfig
+from segsynth.synth.config import GenerationConfig
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -43,9 +43,7 @@ def test_an_override_of_inf_or_nan_is_refused_naming_the_key(value) -> None:
 
 def test_floats_nested_in_dicts_are_checked_too() -> None:
     with pytest.raises(ConfigError, match=r"generate: class_prior\.lesion: .*finite"):
-        parse_config(GenerationConfig, {"n": 1, "layout_data": "d", "styles": None, "style_sampler": None,
-                                        "num_refs": None, "model_hash": "x",
-                                        "class_prior": {"background": 1.0, "lesion": float("nan")}}, "generate")
+        parse_config(GenerationConfig, {"n": 1, "class_prior": {"background": 1.0, "lesion": float("nan")}}, "generate")
 
 
 @pytest.fixture(scope="module")

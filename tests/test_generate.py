@@ -19,6 +19,7 @@ from segsynth.diffusion.objective import ObjectiveConfig, make_train_scheduler
 from segsynth.diffusion.pipeline import SegSynthPipeline
 from segsynth.models.config import ModelConfig
 from segsynth.models.model import SegSynthModel
+from segsynth.synth.config import GenerationConfig
 from segsynth.synth.generate import (
     generate,
     merge_shards,
@@ -63,7 +64,7 @@ def files_of(folder: Path) -> dict[str, bytes]:
 
 def test_generated_set_is_a_loadable_dataset_with_a_complete_manifest(pipe, toy, tmp_path):
     out = tmp_path / "synth"
-    result = generate(pipe, out, 5, "augmented", toy / "unlabeled", layout_data=toy, **FAST)
+    result = generate(pipe, out, GenerationConfig(n=5, styles=toy / "unlabeled", layout_data=toy, **FAST))
     assert (result.generated, result.skipped, result.shard_size, result.complete) == (5, 0, 5, True)
     records = read_manifest(out / "manifest.jsonl")
     assert [r.index for r in records] == list(range(5))
@@ -90,8 +91,9 @@ def test_generated_set_is_a_loadable_dataset_with_a_complete_manifest(pipe, toy,
 
 
 def test_resume_after_kill_mid_batch_is_byte_identical(pipe, toy, tmp_path):
+    seven = GenerationConfig(n=7, styles=toy / "unlabeled", layout_data=toy, **FAST)
     reference = tmp_path / "reference"
-    generate(pipe, reference, 7, "augmented", toy / "unlabeled", layout_data=toy, **FAST)
+    generate(pipe, reference, seven)
 
     out = tmp_path / "killed"
     committed = []
@@ -102,7 +104,7 @@ def test_resume_after_kill_mid_batch_is_byte_identical(pipe, toy, tmp_path):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        generate(pipe, out, 7, "augmented", toy / "unlabeled", layout_data=toy, on_sample=kill_after_four, **FAST)
+        generate(pipe, out, seven, on_sample=kill_after_four)
     assert not (out / "dataset.json").exists()
     with open(out / "manifest.jsonl", "ab") as handle:  # a kill during an append leaves a torn line
         handle.write(b'{"id": "synth_00000')
@@ -110,33 +112,32 @@ def test_resume_after_kill_mid_batch_is_byte_identical(pipe, toy, tmp_path):
     before = first_image.stat()
 
     with pytest.raises(FileExistsError, match="--resume"):
-        generate(pipe, out, 7, "augmented", toy / "unlabeled", layout_data=toy, **FAST)
-    with pytest.raises(ValueError, match="seed"):
-        generate(pipe, out, 7, "augmented", toy / "unlabeled", layout_data=toy, seed=1, resume=True, **FAST)
-    result = generate(pipe, out, 7, "augmented", toy / "unlabeled", layout_data=toy, resume=True, **FAST)
+        generate(pipe, out, seven)
+    for changed in ({"seed": 1}, {"steps": 3}, {"layouts": "composed"}, {"style_guidance": 2.0}):
+        with pytest.raises(ValueError, match=f"other settings.*{next(iter(changed))}"):
+            generate(pipe, out, seven.model_copy(update=changed), resume=True)
+    result = generate(pipe, out, seven, resume=True)
 
     assert (result.generated, result.skipped, result.complete) == (3, 4, True)
     after = first_image.stat()
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)  # done samples untouched
     assert files_of(out) == files_of(reference)
-    again = generate(pipe, out, 7, "augmented", toy / "unlabeled", layout_data=toy, resume=True, **FAST)
+    again = generate(pipe, out, seven.model_copy(update={"batch_size": 2}), resume=True)  # not part of the recipe
     assert (again.generated, again.skipped) == (0, 7)
 
 
 def test_shards_write_disjoint_files_and_merge_to_the_single_process_set(pipe, toy, tmp_path):
     single = tmp_path / "single"
-    generate(pipe, single, 8, "variants", toy / "unlabeled", layout_data=toy, per_mask=3, steps=2, batch_size=2)
+    variants = GenerationConfig(n=8, layouts="variants", styles=toy / "unlabeled", layout_data=toy, per_mask=3,
+                                steps=2, batch_size=2)
+    generate(pipe, single, variants)
     sharded = tmp_path / "sharded"
-    first = generate(
-        pipe, sharded, 8, "variants", toy / "unlabeled", layout_data=toy, per_mask=3, steps=2, batch_size=2, shard=(1, 2)
-    )
+    first = generate(pipe, sharded, variants, shard=(1, 2))
     assert not first.complete and not (sharded / "manifest.jsonl").exists()
     assert sorted(p.name for p in (sharded / "images").iterdir()) == [f"synth_{i:07d}.png" for i in range(4, 8)]
     with pytest.raises(ValueError, match="manifest.shard-0-of-2.jsonl"):
         merge_shards(sharded)
-    second = generate(
-        pipe, sharded, 8, "variants", toy / "unlabeled", layout_data=toy, per_mask=3, steps=2, batch_size=2, shard=(0, 2)
-    )
+    second = generate(pipe, sharded, variants, shard=(0, 2))
     assert second.complete
     merged = files_of(sharded)
     parts = {name: merged.pop(name) for name in list(merged) if name.startswith("manifest.shard-")}
@@ -159,7 +160,7 @@ def test_composed_layouts_and_run_folder_defaults(pipe, toy, tmp_path):
         json.dumps({"data_root": str(toy), "train_ids": train_ids, "style_sampler": "nearby", "num_refs": 3})
     )
     out = tmp_path / "synth"
-    result = generate(run, out, 3, "augmented", **FAST)
+    result = generate(run, out, GenerationConfig(n=3, **FAST))
     assert result.complete
     records = read_manifest(out / "manifest.jsonl")
     assert all(r.layout_id in train_ids for r in records)  # layouts only from the trained-on masks
@@ -168,7 +169,7 @@ def test_composed_layouts_and_run_folder_defaults(pipe, toy, tmp_path):
     assert records[0].model_hash == model_hash(run / "pipeline") == pipeline_hash(pipe)
 
     composed = tmp_path / "composed"
-    generate(run, composed, 2, "composed", **FAST)
+    generate(run, composed, GenerationConfig(n=2, layouts="composed", **FAST))
     records = read_manifest(composed / "manifest.jsonl")
     assert [r.layout_id for r in records] == [None, None] and records[0].layout_source == "composed"
     spec = load_spec(composed)
@@ -178,7 +179,7 @@ def test_composed_layouts_and_run_folder_defaults(pipe, toy, tmp_path):
 
 def test_without_a_style_pool_the_null_style_is_used(pipe, toy, tmp_path):
     out = tmp_path / "nostyle"
-    generate(pipe, out, 2, "variants", None, layout_data=toy, per_mask=1, **FAST)
+    generate(pipe, out, GenerationConfig(n=2, layouts="variants", layout_data=toy, per_mask=1, **FAST))
     records = read_manifest(out / "manifest.jsonl")
     assert [(r.style_source, r.style_sampler, r.style_ids) for r in records] == [(None, None, [])] * 2
     assert [r.layout_id for r in records] == [p.stem for p in sorted((toy / "images").iterdir())][:2]
@@ -186,16 +187,18 @@ def test_without_a_style_pool_the_null_style_is_used(pipe, toy, tmp_path):
 
 def test_generate_rejects_mismatched_inputs(pipe, toy, tmp_path):
     with pytest.raises(ValueError, match="layout_data is required"):
-        generate(pipe, tmp_path / "a", 2, "augmented", toy / "unlabeled", **FAST)
+        generate(pipe, tmp_path / "a", GenerationConfig(n=2, styles=toy / "unlabeled", **FAST))
     rgb = write_toy_dataset(tmp_path / "rgb", channels=3)
     with pytest.raises(ValueError, match="3 channels"):
-        generate(pipe, tmp_path / "b", 2, "augmented", rgb / "unlabeled", layout_data=rgb, **FAST)
-    with pytest.raises(ValueError, match="unknown layout source|layouts"):
-        generate(pipe, tmp_path / "c", 2, "mixed", toy / "unlabeled", layout_data=toy, **FAST)
+        generate(pipe, tmp_path / "b", GenerationConfig(n=2, styles=rgb / "unlabeled", layout_data=rgb, **FAST))
+    with pytest.raises(ValueError, match="layouts"):
+        GenerationConfig(n=2, layouts="mixed")
+    with pytest.raises(TypeError, match="GenerationConfig"):
+        generate(pipe, tmp_path / "c", 2)  # type: ignore[arg-type]  # the settings before config objects
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "notes.txt").write_text("mine")
     with pytest.raises(FileExistsError, match="generation.json"):
-        generate(pipe, tmp_path / "d", 2, "augmented", toy / "unlabeled", layout_data=toy, resume=True, **FAST)
+        generate(pipe, tmp_path / "d", GenerationConfig(n=2, layout_data=toy, **FAST), resume=True)
     with pytest.raises(ValueError, match="i/n"):
         parse_shard("2/2")
     assert parse_shard("1/4") == (1, 4)
@@ -252,6 +255,36 @@ def test_manifest_rejects_corrupt_lines(tmp_path):
     with pytest.raises(ValueError, match="incomplete"):
         read_manifest(path)
     assert read_manifest(path, repair=True) == [] and path.read_bytes() == b""
+
+
+def test_a_config_object_a_config_file_and_cli_flags_write_the_same_set(pipe, toy, tmp_path):
+    """The three ways to give the settings are one: the same bytes, and the recipe saved with the
+    keys and values sets have always been saved with (so existing sets still resume)."""
+    run = tmp_path / "run"
+    pipe.save_pretrained(run / "pipeline")
+    (run / "training_data.json").write_text(json.dumps({"data_root": str(toy), "num_refs": 2}))
+    cfg = GenerationConfig(n=4, sampler="ddim", steps=2, style_guidance=2.0, guidance_rescale=0.5, seed=3, batch_size=2)
+    generate(run, tmp_path / "python", cfg, device="cpu")
+    flags = ["-n", "4", "--sampler", "ddim", "--steps", "2", "--style-guidance", "2", "--guidance-rescale", "0.5",
+             "--seed", "3", "--batch-size", "2", "--device", "cpu"]
+    flagged = CliRunner().invoke(app, ["generate", str(run), "--out", str(tmp_path / "flags"), *flags])
+    assert flagged.exit_code == 0, flagged.output
+    # A file, then the named flags over it, then --set over those.
+    (tmp_path / "gen.yaml").write_text("n: 4\nsampler: ddim\nsteps: 7\nstyle_guidance: 2.0\nguidance_rescale: 0.5\nseed: 9\n")
+    filed = CliRunner().invoke(app, ["generate", str(run), "--out", str(tmp_path / "file"), "-c", str(tmp_path / "gen.yaml"),
+                                     "--steps", "2", "--seed", "5", "--set", "seed=3", "--batch-size", "2", "--device", "cpu"])
+    assert filed.exit_code == 0, filed.output
+    assert files_of(tmp_path / "python") == files_of(tmp_path / "flags") == files_of(tmp_path / "file")
+    assert json.loads((tmp_path / "python" / "generation.json").read_text())["config"] == {
+        "n": 4, "layouts": "augmented", "per_mask": 50, "class_prior": None, "layout_data": str(toy.resolve()),
+        "styles": str((toy / "unlabeled").resolve()), "style_sampler": "multi_patch", "num_refs": 2, "sampler": "ddim",
+        "steps": 2, "style_guidance": 2.0, "layout_guidance": 1.0, "guidance_rescale": 0.5, "seed": 3, "num_shards": 1,
+        "model_hash": model_hash(run / "pipeline"),
+    }
+    unknown = CliRunner().invoke(app, ["generate", str(run), "--out", str(tmp_path / "x"), "-n", "1", "--set", "stpes=2"])
+    assert unknown.exit_code == 2 and "stpes: unknown key" in unknown.output and not (tmp_path / "x").exists()
+    missing = CliRunner().invoke(app, ["generate", str(run), "--out", str(tmp_path / "x")])
+    assert missing.exit_code == 2 and "n: Field required" in " ".join(missing.output.split())
 
 
 def test_cli_generate_and_refusal(pipe, toy, tmp_path):

@@ -24,6 +24,7 @@ from segsynth.io.atomic import atomic_write_json
 from segsynth.report import build_report, detect, discover
 from segsynth.seg.evaluate import evaluate_seg
 from segsynth.seg.train import train_seg
+from segsynth.synth.config import GenerationConfig
 from segsynth.synth.generate import generate
 
 SECTIONS = ("answer", "samples", "curves", "benchmark", "fidelity", "configs", "provenance", "overview")
@@ -46,7 +47,7 @@ def bench(tmp_path_factory: pytest.TempPathFactory) -> Path:
     fold = bench / "fold_0"
     dcfg = load_config(DiffusionTrainConfig, None, {**TINY, "train.steps": 2})
     run = train_diffusion(data, dcfg, fold / "diffusion")
-    generate(run, fold / "synth", 6, "variants", per_mask=2, steps=2, batch_size=6)
+    generate(run, fold / "synth", GenerationConfig(n=6, layouts="variants", per_mask=2, steps=2, batch_size=6))
     seg_cfg = default_seg_config(16, steps=2)
     runs = []
     for setting, mix in (("baseline", {}), ("ratio_0.5", {"mix": {"strategy": "ratio", "synthetic_fraction": 0.5}})):

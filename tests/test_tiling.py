@@ -118,18 +118,20 @@ def test_blended_tiles_leave_no_seam_where_independent_tiles_do(flat_pipeline):
 
 def test_generate_writes_large_images_and_masks(random_pipeline, tiny_dataset, tmp_path):
     from segsynth.data.loader import SegDataset
+    from segsynth.synth.config import GenerationConfig
     from segsynth.synth.generate import generate
 
     out = tmp_path / "large"
-    result = generate(random_pipeline, out, 2, "augmented", tiny_dataset / "unlabeled", layout_data=tiny_dataset,
-                      steps=2, size=48, batch_size=2)
+    large = GenerationConfig(n=2, styles=tiny_dataset / "unlabeled", layout_data=tiny_dataset, steps=2, size=48,
+                             batch_size=2)
+    result = generate(random_pipeline, out, large)
     assert result.complete
     sample = SegDataset(out)[1]
     assert sample["image"].shape == (1, 48, 48) and sample["mask"].shape == (48, 48)
     assert '"size": 48' in (out / "generation.json").read_text()
     with pytest.raises(ValueError, match="tile_overlap 16 must be smaller than the tile"):
-        generate(random_pipeline, tmp_path / "bad", 1, "augmented", None, layout_data=tiny_dataset, steps=1, size=48,
-                 tile_overlap=16)
+        generate(random_pipeline, tmp_path / "bad", GenerationConfig(n=1, layout_data=tiny_dataset, steps=1, size=48,
+                                                                     tile_overlap=16))
     assert not (tmp_path / "bad").exists()
     with pytest.raises(ValueError, match="size 49 must be a multiple of 2"):
-        generate(random_pipeline, tmp_path / "bad", 1, "augmented", None, layout_data=tiny_dataset, steps=1, size=49)
+        generate(random_pipeline, tmp_path / "bad", GenerationConfig(n=1, layout_data=tiny_dataset, steps=1, size=49))

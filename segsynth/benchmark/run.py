@@ -38,6 +38,7 @@ from segsynth.seg.config import SegTrainConfig, parse_mix
 from segsynth.seg.evaluate import evaluate_seg
 from segsynth.seg.splits import Split, load_splits, make_folds, save_splits
 from segsynth.seg.train import TRAINING_JSON, train_seg
+from segsynth.synth.config import GenerationConfig
 from segsynth.synth.generate import generate
 
 BASELINE = "baseline"
@@ -100,21 +101,9 @@ def _diffusion(data: Path, fold_dir: Path, split: Split, cfg: BenchmarkConfig, c
 def _synthetic(run: Path, out: Path, n: int, layouts: str, cfg: BenchmarkConfig, console: Console) -> Path:
     if (out / "manifest.jsonl").is_file() and (out / "dataset.json").is_file():
         return out
-    g = cfg.generation
-    generate(
-        run,
-        out,
-        n,
-        layouts=layouts,
-        per_mask=g.per_mask,
-        sampler=g.sampler,
-        steps=g.steps,
-        style_guidance=g.style_guidance,
-        guidance_rescale=g.guidance_rescale,
-        batch_size=g.batch_size,
-        resume=out.exists(),
-        console=console,
-    )
+    # The section names its settings as GenerationConfig does; n and layouts are this set's own.
+    gen = GenerationConfig.model_validate({**cfg.generation.model_dump(), "n": n, "layouts": layouts})
+    generate(run, out, gen, resume=out.exists(), console=console)
     return out
 
 

@@ -1,4 +1,8 @@
-"""``segsynth generate``: a synthetic image/mask set from a trained run (resumable, shardable)."""
+"""``segsynth generate``: a synthetic image/mask set from a trained run (resumable, shardable).
+
+The set's settings are a :class:`GenerationConfig`: ``-c gen.yaml`` (or its defaults), then the
+named flags that were given, then ``--set key=value``, as in the training commands.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,8 @@ from rich.table import Table
 
 from segsynth.cli.app import app
 from segsynth.cli.errors import console, user_errors
+from segsynth.cli.options import ConfigOption, SetOption, command_config
+from segsynth.synth.config import GenerationConfig
 
 
 def _parse_prior(text: str | None) -> dict[str, float] | None:
@@ -27,87 +33,97 @@ def _parse_prior(text: str | None) -> dict[str, float] | None:
     return prior
 
 
+def _default(name: str) -> str:
+    """`` (default: X)`` for a help text, read from the config so the two cannot disagree."""
+    return f" (default: {GenerationConfig.model_fields[name].default})"
+
+
 @app.command()
 def generate(
     run: Path = typer.Argument(
         ..., help="Training run folder (RUN/pipeline), a saved pipeline folder, or a train-diffusion --backbone run."
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Folder of the synthetic set."),
-    n: int = typer.Option(..., "-n", "--num-samples", help="Samples in the whole set (all shards)."),
-    layouts: str = typer.Option("augmented", help="Layout source: augmented | variants | composed."),
-    per_mask: int = typer.Option(50, help="Images per real mask with --layouts variants (DiffBoost: 50)."),
-    class_prior: str = typer.Option(
+    config: ConfigOption = None,
+    overrides: SetOption = [],
+    n: int | None = typer.Option(
+        None, "-n", "--num-samples", help="Samples in the whole set (all shards); needed unless -c/--set give n."
+    ),
+    layouts: str | None = typer.Option(
+        None, help="Layout source: augmented | variants | composed" + _default("layouts") + "."
+    ),
+    per_mask: int | None = typer.Option(
+        None, help="Images per real mask with --layouts variants, as DiffBoost" + _default("per_mask") + "."
+    ),
+    class_prior: str | None = typer.Option(
         None, help="Class prior of --layouts augmented, e.g. 'background=0.5,tumour=0.5' (default uniform)."
     ),
-    layout_data: Path = typer.Option(None, help="Labelled dataset for the layouts (default: the run's data)."),
-    styles: Path = typer.Option(
+    layout_data: Path | None = typer.Option(None, help="Labelled dataset for the layouts (default: the run's data)."),
+    styles: Path | None = typer.Option(
         None, help="Style pool: dataset folder, its unlabeled/, or an image folder (default: the run's unlabeled/)."
     ),
-    style_sampler: str = typer.Option(None, help="augmented | nearby | multi_patch (default: the run's)."),
-    num_refs: int = typer.Option(None, help="Style references per sample (default: the run's N)."),
-    sampler: str = typer.Option("dpmpp", help="ddim | dpmpp | unipc."),
-    steps: int = typer.Option(20, help="Denoising steps."),
-    style_guidance: float = typer.Option(1.5, help="Style guidance scale (STEDM: 1.5)."),
-    layout_guidance: float = typer.Option(1.0, help="Layout guidance scale (1: off)."),
-    guidance_rescale: float = typer.Option(0.7, help="CFG-rescale phi (STEDM: 0.7)."),
-    batch_size: int = typer.Option(8, help="Samples per pipeline call."),
-    seed: int = typer.Option(0, help="Base seed; each sample's seed derives from (seed, index)."),
-    resume: bool = typer.Option(False, "--resume/--no-resume", help="Continue an interrupted run; done samples are kept."),
-    shard: str = typer.Option(
+    style_sampler: str | None = typer.Option(None, help="augmented | nearby | multi_patch (default: the run's)."),
+    num_refs: int | None = typer.Option(None, help="Style references per sample (default: the run's N)."),
+    sampler: str | None = typer.Option(None, help="ddim | dpmpp | unipc" + _default("sampler") + "."),
+    steps: int | None = typer.Option(None, help="Denoising steps" + _default("steps") + "."),
+    style_guidance: float | None = typer.Option(
+        None, help="Style guidance scale, as STEDM" + _default("style_guidance") + "."
+    ),
+    layout_guidance: float | None = typer.Option(
+        None, help="Layout guidance scale (1: off)" + _default("layout_guidance") + "."
+    ),
+    guidance_rescale: float | None = typer.Option(
+        None, help="CFG-rescale phi, as STEDM" + _default("guidance_rescale") + "."
+    ),
+    batch_size: int | None = typer.Option(None, help="Samples per pipeline call" + _default("batch_size") + "."),
+    seed: int | None = typer.Option(
+        None, help="Base seed; each sample's seed derives from (seed, index)" + _default("seed") + "."
+    ),
+    resume: bool = typer.Option(
+        False, "--resume/--no-resume", help="Continue an interrupted run; done samples are kept."
+    ),
+    shard: str | None = typer.Option(
         None,
         help="Generate only index range i of n (counting from 0), e.g. 1/4. Default: the whole set, or, under "
         "accelerate launch / torchrun, shard RANK/WORLD_SIZE for each process.",
     ),
-    edges: str = typer.Option(
+    edges: str | None = typer.Option(
         None, help="Edge models: layout (mask boundary, default) | image (also the real image's edges; --layouts variants)."
     ),
-    edge_guidance: float = typer.Option(1.0, help="Edge guidance scale (edge models; 1: off)."),
-    prompt: str = typer.Option(None, help="Text models: the prompt (default: the layout data's dataset.json prompt)."),
-    text_guidance: float = typer.Option(
+    edge_guidance: float | None = typer.Option(
+        None, help="Edge guidance scale (edge models; 1: off)" + _default("edge_guidance") + "."
+    ),
+    prompt: str | None = typer.Option(
+        None, help="Text models: the prompt (default: the layout data's dataset.json prompt)."
+    ),
+    text_guidance: float | None = typer.Option(
         None, help="Text guidance scale (text models; default 1: off; ControlNet runs: the run's CFG scale)."
     ),
-    size: int = typer.Option(
+    size: int | None = typer.Option(
         None, help="Side of the images (default: the model's). Larger ones are sampled in blended overlapping tiles."
     ),
-    tile_overlap: int = typer.Option(None, help="Pixels shared by neighbouring tiles with --size (default: tile/4)."),
-    device: str = typer.Option(None, help="cpu, cuda or cuda:N (default: this process's GPU if there is one)."),
+    tile_overlap: int | None = typer.Option(
+        None, help="Pixels shared by neighbouring tiles with --size (default: tile/4)."
+    ),
+    device: str | None = typer.Option(None, help="cpu, cuda or cuda:N (default: this process's GPU if there is one)."),
 ) -> None:
     """Generate synthetic images for layouts in the style of unlabelled reference images."""
     with user_errors():
+        named = {
+            "n": n, "layouts": layouts, "per_mask": per_mask, "class_prior": _parse_prior(class_prior),
+            "layout_data": layout_data, "styles": styles, "style_sampler": style_sampler, "num_refs": num_refs,
+            "sampler": sampler, "steps": steps, "style_guidance": style_guidance, "layout_guidance": layout_guidance,
+            "guidance_rescale": guidance_rescale, "batch_size": batch_size, "seed": seed, "edges": edges,
+            "edge_guidance": edge_guidance, "prompt": prompt, "text_guidance": text_guidance, "size": size,
+            "tile_overlap": tile_overlap,
+        }
+        cfg = command_config(GenerationConfig, config, overrides, named)
+
         from segsynth.synth.generate import generate as run_generation
         from segsynth.synth.generate import resolve_shard
 
         chosen = resolve_shard(shard)
-
-        result = run_generation(
-            run,
-            out,
-            n,
-            layouts,
-            styles,
-            layout_data=layout_data,
-            per_mask=per_mask,
-            class_prior=_parse_prior(class_prior),
-            style_sampler=style_sampler,
-            num_refs=num_refs,
-            sampler=sampler,
-            steps=steps,
-            style_guidance=style_guidance,
-            layout_guidance=layout_guidance,
-            guidance_rescale=guidance_rescale,
-            batch_size=batch_size,
-            seed=seed,
-            resume=resume,
-            shard=chosen,
-            console=console,
-            edges=edges,
-            edge_guidance=edge_guidance,
-            prompt=prompt,
-            text_guidance=text_guidance,
-            size=size,
-            tile_overlap=tile_overlap,
-            device=device,
-        )
+        result = run_generation(run, out, cfg, shard=chosen, resume=resume, console=console, device=device)
     table = Table(title=f"synthetic set {result.out}", show_header=False)
     table.add_row("generated now", str(result.generated))
     table.add_row("already done", str(result.skipped))

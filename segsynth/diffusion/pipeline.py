@@ -32,7 +32,7 @@ starts without loading torch or diffusers.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import Literal, TypedDict, get_args
 
 import diffusers
 import numpy as np
@@ -59,6 +59,21 @@ GUIDANCE_ORDER = ("layout", "edge", "text", "style")
 
 
 OutputType = Literal["pt", "np", "pil"]
+
+
+class SamplingSettings(TypedDict):
+    """The keywords of :meth:`SegSynthPipeline.__call__` that a recipe fixes for every batch (the
+    rest are the batch's own inputs), typed so that a caller holding them in a config maps them to
+    the pipeline's names in one place and passes ``**settings``."""
+
+    num_inference_steps: int
+    sampler: str
+    style_guidance_scale: float
+    layout_guidance_scale: float
+    guidance_rescale: float
+    edge_guidance_scale: float
+    text_guidance_scale: float
+    tile_overlap: int | None
 
 
 @dataclass

@@ -1,32 +1,32 @@
-"""Synthetic data: layout sources, style sources and the resumable writer of synthetic sets."""
+"""Synthetic data: layout sources, style sources and the resumable writer of synthetic sets.
 
-from segsynth.synth.generate import GenerationConfig, GenerationResult, generate, merge_shards, model_hash
-from segsynth.synth.layouts import (
-    AugmentedLayouts,
-    ComposedLayouts,
-    CompositionPrior,
-    LayoutSource,
-    VariantLayouts,
-    make_layout_source,
-)
-from segsynth.synth.manifest import ManifestRecord, read_manifest
-from segsynth.synth.styles import ImageFolderPool, StyleSource, open_style_pool
+Names are imported on first use, so building a :class:`GenerationConfig` (the command line does,
+before anything runs) does not load torch.
+"""
 
-__all__ = [
-    "AugmentedLayouts",
-    "ComposedLayouts",
-    "CompositionPrior",
-    "GenerationConfig",
-    "GenerationResult",
-    "ImageFolderPool",
-    "LayoutSource",
-    "ManifestRecord",
-    "StyleSource",
-    "VariantLayouts",
-    "generate",
-    "make_layout_source",
-    "merge_shards",
-    "model_hash",
-    "open_style_pool",
-    "read_manifest",
-]
+from __future__ import annotations
+
+from segsynth.lazy import lazy_exports
+
+_EXPORTS = {
+    "AugmentedLayouts": "segsynth.synth.layouts",
+    "ComposedLayouts": "segsynth.synth.layouts",
+    "CompositionPrior": "segsynth.synth.layouts",
+    "GenerationConfig": "segsynth.synth.config",
+    "GenerationRecord": "segsynth.synth.config",
+    "GenerationResult": "segsynth.synth.generate",
+    "ImageFolderPool": "segsynth.synth.styles",
+    "LayoutSource": "segsynth.synth.layouts",
+    "ManifestRecord": "segsynth.synth.manifest",
+    "StyleSource": "segsynth.synth.styles",
+    "VariantLayouts": "segsynth.synth.layouts",
+    "generate": "segsynth.synth.generate",
+    "make_layout_source": "segsynth.synth.layouts",
+    "merge_shards": "segsynth.synth.generate",
+    "model_hash": "segsynth.synth.generate",
+    "open_style_pool": "segsynth.synth.styles",
+    "read_manifest": "segsynth.synth.manifest",
+}
+
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

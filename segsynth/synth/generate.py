@@ -29,7 +29,7 @@ import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,12 +37,12 @@ from pydantic import ConfigDict, Field, field_validator
 from rich.console import Console
 
 from segsynth.config import StrictModel, parse_config
-from segsynth.data.edges import EDGE_SOURCES, edge_map
+from segsynth.data.edges import edge_map
 from segsynth.data.style_sampling import STYLE_SAMPLERS
 from segsynth.data.format import DATASET_JSON, IMAGES_DIR, MASKS_DIR, UNLABELED_DIR, DatasetSpec, save_spec
 from segsynth.data.io import write_image
 from segsynth.data.loader import SegDataset
-from segsynth.diffusion.pipeline import SegSynthPipeline
+from segsynth.diffusion.pipeline import SamplingSettings, SegSynthPipeline
 from segsynth.io.atomic import atomic_write_json
 from segsynth.io.finite import check_images
 from segsynth.io.hashing import model_hash
@@ -52,6 +52,7 @@ from segsynth.io.model_config import check_model_folder, check_scheduler_config
 from segsynth.io.untrusted import refuse_unsafe_files
 from segsynth.models.text import encode_prompts
 from segsynth.progress import StepProgress
+from segsynth.synth.config import GenerationConfig, GenerationRecord
 from segsynth.synth.layouts import LayoutSource, VariantLayouts, make_layout_source
 from segsynth.synth.manifest import (
     MANIFEST_JSONL,
@@ -74,49 +75,6 @@ SET_LOCK_WAIT_S = 120.0
 def shard_lock_name(index: int, count: int) -> str:
     """Lock file of one shard: shards of a set run side by side, a shard never twice."""
     return f".shard-{index}-of-{count}.lock"
-
-
-class GenerationConfig(StrictModel):
-    """Everything that decides the bytes of a synthetic set (saved as ``generation.json``).
-
-    Resuming, or adding a shard, with different values is refused: the set would mix two recipes.
-    The batch size is not part of it, since it does not change any sample.
-    """
-
-    n: int = Field(ge=1)
-    layouts: Literal["augmented", "variants", "composed"] = "augmented"
-    per_mask: int = Field(50, ge=1)
-    class_prior: dict[str, float] | None = None
-    layout_data: str
-    styles: str | None
-    style_sampler: str | None
-    num_refs: int | None = Field(ge=1)  # None: a model without style references (ControlNet runs)
-    sampler: Literal["ddim", "dpmpp", "unipc"] = "dpmpp"
-    steps: int = Field(20, ge=1, le=1000)
-    style_guidance: float = Field(1.5, ge=0)
-    layout_guidance: float = Field(1.0, ge=0)
-    guidance_rescale: float = Field(0.7, ge=0, le=1)
-    seed: int = Field(0, ge=0)
-    num_shards: int = Field(1, ge=1)
-    model_hash: str
-    edge_source: Literal["layout", "image"] | None = None
-    edge_guidance: float = Field(1.0, ge=0)
-    prompt: str | None = None
-    text_guidance: float = Field(1.0, ge=0)
-    size: int | None = Field(None, ge=8)
-    tile_overlap: int | None = Field(None, ge=0)
-
-    def record(self) -> dict[str, Any]:
-        """The config as saved in ``generation.json``: keys of the optional settings (edge, text, large
-        images) only when they differ from their defaults, so a set made without them keeps its
-        bytes and resumes."""
-        data = self.model_dump(mode="json")
-        return {k: v for k, v in data.items() if not (k in OPTIONAL_DEFAULTS and v == OPTIONAL_DEFAULTS[k])}
-
-
-#: Keys of :class:`GenerationConfig` that only edge / text models or large images use, with their defaults.
-OPTIONAL_DEFAULTS: dict[str, Any] = {"edge_source": None, "edge_guidance": 1.0, "prompt": None, "text_guidance": 1.0,
-                                     "size": None, "tile_overlap": None}
 
 
 @dataclass(frozen=True)
@@ -296,7 +254,7 @@ def load_run(path: str | Path) -> tuple[SegSynthPipeline, Path, dict[str, Any]]:
     return pipeline, pipeline_dir, training_data
 
 
-def synthetic_spec(source: DatasetSpec, config: GenerationConfig) -> DatasetSpec:
+def synthetic_spec(source: DatasetSpec, config: GenerationRecord) -> DatasetSpec:
     """``dataset.json`` of the synthetic set (without cases): the source's labels, channels,
     modality and prompt, and an honest account of where images and masks come from.
 
@@ -332,180 +290,131 @@ def synthetic_spec(source: DatasetSpec, config: GenerationConfig) -> DatasetSpec
 
 
 def generate(
-    run_or_pipeline: str | Path | SegSynthPipeline,
+    run: str | Path | SegSynthPipeline,
     out: str | Path,
-    n: int,
-    layouts: str = "augmented",
-    styles: str | Path | None = None,
+    cfg: GenerationConfig,
     *,
-    layout_data: str | Path | None = None,
-    per_mask: int = 50,
-    class_prior: Mapping[str, float] | None = None,
-    style_sampler: str | None = None,
-    num_refs: int | None = None,
-    sampler: str = "dpmpp",
-    steps: int = 20,
-    style_guidance: float = 1.5,
-    layout_guidance: float = 1.0,
-    guidance_rescale: float = 0.7,
-    batch_size: int = 8,
-    seed: int = 0,
-    resume: bool = False,
     shard: tuple[int, int] = (0, 1),
+    resume: bool = False,
     console: Console | None = None,
     on_sample: Callable[[ManifestRecord], None] | None = None,
-    edges: str | None = None,
-    edge_guidance: float = 1.0,
-    prompt: str | None = None,
-    text_guidance: float | None = None,
-    size: int | None = None,
-    tile_overlap: int | None = None,
     device: str | None = None,
 ) -> GenerationResult:
-    """Generate ``n`` synthetic image/mask pairs into ``out`` (our dataset format + manifest).
+    """Generate ``cfg.n`` synthetic image/mask pairs into ``out`` (our dataset format + manifest).
+
+    What ``cfg`` leaves None the run fills in (layout data, style pool, style sampler and number
+    of references from its ``training_data.json``; the prompt from the layout data); the resolved
+    :class:`GenerationRecord` is what ``generation.json`` keeps and what a resume must match.
 
     Args:
-        run_or_pipeline: a training run folder (``RUN/pipeline`` + ``RUN/training_data.json``), a
-            saved pipeline folder, a :class:`SegSynthPipeline`, or a ``train-diffusion --backbone``
-            run (a ControlNet on a frozen Stable Diffusion: no style references; the prompt and
-            the edge map steer it, see :mod:`segsynth.backbone`).
+        run: a training run folder (``RUN/pipeline`` + ``RUN/training_data.json``), a saved
+            pipeline folder, a :class:`SegSynthPipeline` (no run: ``cfg.layout_data`` is needed,
+            and without ``cfg.styles`` the model's learned null style is used), or a
+            ``train-diffusion --backbone`` run (a ControlNet on a frozen Stable Diffusion: no style
+            references; the prompt and the edge map steer it, see :mod:`segsynth.backbone`).
         out: the synthetic set's folder.
-        n: samples in the whole set (over all shards).
-        layouts: ``augmented``, ``variants`` or ``composed`` (see :mod:`segsynth.synth.layouts`).
-        styles: style pool (dataset folder, its ``unlabeled/``, or a plain image folder); default
-            the ``unlabeled/`` split of the run's training data. None without a run: no references
-            (the model's learned null style).
-        layout_data: labelled dataset giving masks / composition prior and ``dataset.json`` fields;
-            default the run's training data.
-        per_mask: images per real mask for ``variants``.
-        class_prior: ``{label: weight}`` for ``augmented`` (default uniform over present classes).
-        style_sampler: ``augmented``, ``nearby`` or ``multi_patch``; default the run's sampler.
-        num_refs: style references per sample; default the run's N.
-        sampler, steps, style_guidance, layout_guidance, guidance_rescale: sampling settings of the
-            pipeline (STEDM: style 1.5, rescale 0.7).
-        batch_size: samples per pipeline call (does not change any sample).
-        seed: base seed; sample ``index`` uses :func:`sample_seed` of ``(seed, index)``.
-        resume: continue an interrupted run; without it a non-empty ``out`` is refused.
+        cfg: the set's settings (see :class:`GenerationConfig`).
         shard: ``(i, n)``: generate only the i-th of n contiguous index ranges.
+        resume: continue an interrupted run; without it a non-empty ``out`` is refused.
         console: show a progress bar with ETA on this console.
         on_sample: called with each committed record (after its files and manifest line exist).
-        edges: edge models only: ``layout`` (default; the layout's boundary, no real image needed)
-            or ``image`` (also the Canny edges of the real image behind each mask; needs
-            ``layouts="variants"``, whose masks are the real images' own, uncropped differently).
-        edge_guidance: guidance scale of the edge condition (1: off).
-        prompt: text models only: the prompt (default: ``prompt`` of the layout data's dataset.json).
-        text_guidance: guidance scale of the text condition (default 1: off; for a ControlNet run
-            the prompt's classifier-free guidance, default the run's ``sampling.guidance_scale``).
-        size: side of the generated images and masks (default: the model's training size). Larger
-            layouts are denoised in overlapping tiles of the training size, blended at every step
-            (:mod:`segsynth.diffusion.tiling`), so memory is bounded by the tile, not the image.
-        tile_overlap: pixels shared by neighbouring tiles (default: a quarter of the tile).
         device: where a pipeline loaded from a folder samples (default :func:`default_device`);
             a pipeline object passed in stays where it is unless this is given.
 
     Raises:
+        TypeError: ``cfg`` is not a :class:`GenerationConfig`.
         FileExistsError: ``out`` holds files and ``resume`` is False, or a shard is started twice.
-        ValueError: inconsistent inputs (model vs data classes/channels, changed settings on resume).
+        ValueError: inconsistent inputs (model vs data classes/channels, settings the model has no
+            use for, changed settings on resume).
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if not isinstance(cfg, GenerationConfig):
+        raise TypeError(f"generate() takes its settings as a GenerationConfig, got {type(cfg).__name__}; "
+                        "e.g. generate(run, out, GenerationConfig(n=8))")
     check_shard(shard)
     out = Path(out)
-    if not isinstance(run_or_pipeline, SegSynthPipeline):
+    if not isinstance(run, SegSynthPipeline):
         from segsynth.backbone.sample import is_controlnet_run
 
-        if is_controlnet_run(run_or_pipeline):
-            return _generate_with_controlnet(run_or_pipeline, out, n, layouts, styles, layout_data=layout_data,
-                                             per_mask=per_mask, class_prior=class_prior, sampler=sampler, steps=steps,
-                                             batch_size=batch_size, seed=seed, resume=resume, shard=shard,
-                                             console=console, on_sample=on_sample, edges=edges, prompt=prompt,
-                                             text_guidance=text_guidance, size=size, device=device)
-    if isinstance(run_or_pipeline, SegSynthPipeline):
-        pipeline, digest, training_data = run_or_pipeline, pipeline_hash(run_or_pipeline), {}
+        if is_controlnet_run(run):
+            return _generate_with_controlnet(run, out, cfg, shard=shard, resume=resume, console=console,
+                                             on_sample=on_sample, device=device)
+    if isinstance(run, SegSynthPipeline):
+        pipeline, digest, training_data = run, pipeline_hash(run), {}
         if device is not None:
             pipeline.to(device)
     else:
-        pipeline, pipeline_dir, training_data = load_run(run_or_pipeline)
+        pipeline, pipeline_dir, training_data = load_run(run)
         digest = model_hash(pipeline_dir)
         pipeline.to(default_device() if device is None else device)
     data_root = training_data.get("data_root")
-    if layout_data is None and data_root is None:
-        info = None if isinstance(run_or_pipeline, SegSynthPipeline) else Path(run_or_pipeline) / TRAINING_DATA_JSON
+    if cfg.layout_data is None and data_root is None:
+        info = None if isinstance(run, SegSynthPipeline) else Path(run) / TRAINING_DATA_JSON
         source = ("the model comes without a run" if info is None else
                   f"{info} names no data_root" if info.is_file() else f"{info.parent} has no {TRAINING_DATA_JSON}")
         raise ValueError(f"layout_data is required: {source}")
-    layout_root = Path(layout_data if layout_data is not None else data_root).resolve()
-    if styles is None and data_root is not None:
-        styles = Path(data_root) / UNLABELED_DIR
+    layout_root = Path(cfg.layout_data if cfg.layout_data is not None else data_root).resolve()
+    styles = cfg.styles if cfg.styles is not None or data_root is None else Path(data_root) / UNLABELED_DIR
     pipeline.set_progress_bar_config(disable=True)
     unet_cfg = pipeline.unet.config
-    config = parse_config(
-        GenerationConfig,
-        {
-            "n": n,
-            "layouts": layouts,
-            "per_mask": per_mask,
-            "class_prior": dict(class_prior) if class_prior is not None else None,
-            "layout_data": str(layout_root),
-            "styles": str(Path(styles).resolve()) if styles is not None else None,
-            "style_sampler": (style_sampler or training_data.get("style_sampler") or "multi_patch") if styles else None,
-            "num_refs": num_refs if num_refs is not None else (
-                training_data.get("num_refs") or pipeline.style_aggregator.config.num_refs
-            ),
-            "sampler": sampler,
-            "steps": steps,
-            "style_guidance": style_guidance,
-            "layout_guidance": layout_guidance,
-            "guidance_rescale": guidance_rescale,
-            "seed": seed,
-            "num_shards": shard[1],
-            "model_hash": digest,
-            "size": size,
-            "tile_overlap": tile_overlap,
-            **_optional_conditions(pipeline, layouts, edges, edge_guidance, prompt,
-                                   1.0 if text_guidance is None else text_guidance),
-        },
-        "generate",
-    )
-    if config.styles is not None:  # before any output: a linear aggregator takes only its own N
-        pipeline.style_aggregator.check_num_refs(config.num_refs)
-    dataset = _layout_dataset(layout_root, layout_data is None, training_data,
+    record = cfg.resolve(digest, shard[1], {
+        "layout_data": str(layout_root),
+        "styles": str(styles.resolve()) if styles is not None else None,
+        "style_sampler": (cfg.style_sampler or training_data.get("style_sampler") or "multi_patch")
+        if styles is not None else None,
+        "num_refs": cfg.num_refs if cfg.num_refs is not None else (
+            training_data.get("num_refs") or pipeline.style_aggregator.config.num_refs
+        ),
+        **_optional_conditions(pipeline, cfg),
+    })
+    if record.styles is not None:  # before any output: a linear aggregator takes only its own N
+        pipeline.style_aggregator.check_num_refs(record.num_refs)
+    dataset = _layout_dataset(layout_root, cfg.layout_data is None, training_data,
                               int(unet_cfg.num_classes), int(unet_cfg.image_channels))
     source_spec = dataset.spec
     model_size = int(unet_cfg.image_size)
-    size = _output_size(pipeline, size)
-    if tile_overlap is not None and tile_overlap >= model_size:
-        raise ValueError(f"tile_overlap {tile_overlap} must be smaller than the tile, the model's size {model_size}")
-    layout_source = make_layout_source(layouts, dataset, size, per_mask=per_mask, class_prior=class_prior)
-    if config.prompt is None and pipeline.unet.uses_text:
-        config = config.model_copy(update={"prompt": source_spec.prompt})
-    text = encode_prompts([config.prompt]) if config.prompt is not None else None
+    size = _output_size(pipeline, cfg.size)
+    if cfg.tile_overlap is not None and cfg.tile_overlap >= model_size:
+        raise ValueError(f"tile_overlap {cfg.tile_overlap} must be smaller than the tile, the model's size {model_size}")
+    layout_source = make_layout_source(cfg.layouts, dataset, size, per_mask=cfg.per_mask, class_prior=cfg.class_prior)
+    if record.prompt is None and pipeline.unet.uses_text:
+        record = record.model_copy(update={"prompt": source_spec.prompt})
+    text = encode_prompts([record.prompt]) if record.prompt is not None else None
     style_source = None
-    if config.styles is not None:
-        pool = open_style_pool(config.styles, source_spec.channels)
-        style_source = StyleSource(pool, config.style_sampler, config.num_refs, model_size)
+    if record.styles is not None:
+        pool = open_style_pool(record.styles, source_spec.channels)
+        style_source = StyleSource(pool, record.style_sampler, record.num_refs, model_size)
     # Read every layout and style file now: a bad one fails here, naming it, before any output.
     dataset.verify()
     if style_source is not None:
         style_source.pool.verify()
+    settings = sampling_settings(record)
 
     def render(block: range, draws: list[dict[str, Any]]) -> torch.Tensor:
         return pipeline(
             torch.from_numpy(np.stack([d["layout"] for d in draws])).to(pipeline.device),
             None if style_source is None else torch.from_numpy(np.stack([d["style"] for d in draws])).to(pipeline.device),
-            num_inference_steps=steps,
-            sampler=sampler,
-            style_guidance_scale=style_guidance,
-            layout_guidance_scale=layout_guidance,
-            guidance_rescale=guidance_rescale,
             generator=[torch.Generator().manual_seed(d["seed"]) for d in draws],
-            tile_overlap=tile_overlap,
-            **_condition_inputs(block, draws, config, layout_source, text, pipeline),
+            **settings,
+            **_condition_inputs(block, draws, record, layout_source, text, pipeline),
         ).images
 
-    guidance = Guidance(style=style_guidance, layout=layout_guidance, rescale=guidance_rescale)
-    return _write_set(out, config, source_spec, layout_source, style_source, render, guidance,
-                      batch_size=batch_size, shard=shard, resume=resume, console=console, on_sample=on_sample)
+    return _write_set(out, record, source_spec, layout_source, style_source, render,
+                      batch_size=cfg.batch_size, shard=shard, resume=resume, console=console, on_sample=on_sample)
+
+
+def sampling_settings(record: GenerationRecord) -> SamplingSettings:
+    """The keywords of :meth:`SegSynthPipeline.__call__` a record decides: the one place where the
+    record's names meet the pipeline's (scales of conditions a model lacks are 1, i.e. off)."""
+    return SamplingSettings(
+        num_inference_steps=record.steps,
+        sampler=record.sampler,
+        style_guidance_scale=record.style_guidance,
+        layout_guidance_scale=record.layout_guidance,
+        guidance_rescale=record.guidance_rescale,
+        edge_guidance_scale=record.edge_guidance,
+        text_guidance_scale=record.text_guidance,
+        tile_overlap=record.tile_overlap,
+    )
 
 
 def _layout_dataset(root: Path, from_run: bool, training_data: dict[str, Any], num_classes: int,
@@ -528,91 +437,79 @@ def _layout_dataset(root: Path, from_run: bool, training_data: dict[str, Any], n
     return dataset
 
 
+#: Settings of :class:`GenerationConfig` a ControlNet run has no use for: it takes no style
+#: references (so no style sampler, N or style / layout guidance), weighs its hint by the run's
+#: conditioning scale rather than an edge guidance, and samples whole images, never tiles.
+CONTROLNET_UNUSED = ("styles", "style_sampler", "num_refs", "style_guidance", "layout_guidance", "guidance_rescale",
+                     "edge_guidance", "tile_overlap")
+
+
 def _generate_with_controlnet(
     run: str | Path,
     out: Path,
-    n: int,
-    layouts: str,
-    styles: str | Path | None,
+    cfg: GenerationConfig,
     *,
-    layout_data: str | Path | None,
-    per_mask: int,
-    class_prior: Mapping[str, float] | None,
-    sampler: str,
-    steps: int,
-    batch_size: int,
-    seed: int,
-    resume: bool,
     shard: tuple[int, int],
+    resume: bool,
     console: Console | None,
     on_sample: Callable[[ManifestRecord], None] | None,
-    edges: str | None,
-    prompt: str | None,
-    text_guidance: float | None,
-    size: int | None,
     device: str | None,
 ) -> GenerationResult:
     """:func:`generate` for a ``train-diffusion --backbone`` run: the same set format, manifest,
     resumption and shards, with images drawn by the ControlNet on its frozen Stable Diffusion.
 
-    It takes no style references (the prompt and the hint steer it), so ``styles`` must be None;
-    ``text_guidance`` is the prompt's classifier-free guidance (default: the run's).
+    The prompt and the hint steer it; ``cfg.text_guidance`` is the prompt's classifier-free
+    guidance (default: the run's). A setting it would ignore (:data:`CONTROLNET_UNUSED`) is refused
+    unless left at its default, so no one believes a set was made with it.
     """
     from segsynth.backbone.sample import load_controlnet_run, sample_images
 
-    if styles is not None:
-        raise ValueError(f"{run}: a ControlNet run takes no style references; leave out the style pool")
-    if edges is not None and edges not in EDGE_SOURCES:
-        raise ValueError(f"edges must be one of {EDGE_SOURCES}, got {edges!r}")
-    if edges == "image" and layouts != "variants":
-        raise ValueError("edges from the real image need --layouts variants (a mask unchanged next to its own image)")
+    unused = [name for name in CONTROLNET_UNUSED if getattr(cfg, name) != GenerationConfig.model_fields[name].default]
+    if unused:
+        raise ValueError(f"{run}: a ControlNet run takes no style references and does not use {unused}; leave them out")
     loaded = load_controlnet_run(run, device=device)
     training_data = loaded.training_data
-    if layout_data is None and training_data.get("data_root") is None:
+    if cfg.layout_data is None and training_data.get("data_root") is None:
         raise ValueError(f"{run}: its training_data.json names no data_root; give layout_data")
-    layout_root = Path(layout_data if layout_data is not None else training_data["data_root"]).resolve()
-    dataset = _layout_dataset(layout_root, layout_data is None, training_data, loaded.num_classes, loaded.channels)
+    layout_root = Path(cfg.layout_data if cfg.layout_data is not None else training_data["data_root"]).resolve()
+    dataset = _layout_dataset(layout_root, cfg.layout_data is None, training_data, loaded.num_classes, loaded.channels)
     backbone = read_json_object(Path(run) / "backbone.json")
     if not isinstance(backbone.get("sha256"), str):
         raise ValueError(f"{Path(run) / 'backbone.json'}: needs the backbone's 'sha256'")
     digest = hashlib.sha256(f"{model_hash(Path(run) / 'controlnet')}:{backbone['sha256']}".encode()).hexdigest()
-    config = parse_config(
-        GenerationConfig,
-        {"n": n, "layouts": layouts, "per_mask": per_mask,
-         "class_prior": dict(class_prior) if class_prior is not None else None,
-         "layout_data": str(layout_root), "styles": None, "style_sampler": None, "num_refs": None,
-         "sampler": sampler, "steps": steps, "style_guidance": 1.0, "layout_guidance": 1.0, "guidance_rescale": 0.0,
-         "seed": seed, "num_shards": shard[1], "model_hash": digest, "size": size, "edge_source": edges or "layout",
-         "prompt": prompt if prompt is not None else dataset.spec.prompt,
-         "text_guidance": loaded.config.sampling.guidance_scale if text_guidance is None else text_guidance},
-        "generate",
-    )
-    out_size = size if size is not None else loaded.config.data.image_size
+    record = cfg.resolve(digest, shard[1], {
+        "layout_data": str(layout_root), "styles": None, "style_sampler": None, "num_refs": None,
+        # no STEDM guidance: the manifest says so with scales that are off
+        "style_guidance": 1.0, "layout_guidance": 1.0, "guidance_rescale": 0.0,
+        "edge_source": cfg.edges or "layout",
+        "prompt": cfg.prompt if cfg.prompt is not None else dataset.spec.prompt,
+        "text_guidance": loaded.config.sampling.guidance_scale if cfg.text_guidance is None else cfg.text_guidance,
+    })
+    out_size = cfg.size if cfg.size is not None else loaded.config.data.image_size
     if out_size % 8:
         raise ValueError(f"size {out_size} must be a multiple of 8 (Stable Diffusion's latent grid)")
-    layout_source = make_layout_source(layouts, dataset, out_size, per_mask=per_mask, class_prior=class_prior)
+    layout_source = make_layout_source(cfg.layouts, dataset, out_size, per_mask=cfg.per_mask, class_prior=cfg.class_prior)
     dataset.verify()
 
     def render(block: range, draws: list[dict[str, Any]]) -> torch.Tensor:
         real = None
-        if config.edge_source == "image" and isinstance(layout_source, VariantLayouts):
+        if record.edge_source == "image" and isinstance(layout_source, VariantLayouts):
             real = np.stack([layout_source.source_image(index) for index in block])
-        return sample_images(loaded, np.stack([d["layout"] for d in draws]), real, prompt=config.prompt, steps=steps,
-                             guidance_scale=config.text_guidance, sampler=sampler, seeds=[d["seed"] for d in draws])
+        return sample_images(loaded, np.stack([d["layout"] for d in draws]), real, prompt=record.prompt,
+                             steps=record.steps, guidance_scale=record.text_guidance, sampler=record.sampler,
+                             seeds=[d["seed"] for d in draws])
 
-    return _write_set(out, config, dataset.spec, layout_source, None, render,
-                      Guidance(style=1.0, layout=1.0, rescale=0.0), batch_size=batch_size, shard=shard,
+    return _write_set(out, record, dataset.spec, layout_source, None, render, batch_size=cfg.batch_size, shard=shard,
                       resume=resume, console=console, on_sample=on_sample)
 
 
 def _write_set(
     out: Path,
-    config: GenerationConfig,
+    config: GenerationRecord,
     source_spec: DatasetSpec,
     layout_source: LayoutSource,
     style_source: StyleSource | None,
     render: Callable[[range, list[dict[str, Any]]], torch.Tensor],
-    guidance: Guidance,
     *,
     batch_size: int,
     shard: tuple[int, int],
@@ -645,7 +542,7 @@ def _write_set(
                 for index, draw, image in zip(block, draws, images):
                     if index in done:
                         continue
-                    record = _write_sample(out, index, draw, image, config, config.prompt or source_spec.prompt, guidance)
+                    record = _write_sample(out, index, draw, image, config, config.prompt or source_spec.prompt)
                     writer.append(record)
                     generated += 1
                     progress.advance()
@@ -671,41 +568,34 @@ def _output_size(pipeline: SegSynthPipeline, size: int | None) -> int:
     return size
 
 
-def _optional_conditions(pipeline: SegSynthPipeline, layouts: str, edges: str | None, edge_guidance: float,
-                         prompt: str | None, text_guidance: float) -> dict[str, Any]:
-    """The edge / text settings of :class:`GenerationConfig`, checked against the model."""
+def _optional_conditions(pipeline: SegSynthPipeline, cfg: GenerationConfig) -> dict[str, Any]:
+    """The edge / text keys of the record, for a model that has those conditions; settings of a
+    condition the model lacks are refused rather than silently dropped."""
     unet = pipeline.unet
-    if edges is not None and edges not in EDGE_SOURCES:
-        raise ValueError(f"edges must be one of {EDGE_SOURCES}, got {edges!r}")
-    if not unet.uses_edge and (edges is not None or edge_guidance != 1.0):
+    if not unet.uses_edge and (cfg.edges is not None or cfg.edge_guidance != 1.0):
         raise ValueError("edge settings were given but the model has no edge condition (trained without model.edge)")
-    if not unet.uses_text and (prompt is not None or text_guidance != 1.0):
+    if not unet.uses_text and (cfg.prompt is not None or cfg.text_guidance not in (None, 1.0)):
         raise ValueError("a prompt or text guidance was given but the model has no text condition (model.text)")
     found: dict[str, Any] = {}
     if unet.uses_edge:
-        source = edges or "layout"
-        if source == "image" and layouts != "variants":
-            raise ValueError("edges from the real image need --layouts variants (a mask unchanged next to its own image)")
-        found.update(edge_source=source, edge_guidance=edge_guidance)
+        found.update(edge_source=cfg.edges or "layout", edge_guidance=cfg.edge_guidance)
     if unet.uses_text:
-        found.update(prompt=prompt, text_guidance=text_guidance)
+        found.update(prompt=cfg.prompt, text_guidance=1.0 if cfg.text_guidance is None else cfg.text_guidance)
     return found
 
 
-def _condition_inputs(block: range, draws: list[dict[str, Any]], config: GenerationConfig, layouts: LayoutSource,
-                      text: torch.Tensor | None, pipeline: SegSynthPipeline) -> dict[str, Any]:
+def _condition_inputs(block: range, draws: list[dict[str, Any]], config: GenerationRecord, layouts: LayoutSource,
+                      text: torch.Tensor | None, pipeline: SegSynthPipeline) -> dict[str, torch.Tensor]:
     """Edge maps and prompt embeddings of one block, for edge / text models (nothing otherwise)."""
-    inputs: dict[str, Any] = {}
+    inputs: dict[str, torch.Tensor] = {}
     if config.edge_source is not None:
         maps = []
         for index, draw in zip(block, draws):
             image = layouts.source_image(index) if config.edge_source == "image" and isinstance(layouts, VariantLayouts) else None
             maps.append(edge_map(draw["layout"], image, pipeline.unet.config.edge_sigma))
-        inputs.update(edge=torch.from_numpy(np.stack(maps))[:, None].to(pipeline.device),
-                      edge_guidance_scale=config.edge_guidance)
+        inputs["edge"] = torch.from_numpy(np.stack(maps))[:, None].to(pipeline.device)
     if text is not None:
-        inputs.update(prompt_embeds=text.expand(len(draws), -1).to(pipeline.device),
-                      text_guidance_scale=config.text_guidance)
+        inputs["prompt_embeds"] = text.expand(len(draws), -1).to(pipeline.device)
     return inputs
 
 
@@ -736,9 +626,8 @@ def _write_sample(
     index: int,
     draw: dict[str, Any],
     image: torch.Tensor,
-    config: GenerationConfig,
+    config: GenerationRecord,
     prompt: str,
-    guidance: Guidance,
 ) -> ManifestRecord:
     sample_id = f"synth_{index:07d}"
     image_rel, mask_rel = f"{IMAGES_DIR}/{sample_id}.png", f"{MASKS_DIR}/{sample_id}.png"
@@ -757,7 +646,7 @@ def _write_sample(
         style_sampler=config.style_sampler,
         style_ids=draw["style_ids"],
         prompt=prompt,
-        guidance=guidance,
+        guidance=Guidance(style=config.style_guidance, layout=config.layout_guidance, rescale=config.guidance_rescale),
         sampler=config.sampler,
         steps=config.steps,
         model_hash=config.model_hash,
@@ -767,7 +656,7 @@ def _write_sample(
     )
 
 
-def _claim_output(out: Path, config: GenerationConfig, spec: DatasetSpec, part: Path, resume: bool) -> None:
+def _claim_output(out: Path, config: GenerationRecord, spec: DatasetSpec, part: Path, resume: bool) -> None:
     """Check ``out`` may be written by this call and record the recipe in ``generation.json``.
 
     A folder that already holds a set made with other settings is refused (resume or not); without
@@ -775,7 +664,7 @@ def _claim_output(out: Path, config: GenerationConfig, spec: DatasetSpec, part: 
     """
     record_path = out / GENERATION_JSON
     existing = [p for p in out.iterdir() if not p.name.startswith(".")] if out.is_dir() else []
-    record = {"config": config.record(), "dataset": spec.model_dump(mode="json")}
+    record = {"config": config.saved(), "dataset": spec.model_dump(mode="json")}
     if existing:
         if not record_path.is_file():
             raise FileExistsError(f"{out}: exists, is not empty and holds no {GENERATION_JSON}; choose another folder")
@@ -851,7 +740,7 @@ def _merge_locked(out: Path, record_path: Path) -> Path:
     saved = read_json_object(record_path)
     if not isinstance(saved.get("config"), dict) or not isinstance(saved.get("dataset"), dict):
         raise ValueError(f"{record_path}: needs the objects 'config' and 'dataset'")
-    config = parse_config(GenerationConfig, saved["config"], str(record_path))
+    config = parse_config(GenerationRecord, saved["config"], str(record_path))
     records: list[ManifestRecord] = []
     incomplete = []
     for shard in range(config.num_shards):

@@ -1,0 +1,151 @@
+"""What a synthetic set is made with: the user's :class:`GenerationConfig`, and the
+:class:`GenerationRecord` that ``generation.json`` saves once the run has filled in what the user
+left to it.
+
+Two types, because they answer two questions. The config is what a user asks for: None leaves a
+setting to the run (its training data, style sampler, number of references) and the batch size is
+there because it is a choice of the user's, though it changes no sample. The record is the recipe
+that decides every byte of the set, compared on resume: everything resolved, plus the model's hash
+and the shard count, and no batch size, so a set resumes with any batch size.
+
+This module needs only pydantic, so the command line builds and checks a config before torch loads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, model_validator
+
+from segsynth.config import StrictModel, parse_config
+
+Count = Annotated[int, Field(ge=1)]
+Steps = Annotated[int, Field(ge=1, le=1000)]
+Scale = Annotated[float, Field(ge=0)]
+Rescale = Annotated[float, Field(ge=0, le=1)]
+Seed = Annotated[int, Field(ge=0)]
+Side = Annotated[int, Field(ge=8)]
+Pixels = Annotated[int, Field(ge=0)]
+LayoutKind = Literal["augmented", "variants", "composed"]
+SamplerName = Literal["ddim", "dpmpp", "unipc"]
+EdgeSource = Literal["layout", "image"]
+
+
+class GenerationConfig(StrictModel):
+    """The settings of one synthetic set, as a user gives them (``segsynth generate -c gen.yaml``,
+    its flags, or ``generate(run, out, GenerationConfig(n=...))``).
+
+    Attributes:
+        n: samples in the whole set (over all shards).
+        layouts: ``augmented``, ``variants`` or ``composed`` (see :mod:`segsynth.synth.layouts`).
+        per_mask: images per real mask for ``variants`` (DiffBoost: 50).
+        class_prior: ``{label: weight}`` for ``augmented`` (default uniform over present classes).
+        layout_data: labelled dataset giving masks / composition prior and ``dataset.json`` fields;
+            None: the run's training data.
+        styles: style pool (dataset folder, its ``unlabeled/``, or a plain image folder); None: the
+            ``unlabeled/`` split of the run's training data, or no references without a run (the
+            model's learned null style).
+        style_sampler: ``augmented``, ``nearby`` or ``multi_patch``; None: the run's sampler.
+        num_refs: style references per sample; None: the run's N.
+        sampler, steps, style_guidance, layout_guidance, guidance_rescale: the pipeline's sampling
+            settings (STEDM: style 1.5, rescale 0.7).
+        seed: base seed; sample ``index`` draws from a seed of ``(seed, index)``.
+        edges: edge models only: ``layout`` (None means this: the layout's boundary, no real image
+            needed) or ``image`` (also the Canny edges of the real image behind each mask; needs
+            ``layouts="variants"``, whose masks are the real images' own, uncropped differently).
+        edge_guidance: guidance scale of the edge condition (1: off).
+        prompt: text models only: the prompt; None: ``prompt`` of the layout data's dataset.json.
+        text_guidance: guidance scale of the text condition; None: 1 (off), or for a ControlNet run
+            the prompt's classifier-free guidance of the run (``sampling.guidance_scale``).
+        size: side of the generated images and masks; None: the model's training size. Larger
+            layouts are denoised in overlapping tiles of the training size, blended at every step,
+            so memory is bounded by the tile, not the image.
+        tile_overlap: pixels shared by neighbouring tiles; None: a quarter of the tile.
+        batch_size: samples per pipeline call (changes no sample, so it is not recorded).
+    """
+
+    n: Count
+    layouts: LayoutKind = "augmented"
+    per_mask: Count = 50
+    class_prior: dict[str, float] | None = None
+    layout_data: Path | None = None
+    styles: Path | None = None
+    style_sampler: str | None = None
+    num_refs: Count | None = None
+    sampler: SamplerName = "dpmpp"
+    steps: Steps = 20
+    style_guidance: Scale = 1.5
+    layout_guidance: Scale = 1.0
+    guidance_rescale: Rescale = 0.7
+    seed: Seed = 0
+    edges: EdgeSource | None = None
+    edge_guidance: Scale = 1.0
+    prompt: str | None = None
+    text_guidance: Scale | None = None
+    size: Side | None = None
+    tile_overlap: Pixels | None = None
+    batch_size: Count = 8
+
+    @model_validator(mode="after")
+    def _image_edges_need_variants(self) -> GenerationConfig:
+        if self.edges == "image" and self.layouts != "variants":
+            raise ValueError("edges 'image' (the real image's edges) needs layouts 'variants' "
+                             "(a mask unchanged next to its own image)")
+        return self
+
+    def resolve(self, model_hash: str, num_shards: int, resolved: Mapping[str, Any]) -> GenerationRecord:
+        """The record of a set made with this config: the settings the user decides as they are,
+        ``resolved`` (what the run filled in, and the model-dependent edge / text keys) for the rest.
+
+        Raises:
+            ConfigError: a resolved value the record refuses (naming the key).
+        """
+        own = self.model_dump(include=set(RECORD_VERBATIM))
+        return parse_config(GenerationRecord, {**own, "model_hash": model_hash, "num_shards": num_shards, **resolved},
+                            "generate")
+
+
+#: Settings a record takes from the user's config unchanged; the others the run resolves.
+RECORD_VERBATIM = ("n", "layouts", "per_mask", "class_prior", "sampler", "steps", "style_guidance", "layout_guidance",
+                   "guidance_rescale", "seed", "size", "tile_overlap")
+
+
+class GenerationRecord(StrictModel):
+    """Everything that decides the bytes of a synthetic set (saved as ``generation.json``).
+
+    Resuming, or adding a shard, with different values is refused: the set would mix two recipes.
+    Only the keys that edge / text models or large images use have defaults: they are left out of
+    the saved file at their defaults (:meth:`saved`), so sets made without them keep their bytes.
+    """
+
+    n: Count
+    layouts: LayoutKind
+    per_mask: Count
+    class_prior: dict[str, float] | None
+    layout_data: str
+    styles: str | None
+    style_sampler: str | None
+    num_refs: Count | None  # None: a model without style references (ControlNet runs)
+    sampler: SamplerName
+    steps: Steps
+    style_guidance: Scale
+    layout_guidance: Scale
+    guidance_rescale: Rescale
+    seed: Seed
+    num_shards: Count
+    model_hash: str
+    edge_source: EdgeSource | None = None
+    edge_guidance: Scale = 1.0
+    prompt: str | None = None
+    text_guidance: Scale = 1.0
+    size: Side | None = None
+    tile_overlap: Pixels | None = None
+
+    def saved(self) -> dict[str, Any]:
+        """The record as ``generation.json`` holds it: the optional keys only where they differ
+        from their defaults."""
+        optional = {name: field.default for name, field in type(self).model_fields.items() if not field.is_required()}
+        data = self.model_dump(mode="json")
+        return {k: v for k, v in data.items() if not (k in optional and v == optional[k])}
