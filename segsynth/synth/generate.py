@@ -36,10 +36,21 @@ import torch
 from pydantic import ConfigDict, Field, field_validator
 from rich.console import Console
 
+from segsynth.artifacts.names import (
+    DATASET_JSON,
+    GENERATION_JSON,
+    IMAGES_DIR,
+    MANIFEST_JSONL,
+    MASKS_DIR,
+    PIPELINE_DIR,
+    TRAINING_DATA_JSON,
+    UNLABELED_DIR,
+)
+from segsynth.artifacts.schemas import Guidance, ManifestRecord
 from segsynth.config import StrictModel, parse_config
 from segsynth.data.edges import EDGE_SOURCES, edge_map
 from segsynth.data.style_sampling import STYLE_SAMPLERS
-from segsynth.data.format import DATASET_JSON, IMAGES_DIR, MASKS_DIR, UNLABELED_DIR, DatasetSpec, save_spec
+from segsynth.data.format import DatasetSpec, save_spec
 from segsynth.data.io import write_image
 from segsynth.data.loader import SegDataset
 from segsynth.diffusion.pipeline import SegSynthPipeline
@@ -53,20 +64,9 @@ from segsynth.io.untrusted import refuse_unsafe_files
 from segsynth.models.text import encode_prompts
 from segsynth.progress import StepProgress
 from segsynth.synth.layouts import LayoutSource, VariantLayouts, make_layout_source
-from segsynth.synth.manifest import (
-    MANIFEST_JSONL,
-    Guidance,
-    ManifestRecord,
-    ManifestWriter,
-    manifest_name,
-    read_manifest,
-    write_manifest,
-)
+from segsynth.synth.manifest import ManifestWriter, manifest_name, read_manifest, write_manifest
 from segsynth.synth.styles import StyleSource, open_style_pool
 
-GENERATION_JSON = "generation.json"
-TRAINING_DATA_JSON = "training_data.json"
-PIPELINE_DIR = "pipeline"
 #: How long a shard waits for another to finish claiming or merging the set (each takes moments).
 SET_LOCK_WAIT_S = 120.0
 
