@@ -29,7 +29,8 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from segsynth.data.format import IMAGES_DIR, MASKS_DIR, DatasetSpec, save_spec
+from segsynth.artifacts.names import IMAGES_DIR, MASKS_DIR
+from segsynth.data.format import DatasetSpec, save_spec
 from segsynth.data.io import write_image
 
 ROOT = Path(__file__).resolve().parents[1]

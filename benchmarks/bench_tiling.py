@@ -24,7 +24,8 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from segsynth.data.format import IMAGES_DIR, MASKS_DIR, DatasetSpec, save_spec
+from segsynth.artifacts.names import IMAGES_DIR, MASKS_DIR
+from segsynth.data.format import DatasetSpec, save_spec
 from segsynth.data.io import write_image
 from segsynth.diffusion.config import DiffusionTrainConfig
 from segsynth.diffusion.pipeline import SegSynthPipeline

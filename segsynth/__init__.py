@@ -14,7 +14,12 @@ The public API, stage by stage (each stage reads and writes plain folders):
 - segmentation: :class:`SegTrainConfig`, :func:`train_seg`, :func:`evaluate_seg`;
 - experiment: :class:`BenchmarkConfig`, :func:`run_benchmark`;
 - the whole loop on a folder: :func:`plan_run` (a :class:`RunPlan` from the fingerprint), :func:`run_all`;
-- evaluation and reporting: :func:`evaluate_synth`, :func:`build_report`.
+- evaluation and reporting: :func:`evaluate_synth`, :func:`build_report`;
+- run folders: :func:`detect` and :func:`discover` say what a folder is; :func:`read_record` reads
+  one of its JSON records through its schema (:class:`TrainingData`, :class:`ImageSplit`,
+  :class:`ManifestRecord`, :class:`SegRunSplit`, :class:`EvaluationMetrics`,
+  :class:`BenchmarkResults`, ... in :mod:`segsynth.artifacts.schemas`); the file names are in
+  :mod:`segsynth.artifacts.names`.
 
 Names are imported on first use (module ``__getattr__``), so ``import segsynth`` and the command
 line start without loading torch, diffusers or MONAI; ``from segsynth import X`` works as usual.
@@ -32,6 +37,7 @@ _EXPORTS = {
     "BUILTIN_DATASETS": "segsynth.data.builtin",
     "BackboneTrainConfig": "segsynth.backbone",
     "BenchmarkConfig": "segsynth.benchmark",
+    "BenchmarkResults": "segsynth.artifacts.schemas",
     "CheckReport": "segsynth.data.check",
     "CheckpointManager": "segsynth.io",
     "ConfigError": "segsynth.config",
@@ -39,20 +45,28 @@ _EXPORTS = {
     "DatasetFormatError": "segsynth.data",
     "DatasetSpec": "segsynth.data",
     "DiffusionTrainConfig": "segsynth.diffusion.config",
+    "EvaluationMetrics": "segsynth.artifacts.schemas",
+    "Found": "segsynth.artifacts.detect",
     "GenerationConfig": "segsynth.synth.config",
+    "ImageSplit": "segsynth.artifacts.schemas",
+    "ManifestRecord": "segsynth.artifacts.schemas",
     "ModelConfig": "segsynth.models",
     "ObjectiveConfig": "segsynth.diffusion",
     "RunPlan": "segsynth.run",
     "SampleRef": "segsynth.data",
     "SegDataset": "segsynth.data",
+    "SegRunSplit": "segsynth.artifacts.schemas",
     "SegSynthModel": "segsynth.models",
     "SegSynthPipeline": "segsynth.diffusion",
     "SegTrainConfig": "segsynth.seg",
+    "TrainingData": "segsynth.artifacts.schemas",
     "build_builtin": "segsynth.data.builtin",
     "build_report": "segsynth.report",
     "check_dataset": "segsynth.data.check",
     "dataset_info": "segsynth.data.info",
+    "detect": "segsynth.artifacts.detect",
     "diffusion_loss": "segsynth.diffusion",
+    "discover": "segsynth.artifacts.detect",
     "evaluate_seg": "segsynth.seg",
     "evaluate_synth": "segsynth.evaluation",
     "export_dataset": "segsynth.data.export",
@@ -67,6 +81,8 @@ _EXPORTS = {
     "paired_augmentation": "segsynth.data",
     "plan_run": "segsynth.run",
     "read_image": "segsynth.data",
+    "read_metrics": "segsynth.artifacts.schemas",
+    "read_record": "segsynth.artifacts.schemas",
     "run_all": "segsynth.run",
     "run_benchmark": "segsynth.benchmark",
     "save_spec": "segsynth.data",

@@ -24,14 +24,24 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from segsynth.artifacts.names import (
+    BENCHMARK_DIR,
+    DATASET_JSON,
+    EVALUATION_DIR,
+    METRICS_JSON,
+    REPORT_HTML,
+    RESULTS_MD,
+    SAMPLES_DIR,
+)
+from segsynth.artifacts.schemas import read_metrics
 from segsynth.benchmark import BenchmarkConfig, fold_generator, headline, quick_profile, rich_table, run_benchmark
+from segsynth.benchmark.run import BASELINE, seg_run_dir
 from segsynth.config import parse_config
 from segsynth.data.builtin import BUILTIN_DATASETS, build_builtin
 from segsynth.data.check import check_dataset
 from segsynth.data.info import dataset_info
-from segsynth.data.nnunet import export_nnunet
+from segsynth.data.nnunet import NNUNET_JSON, export_nnunet
 from segsynth.evaluation import evaluate_synth
-from segsynth.evaluation.evaluate_synth import EVALUATION_DIR, METRICS_JSON, read_metrics
 from segsynth.evaluation.table import metrics_table
 from segsynth.report import build_report
 
@@ -92,7 +102,7 @@ def build_data(out: Path, console: Console) -> dict[str, Path]:
     roots, rows = {}, []
     for name in BUILTIN_DATASETS:
         root = out / "data" / name
-        if not (root / "dataset.json").is_file():
+        if not (root / DATASET_JSON).is_file():
             build_builtin(name, root)
         report = check_dataset(root)
         if not report.ok:
@@ -129,15 +139,15 @@ def run_demo(out: str | Path, console: Console | None = None, smoke: bool = Fals
 
     stage("1/4 built-in real datasets")
     data = build_data(out, console)[DEMO_DATASET]
-    bench, cfg = out / "benchmark", demo_benchmark_config(smoke)
+    bench, cfg = out / BENCHMARK_DIR, demo_benchmark_config(smoke)
 
     stage(f"2/4 generator for {DEMO_DATASET}, fold 0: layout + style diffusion, synthetic set in unseen styles")
     run, synth, _ = fold_generator(data, bench, cfg, fold=0, console=console)
-    grids = sorted((run / "samples").glob("*.png"))
+    grids = sorted((run / SAMPLES_DIR).glob("*.png"))
     console.print(f"diffusion run: {run}")
     console.print(f"sample grid (layout | style refs | sample): {grids[-1] if grids else 'none'}")
     nnunet = out / "nnUNet_raw" / "Dataset501_NucleiFluoSyn"
-    if not (nnunet / "dataset.json").is_file():
+    if not (nnunet / NNUNET_JSON).is_file():
         export_nnunet(synth, nnunet, merge_real=data)
     console.print(f"synthetic set: {synth}  ·  nnU-Net export (real + syn_ cases): {nnunet}")
 
@@ -147,15 +157,16 @@ def run_demo(out: str | Path, console: Console | None = None, smoke: bool = Fals
     console.print(rich_table(results))
     console.print(f"[bold]{headline(results)}[/]; baseline runs still rising at the end: "
                   f"{results['settings']['baseline']['still_rising']} of {results['settings']['baseline']['runs']}")
-    console.print(f"benchmark: {bench / 'results.md'}")
+    console.print(f"benchmark: {bench / RESULTS_MD}")
 
     stage("4/4 generator fidelity and the report")
     # The baseline network (real data of fold 0 only) judges the layouts: it never saw a synthetic image.
-    fidelity = read_metrics(synth / EVALUATION_DIR / METRICS_JSON) or evaluate_synth(
-        synth, data, seg_run=bench / "fold_0" / "seg" / "baseline" / "seed_0", console=console
+    saved = read_metrics(synth / EVALUATION_DIR / METRICS_JSON)
+    fidelity = saved.model_dump() if saved is not None else evaluate_synth(
+        synth, data, seg_run=seg_run_dir(bench, 0, BASELINE, 0), console=console
     )
     console.print(metrics_table(fidelity))
-    report = build_report([out], out / "report.html", title="segsynth demo")
+    report = build_report([out], out / REPORT_HTML, title="segsynth demo")
     console.print(f"report: {report}")
     stage("done")
     return results

@@ -17,11 +17,10 @@ from accelerate.tracking import GeneralTracker, TensorBoardTracker, WandBTracker
 from accelerate.utils import is_tensorboard_available, is_wandb_available
 from pydantic import BaseModel
 
+from segsynth.artifacts.names import TRACKING_CSV, TRACKING_DIR
 from segsynth.config import ConfigError
 
 LogWith = Literal["none", "tensorboard", "csv", "wandb"]
-TRACKING_DIR = "tracking"
-CSV_NAME = "metrics.csv"
 #: The project (TensorBoard run folder, W&B project) every segsynth run logs under.
 PROJECT = "segsynth"
 
@@ -40,7 +39,7 @@ class CSVTracker(GeneralTracker):
     def __init__(self, run_name: str, logging_dir: str | Path) -> None:
         super().__init__()
         self.run_name = run_name
-        self.path = Path(logging_dir) / CSV_NAME
+        self.path = Path(logging_dir) / TRACKING_CSV
         self._first = True
 
     @property

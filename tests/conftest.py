@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from segsynth.data.format import IMAGES_DIR, MASKS_DIR, UNLABELED_DIR, DatasetSpec, save_spec
+from segsynth.artifacts.names import IMAGES_DIR, MASKS_DIR, UNLABELED_DIR
+from segsynth.data.format import DatasetSpec, save_spec
 from segsynth.data.io import write_image
 
 
@@ -117,7 +118,8 @@ def write_tiny_manifest(root: str | Path, layout_ids: dict[str, str | None]) -> 
     Returns:
         The manifest's path.
     """
-    from segsynth.synth.manifest import Guidance, ManifestRecord, write_manifest
+    from segsynth.artifacts.schemas import Guidance, ManifestRecord
+    from segsynth.synth.manifest import write_manifest
 
     records = [
         ManifestRecord(

@@ -294,7 +294,8 @@ def test_generate_writes_a_synthetic_set_from_a_controlnet_run(straight: Path, d
 def test_report_recognises_a_controlnet_run(straight: Path, tmp_path: Path) -> None:
     """A ControlNet run writes ``training_data.json`` like a diffusion run but has no ``pipeline/``:
     the report names it a ControlNet run and reads its log and config without error."""
-    from segsynth.report import build_report, detect
+    from segsynth.artifacts.detect import detect
+    from segsynth.report import build_report
 
     assert detect(straight) == "controlnet_run"
     html = build_report([straight], tmp_path / "report.html").read_text(encoding="utf-8")

@@ -29,6 +29,7 @@ from hypothesis import strategies as st
 from PIL import Image, ImageDraw
 from typer.testing import CliRunner
 
+from segsynth.artifacts.schemas import ManifestRecord
 from segsynth.cli import app
 from segsynth.data.check import check_dataset
 from segsynth.data.format import DatasetSpec, save_spec
@@ -38,7 +39,6 @@ from segsynth.diffusion.objective import ObjectiveConfig, make_train_scheduler
 from segsynth.diffusion.pipeline import SegSynthPipeline
 from segsynth.models.config import ModelConfig
 from segsynth.models.model import SegSynthModel
-from segsynth.synth.manifest import ManifestRecord
 
 torch.set_num_threads(1)
 

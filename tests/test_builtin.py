@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from segsynth.artifacts.names import IMAGES_DIR, UNLABELED_DIR
 from segsynth.cli import app
 from segsynth.data.builtin import BUILTIN_DATASETS, SourceMissingError, build_builtin, sources
 from segsynth.data.builtin.he_labels import he_label_tile
 from segsynth.data.builtin.tiles import Tile, case_rng, grid_origins, robust_uint8, split_case
-from segsynth.data.format import IMAGES_DIR, UNLABELED_DIR, load_spec
+from segsynth.data.format import load_spec
 from segsynth.data.loader import SegDataset
 
 TILE = 32

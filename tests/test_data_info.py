@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 
 from segsynth.cli import app
 from segsynth.data.format import DatasetSpec, save_spec
-from segsynth.data.info import FINGERPRINT_JSON, dataset_info
+from segsynth.artifacts.names import FINGERPRINT_JSON
+from segsynth.data.info import dataset_info
 from segsynth.data.io import DataReadError, write_image
 
 

@@ -11,6 +11,7 @@ import torch
 from test_layouts import write_toy_dataset
 from typer.testing import CliRunner
 
+from segsynth.artifacts.schemas import ManifestRecord
 from segsynth.cli import app
 from segsynth.data.format import load_spec
 from segsynth.data.io import write_image
@@ -29,7 +30,7 @@ from segsynth.synth.generate import (
     sample_seed,
     shard_range,
 )
-from segsynth.synth.manifest import ManifestRecord, read_manifest
+from segsynth.synth.manifest import read_manifest
 from segsynth.synth.styles import ImageFolderPool, StyleSource, open_style_pool
 
 FAST = {"steps": 2, "batch_size": 3}

@@ -13,6 +13,7 @@ from PIL import Image
 from test_train_diffusion import TINY
 from typer.testing import CliRunner
 
+from segsynth.artifacts.detect import detect, discover
 from segsynth.benchmark import BenchmarkConfig, summarise
 from segsynth.cli import app
 from segsynth.config import load_config, save_resolved_config
@@ -21,7 +22,7 @@ from segsynth.diffusion.config import DiffusionTrainConfig
 from segsynth.diffusion.train import train_diffusion
 from segsynth.evaluation import default_seg_config, evaluate_synth
 from segsynth.io.atomic import atomic_write_json
-from segsynth.report import build_report, detect, discover
+from segsynth.report import build_report
 from segsynth.seg.evaluate import evaluate_seg
 from segsynth.seg.train import train_seg
 from segsynth.synth.config import GenerationConfig

@@ -46,10 +46,11 @@ GENERATION_JSON = "generation.json"  # the generation config and its source run
 SPLIT_JSON = "split.json"  # data root, train/val/test ids and cases, synthetic sets used
 BEST_DIR = "best"  # network of the best validation step
 TRAINING_JSON = "training.json"  # steps taken, best step, whether validation was still rising
-MODEL_JSON = "model.json"  # network description next to model.safetensors
+MODEL_JSON = "model.json"  # network description next to MODEL_WEIGHTS
+MODEL_WEIGHTS = "model.safetensors"  # the network's weights (no pickle)
 
 # --- evaluation (evaluate-synth) ------------------------------------------------------------------------
-METRICS_JSON = "metrics.json"
+METRICS_JSON = "metrics.json"  # evaluate-synth metrics; also the scores of each benchmark segmentation run
 EVALUATION_DIR = "evaluation"
 SEG_REAL_DIR = "seg_real"  # the real-data segmentation run evaluate-synth trains for fidelity
 
@@ -57,9 +58,15 @@ SEG_REAL_DIR = "seg_real"  # the real-data segmentation run evaluate-synth train
 BENCHMARK_YAML = "benchmark.yaml"
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
+SPLITS_JSON = "splits.json"  # the folds by case, made once and reused by every setting
+FOLD_DIR = "fold_{fold}"  # one fold's generator, synthetic sets and segmentation runs (str.format)
+DIFFUSION_DIR = "diffusion"  # inside a fold: its diffusion run
 SYNTH_DIR = "synth"
 VARIANTS_DIR = "synth_variants"
+SEG_RUNS_DIR = "seg"  # inside a fold: SEG_RUNS_DIR/<setting>/SEED_DIR, one segmentation run each
+SEED_DIR = "seed_{seed}"  # (str.format)
 
 # --- whole-loop run (segsynth run) ------------------------------------------------------------------
 PLAN_JSON = "plan.json"
 BENCHMARK_DIR = "benchmark"
+REPORT_HTML = "report.html"

@@ -9,7 +9,6 @@ datasets get the channel mean of the RGB output.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,10 +18,11 @@ import numpy as np
 import torch
 from diffusers import ControlNetModel
 
+from segsynth.artifacts.names import BACKBONE_JSON, CONFIG_YAML, CONTROLNET_DIR, TRAINING_DATA_JSON
+from segsynth.artifacts.schemas import BackboneRecord, TrainingData, read_record
 from segsynth.backbone.config import BackboneTrainConfig
 from segsynth.backbone.hint import hints_from_layouts
 from segsynth.backbone.load import BackboneError, load_backbone
-from segsynth.artifacts.names import BACKBONE_JSON, CONFIG_YAML, CONTROLNET_DIR, TRAINING_DATA_JSON
 from segsynth.config import load_config
 from segsynth.diffusion.schedulers import make_sampler
 from segsynth.io.hashing import model_hash
@@ -97,16 +97,15 @@ def load_controlnet_run(run: str | Path, backbone: str | Path | None = None, dev
         if not (run / name).is_file():
             raise FileNotFoundError(f"{run}: not a train-diffusion --backbone run ({name} missing)")
     config = load_config(BackboneTrainConfig, run / CONFIG_YAML)
-    try:
-        training_data = json.loads((run / TRAINING_DATA_JSON).read_text(encoding="utf-8"))
-        recorded = json.loads((run / BACKBONE_JSON).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{run}: unreadable run files ({exc})") from None
-    folder = Path(backbone) if backbone is not None else Path(recorded["path"])
-    if verify_backbone and (folder.is_dir() and model_hash(folder) != recorded["sha256"]):
+    training_data = read_record(run / TRAINING_DATA_JSON, TrainingData)
+    if training_data.num_classes is None or not training_data.prompts:
+        raise ValueError(f"{run / TRAINING_DATA_JSON}: a ControlNet run records its num_classes and prompts")
+    recorded = read_record(run / BACKBONE_JSON, BackboneRecord)
+    folder = Path(backbone) if backbone is not None else Path(recorded.path)
+    if verify_backbone and (folder.is_dir() and model_hash(folder) != recorded.sha256):
         raise BackboneError(f"{folder}: not the backbone {run / CONTROLNET_DIR} was trained on (sha256 of its "
                             f"safetensors differs from {run / BACKBONE_JSON})")
-    frozen = load_backbone(folder, recorded.get("variant"))
+    frozen = load_backbone(folder, recorded.variant)
     from diffusers import StableDiffusionControlNetPipeline  # after load_backbone checked transformers is there
 
     controlnet = load_controlnet(run / CONTROLNET_DIR)
@@ -118,7 +117,7 @@ def load_controlnet_run(run: str | Path, backbone: str | Path | None = None, dev
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     ).to(device, dtype)
     pipeline.set_progress_bar_config(disable=True)
-    return ControlNetRun(pipeline, config, training_data)
+    return ControlNetRun(pipeline, config, training_data.model_dump(exclude_unset=True))
 
 
 @torch.no_grad()

@@ -38,7 +38,7 @@ from diffusers.optimization import get_scheduler
 from rich.console import Console
 from torch.utils.data import DataLoader, Dataset
 
-from segsynth.artifacts.names import BACKBONE_JSON, CONFIG_YAML, CONTROLNET_DIR, TRAINING_DATA_JSON
+from segsynth.artifacts.names import BACKBONE_JSON, CONFIG_YAML, CONTROLNET_DIR, DATASET_JSON, TRAINING_DATA_JSON
 from segsynth.backbone.config import BackboneTrainConfig
 from segsynth.backbone.hint import HINT_CHANNELS, make_hint
 from segsynth.backbone.load import Backbone, load_backbone
@@ -119,7 +119,7 @@ def fit_channels(specs: Sequence[DatasetSpec], roots: Sequence[Path]) -> None:
     """Stable Diffusion draws RGB: accept 1-channel (repeated) and 3-channel data only."""
     for spec, root in zip(specs, roots):
         if spec.channels not in (1, 3):
-            raise ConfigError(f"{root / 'dataset.json'}: {spec.channels}-channel images; a Stable Diffusion backbone "
+            raise ConfigError(f"{root / DATASET_JSON}: {spec.channels}-channel images; a Stable Diffusion backbone "
                               "draws RGB, so only 1-channel (repeated to RGB) or 3-channel data can be used")
 
 

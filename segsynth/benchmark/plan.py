@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from segsynth.artifacts.names import IMAGES_DIR
 from segsynth.config import ConfigError
 from segsynth.data.format import load_spec
 from segsynth.data.loader import index_dataset
@@ -44,7 +45,7 @@ def image_side(data: Path) -> int:
     spec = load_spec(data)
     shapes = [image_shape(ref.image_path)[:2] for ref in index_dataset(data, "labeled", spec)]
     if not shapes:
-        raise ValueError(f"{data / 'images'}: no labelled images")
+        raise ValueError(f"{data / IMAGES_DIR}: no labelled images")
     return int(np.median([min(h, w) for h, w in shapes]))
 
 

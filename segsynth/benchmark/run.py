@@ -24,6 +24,28 @@ from typing import Any
 import yaml
 from rich.console import Console
 
+from segsynth.artifacts.names import (
+    BENCHMARK_YAML,
+    CHECKPOINTS_DIR,
+    CONFIG_YAML,
+    DATASET_JSON,
+    DIFFUSION_DIR,
+    FOLD_DIR,
+    IMAGES_DIR,
+    MANIFEST_JSONL,
+    METRICS_JSON,
+    PIPELINE_DIR,
+    RESULTS_JSON,
+    RESULTS_MD,
+    SEED_DIR,
+    SEG_RUNS_DIR,
+    SPLITS_JSON,
+    SYNTH_DIR,
+    TRAINING_JSON,
+    UNLABELED_DIR,
+    VARIANTS_DIR,
+)
+from segsynth.artifacts.schemas import TrainingSummary, read_record
 from segsynth.benchmark.config import BenchmarkConfig
 from segsynth.benchmark.plan import fit_generator, image_side, segmentation_steps
 from segsynth.benchmark.summary import markdown_table, summarise
@@ -37,22 +59,23 @@ from segsynth.io.lock import owns_folder
 from segsynth.seg.config import SegTrainConfig, parse_mix
 from segsynth.seg.evaluate import evaluate_seg
 from segsynth.seg.splits import Split, load_splits, make_folds, save_splits
-from segsynth.seg.train import TRAINING_JSON, train_seg
+from segsynth.seg.train import train_seg
 from segsynth.synth.config import GenerationConfig
 from segsynth.synth.generate import generate
 
 BASELINE = "baseline"
 #: Table names of the control rows (see :data:`segsynth.benchmark.config.CONTROLS`).
 CONTROL_NAMES = {"heavy_augmentation": "baseline+heavy-aug", "all_labelled": "all-labelled"}
-RESULTS_JSON = "results.json"
-RESULTS_MD = "results.md"
-METRICS_JSON = "metrics.json"
-SYNTH_DIR = "synth"
-VARIANTS_DIR = "synth_variants"
 
 
-def _setting_dir(setting: str) -> str:
-    return setting.replace(":", "_").replace("+", "_")
+def fold_dir(out: Path, fold: int) -> Path:
+    """Fold ``fold``'s folder of the benchmark in ``out`` (its generator, synthetic sets, segmentation runs)."""
+    return out / FOLD_DIR.format(fold=fold)
+
+
+def seg_run_dir(out: Path, fold: int, setting: str, seed: int) -> Path:
+    """The segmentation run of ``setting`` and ``seed`` in fold ``fold`` of the benchmark in ``out``."""
+    return fold_dir(out, fold) / SEG_RUNS_DIR / setting.replace(":", "_").replace("+", "_") / SEED_DIR.format(seed=seed)
 
 
 def setting_names(config: BenchmarkConfig) -> list[str]:
@@ -62,13 +85,13 @@ def setting_names(config: BenchmarkConfig) -> list[str]:
 
 def _folds(data: Path, out: Path, cfg: BenchmarkConfig) -> list[Split]:
     """Make the folds once and reuse ``splits.json`` afterwards (same folds for every setting)."""
-    path = out / "splits.json"
+    path = out / SPLITS_JSON
     if path.is_file():
         return load_splits(path)
     try:
         splits = make_folds(index_dataset(data), cfg.folds, cfg.fold_seed, cfg.val_fraction, cfg.low_label)
     except ValueError as exc:
-        raise ValueError(f"{data / 'dataset.json'}: {exc}") from None
+        raise ValueError(f"{data / DATASET_JSON}: {exc}") from None
     save_splits(path, splits, cfg.fold_seed)
     return splits
 
@@ -86,11 +109,11 @@ def _diffusion_config(data: Path, cfg: BenchmarkConfig) -> DiffusionTrainConfig:
     return fit_generator(dcfg, image_side(data), seg, cfg.diffusion_config or "diffusion config")
 
 
-def _diffusion(data: Path, fold_dir: Path, split: Split, cfg: BenchmarkConfig, console: Console) -> Path:
-    run = fold_dir / "diffusion"
-    if (run / "pipeline" / "model_index.json").is_file():
+def _diffusion(data: Path, fold: Path, split: Split, cfg: BenchmarkConfig, console: Console) -> Path:
+    run = fold / DIFFUSION_DIR
+    if (run / PIPELINE_DIR / "model_index.json").is_file():
         return run
-    resume = (run / "checkpoints").is_dir()
+    resume = (run / CHECKPOINTS_DIR).is_dir()
     # Validation cases are labelled data the study has, so the generator may learn from them too;
     # test cases never reach it.
     return train_diffusion(
@@ -99,7 +122,7 @@ def _diffusion(data: Path, fold_dir: Path, split: Split, cfg: BenchmarkConfig, c
 
 
 def _synthetic(run: Path, out: Path, n: int, layouts: str, cfg: BenchmarkConfig, console: Console) -> Path:
-    if (out / "manifest.jsonl").is_file() and (out / "dataset.json").is_file():
+    if (out / MANIFEST_JSONL).is_file() and (out / DATASET_JSON).is_file():
         return out
     # The section names its settings as GenerationConfig does; n and layouts are this set's own.
     gen = GenerationConfig.model_validate({**cfg.generation.model_dump(), "n": n, "layouts": layouts})
@@ -140,7 +163,7 @@ def _segmentation(
     metrics_path = run / METRICS_JSON
     if metrics_path.is_file():
         return json.loads(metrics_path.read_text(encoding="utf-8"))
-    resume = (run / "config.yaml").is_file()
+    resume = (run / CONFIG_YAML).is_file()
     train_seg(
         data,
         run,
@@ -152,7 +175,7 @@ def _segmentation(
         console=console,
     )
     result = evaluate_seg(run, data, ids=split.test_ids)
-    result["training"] = json.loads((run / TRAINING_JSON).read_text(encoding="utf-8"))
+    result["training"] = read_record(run / TRAINING_JSON, TrainingSummary).model_dump()
     atomic_write_json(metrics_path, result)
     return result
 
@@ -171,14 +194,14 @@ def check_inputs(data: Path, config: BenchmarkConfig) -> None:
             _segmentation_config(config, setting, seed, 1)
     labelled = index_dataset(data, "labeled", spec)
     if not labelled:
-        raise ValueError(f"{data / 'images'}: no labelled images")
+        raise ValueError(f"{data / IMAGES_DIR}: no labelled images")
     try:
         make_folds(labelled, config.folds, config.fold_seed, config.val_fraction, config.low_label)
     except ValueError as exc:
-        raise ValueError(f"{data / 'dataset.json'}: {exc}") from None
+        raise ValueError(f"{data / DATASET_JSON}: {exc}") from None
     unlabeled = index_dataset(data, "unlabeled", spec)
     if not unlabeled:
-        raise ValueError(f"{data / 'unlabeled'}: no unlabelled images; the benchmark draws its style references from them")
+        raise ValueError(f"{data / UNLABELED_DIR}: no unlabelled images; the benchmark draws its style references from them")
     SegDataset(data, refs=labelled, spec=spec).verify()
     SegDataset(data, "unlabeled", refs=unlabeled, spec=spec).verify()
 
@@ -193,7 +216,7 @@ def prepare_benchmark(data: str | Path, out: str | Path, config: BenchmarkConfig
     if check:
         check_inputs(data, config)
     out.mkdir(parents=True, exist_ok=True)
-    config_path = out / "benchmark.yaml"
+    config_path = out / BENCHMARK_YAML
     if config_path.is_file():
         saved = parse_config(BenchmarkConfig, yaml.safe_load(config_path.read_text(encoding="utf-8")), str(config_path))
         # run_folds only picks which of the saved folds to run (and summarise): any selection may continue
@@ -220,15 +243,15 @@ def fold_generator(
     console = console or Console(stderr=True)
     splits = prepare_benchmark(data, out, config, check=check)
     if not 0 <= fold < len(splits):
-        raise ValueError(f"fold {fold} is not among the {len(splits)} folds of {Path(out) / 'splits.json'}")
-    fold_dir = Path(out) / f"fold_{fold}"
+        raise ValueError(f"fold {fold} is not among the {len(splits)} folds of {Path(out) / SPLITS_JSON}")
+    folder = fold_dir(Path(out), fold)
     split = splits[fold]
-    run = _diffusion(Path(data), fold_dir, split, config, console)
-    synth = _synthetic(run, fold_dir / SYNTH_DIR, config.generation.n, config.generation.layouts, config, console)
+    run = _diffusion(Path(data), folder, split, config, console)
+    synth = _synthetic(run, folder / SYNTH_DIR, config.generation.n, config.generation.layouts, config, console)
     variants = None
     if _needs_variants(config):
         n = config.generation.per_mask * (len(split.train_ids) + len(split.val_ids))
-        variants = _synthetic(run, fold_dir / VARIANTS_DIR, n, "variants", config, console)
+        variants = _synthetic(run, folder / VARIANTS_DIR, n, "variants", config, console)
     return run, synth, variants
 
 
@@ -245,7 +268,7 @@ def run_benchmark(data: str | Path, out: str | Path, config: BenchmarkConfig, co
     splits = prepare_benchmark(data, out, config)
     folds = config.run_folds if config.run_folds is not None else list(range(len(splits)))
     if max(folds) >= len(splits):
-        raise ValueError(f"run_folds {folds} names a fold beyond the {len(splits)} folds of {out / 'splits.json'}")
+        raise ValueError(f"run_folds {folds} names a fold beyond the {len(splits)} folds of {out / SPLITS_JSON}")
     steps = segmentation_budget(data, splits, config)
     ids = [r.id for r in index_dataset(data)]
     names = setting_names(config)
@@ -257,14 +280,13 @@ def run_benchmark(data: str | Path, out: str | Path, config: BenchmarkConfig, co
             f"{len(split.test_cases)} test cases; {steps} segmentation steps per run"
         )
         _, synth, variants = fold_generator(data, out, config, fold, console, check=False)
-        fold_dir = out / f"fold_{fold}"
         for seed in config.seeds:
             for setting in names:
                 seg_cfg = _segmentation_config(config, setting, seed, steps)
                 train_ids = all_labelled_ids(ids, split) if setting == CONTROL_NAMES["all_labelled"] else split.train_ids
                 strategy = seg_cfg.mix.strategy
                 synthetic = None if strategy == "none" else variants if strategy == "merge" else synth
-                run = fold_dir / "seg" / _setting_dir(setting) / f"seed_{seed}"
+                run = seg_run_dir(out, fold, setting, seed)
                 result = _segmentation(data, run, train_ids, split, seg_cfg, synthetic, console)
                 runs.append({"fold": fold, "seed": seed, "setting": setting, "run": str(run.resolve()), "metrics": result})
     results = summarise(

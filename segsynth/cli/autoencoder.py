@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
@@ -23,16 +22,17 @@ def train_autoencoder_command(
 ) -> None:
     """Train an AutoencoderKL (f4 or f8) for latent diffusion; reports held-out PSNR / SSIM."""
     with user_errors():
-        from segsynth.latent.config import AutoencoderTrainConfig
         from segsynth.artifacts.names import RECONSTRUCTION_JSON
+        from segsynth.artifacts.schemas import Reconstruction, read_record
+        from segsynth.latent.config import AutoencoderTrainConfig
         from segsynth.latent.train import train_autoencoder
 
         cfg = command_config(AutoencoderTrainConfig, config, overrides, {"train.seed": seed})
         run = train_autoencoder(data, cfg, out, resume=resume, console=console)
-    quality = json.loads((run / RECONSTRUCTION_JSON).read_text(encoding="utf-8"))
-    ae, base = quality["autoencoder"], quality["bicubic_baseline"]
+        quality = read_record(run / RECONSTRUCTION_JSON, Reconstruction)
+    ae, base = quality.autoencoder, quality.bicubic_baseline
     console.print(
-        f"[green]autoencoder[/] f{quality['factor']}, {quality['tiles']} tiles of {quality['evaluated_on']}: "
-        f"PSNR {ae['psnr']:.2f} dB, SSIM {ae['ssim']:.3f} (bicubic x{quality['factor']}: {base['psnr']:.2f} dB, "
-        f"{base['ssim']:.3f}); use --autoencoder {run}"
+        f"[green]autoencoder[/] f{quality.factor}, {quality.tiles} tiles of {quality.evaluated_on}: "
+        f"PSNR {ae.psnr:.2f} dB, SSIM {ae.ssim:.3f} (bicubic x{quality.factor}: {base.psnr:.2f} dB, "
+        f"{base.ssim:.3f}); use --autoencoder {run}"
     )

@@ -7,6 +7,7 @@ from typing import Any
 
 import typer
 
+from segsynth.artifacts.names import RESULTS_JSON, RESULTS_MD
 from segsynth.cli.app import app
 from segsynth.cli.errors import console, user_errors
 from segsynth.cli.options import ConfigOption, SetOption, command_config
@@ -57,4 +58,4 @@ def benchmark(
         cfg = command_config(BenchmarkConfig, config, overrides, named)
         results = run_benchmark(data, out, cfg, console=console)
         console.print(rich_table(results))
-        console.print(f"results: {out / 'results.json'} and {out / 'results.md'}")
+        console.print(f"results: {out / RESULTS_JSON} and {out / RESULTS_MD}")

@@ -50,7 +50,8 @@ def info(
 ) -> None:
     """Counts, class pixel fractions and image sizes; saved as DIR/fingerprint.json."""
     with user_errors():
-        from segsynth.data.info import FINGERPRINT_JSON, dataset_info
+        from segsynth.artifacts.names import FINGERPRINT_JSON
+        from segsynth.data.info import dataset_info
 
         fp = dataset_info(root, write=write)
     if as_json:

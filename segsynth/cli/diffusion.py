@@ -8,6 +8,7 @@ from pathlib import Path
 
 import typer
 
+from segsynth.artifacts.names import CONTROLNET_DIR, PIPELINE_DIR, TRAIN_LOG
 from segsynth.cli.app import app
 from segsynth.cli.errors import console, user_errors
 from segsynth.cli.options import ConfigOption, ResumeOption, SetOption, TrainSeedOption, command_config
@@ -38,7 +39,6 @@ def train_diffusion_command(
         return
     with user_errors():
         from segsynth.diffusion.config import DiffusionTrainConfig
-        from segsynth.artifacts.names import PIPELINE_DIR, TRAIN_LOG
         from segsynth.diffusion.train import train_diffusion
 
         cfg = command_config(DiffusionTrainConfig, config, overrides, {"train.seed": seed})
@@ -59,7 +59,6 @@ def train_backbone_command(data: list[Path], backbone: Path, config: Path | None
     """``train-diffusion --backbone``: a ControlNet on a frozen Stable Diffusion folder (segsynth.backbone)."""
     with user_errors():
         from segsynth.backbone.config import BackboneTrainConfig
-        from segsynth.artifacts.names import CONTROLNET_DIR, TRAIN_LOG
         from segsynth.backbone.train import train_controlnet
 
         if autoencoder is not None:

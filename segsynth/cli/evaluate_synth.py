@@ -23,7 +23,8 @@ def evaluate_synth_command(
 ) -> None:
     """Measure a synthetic set: layout fidelity, zero-shot style retrieval, FID/KID, diversity."""
     with user_errors():
-        from segsynth.evaluation.evaluate_synth import EVALUATION_DIR, METRICS_JSON, evaluate_synth
+        from segsynth.artifacts.names import EVALUATION_DIR, METRICS_JSON
+        from segsynth.evaluation.evaluate_synth import evaluate_synth
         from segsynth.evaluation.table import metrics_table
 
         result = evaluate_synth(

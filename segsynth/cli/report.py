@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from segsynth.artifacts.names import REPORT_HTML
 from segsynth.cli.app import app
 from segsynth.cli.errors import console, user_errors
 
@@ -13,12 +14,13 @@ from segsynth.cli.errors import console, user_errors
 @app.command("report")
 def report_command(
     paths: list[Path] = typer.Argument(..., help="Benchmark, run, synthetic set or evaluate-synth folders (or a folder holding them, e.g. a demo output)."),
-    out: Path = typer.Option(Path("report.html"), "--out", "-o", help="The HTML file to write."),
+    out: Path = typer.Option(Path(REPORT_HTML), "--out", "-o", help="The HTML file to write."),
     title: str = typer.Option("segsynth report", "--title", help="Page title."),
 ) -> None:
     """Build a single HTML file (images embedded) with sample grids, curves, benchmark, fidelity, configs, provenance."""
     with user_errors():
-        from segsynth.report import build_report, discover
+        from segsynth.artifacts.detect import discover
+        from segsynth.report import build_report
 
         found = discover(paths)
         counts: dict[str, int] = {}

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
+from segsynth.artifacts.names import BEST_DIR, CONFIG_YAML
 from segsynth.cli.app import app
 from segsynth.cli.errors import console, user_errors
 from segsynth.cli.options import ConfigOption, ResumeOption, SetOption, TrainSeedOption, command_config
@@ -32,14 +33,14 @@ def train_seg_command(
         from segsynth.seg.config import SegTrainConfig, parse_mix
         from segsynth.seg.train import train_seg
 
-        saved = out / "config.yaml"
+        saved = out / CONFIG_YAML
         base = config if config is not None else (saved if resume and saved.is_file() else None)
         named = {**(parse_mix(mix) if mix else {}), "train.seed": seed, "mix.layouts_independent": layouts_independent}
         cfg = command_config(SegTrainConfig, base, overrides, named)
         if synthetic and cfg.mix.strategy == "none":
             cfg.mix.strategy = "ratio"
         run = train_seg(data, out, cfg, synthetic=synthetic, resume=resume, console=console)
-        console.print(f"[green]done[/]: {run}  (best network: {run / 'best'})")
+        console.print(f"[green]done[/]: {run}  (best network: {run / BEST_DIR})")
 
 
 @app.command("evaluate-seg")

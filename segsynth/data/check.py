@@ -47,7 +47,8 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import ValidationError
 
-from segsynth.data.format import DATASET_JSON, IMAGES_DIR, MASKS_DIR, UNLABELED_DIR, DatasetFormatError, DatasetSpec
+from segsynth.artifacts.names import DATASET_JSON, IMAGES_DIR, MASKS_DIR, UNLABELED_DIR
+from segsynth.data.format import DatasetFormatError, DatasetSpec
 from segsynth.data.loader import LABEL_HINT, is_inside
 from segsynth.data.io import (
     IMAGE_EXTENSIONS,

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from segsynth.data.format import IMAGES_DIR, MASKS_DIR, UNLABELED_DIR, DatasetSpec, load_spec, save_spec
+from segsynth.artifacts.names import IMAGES_DIR, MASKS_DIR, UNLABELED_DIR
+from segsynth.data.format import DatasetSpec, load_spec, save_spec
 from segsynth.data.io import DataReadError, is_nifti, read_image, split_ext, write_image
 from segsynth.data.loader import index_dataset
 from segsynth.io.atomic import atomic_directory

@@ -12,14 +12,11 @@ from typing import Literal
 
 from pydantic import Field, StrictInt, ValidationError, field_validator, model_validator
 
+from segsynth.artifacts.names import DATASET_JSON
 from segsynth.config import StrictModel, format_validation_error
 from segsynth.io.atomic import atomic_write_json
 from segsynth.io.json_file import read_json_object
 
-DATASET_JSON = "dataset.json"
-IMAGES_DIR = "images"
-MASKS_DIR = "masks"
-UNLABELED_DIR = "unlabeled"
 
 
 class DatasetFormatError(ValueError):

@@ -14,13 +14,13 @@ from typing import Any
 
 import numpy as np
 
+from segsynth.artifacts.names import FINGERPRINT_JSON
 from segsynth.data.check import require_valid
 from segsynth.data.format import DatasetSpec, load_spec
 from segsynth.data.io import DataReadError, image_shape, is_nifti, read_image
 from segsynth.data.loader import LABEL_HINT, SampleRef, index_dataset
 from segsynth.io.atomic import atomic_write_json
 
-FINGERPRINT_JSON = "fingerprint.json"
 FINGERPRINT_VERSION = 1
 
 

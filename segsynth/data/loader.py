@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from segsynth.data.format import IMAGES_DIR, MASKS_DIR, UNLABELED_DIR, DatasetSpec, load_spec
+from segsynth.artifacts.names import IMAGES_DIR, MASKS_DIR, UNLABELED_DIR
+from segsynth.data.format import DatasetSpec, load_spec
 from segsynth.data.io import MASK_EXTENSIONS, DataReadError, image_shape, is_nifti, resolve_link, split_ext
 from segsynth.lazy import lazy_exports
 

@@ -18,8 +18,9 @@ from typing import Any, Literal
 
 import numpy as np
 
+from segsynth.artifacts.names import IMAGES_DIR, MANIFEST_JSONL, MASKS_DIR
 from segsynth.data.export import Unit, iter_units, write_unit_image
-from segsynth.data.format import IMAGES_DIR, MASKS_DIR, DatasetFormatError, DatasetSpec, load_spec, save_spec
+from segsynth.data.format import DatasetFormatError, DatasetSpec, load_spec, save_spec
 from segsynth.data.io import NIFTI_EXTENSIONS, image_shape, is_nifti, read_image, split_ext, write_image
 from segsynth.data.loader import index_dataset
 from segsynth.io.atomic import atomic_directory, atomic_write_bytes, atomic_write_json
@@ -28,7 +29,7 @@ from segsynth.io.json_file import read_json_object
 NNUNET_JSON = "dataset.json"
 NNUNET_IMAGES = "imagesTr"
 NNUNET_LABELS = "labelsTr"
-SPLITS_JSON = "splits_final.json"
+NNUNET_SPLITS_JSON = "splits_final.json"
 SYNTHETIC_PREFIX = "syn_"
 #: Key under which an export records our case id of every nnU-Net case (nnU-Net ignores it).
 CASES_KEY = "segsynth_cases"
@@ -229,7 +230,7 @@ def layout_cases(synthetic: Path, real: Path, real_spec: DatasetSpec) -> dict[st
     """
     # Imported here: the segsynth.synth package loads the generator (diffusers), which import-nnunet
     # and plain exports never need.
-    from segsynth.synth.manifest import MANIFEST_JSONL, read_manifest
+    from segsynth.synth.manifest import read_manifest
 
     path = synthetic / MANIFEST_JSONL
     if not path.is_file():
@@ -376,7 +377,7 @@ def export_nnunet(
         atomic_write_json(tmp / NNUNET_JSON, meta)
         folds = min(num_folds, len(real_cases))
         if folds >= 2:
-            atomic_write_json(tmp / SPLITS_JSON, fold_splits(real_cases, synthetic, folds, seed))
+            atomic_write_json(tmp / NNUNET_SPLITS_JSON, fold_splits(real_cases, synthetic, folds, seed))
     return {
         "out": str(out),
         "num_training": len(case_of),

@@ -32,6 +32,7 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 
+from segsynth.artifacts.names import DATASET_JSON
 from segsynth.config import ConfigError
 from segsynth.data.loader import SegDataset
 
@@ -95,7 +96,7 @@ class StyleSampler(ABC):
             return
         single = sorted(case for case, members in self._index(dataset)[0].items() if len(members) == 1)
         if single:
-            raise ConfigError(f"{dataset.root / 'dataset.json'}: {self._single_image_message(single)}")
+            raise ConfigError(f"{dataset.root / DATASET_JSON}: {self._single_image_message(single)}")
 
     def _single_image_message(self, cases: list[str]) -> str:
         shown = ", ".join(map(repr, cases[:5])) + (f" and {len(cases) - 5} more" if len(cases) > 5 else "")

@@ -42,7 +42,7 @@ from diffusers.training_utils import EMAModel
 from rich.console import Console
 from torch.utils.data import DataLoader
 
-from segsynth.artifacts.names import LATENT_CACHE_DIR, PIPELINE_DIR, SAMPLES_DIR, TRAINING_DATA_JSON
+from segsynth.artifacts.names import DATASET_JSON, LATENT_CACHE_DIR, PIPELINE_DIR, SAMPLES_DIR, TRAINING_DATA_JSON
 from segsynth.config import ConfigError, load_config
 from segsynth.data.format import DatasetSpec, load_spec
 from segsynth.data.loader import sample_seed
@@ -82,7 +82,7 @@ def fit_config_to_data(cfg: DiffusionTrainConfig, spec: DatasetSpec, data: Path)
     for key, value in wanted.items():
         if key in cfg.model.model_fields_set and getattr(cfg.model, key) != value:
             raise ConfigError(
-                f"model.{key} is {getattr(cfg.model, key)} but {data / 'dataset.json'} declares {value}"
+                f"model.{key} is {getattr(cfg.model, key)} but {data / DATASET_JSON} declares {value}"
             )
     model = type(cfg.model).model_validate({**cfg.model.model_dump(), **wanted})
     return cfg.model_copy(update={"model": model})

@@ -1,5 +1,6 @@
 """Measuring a generator: layout fidelity, zero-shot style retrieval, FID/KID on offline features,
-and diversity, gathered by :func:`evaluate_synth` into one ``metrics.json``.
+and diversity, gathered by :func:`evaluate_synth` into one ``metrics.json`` (read back with
+:func:`segsynth.artifacts.schemas.read_metrics`).
 
 Every measure runs without a downloaded network (segsynth fetches nothing at run time), so the
 usual Inception / LPIPS features are replaced by descriptors built here, and every number is
@@ -7,12 +8,7 @@ written next to the name of the features it was computed on."""
 
 from segsynth.evaluation.distribution import distribution_distance, fid_kid, split_by_case
 from segsynth.evaluation.diversity import diversity, layout_groups
-from segsynth.evaluation.evaluate_synth import (
-    METRICS_JSON,
-    default_seg_config,
-    evaluate_synth,
-    read_metrics,
-)
+from segsynth.evaluation.evaluate_synth import default_seg_config, evaluate_synth
 from segsynth.evaluation.features import (
     RandomConvNet,
     SegEncoderFeatures,
@@ -25,7 +21,6 @@ from segsynth.evaluation.sets import load_style_references, load_synthetic, real
 from segsynth.evaluation.style_retrieval import StyleDescriptor, retrieval_accuracy, style_retrieval
 
 __all__ = [
-    "METRICS_JSON",
     "RandomConvNet",
     "SegEncoderFeatures",
     "StainStatistics",
@@ -42,7 +37,6 @@ __all__ = [
     "load_style_references",
     "load_synthetic",
     "network_predictor",
-    "read_metrics",
     "real_tiles",
     "retrieval_accuracy",
     "score_layouts",

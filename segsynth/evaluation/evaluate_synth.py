@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 
+from segsynth.artifacts.names import BEST_DIR, CONFIG_YAML, EVALUATION_DIR, METRICS_JSON, MODEL_JSON, SEG_REAL_DIR
+from segsynth.artifacts.schemas import EVALUATION_FORMAT_VERSION, EVALUATION_KIND
 from segsynth.config import load_config
 from segsynth.data.format import load_spec
 from segsynth.evaluation.distribution import distribution_distance
@@ -33,14 +35,7 @@ from segsynth.evaluation.style_retrieval import style_retrieval
 from segsynth.io.atomic import atomic_write_json
 from segsynth.seg.config import SegTrainConfig
 from segsynth.seg.networks import load_network, size_divisor
-from segsynth.seg.train import BEST_DIR, train_seg
-
-METRICS_JSON = "metrics.json"
-EVALUATION_DIR = "evaluation"
-SEG_RUN_DIR = "seg_real"
-#: Marks a ``metrics.json`` as written by :func:`evaluate_synth` (the report looks for it).
-KIND = "segsynth.evaluate_synth"
-FORMAT_VERSION = 1
+from segsynth.seg.train import train_seg
 
 
 def default_seg_config(image_size: int, steps: int = 300) -> SegTrainConfig:
@@ -68,12 +63,12 @@ def _seg_run(real: Path, out: Path, seg_run: str | Path | None, seg_config: Any,
     """The run to use and whether this call (or an earlier one into ``out``) trained it."""
     if seg_run is not None:
         return Path(seg_run), False
-    run = out / SEG_RUN_DIR
-    if (run / BEST_DIR / "model.json").is_file():
+    run = out / SEG_REAL_DIR
+    if (run / BEST_DIR / MODEL_JSON).is_file():
         return run, True
     config = seg_config if seg_config is not None else default_seg_config(image_size)
     console.print(f"no --seg-run given: training a segmentation network on the real data into {run}")
-    resume = (run / "config.yaml").is_file()
+    resume = (run / CONFIG_YAML).is_file()
     train_seg(real, run, config, resume=resume, console=console)
     return run, True
 
@@ -134,8 +129,8 @@ def evaluate_synth(
     size = synthetic.image_size
     run, trained_here = _seg_run(real, out, seg_run, seg_config, size[0] if size[0] == size[1] else 0, console)
     result: dict[str, Any] = {
-        "kind": KIND,
-        "format_version": FORMAT_VERSION,
+        "kind": EVALUATION_KIND,
+        "format_version": EVALUATION_FORMAT_VERSION,
         "synthetic": str(synth.resolve()),
         "real": str(real.resolve()),
         "seg_run": {"path": str(run.resolve()), "trained_here": trained_here},
@@ -209,11 +204,3 @@ def _jsonable(value: Any) -> Any:
         return int(value)
     return value
 
-
-def read_metrics(path: str | Path) -> dict[str, Any] | None:
-    """A ``metrics.json`` written by :func:`evaluate_synth` (None for any other or unreadable file)."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) and data.get("kind") == KIND else None

@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from segsynth.artifacts.names import BEST_DIR
 from segsynth.seg.evaluate import evaluate_seg
 from segsynth.seg.metrics import MetricAccumulator
 from segsynth.seg.networks import load_network, predict_logits
-from segsynth.seg.train import BEST_DIR
 
 #: Metrics reported for layout fidelity (the accumulator computes more).
 FIDELITY_METRICS = ("dice", "iou")

@@ -15,9 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
+from segsynth.artifacts.names import MANIFEST_JSONL
+from segsynth.artifacts.schemas import ManifestRecord
 from segsynth.data.format import DatasetSpec, load_spec
 from segsynth.data.loader import SegDataset, index_dataset
-from segsynth.synth.manifest import MANIFEST_JSONL, ManifestRecord, read_manifest
+from segsynth.synth.manifest import read_manifest
 from segsynth.synth.styles import open_style_pool
 
 REAL_SPLITS = ("labeled", "unlabeled", "all")

@@ -23,6 +23,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from segsynth.artifacts.names import CHECKPOINTS_DIR
 from segsynth.io.atomic import atomic_directory
 from segsynth.io.oserror import os_error_of
 
@@ -108,7 +109,7 @@ class CheckpointManager:
     def __init__(self, run_dir: str | Path, keep: int = 1) -> None:
         if keep < 1:
             raise ValueError(f"keep must be >= 1, got {keep}")
-        self.root = Path(run_dir) / "checkpoints"
+        self.root = Path(run_dir) / CHECKPOINTS_DIR
         self.keep = keep
 
     def complete_steps(self) -> list[int]:

@@ -12,12 +12,10 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL
 
+from segsynth.artifacts.names import AUTOENCODER_DIR
 from segsynth.io.model_config import check_model_folder
 from segsynth.io.untrusted import refuse_unsafe_files
 from segsynth.latent.config import AutoencoderModelConfig
-
-#: Folder of the trained autoencoder inside a ``train-autoencoder`` output folder.
-AUTOENCODER_DIR = "autoencoder"
 
 
 def build_autoencoder(cfg: AutoencoderModelConfig, channels: int, tile_size: int) -> AutoencoderKL:

@@ -2,7 +2,8 @@
 
 Give it any mix of folders (a demo output, a benchmark, a diffusion run, a segmentation run, a
 synthetic set, an ``evaluate-synth`` output, a dataset); what each is is recognised from its files
-(:mod:`segsynth.report.detect`) and the page gets, always in this order and each present even when
+(:mod:`segsynth.artifacts.detect`) and every JSON record is validated by its schema
+(:mod:`segsynth.artifacts.schemas`), so a broken file is named in the page; the page gets, always in this order and each present even when
 empty:
 
 1. the answer: per benchmark and setting, ΔDice vs the baseline with its case-level interval,
@@ -33,17 +34,46 @@ from typing import Any
 import numpy as np
 import yaml
 
+from segsynth.artifacts.detect import Found, discover
+from segsynth.artifacts.names import (
+    BENCHMARK_YAML,
+    CONFIG_YAML,
+    DATASET_JSON,
+    FOLD_DIR,
+    GENERATION_JSON,
+    METRICS_JSON,
+    PLAN_JSON,
+    RECONSTRUCTION_JSON,
+    REPORT_HTML,
+    RESULTS_JSON,
+    SAMPLES_DIR,
+    SEED_DIR,
+    SEG_RUNS_DIR,
+    SPLIT_JSON,
+    TRAIN_LOG,
+    TRAINING_DATA_JSON,
+)
+from segsynth.artifacts.schemas import (
+    BenchmarkResults,
+    GenerationRecord,
+    Reconstruction,
+    SegRunSplit,
+    TrainingData,
+    read_image_split,
+    read_metrics,
+    read_record,
+)
 from segsynth.benchmark.summary import LEGEND, headline, markdown_table
 from segsynth.data.format import load_spec
-from segsynth.evaluation.evaluate_synth import METRICS_JSON, read_metrics
 from segsynth.evaluation.sets import load_synthetic
 from segsynth.io.atomic import atomic_write_text
+from segsynth.io.json_file import read_json_object
 from segsynth.report import figures
-from segsynth.report.detect import Found, discover
 from segsynth.report.grids import synthetic_grids
 from segsynth.report.html import Raw, Section, gallery, heading, image, page, paragraph, path_text, preformatted, table, tag
 
 KIND_LABELS = {
+    "run": "segsynth run",
     "benchmark": "benchmark",
     "diffusion_run": "diffusion run",
     "controlnet_run": "ControlNet run",
@@ -53,10 +83,6 @@ KIND_LABELS = {
     "evaluation": "evaluate-synth metrics",
     "dataset": "dataset",
 }
-
-
-def _read_json(path: Path) -> Any:
-    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -158,7 +184,7 @@ class _Report:
     def diffusion_run(self, run: Path, label: str = "diffusion run") -> None:
         """Preview grids, loss curves, config and training data of a diffusion (or ControlNet) run."""
         samples, curves, configs = self.sections["samples"], self.sections["curves"], self.sections["configs"]
-        grids = sorted((run / "samples").glob("step_*.png"))
+        grids = sorted((run / SAMPLES_DIR).glob("step_*.png"))
         if grids:
             samples.add(heading(f"{label} {self.rel(run)}"))
             shown = [grids[0], grids[-1]] if len(grids) > 1 else grids
@@ -168,39 +194,39 @@ class _Report:
                 figures_shown.append(image(grid.read_bytes(), f"preview grid at step {step}",
                                            f"step {step}{' (latest)' if grid == grids[-1] else ''}: layout | style references | sample (EMA weights)"))
             samples.add(gallery(figures_shown))
-        log = _read_jsonl(run / "train_log.jsonl")
+        log = _read_jsonl(run / TRAIN_LOG)
         if log:
             curves.add(heading(f"{label} {self.rel(run)}"),
                        image(figures.diffusion_curves(log, self.rel(run)), f"{label} training curves",
                              f"{len(log)} log records, last step {log[-1].get('step')}"))
-        if (run / "config.yaml").is_file():
-            configs.add(preformatted((run / "config.yaml").read_text(encoding="utf-8"), f"{label} {self.rel(run)}: config.yaml"))
-        if (run / "training_data.json").is_file():
-            info = _read_json(run / "training_data.json")
-            self.dataset(info.get("data_root"), "diffusion training data")
-            for extra in info.get("datasets", []) or []:
-                self.dataset(extra.get("data_root"), "diffusion training data")
-            summary = {k: v for k, v in info.items() if k not in ("train_ids", "datasets")}
-            summary["train_ids"] = f"{len(info.get('train_ids', []))} samples"
-            configs.add(preformatted(yaml.safe_dump(summary, sort_keys=True), f"{label} {self.rel(run)}: training_data.json"))
+        if (run / CONFIG_YAML).is_file():
+            configs.add(preformatted((run / CONFIG_YAML).read_text(encoding="utf-8"), f"{label} {self.rel(run)}: {CONFIG_YAML}"))
+        if (run / TRAINING_DATA_JSON).is_file():
+            info = read_record(run / TRAINING_DATA_JSON, TrainingData)
+            self.dataset(info.data_root, "diffusion training data")
+            for extra in info.datasets or []:
+                self.dataset(extra.data_root, "diffusion training data")
+            summary = info.model_dump(mode="json", exclude_unset=True, exclude={"train_ids", "datasets"})
+            summary["train_ids"] = f"{len(info.train_ids or [])} samples"
+            configs.add(preformatted(yaml.safe_dump(summary, sort_keys=True), f"{label} {self.rel(run)}: {TRAINING_DATA_JSON}"))
 
     def autoencoder_run(self, run: Path) -> None:
         """Loss curves, config and held-out reconstruction quality of a ``train-autoencoder`` run."""
-        log = _read_jsonl(run / "train_log.jsonl")
+        log = _read_jsonl(run / TRAIN_LOG)
         if log:
             self.sections["curves"].add(heading(f"autoencoder run {self.rel(run)}"),
                                         image(figures.diffusion_curves(log, self.rel(run)), "autoencoder training curves",
                                               f"{len(log)} log records, last step {log[-1].get('step')}"))
-        if (run / "config.yaml").is_file():
-            self.sections["configs"].add(preformatted((run / "config.yaml").read_text(encoding="utf-8"),
-                                                      f"autoencoder run {self.rel(run)}: config.yaml"))
-        if (run / "split.json").is_file():
-            for root in _read_json(run / "split.json").get("data", []) or []:
-                self.dataset(root, "autoencoder training data")
-        if (run / "reconstruction.json").is_file():
-            quality = _read_json(run / "reconstruction.json")
+        if (run / CONFIG_YAML).is_file():
+            self.sections["configs"].add(preformatted((run / CONFIG_YAML).read_text(encoding="utf-8"),
+                                                      f"autoencoder run {self.rel(run)}: {CONFIG_YAML}"))
+        split = read_image_split(run)
+        for root in split.data if split is not None else []:
+            self.dataset(root, "autoencoder training data")
+        if (run / RECONSTRUCTION_JSON).is_file():
+            quality = read_record(run / RECONSTRUCTION_JSON, Reconstruction).model_dump(mode="json", exclude_unset=True)
             self.sections["configs"].add(preformatted(yaml.safe_dump(quality, sort_keys=True),
-                                                      f"autoencoder run {self.rel(run)}: reconstruction.json"))
+                                                      f"autoencoder run {self.rel(run)}: {RECONSTRUCTION_JSON}"))
 
     def synthetic_set(self, root: Path) -> None:
         self.dataset(root, "synthetic set")
@@ -214,28 +240,28 @@ class _Report:
         if note:
             section.add(paragraph(note))
         section.add(gallery([image(figures.array_png(g.pixels), g.title, f"{g.title}: {g.caption}") for g in grids]))
-        if (root / "generation.json").is_file():
-            config = _read_json(root / "generation.json").get("config", {})
+        if (root / GENERATION_JSON).is_file():
+            config = read_record(root / GENERATION_JSON, GenerationRecord).config
             self.dataset(config.get("layout_data"), "layout source of a synthetic set")
             self.sections["configs"].add(
-                preformatted(yaml.safe_dump(config, sort_keys=True), f"synthetic set {self.rel(root)}: generation.json")
+                preformatted(yaml.safe_dump(config, sort_keys=True), f"synthetic set {self.rel(root)}: {GENERATION_JSON}")
             )
 
     def seg_runs(self, runs: list[Path]) -> None:
         groups: dict[str, list[list[dict[str, Any]]]] = {}
         configs: dict[str, list[str]] = {}
         for run in runs:
-            log = _read_jsonl(run / "train_log.jsonl")
-            group = self.setting_of.get(run.resolve(), run.parent.name if run.name.startswith("seed_") else run.name)
+            log = _read_jsonl(run / TRAIN_LOG)
+            group = self.setting_of.get(run.resolve(), run.parent.name if run.name.startswith(SEED_DIR.format(seed="")) else run.name)
             if log:
                 groups.setdefault(group, []).append(log)
-            if (run / "config.yaml").is_file():
-                configs.setdefault((run / "config.yaml").read_text(encoding="utf-8"), []).append(self.rel(run))
-            if (run / "split.json").is_file():
-                split = _read_json(run / "split.json")
-                self.dataset(split.get("data_root"), "segmentation training data (real)")
-                for synthetic in split.get("synthetic", []) or []:
-                    self.dataset(synthetic.get("root"), "synthetic data mixed into segmentation training")
+            if (run / CONFIG_YAML).is_file():
+                configs.setdefault((run / CONFIG_YAML).read_text(encoding="utf-8"), []).append(self.rel(run))
+            if (run / SPLIT_JSON).is_file():
+                split = read_record(run / SPLIT_JSON, SegRunSplit)
+                self.dataset(split.data_root, "segmentation training data (real)")
+                for synthetic in split.synthetic:
+                    self.dataset(synthetic.root, "synthetic data mixed into segmentation training")
         if groups:
             count = sum(len(v) for v in groups.values())
             self.sections["curves"].add(
@@ -245,24 +271,27 @@ class _Report:
             )
         for text, where in configs.items():
             label = where[0] if len(where) == 1 else f"{where[0]} and {len(where) - 1} more with the same config"
-            self.sections["configs"].add(preformatted(text, f"segmentation run {label}: config.yaml"))
+            self.sections["configs"].add(preformatted(text, f"segmentation run {label}: {CONFIG_YAML}"))
 
     def benchmark(self, bench: Path) -> None:
         section = self.sections["benchmark"]
         section.add(heading(f"benchmark {self.rel(bench)}"))
-        results_path = bench / "results.json"
+        results_path = bench / RESULTS_JSON
         per_setting: dict[str, list[float]] = {}
         if results_path.is_file():
-            results = _read_json(results_path)
-            self.dataset(results.get("data"), "benchmark data (real)")
+            record = read_record(results_path, BenchmarkResults)
+            results = record.model_dump()
+            self.dataset(record.data, "benchmark data (real)")
             header, rows = _markdown_rows(markdown_table(results))
             section.add(paragraph(headline(results)), table(header, rows), paragraph(LEGEND))
-            for run in results.get("runs", []):
+            for run in record.runs:
                 per_setting.setdefault(run["setting"], []).extend(run.get("case_dice", {}).values())
         else:
-            section.add(paragraph("no results.json yet (benchmark unfinished): per-case Dice from the finished runs' metrics.json"))
-            for metrics_path in sorted(bench.glob("fold_*/seg/*/seed_*/metrics.json")):
-                metrics = _read_json(metrics_path)
+            section.add(paragraph(f"no {RESULTS_JSON} yet (benchmark unfinished): per-case Dice from the finished runs' "
+                                  f"{METRICS_JSON}"))
+            pattern = f"{FOLD_DIR.format(fold='*')}/{SEG_RUNS_DIR}/*/{SEED_DIR.format(seed='*')}/{METRICS_JSON}"
+            for metrics_path in sorted(bench.glob(pattern)):
+                metrics = read_json_object(metrics_path)
                 setting = metrics_path.parent.parent.name
                 for values in metrics.get("per_case", {}).values():
                     per_setting.setdefault(setting, []).append(float(np.mean(list(values["dice"].values()))))
@@ -273,22 +302,29 @@ class _Report:
                 "per-case Dice per setting",
                 f"box: quartiles; dots: one test case of one run; red bar: mean. Points per setting: {counts}",
             ))
-        if (bench / "benchmark.yaml").is_file():
+        if (bench / BENCHMARK_YAML).is_file():
             self.sections["configs"].add(
-                preformatted((bench / "benchmark.yaml").read_text(encoding="utf-8"), f"benchmark {self.rel(bench)}: benchmark.yaml")
+                preformatted((bench / BENCHMARK_YAML).read_text(encoding="utf-8"), f"benchmark {self.rel(bench)}: {BENCHMARK_YAML}")
             )
+
+    def run_plan(self, run: Path) -> None:
+        """The plan a ``segsynth run`` followed: every choice and why (its stages are reported as found)."""
+        self.sections["configs"].add(
+            preformatted((run / PLAN_JSON).read_text(encoding="utf-8"), f"segsynth run {self.rel(run)}: {PLAN_JSON}")
+        )
 
     def answer(self, bench: Path) -> None:
         """The first screen: what each setting did to Dice, and what that rests on."""
-        results_path = bench / "results.json"
+        results_path = bench / RESULTS_JSON
         if not results_path.is_file():
             return
-        results = _read_json(results_path)
-        for run in results.get("runs", []):
+        record = read_record(results_path, BenchmarkResults)
+        results = record.model_dump()
+        for run in record.runs:
             self.setting_of[Path(run["run"]).resolve()] = run["setting"]
         header, rows = _markdown_rows(markdown_table(results))
         keep = [header.index(c) for c in ANSWER_COLUMNS]
-        data = Path(str(results.get("data", bench))).name
+        data = Path(record.data or bench).name
         self.sections["answer"].add(
             heading(f"{data} ({self.rel(bench)})"),
             paragraph(headline(results) + "."),
@@ -299,25 +335,25 @@ class _Report:
         metrics = read_metrics(folder / METRICS_JSON)
         if metrics is None:
             return
-        self.dataset(metrics.get("real"), "real data of a generator evaluation")
-        self.dataset(metrics.get("synthetic"), "synthetic set")
+        self.dataset(metrics.real, "real data of a generator evaluation")
+        self.dataset(metrics.synthetic, "synthetic set")
         section = self.sections["fidelity"]
-        seg = metrics.get("seg_run", {})
+        seg = metrics.seg_run
         section.add(
             heading(f"evaluation {self.rel(folder)}"),
             table(["", "value"], [
-                ("synthetic set", path_text(metrics.get("synthetic", ""))),
-                ("real data", path_text(metrics.get("real", ""))),
+                ("synthetic set", path_text(metrics.synthetic)),
+                ("real data", path_text(metrics.real)),
                 ("segmentation network (real data only)",
-                 Raw(path_text(seg.get("path", "")).markup + (" (trained by evaluate-synth)" if seg.get("trained_here") else ""))),
-                ("synthetic samples", metrics.get("num_synthetic")),
-                ("image size", " × ".join(map(str, metrics.get("image_size", [])))),
+                 Raw(path_text(seg.path).markup + (" (trained by evaluate-synth)" if seg.trained_here else ""))),
+                ("synthetic samples", metrics.num_synthetic),
+                ("image size", " × ".join(map(str, metrics.image_size))),
             ], text_columns=(1,)),
         )
-        self._layout(section, metrics["layout_fidelity"])
-        self._style(section, metrics["style_retrieval"])
-        self._distribution(section, metrics["distribution"], metrics.get("real_tiles", {}))
-        self._diversity(section, metrics["diversity"])
+        self._layout(section, metrics.layout_fidelity)
+        self._style(section, metrics.style_retrieval)
+        self._distribution(section, metrics.distribution, metrics.real_tiles)
+        self._diversity(section, metrics.diversity)
 
     def _layout(self, section: Section, fidelity: dict[str, Any]) -> None:
         section.add(heading("layout fidelity: real-data network on synthetic images vs their conditioning masks"))
@@ -413,7 +449,7 @@ class _Report:
             try:
                 spec = load_spec(root)
             except (OSError, ValueError) as exc:
-                rows.append(("?", ", ".join(sorted(roles)), "", f"dataset.json unreadable: {exc}", "", "", "", "", path_text(str(root))))
+                rows.append(("?", ", ".join(sorted(roles)), "", f"{DATASET_JSON} unreadable: {exc}", "", "", "", "", path_text(str(root))))
                 continue
             rows.append((
                 spec.name, ", ".join(sorted(roles)), tag(spec.label_provenance, spec.label_provenance),
@@ -431,6 +467,8 @@ class _Report:
 
     def build(self, title: str) -> str:
         self.overview()
+        for run in self.of("run"):
+            self.guarded("configs", run, lambda run=run: self.run_plan(run))
         for bench in self.of("benchmark"):
             self.guarded("answer", bench, lambda bench=bench: self.answer(bench))
         if self.sections["answer"].parts:
@@ -451,14 +489,14 @@ class _Report:
         self.provenance()
         s = self.sections
         empty = {
-            "answer": "No finished benchmark (results.json) found.",
+            "answer": f"No finished benchmark ({RESULTS_JSON}) found.",
             "overview": "Nothing recognised.",
             "samples": "No diffusion run with preview grids and no synthetic set found.",
-            "curves": "No train_log.jsonl found.",
+            "curves": f"No {TRAIN_LOG} found.",
             "benchmark": "No benchmark found.",
-            "fidelity": "No evaluate-synth metrics.json found (run: segsynth evaluate-synth SYNTH --real DATA).",
+            "fidelity": f"No evaluate-synth {METRICS_JSON} found (run: segsynth evaluate-synth SYNTH --real DATA).",
             "configs": "No resolved config found.",
-            "provenance": "No dataset.json reachable from the given folders.",
+            "provenance": f"No {DATASET_JSON} reachable from the given folders.",
         }
         subtitle = f"{len(self.found)} folders from: " + ", ".join(str(p) for p in self.paths)
         return page(title, subtitle, [(s[key], empty[key]) for key in s])
@@ -466,7 +504,7 @@ class _Report:
 
 def build_report(
     paths: Sequence[str | Path],
-    out: str | Path = "report.html",
+    out: str | Path = REPORT_HTML,
     title: str = "segsynth report",
     *,
     rows_per_grid: int = 4,

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from segsynth.artifacts.names import UNLABELED_DIR
 from segsynth.diffusion.sample_grid import MIN_TILE, sample_grid
 from segsynth.evaluation.sets import SyntheticSet
 from segsynth.synth.styles import open_style_pool
@@ -129,7 +130,7 @@ def synthetic_grids(synthetic: SyntheticSet, rows_per_grid: int = 4, max_style_g
             continue
         case = refs.case(record.style_source, record.style_ids[0]) or "unknown case"
         pool = Path(record.style_source)
-        pool_name = f"{pool.parent.name}/{pool.name}" if pool.name == "unlabeled" else pool.name
+        pool_name = f"{pool.parent.name}/{pool.name}" if pool.name == UNLABELED_DIR else pool.name
         groups.setdefault(f"{pool_name}: {case}", []).append(i)
     for label in sorted(groups)[:max_style_groups]:
         chosen = groups[label][:rows_per_grid]

@@ -14,21 +14,26 @@ Stages, each skipped when its output is already there, so the same command conti
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
+from segsynth.artifacts.names import (
+    BENCHMARK_DIR,
+    EVALUATION_DIR,
+    METRICS_JSON,
+    PLAN_JSON,
+    REPORT_HTML,
+    RESULTS_JSON,
+    SYNTH_DIR,
+)
+from segsynth.artifacts.schemas import BenchmarkResults, read_record
 from segsynth.benchmark import BenchmarkConfig, run_benchmark
-from segsynth.benchmark.run import BASELINE, RESULTS_JSON, SYNTH_DIR
-from segsynth.evaluation import METRICS_JSON, evaluate_synth
+from segsynth.benchmark.run import BASELINE, fold_dir, seg_run_dir
+from segsynth.evaluation import evaluate_synth
 from segsynth.report import build_report
-from segsynth.run.plan import PLAN_JSON, Device, RunPlan, benchmark_config, load_plan, plan_run, save_plan
-
-BENCHMARK_DIR = "benchmark"
-EVALUATION_DIR = "evaluation"
-REPORT_HTML = "report.html"
+from segsynth.run.plan import Device, RunPlan, benchmark_config, load_plan, plan_run, save_plan
 
 
 def open_plan(data: Path, out: Path, console: Console, device: Device | None = None) -> RunPlan:
@@ -54,7 +59,7 @@ def open_plan(data: Path, out: Path, console: Console, device: Device | None = N
 
 def _finished(results: Path, cfg: BenchmarkConfig) -> bool:
     """Whether ``results.json`` (written last by the benchmark) is there for this very config."""
-    return results.is_file() and json.loads(results.read_text(encoding="utf-8"))["config"] == cfg.model_dump(mode="json")
+    return results.is_file() and read_record(results, BenchmarkResults).config == cfg.model_dump(mode="json")
 
 
 def _stale(target: Path, sources: list[Path]) -> bool:
@@ -93,8 +98,8 @@ def run_all(data: str | Path, out: str | Path, plan_only: bool = False, device: 
     evaluation = out / EVALUATION_DIR
     if not (evaluation / METRICS_JSON).is_file():
         console.rule(f"[bold]synthetic set of fold {fold}[/]: layout fidelity, style retrieval, FID/KID, diversity")
-        baseline = bench / f"fold_{fold}" / "seg" / BASELINE / f"seed_{cfg.seeds[0]}"
-        evaluate_synth(bench / f"fold_{fold}" / SYNTH_DIR, data, seg_run=baseline, out=evaluation, console=console)
+        baseline = seg_run_dir(bench, fold, BASELINE, cfg.seeds[0])
+        evaluate_synth(fold_dir(bench, fold) / SYNTH_DIR, data, seg_run=baseline, out=evaluation, console=console)
     paths["evaluation"] = evaluation / METRICS_JSON
 
     report = out / REPORT_HTML

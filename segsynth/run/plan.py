@@ -24,6 +24,7 @@ from typing import Any, Literal
 import torch
 from pydantic import Field
 
+from segsynth.artifacts.names import DATASET_JSON, PLAN_JSON, UNLABELED_DIR
 from segsynth.benchmark import BenchmarkConfig
 from segsynth.benchmark.plan import SEG_PASSES, SEG_STEP_FLOOR, fit_generator, image_side
 from segsynth.benchmark.run import segmentation_budget
@@ -35,7 +36,6 @@ from segsynth.io.atomic import atomic_write_text
 from segsynth.seg.config import SegTrainConfig
 from segsynth.seg.splits import make_folds
 
-PLAN_JSON = "plan.json"
 PLAN_VERSION = 1
 #: Recipes shipped in the checkout: the CPU-sized one and the GPU reference (see their headers).
 CONFIGS = Path(__file__).resolve().parent.parent.parent / "configs"
@@ -94,7 +94,7 @@ def fingerprint_summary(data: Path) -> dict[str, Any]:
 def _folds(cases: int, data: Path) -> Choice:
     # Each fold needs a test case and, among the rest, one training and one validation case.
     if cases < 3:
-        raise ValueError(f"{data / 'dataset.json'}: {cases} case(s); a benchmark by case needs at least 3 "
+        raise ValueError(f"{data / DATASET_JSON}: {cases} case(s); a benchmark by case needs at least 3 "
                          "(test, training and validation cases never share a patient)")
     k = min(MAX_FOLDS, cases)
     while cases - math.ceil(cases / k) < 2:
@@ -124,7 +124,7 @@ def plan_run(data: str | Path, device: Device | None = None) -> RunPlan:
     facts = fingerprint_summary(data)
     if facts["num_unlabeled"] == 0:
         raise ValueError(
-            f"{data / 'unlabeled'}: no unlabelled images. segsynth run draws the style of every synthetic image "
+            f"{data / UNLABELED_DIR}: no unlabelled images. segsynth run draws the style of every synthetic image "
             "from this pool (images never used for training); put unlabelled images of the same kind there"
         )
     how = "asked for" if device else "found"

@@ -7,31 +7,31 @@ conventions are those of :mod:`segsynth.seg.metrics`.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from segsynth.artifacts.names import BEST_DIR, DATASET_JSON, SPLIT_JSON
+from segsynth.artifacts.schemas import SegRunSplit, read_record
 from segsynth.data.format import DatasetFormatError
 from segsynth.data.loader import SegDataset, index_dataset
 from segsynth.device import inference_device
 from segsynth.seg.metrics import MetricAccumulator
 from segsynth.seg.networks import load_network, predict_logits
-from segsynth.seg.train import BEST_DIR, SPLIT_JSON
 
 
 def _default_ids(run: Path, data: Path, all_ids: list[str]) -> tuple[list[str], str]:
     split_path = run / SPLIT_JSON
     if not split_path.is_file():
         raise FileNotFoundError(f"{split_path}: missing (not a segmentation run folder)")
-    split = json.loads(split_path.read_text(encoding="utf-8"))
-    if Path(split["data_root"]) != data.resolve():
+    split = read_record(split_path, SegRunSplit)
+    if Path(split.data_root) != data.resolve():
         return all_ids, "all labelled images (dataset not used in training)"
-    if not split["test_ids"]:
+    if not split.test_ids:
         raise ValueError(f"{split_path}: the run has no test split; pass the ids to evaluate")
-    return list(split["test_ids"]), "test split of the run"
+    return list(split.test_ids), "test split of the run"
 
 
 @torch.no_grad()
@@ -68,7 +68,7 @@ def evaluate_seg(run: str | Path, data: str | Path, ids: Sequence[str] | None = 
     dataset = SegDataset(data, refs=[by_id[i] for i in selected])
     if dataset.spec.class_names != meta["class_names"]:
         raise DatasetFormatError(
-            f"{data / 'dataset.json'}: labels {dataset.spec.class_names} differ from the network's {meta['class_names']}"
+            f"{data / DATASET_JSON}: labels {dataset.spec.class_names} differ from the network's {meta['class_names']}"
         )
     accumulator = MetricAccumulator(meta["class_names"])
     model.to(inference_device())

@@ -34,14 +34,13 @@ from monai.transforms import Compose, RandSpatialCropd, SpatialPadd
 from torch.utils.data import Dataset
 
 from segsynth.data.augment import paired_augmentation
+from segsynth.artifacts.names import DATASET_JSON, MANIFEST_JSONL
+from segsynth.artifacts.schemas import ManifestRecord
 from segsynth.data.format import DatasetFormatError
 from segsynth.data.io import split_ext
 from segsynth.data.loader import SegDataset, sample_seed
 from segsynth.seg.config import MixConfig
-from segsynth.synth.manifest import ManifestRecord
-from segsynth.synth.manifest import read_manifest as read_generated_manifest
-
-MANIFEST = "manifest.jsonl"
+from segsynth.synth.manifest import read_manifest
 
 #: ``(source, index)``: source 0 is the real training set, ``s >= 1`` the s-th synthetic set.
 SampleKey = tuple[int, int]
@@ -88,21 +87,22 @@ class SyntheticSet:
         )
 
 
-def read_manifest(root: Path) -> dict[str, ManifestRecord] | None:
+def records_by_image(root: Path) -> dict[str, ManifestRecord] | None:
     """Records of ``root/manifest.jsonl`` keyed by the stem of their ``image`` path (None if absent).
 
-    Parsed by the generator's own typed reader (:mod:`segsynth.synth.manifest`), so a manifest
-    train-seg accepts is exactly one ``generate`` could have written.
+    Parsed by the one manifest parser (:func:`segsynth.synth.manifest.read_manifest`), so a manifest
+    train-seg accepts is exactly one ``generate`` could have written; this adds what pairing images
+    with their records needs: each id and each image appears once.
 
     Raises:
         DatasetFormatError: a line that is not a valid record, or two records with one ``id`` or
             one image (naming the file and the line).
     """
-    path = root / MANIFEST
+    path = root / MANIFEST_JSONL
     if not path.is_file():
         return None
     try:
-        records = read_generated_manifest(path)
+        records = read_manifest(path)
     except ValueError as exc:
         raise DatasetFormatError(str(exc)) from None
     by_stem: dict[str, ManifestRecord] = {}
@@ -137,7 +137,7 @@ def load_synthetic_set(root: str | Path, real: SegDataset, *, layouts_independen
     """
     root = Path(root)
     dataset = SegDataset(root)
-    spec_path = root / "dataset.json"
+    spec_path = root / DATASET_JSON
     if dataset.spec.labels != real.spec.labels:
         raise DatasetFormatError(f"{spec_path}: labels {dataset.spec.labels} differ from the real data's {real.spec.labels}")
     if dataset.spec.channels != real.spec.channels:
@@ -146,7 +146,7 @@ def load_synthetic_set(root: str | Path, real: SegDataset, *, layouts_independen
         )
     if len(dataset) == 0:
         raise DatasetFormatError(f"{root}: the synthetic set holds no image/mask pairs")
-    manifest = read_manifest(root)
+    manifest = records_by_image(root)
     records = [None if manifest is None else manifest.get(r.id) for r in dataset.refs]
     if not layouts_independent:
         unaccounted = [ref.id for ref, record in zip(dataset.refs, records)
@@ -160,7 +160,7 @@ def load_synthetic_set(root: str | Path, real: SegDataset, *, layouts_independen
             problem = None
         if problem is not None:
             raise DatasetFormatError(
-                f"{root / MANIFEST}: {problem}. If the set's layouts are independent of this real data, "
+                f"{root / MANIFEST_JSONL}: {problem}. If the set's layouts are independent of this real data, "
                 "declare it explicitly to use it anyway (train-seg --layouts-independent, mix.layouts_independent: true)"
             )
     layout_ids = [None if record is None else record.layout_id for record in records]
@@ -310,7 +310,7 @@ def _check_variant_sets(synthetic: list[SyntheticSet]) -> None:
     """Merge needs sets drawn from the real masks unchanged (``generate --layouts variants``)."""
     for s in synthetic:
         if not s.has_manifest:
-            raise DatasetFormatError(f"{s.root / MANIFEST}: missing; merge mixing pairs images through it")
+            raise DatasetFormatError(f"{s.root / MANIFEST_JSONL}: missing; merge mixing pairs images through it")
         other = sorted({str(src) for src in s.layout_sources if src != "variants"})
         if other:
             raise DatasetFormatError(

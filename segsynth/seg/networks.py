@@ -17,11 +17,10 @@ from monai.inferers import sliding_window_inference
 from monai.networks.nets import AttentionUnet, FlexibleUNet, UNet
 from safetensors.torch import load_file, save_file
 
+from segsynth.artifacts.names import MODEL_JSON, MODEL_WEIGHTS
 from segsynth.io.atomic import atomic_directory
 from segsynth.seg.config import NetworkConfig
 
-MODEL_JSON = "model.json"
-MODEL_WEIGHTS = "model.safetensors"
 #: FlexibleUNet's ResNet encoder halves the resolution five times.
 _FLEXIBLE_DIVISOR = 32
 

@@ -12,34 +12,11 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
-from pydantic import Field, ValidationError, model_validator
+from pydantic import ValidationError
 
-from segsynth.config import StrictModel, format_validation_error
+from segsynth.artifacts.schemas import Split, validate_record
 from segsynth.data.loader import SampleRef
 from segsynth.io.atomic import atomic_write_json
-
-
-class Split(StrictModel):
-    """One train/validation/test partition of a labelled dataset (ids and their cases)."""
-
-    train_ids: list[str]
-    val_ids: list[str]
-    test_ids: list[str] = Field(default_factory=list)
-    train_cases: list[str]
-    val_cases: list[str]
-    test_cases: list[str] = Field(default_factory=list)
-
-    @model_validator(mode="after")
-    def _disjoint(self) -> Split:
-        if not self.train_ids:
-            raise ValueError("the training split is empty")
-        if not self.val_ids:
-            raise ValueError("the validation split is empty")
-        for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
-            shared = set(getattr(self, f"{a}_cases")) & set(getattr(self, f"{b}_cases"))
-            if shared:
-                raise ValueError(f"cases {sorted(shared)[:5]} are in both the {a} and the {b} split")
-        return self
 
 
 def _cases_of(refs: Sequence[SampleRef], ids: Iterable[str], what: str) -> list[str]:
@@ -178,10 +155,4 @@ def load_splits(path: str | Path) -> list[Split]:
         folds = data["folds"]
     except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
         raise ValueError(f"{path}: not a splits file ({exc})") from None
-    splits = []
-    for i, fold in enumerate(folds):
-        try:
-            splits.append(Split.model_validate(fold))
-        except ValidationError as exc:
-            raise ValueError(format_validation_error(exc, f"{path}: folds.{i}")) from None
-    return splits
+    return [validate_record(Split, fold, f"{path}: folds.{i}") for i, fold in enumerate(folds)]

@@ -35,7 +35,7 @@ from monai.networks.utils import one_hot
 from rich.console import Console
 from torch.utils.data import DataLoader
 
-from segsynth.artifacts.names import BEST_DIR, CONFIG_YAML, SPLIT_JSON, TRAINING_JSON
+from segsynth.artifacts.names import BEST_DIR, CONFIG_YAML, DATASET_JSON, SPLIT_JSON, TRAINING_JSON
 from segsynth.config import load_config
 from segsynth.data.format import DatasetFormatError
 from segsynth.data.loader import SampleRef, SegDataset, index_dataset, sample_seed
@@ -382,7 +382,7 @@ def train_seg(
     try:
         split = resolve_split(refs, cfg, train_ids, val_ids)
     except ValueError as exc:
-        raise ValueError(f"{data / 'dataset.json'}: {exc}") from None
+        raise ValueError(f"{data / DATASET_JSON}: {exc}") from None
     by_id = {r.id: r for r in refs}
     real = SegDataset(data, refs=[by_id[i] for i in split.train_ids])
     val = SegDataset(data, refs=[by_id[i] for i in split.val_ids])

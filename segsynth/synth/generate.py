@@ -33,13 +33,25 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import ConfigDict, Field, field_validator
 from rich.console import Console
 
-from segsynth.config import StrictModel, parse_config
+from segsynth.artifacts.names import (
+    BACKBONE_JSON,
+    CONTROLNET_DIR,
+    DATASET_JSON,
+    GENERATION_JSON,
+    IMAGES_DIR,
+    MANIFEST_JSONL,
+    MASKS_DIR,
+    PIPELINE_DIR,
+    TRAINING_DATA_JSON,
+    UNLABELED_DIR,
+)
+from segsynth.artifacts.schemas import BackboneRecord, Guidance, ManifestRecord, TrainingData, read_record, validate_record
+from segsynth.config import parse_config
 from segsynth.data.edges import edge_map
 from segsynth.data.style_sampling import STYLE_SAMPLERS
-from segsynth.data.format import DATASET_JSON, IMAGES_DIR, MASKS_DIR, UNLABELED_DIR, DatasetSpec, save_spec
+from segsynth.data.format import DatasetSpec, save_spec
 from segsynth.data.io import write_image
 from segsynth.data.loader import SegDataset
 from segsynth.diffusion.pipeline import SamplingSettings, SegSynthPipeline
@@ -54,20 +66,9 @@ from segsynth.models.text import encode_prompts
 from segsynth.progress import StepProgress
 from segsynth.synth.config import GenerationConfig, GenerationRecord
 from segsynth.synth.layouts import LayoutSource, VariantLayouts, make_layout_source
-from segsynth.synth.manifest import (
-    MANIFEST_JSONL,
-    Guidance,
-    ManifestRecord,
-    ManifestWriter,
-    manifest_name,
-    read_manifest,
-    write_manifest,
-)
+from segsynth.synth.manifest import ManifestWriter, manifest_name, read_manifest, write_manifest
 from segsynth.synth.styles import StyleSource, open_style_pool
 
-GENERATION_JSON = "generation.json"
-TRAINING_DATA_JSON = "training_data.json"
-PIPELINE_DIR = "pipeline"
 #: How long a shard waits for another to finish claiming or merging the set (each takes moments).
 SET_LOCK_WAIT_S = 120.0
 
@@ -176,24 +177,6 @@ def pipeline_hash(pipeline: SegSynthPipeline) -> str:
         return model_hash(tmp)
 
 
-class RunTrainingData(StrictModel):
-    """The keys of a run's ``training_data.json`` generation reads, typed (others pass through)."""
-
-    model_config = ConfigDict(extra="allow")
-
-    data_root: str | None = None
-    train_ids: list[str] | None = None
-    style_sampler: str | None = None
-    num_refs: int | None = Field(None, ge=1, le=64)
-
-    @field_validator("style_sampler")
-    @classmethod
-    def _known_sampler(cls, name: str | None) -> str | None:
-        if name is not None and name not in STYLE_SAMPLERS:
-            raise ValueError(f"unknown style sampler {name!r}; choose one of {sorted(STYLE_SAMPLERS)}")
-        return name
-
-
 #: Libraries a pipeline component may be loaded from (``model_index.json``).
 SAFE_LIBRARIES = ("diffusers", "transformers")
 
@@ -245,7 +228,10 @@ def load_run(path: str | Path) -> tuple[SegSynthPipeline, Path, dict[str, Any]]:
     info = path / TRAINING_DATA_JSON
     if info.is_file():
         training_data = read_json_object(info)
-        parse_config(RunTrainingData, training_data, str(info))
+        record = validate_record(TrainingData, training_data, str(info))
+        if record.style_sampler is not None and record.style_sampler not in STYLE_SAMPLERS:
+            raise ValueError(f"{info}: style_sampler: unknown style sampler {record.style_sampler!r}; "
+                             f"choose one of {sorted(STYLE_SAMPLERS)}")
     check_pipeline_folder(pipeline_dir)
     try:
         pipeline = SegSynthPipeline.from_pretrained(str(pipeline_dir))
@@ -473,10 +459,8 @@ def _generate_with_controlnet(
         raise ValueError(f"{run}: its training_data.json names no data_root; give layout_data")
     layout_root = Path(cfg.layout_data if cfg.layout_data is not None else training_data["data_root"]).resolve()
     dataset = _layout_dataset(layout_root, cfg.layout_data is None, training_data, loaded.num_classes, loaded.channels)
-    backbone = read_json_object(Path(run) / "backbone.json")
-    if not isinstance(backbone.get("sha256"), str):
-        raise ValueError(f"{Path(run) / 'backbone.json'}: needs the backbone's 'sha256'")
-    digest = hashlib.sha256(f"{model_hash(Path(run) / 'controlnet')}:{backbone['sha256']}".encode()).hexdigest()
+    backbone = read_record(Path(run) / BACKBONE_JSON, BackboneRecord)
+    digest = hashlib.sha256(f"{model_hash(Path(run) / CONTROLNET_DIR)}:{backbone.sha256}".encode()).hexdigest()
     record = cfg.resolve(digest, shard[1], {
         "layout_data": str(layout_root), "styles": None, "style_sampler": None, "num_refs": None,
         # no STEDM guidance: the manifest says so with scales that are off

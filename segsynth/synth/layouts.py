@@ -29,7 +29,7 @@ import torch
 from scipy.ndimage import gaussian_filter
 
 from segsynth.data.augment import paired_augmentation
-from segsynth.data.info import FINGERPRINT_JSON
+from segsynth.artifacts.names import FINGERPRINT_JSON
 from segsynth.data.loader import SegDataset, index_dataset
 
 

@@ -4,76 +4,23 @@ Lines are appended with flush + fsync after the sample's image and mask are in p
 is the commit record of its sample. A kill can leave at most a torn last line; resuming detects it
 and cuts it off (:func:`read_manifest` with ``repair=True``). A torn line anywhere else, or a line
 that is not a valid record, is corruption and is reported with its file and line number.
+
+:func:`read_manifest` is the one parser of the file: generation, segmentation training, the
+evaluation and the nnU-Net export all read records through it (typed as
+:class:`segsynth.artifacts.schemas.ManifestRecord`).
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable
-from pathlib import Path, PurePosixPath
-from typing import IO, Literal
+from pathlib import Path
+from typing import IO
 
-from pydantic import Field, ValidationError, field_validator
-
-from segsynth.config import StrictModel, format_validation_error
+from segsynth.artifacts.names import MANIFEST_JSONL
+from segsynth.artifacts.schemas import ManifestRecord, validate_record
 from segsynth.io.atomic import atomic_write_text
 from segsynth.io.json_file import parse_json_text
-
-MANIFEST_JSONL = "manifest.jsonl"
-#: Record keys of the optional conditions (edge, text), left out of a line when unset.
-OPTIONAL_KEYS = ("edge_source", "edge_guidance", "text_guidance")
-
-
-class Guidance(StrictModel):
-    """Classifier-free guidance scales of one sample (STEDM: style 1.5, rescale 0.7)."""
-
-    style: float
-    layout: float
-    rescale: float
-
-
-class ManifestRecord(StrictModel):
-    """How one synthetic sample was made; paths are relative to the synthetic set's folder."""
-
-    id: str = Field(min_length=1)
-    image: str
-    mask: str
-    index: int = Field(ge=0)
-    seed: int = Field(ge=0, description="seeds both the layout/style draw (numpy) and the noise (torch)")
-    layout_source: Literal["augmented", "variants", "composed"]
-    layout_id: str | None = Field(description="the real sample the layout came from; null for composed layouts")
-    style_source: str | None = Field(description="the style pool folder; null without style references")
-    style_sampler: str | None
-    style_ids: list[str]
-    prompt: str
-    guidance: Guidance
-    sampler: str
-    steps: int = Field(ge=1)
-    model_hash: str
-    edge_source: Literal["layout", "image"] | None = Field(
-        None, description="edge models: edges of the layout alone, or also of the real image (layout_id)"
-    )
-    edge_guidance: float | None = Field(None, description="edge models: guidance scale of the edge condition")
-    text_guidance: float | None = Field(None, description="text models: guidance scale of the prompt")
-
-    @field_validator("image", "mask")
-    @classmethod
-    def _inside_the_set(cls, path: str) -> str:
-        # A manifest may come from anywhere: its paths must not lead out of the set's folder.
-        parts = PurePosixPath(path).parts
-        if not parts or path.startswith(("/", "\\")) or "\\" in path or ":" in parts[0] or ".." in parts:
-            raise ValueError(f"{path!r} must be a relative path inside the synthetic set (no '..', not absolute)")
-        return path
-
-    def to_line(self) -> str:
-        """The record as one key-sorted JSON line (same record, same bytes)."""
-        data = self.model_dump(mode="json")
-        # Keys of optional conditions are written only when used, so other lines keep their bytes.
-        for key in OPTIONAL_KEYS:
-            if data[key] is None:
-                del data[key]
-        return json.dumps(data, sort_keys=True) + "\n"
 
 
 def manifest_name(shard: int = 0, num_shards: int = 1) -> str:
@@ -122,10 +69,7 @@ def _parse_line(raw: bytes, where: str) -> ManifestRecord:
     obj = parse_json_text(text, where)
     if not isinstance(obj, dict):
         raise ValueError(f"{where}: expected a JSON object")
-    try:
-        return ManifestRecord.model_validate(obj)
-    except ValidationError as exc:
-        raise ValueError(format_validation_error(exc, where)) from None
+    return validate_record(ManifestRecord, obj, where)
 
 
 def write_manifest(path: str | Path, records: Iterable[ManifestRecord]) -> Path:

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from segsynth.data.format import DATASET_JSON, UNLABELED_DIR, DatasetSpec, load_spec
+from segsynth.artifacts.names import DATASET_JSON, UNLABELED_DIR
+from segsynth.data.format import DatasetSpec, load_spec
 from segsynth.data.io import IMAGE_EXTENSIONS, DataReadError, image_shape, is_nifti, split_ext
 from segsynth.data.loader import SampleRef, SegDataset, index_dataset, is_inside
 from segsynth.data.style_sampling import make_style_sampler

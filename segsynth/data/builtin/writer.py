@@ -9,8 +9,9 @@ from typing import Any
 
 import numpy as np
 
+from segsynth.artifacts.names import IMAGES_DIR, MASKS_DIR, UNLABELED_DIR
 from segsynth.data.builtin.tiles import Tile
-from segsynth.data.format import IMAGES_DIR, MASKS_DIR, UNLABELED_DIR, DatasetSpec, save_spec
+from segsynth.data.format import DatasetSpec, save_spec
 from segsynth.data.io import encode_image
 
 
