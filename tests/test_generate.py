@@ -15,7 +15,7 @@ from segsynth.artifacts.schemas import ManifestRecord
 from segsynth.cli import app
 from segsynth.data.format import load_spec
 from segsynth.data.io import write_image
-from segsynth.data.loader import SegDataset
+from segsynth.data.loader import SegDataset, sample_seed
 from segsynth.diffusion.objective import ObjectiveConfig, make_train_scheduler
 from segsynth.diffusion.pipeline import SegSynthPipeline
 from segsynth.models.config import ModelConfig
@@ -27,7 +27,6 @@ from segsynth.synth.generate import (
     model_hash,
     parse_shard,
     pipeline_hash,
-    sample_seed,
     shard_range,
 )
 from segsynth.synth.manifest import read_manifest

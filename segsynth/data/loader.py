@@ -144,9 +144,13 @@ def is_inside(path: Path, root: Path) -> bool:
     return True
 
 
-def sample_seed(seed: int, epoch: int, index: int) -> int:
-    """A well-mixed 32-bit seed for one ``(seed, epoch, index)`` draw."""
-    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
+def sample_seed(seed: int, *indices: int) -> int:
+    """A well-mixed 32-bit seed of one draw, named by the base ``seed`` and the indices that place it.
+
+    Training draws pass ``(epoch, index)``, a generated sample its ``index``: one function, so every
+    stage mixes seeds alike, and nearby inputs never give correlated random streams.
+    """
+    return int(np.random.SeedSequence([seed, *indices]).generate_state(1)[0])
 
 
 __getattr__, __dir__ = lazy_exports(__name__, {"SegDataset": "segsynth.data.dataset"})

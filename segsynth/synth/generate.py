@@ -53,7 +53,7 @@ from segsynth.data.edges import edge_map
 from segsynth.data.style_sampling import STYLE_SAMPLERS
 from segsynth.data.format import DatasetSpec, save_spec
 from segsynth.data.io import write_image
-from segsynth.data.loader import SegDataset
+from segsynth.data.loader import SegDataset, sample_seed
 from segsynth.diffusion.pipeline import SamplingSettings, SegSynthPipeline
 from segsynth.io.atomic import atomic_write_json
 from segsynth.io.finite import check_images
@@ -162,11 +162,6 @@ def shard_range(n: int, shard: tuple[int, int]) -> range:
     """Contiguous index range of ``shard`` when ``n`` samples are split into ``shard[1]`` parts."""
     index, count = shard
     return range(index * n // count, (index + 1) * n // count)
-
-
-def sample_seed(seed: int, index: int) -> int:
-    """Seed of sample ``index``: a well-mixed 32-bit value of ``(seed, index)``."""
-    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
 
 
 def pipeline_hash(pipeline: SegSynthPipeline) -> str:
