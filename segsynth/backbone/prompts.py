@@ -10,8 +10,12 @@ from segsynth.backbone.load import Backbone
 
 
 @torch.no_grad()
-def encode_prompts(backbone: Backbone, prompts: Sequence[str], device: torch.device | str | None = None) -> torch.Tensor:
-    """The last hidden states of the text encoder for each prompt, padded to the tokenizer's length.
+def encode_backbone_prompts(backbone: Backbone, prompts: Sequence[str], device: torch.device | str | None = None) -> torch.Tensor:
+    """The last hidden states of the backbone's CLIP text encoder for each prompt, padded to the tokenizer's length.
+
+    Not :func:`segsynth.models.text.encode_prompts`: that one embeds prompts with segsynth's own
+    cached sentence encoder for the STEDM model; these are the token embeddings the frozen Stable
+    Diffusion UNet was trained on.
 
     Returns:
         ``(P, model_max_length, hidden_size)`` in the text encoder's dtype, on ``device``.
