@@ -42,7 +42,7 @@ from segsynth.artifacts.names import BACKBONE_JSON, CONFIG_YAML, CONTROLNET_DIR,
 from segsynth.backbone.config import BackboneTrainConfig
 from segsynth.backbone.hint import HINT_CHANNELS, make_hint
 from segsynth.backbone.load import Backbone, load_backbone
-from segsynth.backbone.prompts import encode_prompts
+from segsynth.backbone.prompts import encode_backbone_prompts
 from segsynth.config import ConfigError, load_config
 from segsynth.data.format import DatasetSpec, load_spec
 from segsynth.data.loader import sample_seed
@@ -146,7 +146,7 @@ class ControlNetTask(DefaultHooks):
             controlnet.enable_gradient_checkpointing()
             self.backbone.unet.enable_gradient_checkpointing()
         # Every prompt once, plus the empty prompt (the dropped one), as the frozen encoder makes them.
-        embeds = encode_prompts(backbone, [*prompts, ""], self.device)
+        embeds = encode_backbone_prompts(backbone, [*prompts, ""], self.device)
         self.prompt_embeds, self.empty_embeds = embeds[:-1], embeds[-1:]
         self.noise_scheduler = DDPMScheduler.from_config(backbone.scheduler_config)
         optimizer = torch.optim.AdamW(controlnet.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
