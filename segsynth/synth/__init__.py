@@ -1,7 +1,9 @@
 """Synthetic data: layout sources, style sources and the resumable writer of synthetic sets.
 
 Names are imported on first use, so building a :class:`GenerationConfig` (the command line does,
-before anything runs) does not load torch.
+before anything runs) does not load torch. The writer itself, :func:`segsynth.generate`, lives in
+the submodule of the same name (``segsynth.synth.generate.generate``), so it is not exported here:
+a package attribute cannot be both that submodule and the function.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ _EXPORTS = {
     "ManifestRecord": "segsynth.synth.manifest",
     "StyleSource": "segsynth.synth.styles",
     "VariantLayouts": "segsynth.synth.layouts",
-    "generate": "segsynth.synth.generate",
     "make_layout_source": "segsynth.synth.layouts",
     "merge_shards": "segsynth.synth.generate",
     "model_hash": "segsynth.synth.generate",
