@@ -258,7 +258,7 @@ def test_generate_writes_a_synthetic_set_from_a_controlnet_run(straight: Path, d
     the real images' edges, the usual set format and manifest, and an exact resume."""
     from segsynth.data.loader import SegDataset
     from segsynth.synth.generate import generate
-    from segsynth.synth.manifest import read_manifest
+    from segsynth.synth.manifest import ManifestRecord, read_manifest
 
     out = tmp_path / "synth"
     result = CliRunner().invoke(app, ["generate", str(straight), "--out", str(out), "-n", "4", "--layouts", "variants",
@@ -282,6 +282,26 @@ def test_generate_writes_a_synthetic_set_from_a_controlnet_run(straight: Path, d
     assert (out / "manifest.jsonl").read_bytes() == manifest
     changed = [str(k) for k in before if after[k] != before[k]]
     assert changed in ([], ["generation.json"]), changed
+    # A run stopped after its third committed sample (mid-block: batches are [0, 1], [2, 3]) and
+    # resumed writes the same bytes as the uninterrupted run, file for file.
+    stopped = tmp_path / "stopped"
+    committed: list[int] = []
+
+    def stop_after_three(record: ManifestRecord) -> None:
+        committed.append(record.index)
+        if len(committed) == 3:
+            raise KeyboardInterrupt
+
+    settings = {"layouts": "variants", "per_mask": 2, "edges": "image", "steps": 2, "batch_size": 2}
+    with pytest.raises(KeyboardInterrupt):
+        generate(straight, stopped, 4, on_sample=stop_after_three, **settings)
+    assert committed == [0, 1, 2] and len(read_manifest(stopped / "manifest.jsonl")) == 3
+    resumed = generate(straight, stopped, 4, resume=True, **settings)
+    assert (resumed.generated, resumed.skipped) == (1, 3)
+    files = {p.relative_to(stopped): p.read_bytes() for p in sorted(stopped.rglob("*")) if p.is_file()}
+    assert files.keys() == before.keys()
+    differ = [str(k) for k in before if files[k] != before[k]]
+    assert differ in ([], ["generation.json"]), differ
     with pytest.raises(ValueError, match="takes no style references"):
         generate(straight, tmp_path / "styled", 1, styles=data / "unlabeled")
 
