@@ -259,7 +259,7 @@ def test_generate_writes_a_synthetic_set_from_a_controlnet_run(straight: Path, d
     from segsynth.data.loader import SegDataset
     from segsynth.synth.config import GenerationConfig
     from segsynth.synth.generate import generate
-    from segsynth.synth.manifest import read_manifest
+    from segsynth.synth.manifest import ManifestRecord, read_manifest
 
     out = tmp_path / "synth"
     result = CliRunner().invoke(app, ["generate", str(straight), "--out", str(out), "-n", "4", "--layouts", "variants",
@@ -284,6 +284,26 @@ def test_generate_writes_a_synthetic_set_from_a_controlnet_run(straight: Path, d
     assert (out / "manifest.jsonl").read_bytes() == manifest
     changed = [str(k) for k in before if after[k] != before[k]]
     assert changed in ([], ["generation.json"]), changed
+    # A run stopped after its third committed sample (mid-block: batches are [0, 1], [2, 3]) and
+    # resumed writes the same bytes as the uninterrupted run, file for file.
+    stopped = tmp_path / "stopped"
+    committed: list[int] = []
+
+    def stop_after_three(record: ManifestRecord) -> None:
+        committed.append(record.index)
+        if len(committed) == 3:
+            raise KeyboardInterrupt
+
+    settings = GenerationConfig(n=4, layouts="variants", per_mask=2, edges="image", steps=2, batch_size=2)
+    with pytest.raises(KeyboardInterrupt):
+        generate(straight, stopped, settings, on_sample=stop_after_three)
+    assert committed == [0, 1, 2] and len(read_manifest(stopped / "manifest.jsonl")) == 3
+    resumed = generate(straight, stopped, settings, resume=True)
+    assert (resumed.generated, resumed.skipped) == (1, 3)
+    files = {p.relative_to(stopped): p.read_bytes() for p in sorted(stopped.rglob("*")) if p.is_file()}
+    assert files.keys() == before.keys()
+    differ = [str(k) for k in before if files[k] != before[k]]
+    assert differ in ([], ["generation.json"]), differ
     with pytest.raises(ValueError, match=r"takes no style references.*\['styles', 'style_guidance'\]"):
         generate(straight, tmp_path / "styled", GenerationConfig(n=1, styles=data / "unlabeled", style_guidance=2.0))
     with pytest.raises(ValueError, match=r"does not use \['tile_overlap'\]"):

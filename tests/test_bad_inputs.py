@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import struct
 import zlib
 from collections.abc import Callable
@@ -29,11 +30,12 @@ from hypothesis import strategies as st
 from PIL import Image, ImageDraw
 from typer.testing import CliRunner
 
+import segsynth.data.check as check_module
 from segsynth.artifacts.schemas import ManifestRecord
 from segsynth.cli import app
 from segsynth.data.check import check_dataset
-from segsynth.data.format import DatasetSpec, save_spec
-from segsynth.data.io import write_image
+from segsynth.data.format import DatasetFormatError, DatasetSpec, save_spec
+from segsynth.data.io import DataReadError, write_image
 from segsynth.data.loader import SegDataset
 from segsynth.diffusion.objective import ObjectiveConfig, make_train_scheduler
 from segsynth.diffusion.pipeline import SegSynthPipeline
@@ -353,10 +355,101 @@ def test_every_command_refuses_the_broken_file_by_name(
         assert not out.exists(), f"{command} wrote {out} before refusing"
 
 
-def test_failure_kinds_cover_the_issue_list() -> None:
-    assert len(KINDS) >= 15
-    assert all(kind.refused_by for kind in KINDS.values())
+# The error kinds of ``data check`` that break the dataset as a whole (its root, dataset.json, its
+# file pairing) rather than one image's content, each written into a valid dataset here.
+def not_a_folder(root: Path) -> str:
+    shutil.rmtree(root)
+    return "."
 
+
+def missing_dataset_json(root: Path) -> str:
+    (root / "dataset.json").unlink()
+    return "dataset.json"
+
+
+def invalid_dataset_json(root: Path) -> str:
+    data = _spec(root)
+    data["channels"] = "three"
+    _write_spec(root, data)
+    return "dataset.json"
+
+
+def label_zero_not_background(root: Path) -> str:
+    data = _spec(root)
+    data["labels"] = {"tissue": 0, "lesion": 1}
+    _write_spec(root, data)
+    return "dataset.json"
+
+
+def labels_not_consecutive(root: Path) -> str:
+    data = _spec(root)
+    data["labels"] = {"background": 0, "lesion": 2}
+    _write_spec(root, data)
+    return "dataset.json"
+
+
+def empty_dataset(root: Path) -> str:
+    for folder in ("images", "masks"):
+        for path in (root / folder).iterdir():
+            path.unlink()
+    return "images"
+
+
+def duplicate_stem(root: Path) -> str:
+    write_image(root / "images" / "p1_0.tif", np.zeros((16, 16), np.uint8))
+    return "images/p1_0.tif"
+
+
+def extra_mask(root: Path) -> str:
+    write_image(root / "masks" / "zz_9.png", np.zeros((16, 16), np.uint8))
+    return "masks/zz_9.png"
+
+
+def too_small(root: Path) -> str:
+    write_image(root / "images" / "p2_1.png", np.zeros((1, 16), np.uint8))
+    return "images/p2_1.png"
+
+
+DATASET_KINDS = {
+    "not_a_folder": not_a_folder, "missing_dataset_json": missing_dataset_json,
+    "invalid_dataset_json": invalid_dataset_json, "label_zero_not_bg": label_zero_not_background,
+    "labels_not_consecutive": labels_not_consecutive, "empty_dataset": empty_dataset,
+    "duplicate_stem": duplicate_stem, "extra_mask": extra_mask, "too_small": too_small,
+}
+
+
+def documented_error_kinds() -> set[str]:
+    """The ``error`` rows of the problem-kind table in :mod:`segsynth.data.check`'s docstring."""
+    return set(re.findall(r"^``(\w+)``\s+error\b", check_module.__doc__ or "", re.MULTILINE))
+
+
+def test_every_documented_error_kind_is_triggered_and_refused_with_its_code(tmp_path: Path) -> None:
+    """The kinds above and in ``KINDS`` are together every error ``data check`` documents (a new
+    kind without a broken dataset here fails, as does a case for a kind no longer documented),
+    and each breakage really produces its kind: ``check_dataset`` reports it at the broken file,
+    and ``SegDataset(...).verify()``, what every command runs before any work, refuses the
+    folder naming that file, while the unbroken dataset passes both."""
+    documented = documented_error_kinds()
+    from_table = {kind.check_kind for kind in KINDS.values() if kind.check_kind is not None}
+    assert len(documented) >= 20 and not from_table & DATASET_KINDS.keys()
+    assert documented == from_table | DATASET_KINDS.keys(), (
+        f"untested: {sorted(documented - from_table - DATASET_KINDS.keys())}, "
+        f"not documented: {sorted((from_table | DATASET_KINDS.keys()) - documented)}")
+    valid = write_tiny_dataset(tmp_path / "valid", cases=("p1", "p2", "p3", "p4"), per_case=2, size=16, unlabeled=2)
+    assert check_dataset(valid).errors == []
+    SegDataset(valid).verify()
+    cases = [(kind, breaker) for kind, breaker in DATASET_KINDS.items()]
+    cases += [(kind.check_kind, kind.breaker) for kind in KINDS.values() if kind.check_kind is not None]
+    for index, (code, breaker) in enumerate(cases):
+        data = write_tiny_dataset(tmp_path / f"case{index}", cases=("p1", "p2", "p3", "p4"), per_case=2, size=16,
+                                  unlabeled=2)
+        broken = breaker(data)
+        errors = {(p.kind, p.file) for p in check_dataset(data).errors}
+        assert (code, broken) in errors, (breaker.__name__, errors)
+        with pytest.raises((DataReadError, DatasetFormatError)) as refused:
+            SegDataset(data).verify()
+        named = data.name if broken == "." else Path(broken).name
+        assert named in str(refused.value), (breaker.__name__, str(refused.value))
 
 # --- names that must simply work ----------------------------------------------------------------
 

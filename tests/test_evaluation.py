@@ -216,16 +216,12 @@ def test_diversity_is_zero_for_identical_samples_of_a_layout() -> None:
 # --- end to end -------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def evaluated(tmp_path_factory: pytest.TempPathFactory):
-    """A tiny real dataset, a synthetic set made of its own images (styles from its pool), evaluated once."""
-    tmp = tmp_path_factory.mktemp("evaluate")
-    # seed 2: the 15 random masks are all different, so "same layout" means "the same image twice"
-    real = write_tiny_dataset(tmp / "real", cases=("p1", "p2", "p3", "p4", "p5"), per_case=3, size=16, unlabeled=4,
-                              seed=2)
-    spec = load_spec(real)
+def real_copies(real: Path) -> tuple[np.ndarray, np.ndarray, list[str], list[tuple[str, list[str]]]]:
+    """The labelled images of ``real`` twice over as a synthetic set's images, masks, layout ids and
+    style references (drawn from its unlabelled pool)."""
     from segsynth.data.loader import SegDataset
 
+    spec = load_spec(real)
     dataset = SegDataset(real)
     arrays = [dataset.load_arrays(i) for i in range(len(dataset))]
     images = np.stack([a[0] for a in arrays] * 2)
@@ -234,7 +230,17 @@ def evaluated(tmp_path_factory: pytest.TempPathFactory):
     pool = str((real / "unlabeled").resolve())
     stems = sorted(spec.unlabeled_cases)
     styles = [(pool, [stems[i % 4], stems[(i + 1) % 4]]) for i in range(len(images))]
-    synth = write_synthetic_set(tmp / "synth", images, masks, layout_ids, styles)
+    return images, masks, layout_ids, styles
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory: pytest.TempPathFactory):
+    """A tiny real dataset, a synthetic set made of its own images (styles from its pool), evaluated once."""
+    tmp = tmp_path_factory.mktemp("evaluate")
+    # seed 2: the 15 random masks are all different, so "same layout" means "the same image twice"
+    real = write_tiny_dataset(tmp / "real", cases=("p1", "p2", "p3", "p4", "p5"), per_case=3, size=16, unlabeled=4,
+                              seed=2)
+    synth = write_synthetic_set(tmp / "synth", *real_copies(real))
     seg_config = default_seg_config(16, steps=4)
     result = evaluate_synth(synth, real, seg_config=seg_config, max_real_tiles=200)
     return real, synth, result
@@ -279,6 +285,20 @@ def test_evaluate_synth_writes_every_section(evaluated) -> None:
     assert same_layout["stain_texture"] == pytest.approx(0, abs=1e-9) and result["diversity"]["ratio_to_real"]["pixel_rmse"] == 0
     assert result["provenance"]["real"]["label_provenance"] == "human"
     assert result["real_tiles"] == {"split": "all", "num_tiles": 19, "num_images": 19, "num_cases": 6, "tile_size": [16, 16]}
+
+
+def test_real_copies_sit_far_closer_to_the_real_data_than_perturbed_copies(evaluated, tmp_path) -> None:
+    """FID and KID of the copies of the real images are the floor: the same copies with pixel
+    noise (scored by the same network against the same real tiles) sit well above them."""
+    real, synth, result = evaluated
+    images, masks, layout_ids, styles = real_copies(real)
+    noisy = np.clip(images + np.random.default_rng(0).normal(0, 0.15, images.shape), 0, 1).astype(np.float32)
+    perturbed = write_synthetic_set(tmp_path / "noisy", noisy, masks, layout_ids, styles)
+    other = evaluate_synth(perturbed, real, synth / "evaluation" / "seg_real", max_real_tiles=200)
+    for key in ("seg_encoder", "stain_texture"):
+        copies, noised = result["distribution"][key]["synthetic_vs_real"], other["distribution"][key]["synthetic_vs_real"]
+        assert copies["fid"] < 0.25 * noised["fid"], (key, copies, noised)
+        assert copies["kid_mean"] < noised["kid_mean"], (key, copies, noised)
 
 
 def test_cli_evaluate_synth_reuses_a_run_and_refuses_mismatched_data(evaluated, tmp_path) -> None:

@@ -335,9 +335,14 @@ def test_repeated_kills_at_random_points(inputs, reference, tmp_path: Path, seed
     fork = seed != 0
 
     def kill_twice_then_finish(args: list[str], progress: Path, most: int) -> None:
+        killed = []
         for attempt in range(2):
             need = int(rng.integers(0, most))
-            run_and_kill(args + (["--resume"] if attempt else []), lambda: lines(progress) >= need, rng, log, fork=fork)
+            killed.append(run_and_kill(args + (["--resume"] if attempt else []), lambda: lines(progress) >= need, rng,
+                                       log, fork=fork))
+        # Without a kill landing (a process still running when SIGKILL came) this would only test
+        # that a finished run re-run with --resume is unchanged.
+        assert any(killed), f"{args[0]}: both processes finished before their SIGKILL"
         cli(args + ["--resume"])
 
     run = tmp_path / "diffusion"
