@@ -62,6 +62,8 @@ def test_every_command_speaks_the_dialect(name: str) -> None:
     for long, option in options.items():
         if option.is_flag and not option.is_eager:
             assert option.secondary_opts == [f"--no-{long[2:]}"], f"{name}: boolean {long} needs {long}/--no-{long[2:]}"
+        if option.is_flag:  # the help shows the switch pair, not a type
+            assert option.metavar == "", f"{name}: boolean {long} shows a type in --help; give it metavar=\"\""
 
 
 def test_app_has_version_and_short_help() -> None:

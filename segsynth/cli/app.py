@@ -30,7 +30,7 @@ def _print_version(value: bool) -> None:
 @app.callback()
 def root(
     version: bool = typer.Option(
-        False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        False, "--version", callback=_print_version, is_eager=True, metavar="", help="Print the version and exit."
     ),
 ) -> None:
     """Layout- and style-conditioned diffusion for more segmentation training data."""

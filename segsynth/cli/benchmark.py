@@ -40,7 +40,7 @@ def benchmark(
     low_label: str | None = typer.Option(None, help="Labelled training cases kept per fold: a fraction (0.5) or a count (2)."),
     run_folds: str | None = typer.Option(None, help="Run only these folds, e.g. 0."),
     diffusion_config: Path | None = typer.Option(None, help="YAML for the per-fold diffusion models."),
-    quick: bool = typer.Option(False, "--quick/--no-quick", help="CI-sized profile: 2 folds, short trainings, small synthetic sets."),
+    quick: bool = typer.Option(False, "--quick/--no-quick", metavar="", help="CI-sized profile: 2 folds, short trainings, small synthetic sets."),
 ) -> None:
     """Train diffusion per fold, generate, train segmentation with and without synthetic data, compare."""
     with user_errors():

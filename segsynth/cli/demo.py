@@ -13,7 +13,7 @@ from segsynth.cli.errors import console, user_errors
 @app.command()
 def demo(
     out: Path = typer.Option(Path("demo-out"), "--out", "-o", help="Folder for every artifact of the demo."),
-    smoke: bool = typer.Option(False, "--smoke/--no-smoke", help="Every stage at toy sizes, in minutes; the numbers mean nothing."),
+    smoke: bool = typer.Option(False, "--smoke/--no-smoke", metavar="", help="Every stage at toy sizes, in minutes; the numbers mean nothing."),
 ) -> None:
     """Build the built-in datasets and run the whole loop on CPU."""
     with user_errors():

@@ -22,7 +22,7 @@ def export(
     ),
     file_ending: str = typer.Option(".png", "--file-ending", help="nnunet only: .png, .tif or .nii.gz."),
     seed: int = typer.Option(0, help="nnunet only: seed of the case folds in splits_final.json."),
-    overwrite: bool = typer.Option(False, "--overwrite/--no-overwrite", help="Replace an existing --out folder."),
+    overwrite: bool = typer.Option(False, "--overwrite/--no-overwrite", metavar="", help="Replace an existing --out folder."),
 ) -> None:
     """Export SRC to nnU-Net raw format (with case-level splits_final.json) or re-write it as PNG/TIFF/NIfTI."""
     with user_errors():

@@ -80,7 +80,7 @@ def generate(
         None, help="Base seed; each sample's seed derives from (seed, index)" + _default("seed") + "."
     ),
     resume: bool = typer.Option(
-        False, "--resume/--no-resume", help="Continue an interrupted run; done samples are kept."
+        False, "--resume/--no-resume", metavar="", help="Continue an interrupted run; done samples are kept."
     ),
     shard: str | None = typer.Option(
         None,

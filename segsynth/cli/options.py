@@ -24,7 +24,7 @@ ConfigOption = Annotated[
 SetOption = Annotated[
     list[str], typer.Option("--set", help="Override a config value: key.path=value, read as YAML (repeatable).")
 ]
-ResumeOption = Annotated[bool, typer.Option("--resume/--no-resume", help="Continue from the newest checkpoint in --out.")]
+ResumeOption = Annotated[bool, typer.Option("--resume/--no-resume", metavar="", help="Continue from the newest checkpoint in --out.")]
 TrainSeedOption = Annotated[int | None, typer.Option("--seed", help="Seed of the run (sets train.seed).")]
 
 

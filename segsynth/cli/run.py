@@ -15,7 +15,7 @@ def run_command(
     data: Path = typer.Argument(..., help="Dataset folder: labelled images/ and masks/, and unlabeled/ for styles."),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder; re-run the same command to continue."),
     plan_only: bool = typer.Option(
-        False, "--plan-only/--no-plan-only", help="Write RUN/plan.json and stop (edit it, then run again)."
+        False, "--plan-only/--no-plan-only", metavar="", help="Write RUN/plan.json and stop (edit it, then run again)."
     ),
     plan_for: str | None = typer.Option(
         None, "--plan-for", help="Plan for cpu or cuda (e.g. a GPU job planned on a login node); default: the device found here."

@@ -20,7 +20,7 @@ def train_seg_command(
     synthetic: list[Path] = typer.Option([], "--synthetic", help="Synthetic set folder (repeatable)."),
     mix: str | None = typer.Option(None, "--mix", help="none | concat | ratio[:synthetic_fraction] | merge[:alpha] (default: the config's, or ratio when --synthetic is given)."),
     layouts_independent: bool | None = typer.Option(
-        None, "--layouts-independent/--no-layouts-independent",
+        None, "--layouts-independent/--no-layouts-independent", metavar="",
         help="Declare that the synthetic sets' layouts do not come from this data (allows sets without a manifest).",
     ),
     config: ConfigOption = None,
