@@ -81,6 +81,8 @@ class TrainingData(Record):
 
     data_root: str | None = None
     train_ids: list[str] | None = None
+    unlabeled_ids: list[str] | None = Field(None, description="diffusion runs with data.include_unlabeled: the "
+                                            "unlabelled images trained on without a layout")
     datasets: list[TrainedDataset] | None = Field(None, description="every dataset, when the run learnt from several")
     prompts: list[str] | None = Field(None, description="text-conditioned and ControlNet runs: one prompt per dataset")
     style_sampler: str | None = Field(None, description="diffusion runs: how style references were drawn")

@@ -98,6 +98,11 @@ class DataConfig(StrictModel):
             ``RUN/latent_cache/`` and train on latent-aligned crops of them instead of encoding
             every crop (one autoencoder pass per image instead of per sample and step). Needs
             ``augmentation: none`` (see :mod:`segsynth.latent.cache`).
+        include_unlabeled: also train on the images of ``DATA/unlabeled/`` (the low-label user has
+            few masks and many images): they enter every epoch with the layout and the edge map
+            dropped to their learned null embeddings, so the denoiser and the style encoder learn
+            the unlabelled images' appearance and style without a layout; labelled samples keep
+            the usual condition drops. Off by default.
     """
 
     augmentation: Literal["none", "light", "heavy"] = "light"
@@ -105,6 +110,7 @@ class DataConfig(StrictModel):
     style_augment: bool | None = None
     edge_image_prob: float = Field(0.5, ge=0.0, le=1.0)
     cache_latents: bool = False
+    include_unlabeled: bool = False
 
     @model_validator(mode="after")
     def _check(self) -> DataConfig:
@@ -113,6 +119,8 @@ class DataConfig(StrictModel):
         if self.cache_latents and self.augmentation != "none":
             raise ValueError(f"cache_latents needs augmentation 'none' (cached latents cannot be flipped, rotated "
                              f"or rescaled exactly), got {self.augmentation!r}")
+        if self.cache_latents and self.include_unlabeled:
+            raise ValueError("cache_latents caches the labelled images only; it cannot be combined with include_unlabeled")
         return self
 
 

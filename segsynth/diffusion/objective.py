@@ -149,7 +149,8 @@ def diffusion_loss(
         batch: ``{"image": (B, C, H, W) in [0, 1] (or ``"latents"``: its scaled autoencoder latents,
             denoised instead), "mask": (B, H, W) int64, "style_images":
             (B, N, C, H, W) in [0, 1] (optional), "edge": (B, 1, H, W) in [0, 1] (edge models),
-            "text": (B, text_dim) prompt embeddings (text models)}``.
+            "text": (B, text_dim) prompt embeddings (text models), "labelled": (B,) bool (with
+            ``data.include_unlabeled``: False drops the sample's layout and edge map)}``.
         cfg: the objective.
         generator: source of all randomness (timesteps, noise, condition drops, in this order;
             the edge and text drops are drawn after the others, only when the batch has them).
@@ -190,6 +191,11 @@ def diffusion_loss(
         if batch.get(name) is not None:
             drop[name] = _own_rows(_uniform(n, generator, device), share) < getattr(cfg.cond_drop, name)
             extra[name] = batch[name]
+    if batch.get("labelled") is not None:  # unlabelled images have no layout (nor edge map) to condition on
+        unlabelled = ~batch["labelled"].to(device=device, dtype=torch.bool)
+        drop["layout"] = drop["layout"] | unlabelled
+        if "edge" in drop:
+            drop["edge"] = drop["edge"] | unlabelled
     noisy = scheduler.add_noise(x0, noise, t)
     target = prediction_target(scheduler, x0, noise, t)
     pred = model(noisy, t, batch["mask"], batch.get("style_images"), drop, **extra)

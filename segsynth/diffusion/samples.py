@@ -43,6 +43,7 @@ class SampleSettings:
         edge: add the edge map of the augmented layout.
         edge_sigma: its Gaussian width.
         edge_image_prob: the fraction of examples whose edge map also holds the image's edges.
+        include_unlabeled: add every dataset's unlabelled images as examples without a layout.
     """
 
     image_size: int
@@ -55,6 +56,7 @@ class SampleSettings:
     edge: bool = False
     edge_sigma: float = 1.0
     edge_image_prob: float = 0.0
+    include_unlabeled: bool = False
 
     @classmethod
     def of(cls, cfg: DiffusionTrainConfig) -> SampleSettings:
@@ -62,7 +64,7 @@ class SampleSettings:
         return cls(image_size=cfg.model.image_size, channels=cfg.model.image_channels, augmentation=cfg.data.augmentation,
                    seed=cfg.train.seed, num_refs=cfg.model.style.num_refs, style_sampler=cfg.data.style_sampler,
                    style_augment=cfg.data.style_augment, edge=cfg.model.edge, edge_sigma=cfg.model.edge_sigma,
-                   edge_image_prob=cfg.data.edge_image_prob)
+                   edge_image_prob=cfg.data.edge_image_prob, include_unlabeled=cfg.data.include_unlabeled)
 
 
 def select_refs(data: Path, spec: DatasetSpec, train_ids: Sequence[str] | None) -> list[SampleRef]:
@@ -135,7 +137,9 @@ class TrainingSamples(Dataset):
 
     Several datasets (``extra`` sources) are indexed one after another; style references are
     drawn within a sample's own dataset, and single-channel images are repeated to the model's
-    channel count.
+    channel count. With ``include_unlabeled`` every dataset's unlabelled images follow the
+    labelled ones; their examples carry an all-background ``mask`` and ``"labelled": False``, which
+    the objective turns into a dropped layout and edge map (every example then has ``"labelled"``).
 
     Args:
         root: the (first) dataset folder.
@@ -151,13 +155,22 @@ class TrainingSamples(Dataset):
         keys = ["image", "mask"]
         augment = Compose([
             paired_augmentation(settings.augmentation),
-            SpatialPadd(keys, spatial_size=(size, size), mode="symmetric"),
-            RandSpatialCropd(keys, roi_size=(size, size), random_size=False),
+            SpatialPadd(keys, spatial_size=(size, size), mode="symmetric", allow_missing_keys=True),
+            RandSpatialCropd(keys, roi_size=(size, size), random_size=False, allow_missing_keys=True),
         ])
         sources = [(root, refs), *extra]
         # Dataset 0 keeps the plain seed, so a single-dataset run draws exactly as before.
         self.datasets = [SegDataset(r, "labeled", refs=rf, augment=augment, seed=settings.seed + 7919 * i)
                          for i, (r, rf) in enumerate(sources)]
+        self.num_labeled = len(self.datasets)  # datasets [0, num_labeled) are labelled
+        self.prompt_of = list(range(len(sources)))  # dataset number -> row of its prompt embedding
+        self.include_unlabeled = settings.include_unlabeled
+        if settings.include_unlabeled:
+            for i, (r, _) in enumerate(sources):
+                pool = SegDataset(r, "unlabeled", augment=augment, seed=settings.seed + 7919 * (len(sources) + i))
+                if len(pool):
+                    self.datasets.append(pool)
+                    self.prompt_of.append(i)
         self.dataset = self.datasets[0]
         self.offsets = np.cumsum([0] + [len(d) for d in self.datasets])
         self.sampler: StyleSampler | None = None
@@ -173,12 +186,20 @@ class TrainingSamples(Dataset):
         self.edge_sigma = settings.edge_sigma
         self.edge_image_prob = settings.edge_image_prob
         self.latent_cache: LatentCache | None = None  # set by the trainer for data.cache_latents
-        if text is not None and len(text) != len(self.datasets):
-            raise ValueError(f"{len(text)} prompt embeddings for {len(self.datasets)} datasets")
+        if text is not None and len(text) != len(sources):
+            raise ValueError(f"{len(text)} prompt embeddings for {len(sources)} datasets")
         self.text = text
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
+
+    @property
+    def num_labeled_samples(self) -> int:
+        return int(self.offsets[self.num_labeled])
+
+    def unlabeled_ids(self) -> list[str]:
+        """``root name/id`` of every unlabelled training image (recorded so a resume trains on the same)."""
+        return [f"{d.root.name}/{r.id}" for d in self.datasets[self.num_labeled:] for r in d.refs]
 
     def locate(self, index: int) -> tuple[int, int]:
         """``(dataset number, index within it)`` of global sample ``index``."""
@@ -204,7 +225,11 @@ class TrainingSamples(Dataset):
         else:
             dataset.set_epoch(epoch)
             sample = dataset[local]
-        out = {"image": self._channels(sample["image"], 0), "mask": sample["mask"], "id": sample["id"]}
+        image = sample["image"]
+        mask = sample["mask"] if "mask" in sample else torch.zeros(image.shape[-2:], dtype=torch.long)
+        out = {"image": self._channels(image, 0), "mask": mask, "id": sample["id"]}
+        if self.include_unlabeled:
+            out["labelled"] = torch.tensor(source < self.num_labeled)
         if self.sampler is not None:
             rng = np.random.default_rng(sample_seed(self.seed + 1, epoch, index))
             styles, _ = self.sampler(dataset, local, self.num_refs, rng)
@@ -213,9 +238,9 @@ class TrainingSamples(Dataset):
             # Its own stream, so edge models leave the other draws of a sample unchanged.
             with_image = np.random.default_rng(sample_seed(self.seed + 3, epoch, index)).random() < self.edge_image_prob
             image = sample["image"].numpy() if with_image else None
-            out["edge"] = torch.from_numpy(edge_map(sample["mask"].numpy(), image, self.edge_sigma))[None]
+            out["edge"] = torch.from_numpy(edge_map(mask.numpy(), image, self.edge_sigma))[None]
         if self.text is not None:
-            out["text"] = self.text[source]
+            out["text"] = self.text[self.prompt_of[source]]
         if "latents" in sample:
             out["latents"] = sample["latents"]
         return out
@@ -243,7 +268,7 @@ class TrainingSamples(Dataset):
         """
         rng = np.random.default_rng(seed)
         layouts, styles, texts = [], [], []
-        for index in np.linspace(0, len(self) - 1, rows).round().astype(int):
+        for index in np.linspace(0, self.num_labeled_samples - 1, rows).round().astype(int):
             source, local = self.locate(int(index))
             dataset = self.datasets[source]
             image, mask = dataset.load_arrays(local)

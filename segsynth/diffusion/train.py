@@ -42,7 +42,14 @@ from diffusers.training_utils import EMAModel
 from rich.console import Console
 from torch.utils.data import DataLoader
 
-from segsynth.artifacts.names import DATASET_JSON, LATENT_CACHE_DIR, PIPELINE_DIR, SAMPLES_DIR, TRAINING_DATA_JSON
+from segsynth.artifacts.names import (
+    DATASET_JSON,
+    LATENT_CACHE_DIR,
+    PIPELINE_DIR,
+    SAMPLES_DIR,
+    TRAINING_DATA_JSON,
+    UNLABELED_DIR,
+)
 from segsynth.config import ConfigError, load_config
 from segsynth.data.format import DatasetSpec, load_spec
 from segsynth.data.loader import sample_seed
@@ -347,10 +354,15 @@ def train_diffusion(
     engine = Engine(out, engine_settings(cfg), cfg)  # first: the accelerator sets up the process state
     samples = TrainingSamples(data, refs, SampleSettings.of(cfg), text=text, extra=extra)
     samples.verify()  # a bad file fails now, naming it, before the run folder is touched
+    if cfg.data.include_unlabeled:
+        training_data["unlabeled_ids"] = samples.unlabeled_ids()
+        if not training_data["unlabeled_ids"]:
+            raise ConfigError(f"data.include_unlabeled is set but {[str(r / UNLABELED_DIR) for r in roots]} hold no images")
     if engine.is_main:
         prepare_run_folder(out, cfg, resume, train_keys(RESUMABLE_CHANGES), [RunRecord(
             TRAINING_DATA_JSON, training_data, {
                 "train_ids": "the training samples differ from those of the run being resumed",
+                "unlabeled_ids": "the unlabelled training images differ from those of the run being resumed",
                 "autoencoder.sha256": "the run being resumed was trained with another autoencoder (or none)"})])
     if vae is not None and cfg.data.cache_latents:
         samples.latent_cache = LatentCache(out / LATENT_CACHE_DIR, cfg.model.latent_factor, cfg.model.image_size)
