@@ -8,6 +8,7 @@ from pydantic import Field, field_validator
 
 from segsynth.config import StrictModel
 from segsynth.seg.config import parse_mix
+from segsynth.synth.config import GenerationConfig
 
 
 class GenerationSection(StrictModel):
@@ -21,10 +22,11 @@ class GenerationSection(StrictModel):
     n: int = Field(default=200, ge=1)
     layouts: Literal["augmented", "composed"] = "augmented"
     per_mask: int = Field(default=10, ge=1)
-    sampler: Literal["ddim", "dpmpp", "unipc"] = "dpmpp"
-    steps: int = Field(default=20, ge=1)
-    style_guidance: float = Field(default=1.5, ge=0.0)
-    guidance_rescale: float = Field(default=0.7, ge=0.0, le=1.0)
+    # The sampling defaults are generate's own (segsynth.synth.config.GenerationConfig).
+    sampler: Literal["ddim", "dpmpp", "unipc"] = GenerationConfig.model_fields["sampler"].default
+    steps: int = Field(default=GenerationConfig.model_fields["steps"].default, ge=1)
+    style_guidance: float = Field(default=GenerationConfig.model_fields["style_guidance"].default, ge=0.0)
+    guidance_rescale: float = Field(default=GenerationConfig.model_fields["guidance_rescale"].default, ge=0.0, le=1.0)
     batch_size: int = Field(default=16, ge=1)
 
 
