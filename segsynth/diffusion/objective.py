@@ -23,6 +23,7 @@ from diffusers import DDPMScheduler
 from diffusers.training_utils import compute_snr
 from diffusers.utils.torch_utils import randn_tensor
 from pydantic import Field
+from torch.func import functional_call
 
 from segsynth.config import StrictModel
 
@@ -55,6 +56,10 @@ class ObjectiveConfig(StrictModel):
         min_snr_gamma: γ of Min-SNR weighting (Hang et al., 2023); None weights all timesteps equally.
         cond_drop: per-condition drop probabilities (STEDM drops the style with p = 0.25).
         loss: ``l2`` or ``l1`` (STEDM uses L1) between prediction and target.
+        style_consistency: weight of :func:`style_consistency_terms` (0: off, the default). The
+            diffusion loss alone never asks the sample to *look like* its references: a denoiser
+            can lower it by ignoring the style vector. This term asks the model's own style encoder
+            to see the references' style in the x0 prediction. Pixel models only.
         num_train_timesteps: T of the noise schedule.
         beta_schedule: diffusers beta schedule name.
         beta_start: first beta.
@@ -65,6 +70,7 @@ class ObjectiveConfig(StrictModel):
     min_snr_gamma: float | None = Field(5.0, gt=0.0)
     cond_drop: CondDrop = Field(default_factory=CondDrop)
     loss: Literal["l2", "l1"] = "l2"
+    style_consistency: float = Field(0.0, ge=0.0)
     num_train_timesteps: int = Field(1000, ge=2)
     beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "linear"
     beta_start: float = Field(1e-4, gt=0.0, lt=1.0)
@@ -117,6 +123,48 @@ def prediction_target(scheduler: DDPMScheduler, x0: torch.Tensor, noise: torch.T
     if kind == "v_prediction":
         return scheduler.get_velocity(x0, noise, t)
     raise ValueError(f"prediction_type {kind!r} of the scheduler is not supported (epsilon or v_prediction)")
+
+
+def predicted_x0(scheduler: DDPMScheduler, noisy: torch.Tensor, pred: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """The clean image implied by a network prediction at timesteps ``t``.
+
+    With ``x_t = a x0 + s eps`` (``a = sqrt(alpha_bar_t)``, ``s = sqrt(1 - alpha_bar_t)``):
+    ``x0 = (x_t - s eps) / a`` for epsilon and ``x0 = a x_t - s v`` for v prediction.
+    """
+    alpha_bar = scheduler.alphas_cumprod.to(device=noisy.device, dtype=torch.float32)[t]
+    a = alpha_bar.sqrt().view(-1, *([1] * (noisy.ndim - 1)))
+    s = (1.0 - alpha_bar).sqrt().view_as(a)
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return (noisy.float() - s * pred.float()) / a
+    if kind == "v_prediction":
+        return a * noisy.float() - s * pred.float()
+    raise ValueError(f"prediction_type {kind!r} of the scheduler is not supported (epsilon or v_prediction)")
+
+
+def style_consistency_terms(encoder: torch.nn.Module, x0_pred: torch.Tensor, style_images: torch.Tensor) -> torch.Tensor:
+    """Per-sample ``1 - cos(E(x0_pred), mean_n E(ref_n))`` in the style encoder ``E``'s space.
+
+    Both sides are the encoder's per-image vectors (before the aggregator, which pools references
+    only). As the judge here the encoder is frozen: it is applied to the prediction with detached
+    weights and the references' side is a constant, so the term cannot be lowered by collapsing the
+    encoder (mapping every image to one vector would zero it without any style transferred). The
+    gradient reaches the denoiser and, through the style vector the denoiser was conditioned on,
+    the encoder as the generator's input.
+
+    Args:
+        encoder: the model's :class:`~segsynth.models.style.StyleEncoder`.
+        x0_pred: ``(B, C, H, W)`` x0 predictions in the model's [-1, 1] space.
+        style_images: ``(B, N, C, H, W)`` references in [0, 1].
+    """
+    frozen = {name: value.detach() for name, value in encoder.named_parameters()}
+    frozen.update({name: value.detach() for name, value in encoder.named_buffers()})
+    image = ((x0_pred + 1.0) / 2.0).clamp(0.0, 1.0).to(style_images.dtype)
+    own = functional_call(encoder, frozen, (image,))
+    with torch.no_grad():
+        b, n = style_images.shape[:2]
+        refs = encoder(style_images.flatten(0, 1)).unflatten(0, (b, n)).mean(1)
+    return 1.0 - F.cosine_similarity(own.float(), refs.float(), dim=1)
 
 
 def _gen_device(generator: torch.Generator | None) -> torch.device:
@@ -205,11 +253,23 @@ def diffusion_loss(
         weights = torch.ones_like(per_sample)
     else:
         weights = min_snr_weights(compute_snr(scheduler, t), cfg.min_snr_gamma, cfg.prediction_type).to(per_sample)
+    loss = (weights * per_sample).mean()
+    consistency = {}
+    style_images = batch.get("style_images")
+    if cfg.style_consistency > 0 and style_images is not None:
+        if batch.get("latents") is not None:
+            raise ValueError("objective.style_consistency needs a pixel model: the style encoder cannot read latents")
+        encoder = getattr(model, "module", model).style_encoder  # DDP wraps the model in .module
+        keep = (~drop["style"]).to(per_sample)
+        term = style_consistency_terms(encoder, predicted_x0(scheduler, noisy, pred, t), style_images) * keep
+        loss = loss + cfg.style_consistency * term.mean()
+        consistency["style_consistency"] = term.mean().detach()
     return {
-        "loss": (weights * per_sample).mean(),
+        "loss": loss,
         "loss_unweighted": per_sample.mean().detach(),
         "snr_weight": weights.mean().detach(),
         "drop_style": drop["style"].float().mean(),
         "drop_layout": drop["layout"].float().mean(),
         **{f"drop_{name}": drop[name].float().mean() for name in extra},
+        **consistency,
     }
