@@ -17,7 +17,6 @@ same command continues a killed run.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys

@@ -132,7 +132,8 @@ def edge_experiment(data: Path, work: Path, size: int, steps: int, n: int) -> di
         for source in (["layout", "image"] if edge else [None]):
             out = work / f"synth_edge_{edge}_{source}_{steps}_{n}"
             if not (out / "manifest.jsonl").is_file():
-                generate(run, out, GenerationConfig(n=n, layouts="variants", per_mask=1, steps=10, edges=source, batch_size=16))
+                generate(run, out, GenerationConfig(n=n, layouts="variants", per_mask=1, sampler="dpmpp", steps=10,
+                                                    edges=source, batch_size=16))
             sx, sy = real_arrays(out, size)
             scores = score_layouts(sx, sy, predict, names)
             dice = scores["summary"]["dice"]["mean_fg"]["mean"]

@@ -58,6 +58,8 @@ from segsynth.synth.generate import generate
 from segsynth.synth.styles import open_style_pool
 
 ROOT = Path(__file__).resolve().parents[1]
+#: The sampler the committed results were drawn with (fixed here: generate's default may change).
+SAMPLING = {"sampler": "dpmpp", "steps": 20}
 DATASETS = ("histo-he", "nuclei-fluo")
 TRAIN_SECONDS = "bench_train_seconds.json"
 
@@ -189,7 +191,7 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict[str, Any]:
         if not reused:
             generate(runs[w]["run"], synth, GenerationConfig(
                 n=args.n, layouts="variants", per_mask=args.per_mask, styles=data / "unlabeled",
-                style_guidance=g, seed=args.seed, batch_size=16))
+                style_guidance=g, seed=args.seed, batch_size=16, **SAMPLING))
         row = {"kind": "sampling" if w == 0 else "training", "style_guidance": g, "style_consistency": w,
                "model": runs[w], "synth": str(synth),
                "generate_s": None if reused else round(time.perf_counter() - tick, 1), "set_reused": reused}
