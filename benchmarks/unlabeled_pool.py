@@ -40,7 +40,7 @@ from segsynth.diffusion.train import train_diffusion
 from segsynth.evaluation.evaluate_synth import evaluate_synth
 from segsynth.synth.config import GenerationConfig
 from segsynth.synth.generate import generate
-from style_ablation import summarise  # the same numbers of a metrics.json as the style ablation reports
+from style_ablation import TRAIN_SECONDS, summarise  # the numbers the style ablation reports, the same way
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASETS = ("histo-he", "nuclei-fluo")
@@ -83,14 +83,14 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict[str, Any]:
     seg_run: str | None = None
     for label, pooled in CHOICES.items():
         run = work / f"run_pool{int(pooled)}_{args.steps}"
-        train_s = None
         if not (run / PIPELINE_DIR).is_dir():
             cfg = load_config(DiffusionTrainConfig, args.config, {
                 "train.steps": args.steps, "train.sample_every": 0, "train.checkpoint_every": args.steps,
                 "data.include_unlabeled": pooled})
             tick = time.perf_counter()
             train_diffusion(train_copy, cfg, run, resume=run.is_dir())
-            train_s = round(time.perf_counter() - tick, 1)
+            (run / TRAIN_SECONDS).write_text(json.dumps({"train_s": round(time.perf_counter() - tick, 1)}))
+        train_s = json.loads((run / TRAIN_SECONDS).read_text())["train_s"] if (run / TRAIN_SECONDS).is_file() else None
         synth = work / f"synth_pool{int(pooled)}_n{args.n}"
         if not (synth / "manifest.jsonl").is_file():
             shutil.rmtree(synth, ignore_errors=True)
