@@ -35,6 +35,11 @@ from segsynth.diffusion.config import DiffusionTrainConfig
 from segsynth.io.atomic import atomic_write_text
 from segsynth.seg.config import SegTrainConfig
 from segsynth.seg.splits import make_folds
+from segsynth.synth.config import GenerationConfig
+
+#: Why a plan samples with generate's own defaults.
+SAMPLING_WHY = ("generate's default: the fewest UNet calls within 2 Dice points of layout fidelity of STEDM's "
+                "DDIM 128 steps + guidance (benchmarks/results/sampler_steps.json)")
 
 PLAN_VERSION = 1
 #: Recipes shipped in the checkout: the CPU-sized one and the GPU reference (see their headers).
@@ -170,8 +175,8 @@ def plan_run(data: str | Path, device: Device | None = None) -> RunPlan:
             f"{SYNTH_PER_IMAGE} per labelled image ({n_images}), within {low}-{high} on {device}")),
         "generation.per_mask": Choice(value=PER_MASK[device], why=(
             f"same-mask variants per labelled image for merge settings ({'as DiffBoost' if device == 'cuda' else 'CPU-sized'})")),
-        "generation.sampler": Choice(value=dcfg.sampling.sampler, why="the recipe's sampler"),
-        "generation.steps": Choice(value=dcfg.sampling.steps, why="the recipe's sampling steps"),
+        "generation.sampler": Choice(value=GenerationConfig.model_fields["sampler"].default, why=SAMPLING_WHY),
+        "generation.steps": Choice(value=GenerationConfig.model_fields["steps"].default, why=SAMPLING_WHY),
     }
     plan = RunPlan(data=str(data.resolve()), device=device, fingerprint=facts, choices=choices)
     plan.choices["segmentation.train.steps"] = _segmentation_budget(data, plan)
