@@ -121,6 +121,8 @@ def main(argv: list[str] | None = None) -> None:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"benchmark": "unlabeled_pool", "command": command, "steps": args.steps,
                                      "n": args.n, "per_mask": args.per_mask, "torch_threads": torch.get_num_threads(),
+                                     "sampling": {k: GenerationConfig.model_fields[k].default
+                                                  for k in ("sampler", "steps", "style_guidance")},
                                      "datasets": results}, indent=2) + "\n", encoding="utf-8")
     table = Table(title=f"unlabelled pool in the denoiser ({args.steps} steps, {args.n} samples, zero-shot references)")
     for column in ("dataset", "training", "pairwise (stain/gram)", "top-1 (chance)", "diversity", "Dice/ceiling",
