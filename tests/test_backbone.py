@@ -131,12 +131,12 @@ def test_backbone_is_frozen_during_a_step(backbone: Path, data: Path, tmp_path: 
     seen = {}
     real = train_module.ControlNetTask.release
 
-    def keep(self: train_module.ControlNetTask) -> None:
+    def keep(self: train_module.ControlNetTask, step: int) -> None:
         seen["unet"] = {k: v.clone() for k, v in self.backbone.unet.state_dict().items()}
         seen["text"] = {k: v.clone() for k, v in self.backbone.text_encoder.state_dict().items()}
         seen["grad"] = [p.requires_grad for m in (self.backbone.unet, self.backbone.vae, self.backbone.text_encoder)
                         for p in m.parameters()]
-        real(self)
+        real(self, step)
 
     monkeypatch.setattr(train_module.ControlNetTask, "release", keep)
     train_controlnet(data, backbone, load_config(BackboneTrainConfig, None, {**TINY, "train.steps": 1}), tmp_path / "run")

@@ -71,7 +71,7 @@ class ToyTask:
     def weights(self) -> Iterable[tuple[str, torch.Tensor]]:
         return [("weight", self.weight)]
 
-    def release(self) -> None:
+    def release(self, step: int) -> None:
         self.released += 1
 
 

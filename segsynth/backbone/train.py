@@ -219,7 +219,7 @@ class ControlNetTask(DefaultHooks):
     def weights(self) -> Iterable[tuple[str, torch.Tensor]]:
         return self.raw_controlnet.named_parameters()
 
-    def release(self) -> None:
+    def release(self, step: int) -> None:
         """Write ``RUN/controlnet`` (safetensors + config.json), atomically."""
         with atomic_directory(self.out / CONTROLNET_DIR, overwrite=True) as tmp:
             self.raw_controlnet.save_pretrained(tmp, safe_serialization=True)

@@ -278,7 +278,7 @@ class DiffusionTask(DefaultHooks):
             self.ema.restore(self.raw_model.parameters())
         save_sample_grid(self.out / SAMPLES_DIR / f"step_{step:09d}.png", rows["layout"], rows["style_images"], images)
 
-    def release(self) -> None:
+    def release(self, step: int) -> None:
         """Write ``RUN/pipeline`` with the EMA weights swapped in (atomically)."""
         self.ema.store(self.raw_model.parameters())
         self.ema.copy_to(self.raw_model.parameters())

@@ -104,7 +104,7 @@ class Engine:
                     if last or task.should_stop():
                         break
             if self.is_main:
-                task.release()
+                task.release(self.step)
             acc.wait_for_everyone()
         if acc.trackers:
             acc.end_training()

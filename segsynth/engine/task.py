@@ -72,8 +72,8 @@ class TrainTask(Protocol):
     def weights(self) -> Iterable[tuple[str, torch.Tensor]]:
         """The trained parameters, checked for non-finite values before every checkpoint."""
 
-    def release(self) -> None:
-        """Write what the run is for (the pipeline, the network, the summary); main process only."""
+    def release(self, step: int) -> None:
+        """Write what the run is for, after ``step`` steps (the pipeline, the network, the summary); main process only."""
 
 
 class DefaultHooks:

@@ -215,7 +215,7 @@ class AutoencoderTask(DefaultHooks):
     def weights(self) -> Iterable[tuple[str, torch.Tensor]]:
         return self.vae.named_parameters()
 
-    def release(self) -> None:
+    def release(self, step: int) -> None:
         """Set the latent scale, write ``AE/autoencoder`` and the held-out reconstruction report."""
         cfg, pool, vae = self.cfg, self.pool, self.vae
         vae.eval()

@@ -211,7 +211,7 @@ class SegTask(DefaultHooks):
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)  # the scheduler steps once per step
         self.val_steps: list[int] = []
         self.curve: list[float] = []
-        self.steps_done, self.stopped_early = 0, False
+        self.stopped_early = False
         self.chunk_plan: list = []  # the examples of the steps since the last validation
 
     @property
@@ -241,7 +241,6 @@ class SegTask(DefaultHooks):
         self.optimizer.load_state_dict(tree["optimizer"])
         self.scheduler.load_state_dict(tree["scheduler"])
         self.val_steps, self.curve = list(tree["val_steps"]), list(tree["val_curve"])
-        self.steps_done = int(tree["step"])
 
     def batches(self, step: int) -> Iterator[dict[str, torch.Tensor]]:
         """The batches from ``step`` on, one validation interval at a time (each with its own plan)."""
@@ -278,7 +277,6 @@ class SegTask(DefaultHooks):
         acc.backward(loss)
         self.optimizer.step()
         self.scheduler.step()
-        self.steps_done = step + 1
         return {"loss": loss}
 
     def log_fields(self, step: int) -> dict[str, Any]:
@@ -307,12 +305,12 @@ class SegTask(DefaultHooks):
     def weights(self) -> Iterable[tuple[str, torch.Tensor]]:
         return self.network.named_parameters()
 
-    def release(self) -> None:
+    def release(self, step: int) -> None:
         """Write ``training.json``: the steps taken, the budget, and where validation stood."""
         t = self.cfg.train
         atomic_write_json(self.out / TRAINING_JSON, {
-            "steps": self.steps_done, "planned_steps": t.steps, "batch_size": self.global_batch,
-            "val_every": t.val_every, "examples_seen": self.steps_done * self.global_batch,
+            "steps": step, "planned_steps": t.steps, "batch_size": self.global_batch,
+            "val_every": t.val_every, "examples_seen": step * self.global_batch,
             "processes": self.accelerator.num_processes, "stopped_early": self.stopped_early,
             **convergence(self.val_steps, self.curve, t.smoothing, t.min_delta),
         })
