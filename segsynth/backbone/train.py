@@ -53,7 +53,7 @@ from segsynth.engine import DefaultHooks, Engine, EngineSettings, RunRecord, pre
 from segsynth.io.atomic import atomic_directory
 from segsynth.io.hashing import model_hash
 from segsynth.io.lock import owns_folder
-from segsynth.io.run_log import train_keys
+from segsynth.io.run_log import check_resume, train_keys
 
 #: ``train.*`` settings that may change when a run is resumed (how long, how visibly, how memory-hungry).
 RESUMABLE_CHANGES = {"steps", "checkpoint_every", "keep_checkpoints", "log_every", "num_workers", "gradient_checkpointing",
@@ -257,9 +257,9 @@ def train_controlnet(
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ValueError("train-diffusion --backbone runs as a single process; start it without accelerate launch/torchrun")
     out = Path(out)
-    if (out / CONFIG_YAML).exists() and not resume:
-        raise FileExistsError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     cfg = config if isinstance(config, BackboneTrainConfig) else load_config(BackboneTrainConfig, config)
+    # The same check prepare_run_folder makes, done first so a used folder fails before the backbone loads.
+    check_resume(out / CONFIG_YAML, cfg, resume, train_keys(RESUMABLE_CHANGES))
     specs = [load_spec(root) for root in roots]
     fit_channels(specs, roots)
     num_classes = max(spec.num_classes for spec in specs)
