@@ -32,17 +32,16 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from segsynth.artifacts.names import PIPELINE_DIR, UNLABELED_DIR
+from segsynth.config import load_config
+from segsynth.diffusion.config import DiffusionTrainConfig
+from segsynth.diffusion.pipeline import SegSynthPipeline
+from segsynth.diffusion.train import train_diffusion
+from segsynth.evaluation.evaluate_synth import evaluate_synth
+from segsynth.synth.config import GenerationConfig
+from segsynth.synth.generate import generate
 
-from segsynth.artifacts.names import PIPELINE_DIR, UNLABELED_DIR  # noqa: E402
-from segsynth.config import load_config  # noqa: E402
-from segsynth.diffusion.config import DiffusionTrainConfig  # noqa: E402
-from segsynth.diffusion.pipeline import SegSynthPipeline  # noqa: E402
-from segsynth.diffusion.train import train_diffusion  # noqa: E402
-from segsynth.evaluation.evaluate_synth import evaluate_synth  # noqa: E402
-from segsynth.synth.config import GenerationConfig  # noqa: E402
-from segsynth.synth.generate import generate  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 #: (sampler, steps, style guidance): STEDM's reference first, then the cheaper candidates.
 SETTINGS: list[tuple[str, int, float]] = [
