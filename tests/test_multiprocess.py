@@ -74,6 +74,19 @@ def cli(args: list[str]) -> None:
     assert result.exit_code == 0, f"{args}\n{result.output}\n{result.exception!r}"
 
 
+def one_and_two_processes(tmp: Path, command: list[str], batch_key: str) -> dict[int, Path]:
+    """``segsynth COMMAND`` as 2 processes of batch ``BATCH`` (``tmp/two``) and as 1 process of batch
+    ``2 * BATCH`` on one thread (``tmp/one``); the run folders by process count."""
+    launch(tmp, 2, [*command, "-o", str(tmp / "two"), "--set", f"{batch_key}={BATCH}"])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        cli([*command, "-o", str(tmp / "one"), "--set", f"{batch_key}={2 * BATCH}"])
+    finally:
+        torch.set_num_threads(threads)
+    return {1: tmp / "one", 2: tmp / "two"}
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
     """The same training as 2 processes of batch 2 and as 1 process of batch 4 (6 samples)."""
@@ -81,16 +94,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
     data = write_tiny_dataset(tmp / "data")
     config = tmp / "diffusion.yaml"
     config.write_text(yaml.safe_dump(DIFFUSION), encoding="utf-8")
-    launch(tmp, 2, ["train-diffusion", str(data), "--config", str(config), "--out", str(tmp / "two"),
-                    "--set", f"train.batch_size={BATCH}"])
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        cli(["train-diffusion", str(data), "--config", str(config), "--out", str(tmp / "one"),
-             "--set", f"train.batch_size={2 * BATCH}"])
-    finally:
-        torch.set_num_threads(threads)
-    return {1: tmp / "one", 2: tmp / "two"}
+    return one_and_two_processes(tmp, ["train-diffusion", str(data), "--config", str(config)], "train.batch_size")
 
 
 def gradient_free(run: Path) -> set[str]:
@@ -237,15 +241,8 @@ def test_train_seg_on_two_processes_equals_one_process_of_the_global_batch(tmp_p
     cfg["train"]["mixed_precision"] = "no"
     config = tmp_path / "seg.yaml"
     config.write_text(yaml.safe_dump(cfg), encoding="utf-8")
-    common = ["train-seg", str(data), "-c", str(config), "--synthetic", str(synth)]
-    launch(tmp_path, 2, [*common, "-o", str(tmp_path / "two")])
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        cli([*common, "-o", str(tmp_path / "one"), "--set", f"train.batch_size={2 * BATCH}"])
-    finally:
-        torch.set_num_threads(threads)
-    runs = {1: tmp_path / "one", 2: tmp_path / "two"}
+    runs = one_and_two_processes(tmp_path, ["train-seg", str(data), "-c", str(config), "--synthetic", str(synth)],
+                                 "train.batch_size")
     summaries = {k: json.loads((run / "training.json").read_text()) for k, run in runs.items()}
     assert summaries[1]["batch_size"] == summaries[2]["batch_size"] == 2 * BATCH
     assert (summaries[1]["processes"], summaries[2]["processes"]) == (1, 2)
@@ -274,15 +271,8 @@ def test_train_autoencoder_on_two_processes_equals_one_process_of_the_global_bat
            "mixed_precision": "no"}
     config = tmp_path / "ae.yaml"
     config.write_text(yaml.safe_dump(cfg), encoding="utf-8")
-    common = ["train-autoencoder", str(data), "-c", str(config)]
-    launch(tmp_path, 2, [*common, "-o", str(tmp_path / "two")])
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        cli([*common, "-o", str(tmp_path / "one"), "--set", f"batch_size={2 * BATCH}"])
-    finally:
-        torch.set_num_threads(threads)
-    a, b = (CheckpointManager(tmp_path / run).latest()[1]["model"] for run in ("one", "two"))
+    runs = one_and_two_processes(tmp_path, ["train-autoencoder", str(data), "-c", str(config)], "batch_size")
+    a, b = (CheckpointManager(runs[n]).latest()[1]["model"] for n in (1, 2))
     assert a.keys() == b.keys()
     diffs = {k: (a[k].double() - b[k].double()).abs().max().item() for k in a}
     # Biases feeding a group norm get near-zero gradients, which Adam rescales to steps of about lr:
@@ -290,6 +280,6 @@ def test_train_autoencoder_on_two_processes_equals_one_process_of_the_global_bat
     worst = max(d for k, d in diffs.items() if not k.endswith("bias"))
     assert worst <= ATOL, worst
     assert max(diffs.values()) <= cfg["steps"] * cfg["lr"]
-    logs = [[json.loads(line)["loss"] for line in (tmp_path / run / "train_log.jsonl").read_text().splitlines()]
-            for run in ("one", "two")]
+    logs = [[json.loads(line)["loss"] for line in (runs[n] / "train_log.jsonl").read_text().splitlines()]
+            for n in (1, 2)]
     assert len(logs[0]) == 3 and np.allclose(logs[0], logs[1], rtol=1e-4)
