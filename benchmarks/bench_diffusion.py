@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import UNet2DModel
 from diffusers.training_utils import EMAModel
+from profiles import fill_profile
 from rich.console import Console
 from rich.table import Table
 
@@ -328,9 +329,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
              "train_steps": 10, "sample_images": 2, "threads": 1}
     full = {"config": ROOT / "configs" / "base.yaml", "image_size": None, "batch_size": None, "warmup_steps": 5,
             "train_steps": 30, "sample_images": 4, "threads": None}
-    for key, value in (quick if args.quick else full).items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
+    fill_profile(args, quick, full)
     return args
 
 

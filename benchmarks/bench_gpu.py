@@ -49,6 +49,7 @@ from typing import Any
 
 import torch
 from bench_diffusion import TrainLoop, add_model_arguments, count_calls, ours_loss, run_record, synthetic_batch
+from profiles import fill_profile
 from rich.console import Console
 from rich.table import Table
 
@@ -246,9 +247,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
              "train_steps": 20, "sample_images": 2, "threads": 1, "compiled_sampling": False}
     full = {"config": ROOT / "configs" / "base.yaml", "image_size": 256, "batch_size": None, "warmup_steps": 5,
             "train_steps": 30, "sample_images": 16, "threads": None, "compiled_sampling": True}
-    for key, value in (quick if args.quick else full).items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
+    fill_profile(args, quick, full)
     if args.warmup_steps < 1 or args.train_steps < 1:
         parser.error("--warmup-steps and --train-steps must be >= 1")
     return args

@@ -53,6 +53,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from monai.losses import DiceCELoss
+from profiles import fill_profile
 from rich.console import Console
 from rich.table import Table
 
@@ -235,9 +236,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     quick = {"warmup_steps": 2, "train_steps": 12, "infer_batches": 12, "threads": 1}
     full = {"warmup_steps": 3, "train_steps": 30, "infer_batches": 30, "threads": None}
-    for key, value in (quick if args.quick else full).items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
+    fill_profile(args, quick, full)
     return args
 
 
