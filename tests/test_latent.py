@@ -167,6 +167,10 @@ def test_latent_run_refuses_contradictions(data, autoencoder_run, tmp_path):
         train_diffusion(data, cfg, tmp_path / "b", autoencoder=autoencoder_run)
     with pytest.raises(ConfigError, match="no autoencoder was given"):
         train_diffusion(data, cfg, tmp_path / "c")
+    consistent = DiffusionTrainConfig.model_validate({**LATENT_DIFFUSION, "objective": {"style_consistency": 0.5}})
+    with pytest.raises(ConfigError, match="style_consistency needs a pixel model"):
+        train_diffusion(data, consistent, tmp_path / "d", autoencoder=autoencoder_run)
+    assert not (tmp_path / "d").exists()  # refused before the run folder is made
 
 
 def test_cached_latents_are_made_once_per_image_and_train(data, autoencoder_run, tmp_path):

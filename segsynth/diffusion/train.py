@@ -118,6 +118,9 @@ def fit_config_to_autoencoder(cfg: DiffusionTrainConfig, vae: AutoencoderKL, fol
     if vae.config.in_channels != cfg.model.image_channels:
         raise ConfigError(f"{folder}: the autoencoder codes {vae.config.in_channels}-channel images, "
                           f"the data has {cfg.model.image_channels}")
+    if cfg.objective.style_consistency > 0:  # refused now, not at the first step
+        raise ConfigError("objective.style_consistency needs a pixel model: the style encoder cannot read latents "
+                          f"(the autoencoder {folder} was given)")
     wanted = {"latent_channels": vae.config.latent_channels, "latent_factor": latent_factor(vae)}
     for key, value in wanted.items():
         if getattr(cfg.model, key) not in (type(cfg.model).model_fields[key].default, value):
