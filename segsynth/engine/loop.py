@@ -63,8 +63,8 @@ class Engine:
             set_rng_state(tree["rng"])
         if self.is_main:
             truncate_log(self.out / TRAIN_LOG, self.step)
+            # what a killed writer left in the folder or any subfolder (checkpoints/, samples/, ...)
             remove_stale_temporaries(*(p for p in (self.out, *self.out.iterdir()) if p.is_dir()))
-            self.checkpoints.remove_stale()
         self.accelerator.wait_for_everyone()
 
     def run(self, task: TrainTask, *, resume: bool, console: Console | None = None) -> None:
