@@ -12,6 +12,14 @@ Run (about an hour per dataset on one CPU core; datasets can run as parallel pro
 writes ``benchmarks/results/downstream-<dataset>.json`` (the benchmark's ``results.json`` plus the
 command, the machine and the wall time) and ``downstream-<dataset>.md`` (its table). Re-running the
 same command continues a killed run.
+
+Another generator on the same experiment (``--config`` with other diffusion or generation
+settings): ``--name`` keeps its folder and results apart (``<dataset>-<name>``), and ``--reuse``
+copies in the earlier benchmark's runs the generator cannot change (the real-only rows, and the
+fold generators when only the sampling differs), each checked against this config first::
+
+    .venv/bin/python benchmarks/downstream.py --dataset nuclei-fluo --work runs/downstream \
+        --config configs/benchmark-cpu-consistency.yaml --name consistency --reuse runs/downstream/nuclei-fluo
 """
 
 from __future__ import annotations
@@ -42,7 +50,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--run-folds", type=int, nargs="+", default=None,
                         help="only these folds (default all); finished runs of a larger benchmark are reused")
+    parser.add_argument("--name", default=None,
+                        help="suffix of the benchmark folder and results files: <dataset>-<name> (another generator)")
+    parser.add_argument("--reuse", type=Path, default=None,
+                        help="an earlier benchmark folder of this dataset: copy in the runs this config leaves unchanged")
     args = parser.parse_args(argv)
+    label = args.dataset if args.name is None else f"{args.dataset}-{args.name}"
     console = Console(width=160)
     data = args.work / "data" / args.dataset
     if not (data / "dataset.json").is_file():
@@ -50,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
     os.chdir(ROOT)  # the config names configs/tiny.yaml relative to the checkout
     cfg = load_config(BenchmarkConfig, args.config, {"run_folds": args.run_folds} if args.run_folds else None)
     tick = time.perf_counter()
-    results = run_benchmark(data, args.work / args.dataset, cfg, console=console)
+    results = run_benchmark(data, args.work / label, cfg, console=console, reuse=args.reuse)
     results["benchmark"] = "downstream"
     results["command"] = " ".join(["python", "benchmarks/downstream.py", *(argv if argv is not None else sys.argv[1:])])
     results["machine"] = {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
@@ -58,11 +71,11 @@ def main(argv: list[str] | None = None) -> None:
     results["wall_time_s"] = round(time.perf_counter() - tick, 1)
     console.print(rich_table(results))
     args.results.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(args.results / f"downstream-{args.dataset}.json", results)
-    atomic_write_text(args.results / f"downstream-{args.dataset}.md",
+    atomic_write_json(args.results / f"downstream-{label}.json", results)
+    atomic_write_text(args.results / f"downstream-{label}.md",
                       f"`{results['command']}` ({results['wall_time_s'] / 60:.0f} min on {os.cpu_count()} CPU cores, "
                       f"{torch.get_num_threads()} torch threads)\n\n" + markdown_table(results))
-    console.print(f"wrote {args.results / f'downstream-{args.dataset}.json'}")
+    console.print(f"wrote {args.results / f'downstream-{label}.json'}")
 
 
 if __name__ == "__main__":

@@ -59,6 +59,7 @@ BENCHMARK_YAML = "benchmark.yaml"
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
 SPLITS_JSON = "splits.json"  # the folds by case, made once and reused by every setting
+REUSED_JSON = "reused.json"  # the runs copied from an earlier benchmark (benchmark --reuse)
 FOLD_DIR = "fold_{fold}"  # one fold's generator, synthetic sets and segmentation runs (str.format)
 DIFFUSION_DIR = "diffusion"  # inside a fold: its diffusion run
 SYNTH_DIR = "synth"

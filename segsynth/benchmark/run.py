@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,15 +29,13 @@ from segsynth.artifacts.names import (
     CONFIG_YAML,
     DATASET_JSON,
     DIFFUSION_DIR,
-    FOLD_DIR,
     IMAGES_DIR,
     MANIFEST_JSONL,
     METRICS_JSON,
     PIPELINE_DIR,
     RESULTS_JSON,
     RESULTS_MD,
-    SEED_DIR,
-    SEG_RUNS_DIR,
+    REUSED_JSON,
     SPLITS_JSON,
     SYNTH_DIR,
     TRAINING_JSON,
@@ -47,12 +44,22 @@ from segsynth.artifacts.names import (
 )
 from segsynth.artifacts.schemas import TrainingSummary, read_record
 from segsynth.benchmark.config import BenchmarkConfig
-from segsynth.benchmark.plan import fit_generator, image_side, segmentation_steps
+from segsynth.benchmark.recipes import (
+    BASELINE,
+    CONTROL_NAMES,
+    all_labelled_ids,
+    diffusion_recipe,
+    fold_dir,
+    seg_run_dir,
+    segmentation_budget,
+    segmentation_recipe,
+    setting_names,
+)
+from segsynth.benchmark.reuse import reuse_unchanged_runs
 from segsynth.benchmark.summary import markdown_table, summarise
-from segsynth.config import load_config, parse_config, save_resolved_config
+from segsynth.config import parse_config, save_resolved_config
 from segsynth.data.format import load_spec
 from segsynth.data.loader import SegDataset, index_dataset
-from segsynth.diffusion.config import DiffusionTrainConfig
 from segsynth.diffusion.train import train_diffusion
 from segsynth.io.atomic import atomic_write_json, atomic_write_text
 from segsynth.io.lock import owns_folder
@@ -62,25 +69,6 @@ from segsynth.seg.splits import Split, load_splits, make_folds, save_splits
 from segsynth.seg.train import train_seg
 from segsynth.synth.config import GenerationConfig
 from segsynth.synth.generate import generate
-
-BASELINE = "baseline"
-#: Table names of the control rows (see :data:`segsynth.benchmark.config.CONTROLS`).
-CONTROL_NAMES = {"heavy_augmentation": "baseline+heavy-aug", "all_labelled": "all-labelled"}
-
-
-def fold_dir(out: Path, fold: int) -> Path:
-    """Fold ``fold``'s folder of the benchmark in ``out`` (its generator, synthetic sets, segmentation runs)."""
-    return out / FOLD_DIR.format(fold=fold)
-
-
-def seg_run_dir(out: Path, fold: int, setting: str, seed: int) -> Path:
-    """The segmentation run of ``setting`` and ``seed`` in fold ``fold`` of the benchmark in ``out``."""
-    return fold_dir(out, fold) / SEG_RUNS_DIR / setting.replace(":", "_").replace("+", "_") / SEED_DIR.format(seed=seed)
-
-
-def setting_names(config: BenchmarkConfig) -> list[str]:
-    """Row order of the table: the baseline, the controls, then the synthetic settings."""
-    return [BASELINE, *(CONTROL_NAMES[c] for c in config.controls), *config.settings]
 
 
 def _folds(data: Path, out: Path, cfg: BenchmarkConfig) -> list[Split]:
@@ -96,19 +84,6 @@ def _folds(data: Path, out: Path, cfg: BenchmarkConfig) -> list[Split]:
     return splits
 
 
-def all_labelled_ids(refs_ids: Sequence[str], split: Split) -> list[str]:
-    """Every labelled sample of the fold outside its validation and test cases (the ``all_labelled``
-    control: what the study would train on with every case labelled)."""
-    held = set(split.val_ids) | set(split.test_ids)
-    return sorted(i for i in refs_ids if i not in held)
-
-
-def _diffusion_config(data: Path, cfg: BenchmarkConfig) -> DiffusionTrainConfig:
-    dcfg = load_config(DiffusionTrainConfig, cfg.diffusion_config, cfg.diffusion_overrides)
-    seg = load_config(SegTrainConfig, cfg.segmentation_config, cfg.segmentation_overrides)
-    return fit_generator(dcfg, image_side(data), seg, cfg.diffusion_config or "diffusion config")
-
-
 def _diffusion(data: Path, fold: Path, split: Split, cfg: BenchmarkConfig, console: Console) -> Path:
     run = fold / DIFFUSION_DIR
     if (run / PIPELINE_DIR / "model_index.json").is_file():
@@ -117,7 +92,7 @@ def _diffusion(data: Path, fold: Path, split: Split, cfg: BenchmarkConfig, conso
     # Validation cases are labelled data the study has, so the generator may learn from them too;
     # test cases never reach it.
     return train_diffusion(
-        data, _diffusion_config(data, cfg), run, resume=resume, train_ids=split.train_ids + split.val_ids, console=console
+        data, diffusion_recipe(data, cfg), run, resume=resume, train_ids=split.train_ids + split.val_ids, console=console
     )
 
 
@@ -132,28 +107,6 @@ def _synthetic(run: Path, out: Path, n: int, layouts: str, cfg: BenchmarkConfig,
 
 def _needs_variants(cfg: BenchmarkConfig) -> bool:
     return any(parse_mix(s)["mix.strategy"] == "merge" for s in cfg.settings)
-
-
-def _segmentation_config(cfg: BenchmarkConfig, setting: str, seed: int, steps: int) -> SegTrainConfig:
-    """One setting's recipe: the shared recipe and budget, with exactly one factor changed."""
-    overrides: dict[str, Any] = {"train.steps": steps, **cfg.segmentation_overrides, "train.seed": seed}
-    if setting == CONTROL_NAMES["heavy_augmentation"]:
-        overrides["train.augment"] = "heavy"
-    elif setting not in (BASELINE, CONTROL_NAMES["all_labelled"]):
-        overrides.update(parse_mix(setting))
-    return load_config(SegTrainConfig, cfg.segmentation_config, overrides)
-
-
-def segmentation_budget(data: Path, splits: Sequence[Split], cfg: BenchmarkConfig) -> int:
-    """Optimiser steps of every segmentation run: the override, else planned from the data."""
-    base = load_config(SegTrainConfig, cfg.segmentation_config, cfg.segmentation_overrides)
-    if "train.steps" in cfg.segmentation_overrides or (cfg.segmentation_config and "steps" in base.train.model_fields_set):
-        return base.train.steps
-    ids = [r.id for r in index_dataset(data)]
-    largest = max(
-        len(all_labelled_ids(ids, s)) if "all_labelled" in cfg.controls else len(s.train_ids) for s in splits
-    )
-    return segmentation_steps(largest, base.train.batch_size, base.train.val_every)
 
 
 def _segmentation(
@@ -188,10 +141,10 @@ def check_inputs(data: Path, config: BenchmarkConfig) -> None:
         ConfigError / DataReadError / ValueError: the first problem, naming its key or file.
     """
     spec = load_spec(data)
-    _diffusion_config(data, config)
+    diffusion_recipe(data, config)
     for seed in config.seeds:
         for setting in setting_names(config):
-            _segmentation_config(config, setting, seed, 1)
+            segmentation_recipe(config, setting, seed, 1)
     labelled = index_dataset(data, "labeled", spec)
     if not labelled:
         raise ValueError(f"{data / IMAGES_DIR}: no labelled images")
@@ -256,8 +209,16 @@ def fold_generator(
 
 
 @owns_folder("out")
-def run_benchmark(data: str | Path, out: str | Path, config: BenchmarkConfig, console: Console | None = None) -> dict[str, Any]:
+def run_benchmark(
+    data: str | Path, out: str | Path, config: BenchmarkConfig, console: Console | None = None,
+    reuse: str | Path | None = None,
+) -> dict[str, Any]:
     """Run (or continue) the whole benchmark and write ``results.json`` and ``results.md``.
+
+    Args:
+        reuse: an earlier benchmark folder on the same data: its runs that this config would make
+            unchanged (real-only rows, and the fold generators when only the sampling differs) are
+            copied in first (:mod:`segsynth.benchmark.reuse`) and listed in the results.
 
     Returns:
         The contents of ``results.json`` (see :func:`segsynth.benchmark.summary.summarise`).
@@ -265,7 +226,13 @@ def run_benchmark(data: str | Path, out: str | Path, config: BenchmarkConfig, co
     console = console or Console(stderr=True)
     data, out = Path(data), Path(out)
     started = time.perf_counter()
-    splits = prepare_benchmark(data, out, config)
+    if reuse is not None:
+        check_inputs(data, config)
+        if (out / BENCHMARK_YAML).is_file():
+            prepare_benchmark(data, out, config, check=False)  # a folder of another config is refused first
+        reused = reuse_unchanged_runs(Path(reuse), data, out, config)
+        console.print(f"reused {len(reused)} runs from {reuse}")
+    splits = prepare_benchmark(data, out, config, check=reuse is None)
     folds = config.run_folds if config.run_folds is not None else list(range(len(splits)))
     if max(folds) >= len(splits):
         raise ValueError(f"run_folds {folds} names a fold beyond the {len(splits)} folds of {out / SPLITS_JSON}")
@@ -282,7 +249,7 @@ def run_benchmark(data: str | Path, out: str | Path, config: BenchmarkConfig, co
         _, synth, variants = fold_generator(data, out, config, fold, console, check=False)
         for seed in config.seeds:
             for setting in names:
-                seg_cfg = _segmentation_config(config, setting, seed, steps)
+                seg_cfg = segmentation_recipe(config, setting, seed, steps)
                 train_ids = all_labelled_ids(ids, split) if setting == CONTROL_NAMES["all_labelled"] else split.train_ids
                 strategy = seg_cfg.mix.strategy
                 synthetic = None if strategy == "none" else variants if strategy == "merge" else synth
@@ -293,13 +260,15 @@ def run_benchmark(data: str | Path, out: str | Path, config: BenchmarkConfig, co
         runs, names, baseline=BASELINE,
         reference=CONTROL_NAMES["all_labelled"] if "all_labelled" in config.controls else None,
     )
-    seg = _segmentation_config(config, BASELINE, config.seeds[0], steps)
+    seg = segmentation_recipe(config, BASELINE, config.seeds[0], steps)
     results["budget"] = {
         "steps": steps, "batch_size": seg.train.batch_size, "val_every": seg.train.val_every,
         "lr": seg.optim.lr, "schedule": seg.optim.schedule, "augment": seg.train.augment,
         "network": seg.network.name, "selection": "best validation Dice (validation cases of the fold)",
     }
     results["data"] = str(data.resolve())
+    if (out / REUSED_JSON).is_file():
+        results["reused"] = json.loads((out / REUSED_JSON).read_text(encoding="utf-8"))
     results["config"] = config.model_dump(mode="json")
     results["wall_time_s"] = round(time.perf_counter() - started, 1)
     atomic_write_json(out / RESULTS_JSON, results)

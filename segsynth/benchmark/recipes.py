@@ -1,0 +1,76 @@
+"""What each run of a benchmark is: its folder, its training samples and its recipe.
+
+One home for the benchmark's layout and recipes, so the runner that trains the runs and the reuse
+of an earlier benchmark's runs (:mod:`segsynth.benchmark.reuse`) cannot disagree on either.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from segsynth.artifacts.names import FOLD_DIR, SEED_DIR, SEG_RUNS_DIR
+from segsynth.benchmark.config import BenchmarkConfig
+from segsynth.benchmark.plan import fit_generator, image_side, segmentation_steps
+from segsynth.config import load_config
+from segsynth.data.loader import index_dataset
+from segsynth.diffusion.config import DiffusionTrainConfig
+from segsynth.seg.config import SegTrainConfig, parse_mix
+from segsynth.seg.splits import Split
+
+BASELINE = "baseline"
+#: Table names of the control rows (see :data:`segsynth.benchmark.config.CONTROLS`).
+CONTROL_NAMES = {"heavy_augmentation": "baseline+heavy-aug", "all_labelled": "all-labelled"}
+
+
+def fold_dir(out: Path, fold: int) -> Path:
+    """Fold ``fold``'s folder of the benchmark in ``out`` (its generator, synthetic sets, segmentation runs)."""
+    return out / FOLD_DIR.format(fold=fold)
+
+
+def seg_run_dir(out: Path, fold: int, setting: str, seed: int) -> Path:
+    """The segmentation run of ``setting`` and ``seed`` in fold ``fold`` of the benchmark in ``out``."""
+    return fold_dir(out, fold) / SEG_RUNS_DIR / setting.replace(":", "_").replace("+", "_") / SEED_DIR.format(seed=seed)
+
+
+def setting_names(config: BenchmarkConfig) -> list[str]:
+    """Row order of the table: the baseline, the controls, then the synthetic settings."""
+    return [BASELINE, *(CONTROL_NAMES[c] for c in config.controls), *config.settings]
+
+
+def all_labelled_ids(refs_ids: Sequence[str], split: Split) -> list[str]:
+    """Every labelled sample of the fold outside its validation and test cases (the ``all_labelled``
+    control: what the study would train on with every case labelled)."""
+    held = set(split.val_ids) | set(split.test_ids)
+    return sorted(i for i in refs_ids if i not in held)
+
+
+def diffusion_recipe(data: Path, cfg: BenchmarkConfig) -> DiffusionTrainConfig:
+    """Every fold generator's recipe: the diffusion config with its overrides, fitted to the data
+    and to the segmentation crop."""
+    dcfg = load_config(DiffusionTrainConfig, cfg.diffusion_config, cfg.diffusion_overrides)
+    seg = load_config(SegTrainConfig, cfg.segmentation_config, cfg.segmentation_overrides)
+    return fit_generator(dcfg, image_side(data), seg, cfg.diffusion_config or "diffusion config")
+
+
+def segmentation_recipe(cfg: BenchmarkConfig, setting: str, seed: int, steps: int) -> SegTrainConfig:
+    """One setting's recipe: the shared recipe and budget, with exactly one factor changed."""
+    overrides: dict[str, Any] = {"train.steps": steps, **cfg.segmentation_overrides, "train.seed": seed}
+    if setting == CONTROL_NAMES["heavy_augmentation"]:
+        overrides["train.augment"] = "heavy"
+    elif setting not in (BASELINE, CONTROL_NAMES["all_labelled"]):
+        overrides.update(parse_mix(setting))
+    return load_config(SegTrainConfig, cfg.segmentation_config, overrides)
+
+
+def segmentation_budget(data: Path, splits: Sequence[Split], cfg: BenchmarkConfig) -> int:
+    """Optimiser steps of every segmentation run: the override, else planned from the data."""
+    base = load_config(SegTrainConfig, cfg.segmentation_config, cfg.segmentation_overrides)
+    if "train.steps" in cfg.segmentation_overrides or (cfg.segmentation_config and "steps" in base.train.model_fields_set):
+        return base.train.steps
+    ids = [r.id for r in index_dataset(data)]
+    largest = max(
+        len(all_labelled_ids(ids, s)) if "all_labelled" in cfg.controls else len(s.train_ids) for s in splits
+    )
+    return segmentation_steps(largest, base.train.batch_size, base.train.val_every)
