@@ -12,7 +12,8 @@ The public API, stage by stage (each stage reads and writes plain folders):
   :class:`BackboneTrainConfig`, :func:`train_controlnet` (ControlNet on a frozen Stable Diffusion);
 - synthesis: :class:`GenerationConfig`, :func:`generate` (large images in blended tiles with ``size``);
 - segmentation: :class:`SegTrainConfig`, :func:`train_seg`, :func:`evaluate_seg`;
-- experiment: :class:`BenchmarkConfig`, :func:`run_benchmark`;
+- experiment: :class:`BenchmarkConfig`, :func:`run_benchmark` (``reuse`` an earlier benchmark's unchanged
+  runs), :func:`compare_generators` (two generators on the same benchmark, paired by case);
 - the whole loop on a folder: :func:`plan_run` (a :class:`RunPlan` from the fingerprint), :func:`run_all`;
 - evaluation and reporting: :func:`evaluate_synth`, :func:`build_report`;
 - run folders: :func:`detect` and :func:`discover` say what a folder is; :func:`read_record` reads
@@ -63,6 +64,7 @@ _EXPORTS = {
     "build_builtin": "segsynth.data.builtin",
     "build_report": "segsynth.report",
     "check_dataset": "segsynth.data.check",
+    "compare_generators": "segsynth.benchmark",
     "dataset_info": "segsynth.data.info",
     "detect": "segsynth.artifacts.detect",
     "diffusion_loss": "segsynth.diffusion",

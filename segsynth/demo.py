@@ -35,7 +35,7 @@ from segsynth.artifacts.names import (
 )
 from segsynth.artifacts.schemas import read_metrics
 from segsynth.benchmark import BenchmarkConfig, fold_generator, headline, quick_profile, rich_table, run_benchmark
-from segsynth.benchmark.run import BASELINE, seg_run_dir
+from segsynth.benchmark.recipes import BASELINE, seg_run_dir
 from segsynth.config import parse_config
 from segsynth.data.builtin import BUILTIN_DATASETS, build_builtin
 from segsynth.data.check import check_dataset

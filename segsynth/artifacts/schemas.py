@@ -337,3 +337,5 @@ class BenchmarkResults(Record):
     budget: dict[str, Any] = Field(default_factory=dict)
     data: str | None = None
     config: dict[str, Any] = Field(default_factory=dict)
+    #: ``{"from": earlier benchmark, "runs": [...]}`` when runs were copied in (``reused.json``)
+    reused: dict[str, Any] | None = None

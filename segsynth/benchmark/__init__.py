@@ -1,11 +1,13 @@
 """The experiment: baseline, controls and synthetic settings on the same case folds, seeds and step budget."""
 
+from segsynth.benchmark.compare import compare_generators
 from segsynth.benchmark.config import BenchmarkConfig, quick_profile
 from segsynth.benchmark.run import fold_generator, prepare_benchmark, run_benchmark
 from segsynth.benchmark.summary import headline, markdown_table, rich_table, summarise
 
 __all__ = [
     "BenchmarkConfig",
+    "compare_generators",
     "fold_generator",
     "headline",
     "markdown_table",

@@ -41,6 +41,8 @@ def benchmark(
     run_folds: str | None = typer.Option(None, help="Run only these folds, e.g. 0."),
     diffusion_config: Path | None = typer.Option(None, help="YAML for the per-fold diffusion models."),
     quick: bool = typer.Option(False, "--quick/--no-quick", metavar="", help="CI-sized profile: 2 folds, short trainings, small synthetic sets."),
+    reuse: Path | None = typer.Option(None, help="An earlier benchmark folder on the same data: copy in its runs this "
+                                                 "config leaves unchanged (real-only rows; generators if only sampling differs)."),
 ) -> None:
     """Train diffusion per fold, generate, train segmentation with and without synthetic data, compare."""
     with user_errors():
@@ -56,6 +58,6 @@ def benchmark(
             "diffusion_config": str(diffusion_config) if diffusion_config else None,
         }
         cfg = command_config(BenchmarkConfig, config, overrides, named)
-        results = run_benchmark(data, out, cfg, console=console)
+        results = run_benchmark(data, out, cfg, console=console, reuse=reuse)
         console.print(rich_table(results))
         console.print(f"results: {out / RESULTS_JSON} and {out / RESULTS_MD}")

@@ -30,7 +30,7 @@ from segsynth.artifacts.names import (
 )
 from segsynth.artifacts.schemas import BenchmarkResults, read_record
 from segsynth.benchmark import BenchmarkConfig, run_benchmark
-from segsynth.benchmark.run import BASELINE, fold_dir, seg_run_dir
+from segsynth.benchmark.recipes import BASELINE, fold_dir, seg_run_dir
 from segsynth.evaluation import evaluate_synth
 from segsynth.report import build_report
 from segsynth.run.plan import Device, RunPlan, benchmark_config, load_plan, plan_run, save_plan

@@ -1,0 +1,71 @@
+"""Before/after table of two generators on the downstream benchmark, per built-in dataset.
+
+Reads the committed ``downstream-<dataset>.json`` (the earlier generator) and
+``downstream-<dataset>-<name>.json`` (the new one, run with ``benchmarks/downstream.py --name <name>
+--reuse``), checks they are the same experiment (same folds, seeds, budget and baseline scores) and
+writes, per synthetic setting, ΔDice vs baseline before and after and the case-paired difference
+after − before (:func:`segsynth.benchmark.compare.compare_generators`)::
+
+    .venv/bin/python benchmarks/generator_comparison.py --name consistency
+
+writes ``benchmarks/results/downstream-before-after.json`` and ``.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+from segsynth.benchmark.compare import compare_generators
+from segsynth.data.builtin import BUILTIN_DATASETS
+from segsynth.io.atomic import atomic_write_json, atomic_write_text
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _fmt(d: dict[str, float]) -> str:
+    return f"{d['mean']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]"
+
+
+def markdown(table: dict[str, dict], name: str, command: str) -> str:
+    lines = [f"`{command}`", "",
+             f"ΔDice vs the real-only baseline with the earlier generator (before) and with `{name}` (after), "
+             "and after − before paired by test case (seeds averaged within a case; percentile-bootstrap 95% CI "
+             "over cases, Wilcoxon p). The baselines are the same runs in both.", "",
+             "| dataset | cases | setting | ΔDice before | ΔDice after | after − before | p |", "|---|---|---|---|---|---|---|"]
+    for dataset, result in table.items():
+        for setting, row in result["settings"].items():
+            diff = row["after_minus_before"]
+            lines.append(f"| {dataset} | {result['cases']} | {setting} | {_fmt(row['before'])} | {_fmt(row['after'])} | "
+                         f"{_fmt(diff)} | {diff['p_wilcoxon']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--name", required=True, help="the new generator's --name in benchmarks/downstream.py")
+    parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--datasets", nargs="+", choices=list(BUILTIN_DATASETS), default=list(BUILTIN_DATASETS))
+    args = parser.parse_args(argv)
+    command = shlex.join([".venv/bin/python", "benchmarks/generator_comparison.py",
+                          *(sys.argv[1:] if argv is None else argv)])
+    table = {}
+    for dataset in args.datasets:
+        before = json.loads((args.results / f"downstream-{dataset}.json").read_text(encoding="utf-8"))
+        after = json.loads((args.results / f"downstream-{dataset}-{args.name}.json").read_text(encoding="utf-8"))
+        table[dataset] = compare_generators(before, after) | {
+            "before_generator": {k: before["config"][k] for k in ("diffusion_overrides", "generation")},
+            "after_generator": {k: after["config"][k] for k in ("diffusion_overrides", "generation")},
+        }
+    atomic_write_json(args.results / "downstream-before-after.json",
+                      {"benchmark": "downstream-before-after", "command": command, "name": args.name, "datasets": table})
+    text = markdown(table, args.name, command)
+    atomic_write_text(args.results / "downstream-before-after.md", text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
