@@ -20,6 +20,9 @@ fold generators when only the sampling differs), each checked against this confi
 
     .venv/bin/python benchmarks/downstream.py --dataset nuclei-fluo --work runs/downstream \
         --config configs/benchmark-cpu-consistency.yaml --name consistency --reuse runs/downstream/nuclei-fluo
+
+``--set`` changes one value of the config, e.g. only the sampler
+(``--set generation.sampler=unipc --set generation.steps=5 --name unipc5``).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import torch
 from rich.console import Console
 
 from segsynth.benchmark import BenchmarkConfig, markdown_table, rich_table, run_benchmark
+from segsynth.cli.options import parse_overrides
 from segsynth.config import load_config
 from segsynth.data.builtin import BUILTIN_DATASETS, build_builtin
 from segsynth.io.atomic import atomic_write_json, atomic_write_text
@@ -50,6 +54,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--run-folds", type=int, nargs="+", default=None,
                         help="only these folds (default all); finished runs of a larger benchmark are reused")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a value of --config (YAML), e.g. generation.steps=5 (repeatable)")
     parser.add_argument("--name", default=None,
                         help="suffix of the benchmark folder and results files: <dataset>-<name> (another generator)")
     parser.add_argument("--reuse", type=Path, default=None,
@@ -61,7 +67,8 @@ def main(argv: list[str] | None = None) -> None:
     if not (data / "dataset.json").is_file():
         build_builtin(args.dataset, data)
     os.chdir(ROOT)  # the config names configs/tiny.yaml relative to the checkout
-    cfg = load_config(BenchmarkConfig, args.config, {"run_folds": args.run_folds} if args.run_folds else None)
+    overrides = parse_overrides(args.overrides) | ({"run_folds": args.run_folds} if args.run_folds else {})
+    cfg = load_config(BenchmarkConfig, args.config, overrides)
     tick = time.perf_counter()
     results = run_benchmark(data, args.work / label, cfg, console=console, reuse=args.reuse)
     results["benchmark"] = "downstream"
