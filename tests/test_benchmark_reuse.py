@@ -82,6 +82,10 @@ def test_only_what_is_unchanged_is_reused(finished: tuple[Path, Path, dict], tmp
     assert reuse_unchanged_runs(before, other_data, tmp_path / "c", _config()) == []
     with pytest.raises(ValueError, match="folds differ.*fold_seed"):
         reuse_unchanged_runs(before, data, tmp_path / "d", _config(fold_seed=1))
+    (tmp_path / "f").mkdir()
+    (tmp_path / "f" / "splits.json").write_text('{"seed": 1, "folds": []}')
+    with pytest.raises(ValueError, match="folds differ from"):
+        reuse_unchanged_runs(before, data, tmp_path / "f", _config())
     with pytest.raises(ValueError, match="not a benchmark folder"):
         reuse_unchanged_runs(tmp_path, data, tmp_path / "e", _config())
 

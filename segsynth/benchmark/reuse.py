@@ -52,7 +52,7 @@ from segsynth.config import parse_config
 from segsynth.data.format import load_spec
 from segsynth.diffusion.config import DiffusionTrainConfig
 from segsynth.diffusion.train import fit_config_to_data
-from segsynth.io.atomic import atomic_directory, atomic_write_json
+from segsynth.io.atomic import atomic_directory, atomic_write_bytes, atomic_write_json
 from segsynth.seg.config import SegTrainConfig
 from segsynth.seg.splits import Split, load_splits
 
@@ -126,12 +126,15 @@ def reuse_unchanged_runs(previous: Path, data: Path, out: Path, config: Benchmar
         The reused runs, as paths relative to ``out`` (the results record them).
 
     Raises:
-        ValueError: ``previous`` is not a benchmark folder, or it split the data otherwise.
+        ValueError: ``previous`` is not a benchmark folder, or it (or ``out``) split the data otherwise.
     """
     splits = previous_splits(previous, config)
-    out.mkdir(parents=True, exist_ok=True)
+    folds = (previous / SPLITS_JSON).read_bytes()
     if not (out / SPLITS_JSON).is_file():
-        shutil.copyfile(previous / SPLITS_JSON, out / SPLITS_JSON)
+        atomic_write_bytes(out / SPLITS_JSON, folds)
+    elif (out / SPLITS_JSON).read_bytes() != folds:
+        raise ValueError(f"{out / SPLITS_JSON}: this benchmark's folds differ from {previous / SPLITS_JSON}; "
+                         "reuse into a new folder")
     steps = segmentation_budget(data, splits, config)
     real_only = [name for name in setting_names(config) if name == BASELINE or name in CONTROL_NAMES.values()]
     # what train_diffusion saves: the recipe with the data's channels and classes filled in
