@@ -1,12 +1,12 @@
 """Before/after table of two generators on the downstream benchmark, per built-in dataset.
 
-Reads the committed ``downstream-<dataset>.json`` (the earlier generator) and
-``downstream-<dataset>-<name>.json`` (the new one, run with ``benchmarks/downstream.py --name <name>
---reuse``), checks they are the same experiment (same folds, seeds, budget and baseline scores) and
-writes, per synthetic setting, ΔDice vs baseline before and after and the case-paired difference
-after − before (:func:`segsynth.benchmark.compare.compare_generators`)::
+Reads the committed ``downstream-<dataset>.json`` (the earlier generator) and, per new generator,
+``downstream-<dataset>-<name>.json`` (run with ``benchmarks/downstream.py --name <name> --reuse``),
+checks they are the same experiment (same folds, seeds, budget and baseline scores) and writes, per
+synthetic setting, ΔDice vs baseline before and after and the case-paired difference after − before
+(:func:`segsynth.benchmark.compare.compare_generators`)::
 
-    .venv/bin/python benchmarks/generator_comparison.py --name consistency
+    .venv/bin/python benchmarks/generator_comparison.py --names unipc5 consistency
 
 writes ``benchmarks/results/downstream-before-after.json`` and ``.md``.
 """
@@ -30,39 +30,42 @@ def _fmt(d: dict[str, float]) -> str:
     return f"{d['mean']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]"
 
 
-def markdown(table: dict[str, dict], name: str, command: str) -> str:
+def markdown(table: dict[str, dict[str, dict]], command: str) -> str:
     lines = [f"`{command}`", "",
-             f"ΔDice vs the real-only baseline with the earlier generator (before) and with `{name}` (after), "
+             "ΔDice vs the real-only baseline with the earlier generator (before) and with each new one (after), "
              "and after − before paired by test case (seeds averaged within a case; percentile-bootstrap 95% CI "
-             "over cases, Wilcoxon p). The baselines are the same runs in both.", "",
-             "| dataset | cases | setting | ΔDice before | ΔDice after | after − before | p |", "|---|---|---|---|---|---|---|"]
-    for dataset, result in table.items():
-        for setting, row in result["settings"].items():
-            diff = row["after_minus_before"]
-            lines.append(f"| {dataset} | {result['cases']} | {setting} | {_fmt(row['before'])} | {_fmt(row['after'])} | "
-                         f"{_fmt(diff)} | {diff['p_wilcoxon']:.3f} |")
+             "over cases, Wilcoxon p). The baselines are the same runs in every benchmark.", "",
+             "| generator | dataset | cases | setting | ΔDice before | ΔDice after | after − before | p |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, datasets in table.items():
+        for dataset, result in datasets.items():
+            for setting, row in result["settings"].items():
+                diff = row["after_minus_before"]
+                lines.append(f"| {name} | {dataset} | {result['cases']} | {setting} | {_fmt(row['before'])} | "
+                             f"{_fmt(row['after'])} | {_fmt(diff)} | {diff['p_wilcoxon']:.3f} |")
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--name", required=True, help="the new generator's --name in benchmarks/downstream.py")
+    parser.add_argument("--names", nargs="+", required=True, help="the new generators' --name in benchmarks/downstream.py")
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--datasets", nargs="+", choices=list(BUILTIN_DATASETS), default=list(BUILTIN_DATASETS))
     args = parser.parse_args(argv)
     command = shlex.join([".venv/bin/python", "benchmarks/generator_comparison.py",
                           *(sys.argv[1:] if argv is None else argv)])
-    table = {}
-    for dataset in args.datasets:
-        before = json.loads((args.results / f"downstream-{dataset}.json").read_text(encoding="utf-8"))
-        after = json.loads((args.results / f"downstream-{dataset}-{args.name}.json").read_text(encoding="utf-8"))
-        table[dataset] = compare_generators(before, after) | {
-            "before_generator": {k: before["config"][k] for k in ("diffusion_overrides", "generation")},
-            "after_generator": {k: after["config"][k] for k in ("diffusion_overrides", "generation")},
-        }
+    table: dict[str, dict[str, dict]] = {}
+    for name in args.names:
+        for dataset in args.datasets:
+            before = json.loads((args.results / f"downstream-{dataset}.json").read_text(encoding="utf-8"))
+            after = json.loads((args.results / f"downstream-{dataset}-{name}.json").read_text(encoding="utf-8"))
+            table.setdefault(name, {})[dataset] = compare_generators(before, after) | {
+                "before_generator": {k: before["config"][k] for k in ("diffusion_overrides", "generation")},
+                "after_generator": {k: after["config"][k] for k in ("diffusion_overrides", "generation")},
+            }
     atomic_write_json(args.results / "downstream-before-after.json",
-                      {"benchmark": "downstream-before-after", "command": command, "name": args.name, "datasets": table})
-    text = markdown(table, args.name, command)
+                      {"benchmark": "downstream-before-after", "command": command, "generators": table})
+    text = markdown(table, command)
     atomic_write_text(args.results / "downstream-before-after.md", text)
     print(text)
 
