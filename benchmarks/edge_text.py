@@ -14,7 +14,10 @@ prompt -> modality accuracy of one model trained on several modalities.
    null prompt (chance is 1/3). A layout is not modality-free (the datasets label different
    structures: nuclei, brain tissue classes, tissue + nuclei), so accuracy is also split by the
    dataset the layout came from: on its own modality's layouts the prompt agrees with the layout,
-   on the others it must override it.
+   on the others it must override it. On its own layouts each prompt's samples are also scored
+   for layout fidelity (a small segmenter per dataset, trained on its real tiles; the same
+   segmenter on those real tiles is the ceiling), so a training choice that helps the prompt can
+   be seen to cost the layout or not.
 
 Everything is CPU-sized (32 px tiles, a few hundred steps): the numbers say whether the conditions
 steer the model at all, not what a full-size run reaches.
@@ -188,6 +191,17 @@ def text_experiment(roots: list[Path], work: Path, size: int, steps: int, per_pr
                                }
     with torch.no_grad():
         rows["classifier_real_accuracy"] = float((clf(xs).argmax(1) == ys).float().mean())
+    # Layout fidelity on each prompt's own layouts: a small segmenter per dataset, trained on its real tiles.
+    specs = [SegDataset(r).spec for r in roots]
+    segs = [fit(small_net(channels, spec.num_classes, classify=False), torch.from_numpy(x), torch.from_numpy(y), steps=400)
+            for spec, (x, y) in zip(specs, real)]
+
+    def fidelity(k: int, images: np.ndarray, masks: np.ndarray) -> float:
+        with torch.no_grad():
+            scores = score_layouts(images, masks, lambda batch: segs[k](batch).argmax(1), specs[k].class_names)
+        return scores["summary"]["dice"]["mean_fg"]["mean"]
+
+    rows["fidelity_real_ceiling"] = {prompts[k]: fidelity(k, *real[k]) for k in range(len(roots))}
     for name, embeds in [*((p, texts[i:i + 1]) for i, p in enumerate(prompts)), ("<null prompt>", None)]:
         with torch.no_grad():
             images = pipe(layouts, None, num_inference_steps=10, style_guidance_scale=1.0,
@@ -204,11 +218,15 @@ def text_experiment(roots: list[Path], work: Path, size: int, steps: int, per_pr
             row["accuracy"] = counts[target] / per_prompt
             row["accuracy_own_layouts"] = float((predicted[sources == target] == target).float().mean())
             row["accuracy_other_layouts"] = float((predicted[sources != target] == target).float().mean())
+            own = sources == target
+            row["fidelity_own_layouts"] = fidelity(target, images[own].numpy(), layouts[own].numpy())
         rows[name] = row
         print(json.dumps({name: row}), flush=True)
     rows["mean_accuracy"] = float(np.mean([rows[p]["accuracy"] for p in prompts]))
     rows["mean_accuracy_own_layouts"] = float(np.mean([rows[p]["accuracy_own_layouts"] for p in prompts]))
     rows["mean_accuracy_other_layouts"] = float(np.mean([rows[p]["accuracy_other_layouts"] for p in prompts]))
+    rows["mean_fidelity_fraction"] = float(np.mean([rows[p]["fidelity_own_layouts"] / rows["fidelity_real_ceiling"][p]
+                                                    for p in prompts]))
     return rows
 
 
