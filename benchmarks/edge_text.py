@@ -162,11 +162,12 @@ def _train(data: Path | list[Path], cfg: DiffusionTrainConfig, run: Path) -> flo
 
 
 def text_experiment(roots: list[Path], work: Path, size: int, steps: int, per_prompt: int,
-                    guidance: float = 1.0, layout_drop: float = 0.0) -> dict[str, object]:
+                    guidance: float = 1.0, layout_drop: float = 0.0, layout_guidance: float = 1.0) -> dict[str, object]:
     """One text model (trained once per ``steps`` and ``layout_drop``) sampled at text ``guidance``.
 
     ``layout_drop`` > 0 trains with the layout replaced by its null embedding that often, so the
-    prompt is sometimes the only condition that tells the modality.
+    prompt is sometimes the only condition that tells the modality; such a model can also be
+    sampled with ``layout_guidance`` > 1 (classifier-free guidance towards the layout).
     """
     cfg = load_config(DiffusionTrainConfig, None, {**model_overrides(size, steps), "model.text": True,
                                                    "objective.cond_drop.layout": layout_drop})
@@ -186,6 +187,7 @@ def text_experiment(roots: list[Path], work: Path, size: int, steps: int, per_pr
     sources = torch.arange(per_prompt) % len(real)  # the dataset each layout comes from
     unit = torch.nn.functional.normalize(texts.float(), dim=1)
     rows: dict[str, object] = {"steps": steps, "text_guidance": guidance, "layout_drop": layout_drop,
+                               "layout_guidance": layout_guidance,
                                "train_s": train_s, "reused": train_s is None,
                                "prompts": prompts, "prompt_cosine": (unit @ unit.T).tolist(),
                                }
@@ -205,6 +207,7 @@ def text_experiment(roots: list[Path], work: Path, size: int, steps: int, per_pr
     for name, embeds in [*((p, texts[i:i + 1]) for i, p in enumerate(prompts)), ("<null prompt>", None)]:
         with torch.no_grad():
             images = pipe(layouts, None, num_inference_steps=10, style_guidance_scale=1.0,
+                          layout_guidance_scale=layout_guidance,
                           text_guidance_scale=guidance if embeds is not None else 1.0,
                           prompt_embeds=None if embeds is None else embeds.expand(per_prompt, -1),
                           generator=[torch.Generator().manual_seed(i) for i in range(per_prompt)]).images
@@ -230,13 +233,13 @@ def text_experiment(roots: list[Path], work: Path, size: int, steps: int, per_pr
     return rows
 
 
-def _text_runs(text: str) -> list[tuple[int, float, float]]:
-    """``"300:1,1500:3,1500:1:0.5"`` -> ``[(300, 1.0, 0.0), (1500, 3.0, 0.0), (1500, 1.0, 0.5)]``
-    (training steps : text guidance [: layout drop in training])."""
+def _text_runs(text: str) -> list[tuple[int, float, float, float]]:
+    """``"300:1,1500:3:0.5:2"`` -> ``[(300, 1.0, 0.0, 1.0), (1500, 3.0, 0.5, 2.0)]`` (training steps :
+    text guidance [: layout drop in training [: layout guidance]])."""
     runs = []
     for item in text.split(","):
-        steps, guidance, layout_drop = (item.split(":") + ["", ""])[:3]
-        runs.append((int(steps), float(guidance or 1.0), float(layout_drop or 0.0)))
+        steps, guidance, layout_drop, layout_guidance = (item.split(":") + ["", "", ""])[:4]
+        runs.append((int(steps), float(guidance or 1.0), float(layout_drop or 0.0), float(layout_guidance or 1.0)))
     return runs
 
 
@@ -248,8 +251,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=300, help="training steps of the edge / no-edge models")
     parser.add_argument("--text-runs", type=_text_runs, default=_text_runs("300:1,1500:1,1500:3"),
-                        help="text models as STEPS:GUIDANCE[:LAYOUT_DROP],...; one model per STEPS and LAYOUT_DROP, "
-                             "sampled at each GUIDANCE")
+                        help="text models as STEPS:GUIDANCE[:LAYOUT_DROP[:LAYOUT_GUIDANCE]],...; one model per STEPS "
+                             "and LAYOUT_DROP, sampled at each GUIDANCE (and LAYOUT_GUIDANCE)")
     parser.add_argument("--samples", type=int, default=48, help="synthetic images per setting / prompt")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--skip-text", action="store_true")
@@ -269,7 +272,7 @@ def main(argv: list[str] | None = None) -> None:
         results["edge"] = edge_experiment(data / "nuclei-fluo", args.out, args.size, args.steps, args.samples)
     if not args.skip_text:
         results["text"] = [text_experiment([data / n for n in DATASETS], args.out, args.size, steps, args.samples,
-                                           guidance, layout_drop) for steps, guidance, layout_drop in args.text_runs]
+                                           *sampling) for steps, *sampling in args.text_runs]
     results["seconds"] = round(time.perf_counter() - started, 1)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=2) + "\n")

@@ -77,7 +77,7 @@ def test_generated_set_is_a_loadable_dataset_with_a_complete_manifest(pipe, toy,
         assert len(r.style_ids) == 2 and set(r.style_ids) <= pool_ids
         assert r.seed == sample_seed(0, r.index) and r.model_hash == digest and len(digest) == 64
         assert r.guidance.model_dump() == {"style": 1.5, "layout": 1.0, "rescale": 0.7}
-        assert (r.prompt, r.sampler, r.steps, r.style_sampler) == ("Nuclei, Fluorescence", "unipc", 2, "multi_patch")
+        assert (r.prompt, r.sampler, r.steps, r.style_sampler) == ("Nuclei, Fluorescence", "dpmpp", 2, "multi_patch")
     spec = load_spec(out)
     assert spec.labels == {"background": 0, "nucleus": 1} and spec.channels == 1
     assert spec.label_provenance == "human" and "conditioning layouts" in spec.derivation
