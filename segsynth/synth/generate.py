@@ -64,7 +64,7 @@ from segsynth.io.model_config import check_model_folder, check_scheduler_config
 from segsynth.io.untrusted import refuse_unsafe_files
 from segsynth.models.text import encode_prompts
 from segsynth.progress import StepProgress
-from segsynth.synth.config import GenerationConfig, GenerationRecord
+from segsynth.synth.config import TEXT_GUIDANCE, GenerationConfig, GenerationRecord
 from segsynth.synth.layouts import LayoutSource, VariantLayouts, make_layout_source
 from segsynth.synth.manifest import ManifestWriter, manifest_name, read_manifest, write_manifest
 from segsynth.synth.styles import StyleSource, open_style_pool
@@ -559,7 +559,7 @@ def _optional_conditions(pipeline: SegSynthPipeline, cfg: GenerationConfig) -> d
     if unet.uses_edge:
         found.update(edge_source=cfg.edges or "layout", edge_guidance=cfg.edge_guidance)
     if unet.uses_text:
-        found.update(prompt=cfg.prompt, text_guidance=1.0 if cfg.text_guidance is None else cfg.text_guidance)
+        found.update(prompt=cfg.prompt, text_guidance=TEXT_GUIDANCE if cfg.text_guidance is None else cfg.text_guidance)
     return found
 
 
