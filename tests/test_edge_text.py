@@ -29,7 +29,8 @@ from segsynth.diffusion.samples import SampleSettings, TrainingSamples, select_r
 from segsynth.diffusion.train import train_diffusion
 from segsynth.models import ModelConfig, SegSynthModel
 from segsynth.models.text import TextEncoderUnavailable, encode_prompts, load_sentence_encoder, prompt_key
-from segsynth.synth.config import GenerationConfig
+import segsynth.synth.generate as generate_module
+from segsynth.synth.config import TEXT_GUIDANCE, GenerationConfig
 from segsynth.synth.generate import generate
 from segsynth.synth.manifest import read_manifest
 
@@ -359,3 +360,25 @@ def test_models_without_edges_write_the_same_records_as_before(tmp_path):
     assert not {"edge_source", "edge_guidance", "prompt", "text_guidance"} & set(config)
     with pytest.raises(ValueError, match="no edge condition"):
         generate(pipe, tmp_path / "other", GenerationConfig(n=2, layouts="variants", layout_data=data, edges="layout", steps=1))
+
+
+def test_a_text_model_samples_with_prompt_guidance_3_unless_told_otherwise(tmp_path, monkeypatch):
+    """The measured default (``TEXT_GUIDANCE``) reaches the pipeline and the record; a given scale wins."""
+    monkeypatch.setattr(generate_module, "encode_prompts", lambda prompts: torch.from_numpy(fake_encoder()(list(prompts))))
+    data = write_tiny_dataset(tmp_path / "data", cases=("p1", "p2"), per_case=1, labels=("background", "a", "b"))
+    run = tmp_path / "run"
+    pipeline_of(tiny_model(edge=False, text=True)).save_pretrained(run / "pipeline")
+    (run / "training_data.json").write_text(json.dumps({"data_root": str(data), "num_refs": 2}))
+    scales: list[float] = []
+    real_call = SegSynthPipeline.__call__
+
+    def spy(self, layout, *args, **kwargs):
+        scales.append(kwargs["text_guidance_scale"])
+        return real_call(self, layout, *args, **kwargs)
+
+    monkeypatch.setattr(SegSynthPipeline, "__call__", spy)
+    generate(run, tmp_path / "default", GenerationConfig(n=2, steps=1))
+    assert scales == [TEXT_GUIDANCE] == [3.0]
+    assert json.loads((tmp_path / "default" / "generation.json").read_text())["config"]["text_guidance"] == 3.0
+    generate(run, tmp_path / "off", GenerationConfig(n=2, steps=1, text_guidance=1.0))
+    assert scales[1:] == [1.0]

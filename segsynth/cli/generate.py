@@ -97,7 +97,7 @@ def generate(
         None, help="Text models: the prompt (default: the layout data's dataset.json prompt)."
     ),
     text_guidance: float | None = typer.Option(
-        None, help="Text guidance scale (text models; default 1: off; ControlNet runs: the run's CFG scale)."
+        None, help="Text guidance scale (text models; default 3; 1 is off; ControlNet runs: the run's CFG scale)."
     ),
     size: int | None = typer.Option(
         None, help="Side of the images (default: the model's). Larger ones are sampled in blended overlapping tiles."
