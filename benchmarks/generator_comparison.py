@@ -8,6 +8,8 @@ synthetic setting, ΔDice vs baseline before and after and the case-paired diffe
 
     .venv/bin/python benchmarks/generator_comparison.py --names unipc5 consistency
 
+A generator run on some datasets only is compared on those (the table lists them).
+
 writes ``benchmarks/results/downstream-before-after.json`` and ``.md``.
 """
 
@@ -56,7 +58,12 @@ def main(argv: list[str] | None = None) -> None:
                           *(sys.argv[1:] if argv is None else argv)])
     table: dict[str, dict[str, dict]] = {}
     for name in args.names:
-        for dataset in args.datasets:
+        ran = [d for d in args.datasets if (args.results / f"downstream-{d}-{name}.json").is_file()]
+        if not ran:
+            raise SystemExit(f"no downstream-<dataset>-{name}.json in {args.results}")
+        if len(ran) < len(args.datasets):
+            print(f"{name}: run on {', '.join(ran)} only")
+        for dataset in ran:
             before = json.loads((args.results / f"downstream-{dataset}.json").read_text(encoding="utf-8"))
             after = json.loads((args.results / f"downstream-{dataset}-{name}.json").read_text(encoding="utf-8"))
             table.setdefault(name, {})[dataset] = compare_generators(before, after) | {
