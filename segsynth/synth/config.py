@@ -34,7 +34,7 @@ SamplerName = Literal["ddim", "dpmpp", "unipc"]
 #: Default prompt guidance of a text model (``model.text``). In ``benchmarks/results/edge_text.json``
 #: (one 1500-step model of the three built-in datasets), guidance 3 instead of 1 raises how often
 #: a prompt's samples on its own dataset's layouts are classified as its modality from 0.75 to 0.90,
-#: at the same layout fidelity (0.87 vs 0.88 of the real ceiling), for one more UNet row per step.
+#: at the same layout fidelity (0.87 of the real ceiling), for one more UNet row per step.
 TEXT_GUIDANCE = 3.0
 EdgeSource = Literal["layout", "image"]
 
