@@ -18,12 +18,8 @@ Copies are atomic, so a killed reuse is repeated safely by the same command.
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
-from typing import Any
-
-import yaml
 
 from segsynth.artifacts.names import (
     BENCHMARK_YAML,
@@ -48,7 +44,8 @@ from segsynth.benchmark.recipes import (
     segmentation_recipe,
     setting_names,
 )
-from segsynth.config import parse_config
+from segsynth.artifacts.schemas import SegRunSplit, TrainingData, read_record
+from segsynth.config import load_config
 from segsynth.data.format import load_spec
 from segsynth.diffusion.config import DiffusionTrainConfig
 from segsynth.diffusion.train import fit_config_to_data
@@ -60,14 +57,6 @@ from segsynth.seg.splits import Split, load_splits
 FOLD_KEYS = ("folds", "fold_seed", "low_label", "val_fraction")
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
-    return yaml.safe_load(path.read_text(encoding="utf-8"))
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
 def previous_splits(previous: Path, config: BenchmarkConfig) -> list[Split]:
     """The folds of the benchmark in ``previous``, after checking it split the data as ``config`` does.
 
@@ -77,7 +66,7 @@ def previous_splits(previous: Path, config: BenchmarkConfig) -> list[Split]:
     saved_path = previous / BENCHMARK_YAML
     if not saved_path.is_file() or not (previous / SPLITS_JSON).is_file():
         raise ValueError(f"{previous}: not a benchmark folder to reuse (no {BENCHMARK_YAML} and {SPLITS_JSON})")
-    saved = parse_config(BenchmarkConfig, _read_yaml(saved_path), str(saved_path))
+    saved = load_config(BenchmarkConfig, saved_path)
     differ = [k for k in FOLD_KEYS if getattr(saved, k) != getattr(config, k)]
     if differ:
         raise ValueError(f"{saved_path}: its folds differ from this benchmark's ({', '.join(differ)}); nothing can be reused")
@@ -88,22 +77,22 @@ def real_only_run_matches(run: Path, data: Path, wanted: SegTrainConfig) -> bool
     """Is ``run`` a finished segmentation run on ``data``, without synthetic data, with recipe ``wanted``?"""
     if not all((run / name).is_file() for name in (METRICS_JSON, CONFIG_YAML, SPLIT_JSON)):
         return False
-    record = _read_json(run / SPLIT_JSON)
-    if record.get("data_root") != str(data.resolve()) or record.get("synthetic"):
+    record = read_record(run / SPLIT_JSON, SegRunSplit)
+    if record.data_root != str(data.resolve()) or record.synthetic:
         return False
-    return SegTrainConfig.model_validate(_read_yaml(run / CONFIG_YAML)) == wanted
+    return load_config(SegTrainConfig, run / CONFIG_YAML) == wanted
 
 
 def diffusion_run_matches(run: Path, data: Path, split: Split, wanted: DiffusionTrainConfig) -> bool:
     """Is ``run`` a released diffusion model trained on ``data``'s fold samples with recipe ``wanted``?"""
     if not (run / PIPELINE_DIR / "model_index.json").is_file() or not (run / TRAINING_DATA_JSON).is_file():
         return False
-    record = _read_json(run / TRAINING_DATA_JSON)
-    if record.get("data_root") != str(data.resolve()):
+    record = read_record(run / TRAINING_DATA_JSON, TrainingData)
+    if record.data_root != str(data.resolve()):
         return False
-    if sorted(record.get("train_ids", [])) != sorted(split.train_ids + split.val_ids):
+    if sorted(record.train_ids or []) != sorted(split.train_ids + split.val_ids):
         return False
-    return DiffusionTrainConfig.model_validate(_read_yaml(run / CONFIG_YAML)) == wanted
+    return load_config(DiffusionTrainConfig, run / CONFIG_YAML) == wanted
 
 
 def copy_run(source: Path, target: Path) -> None:

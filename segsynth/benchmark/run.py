@@ -159,11 +159,14 @@ def check_inputs(data: Path, config: BenchmarkConfig) -> None:
     SegDataset(data, "unlabeled", refs=unlabeled, spec=spec).verify()
 
 
-def prepare_benchmark(data: str | Path, out: str | Path, config: BenchmarkConfig, check: bool = True) -> list[Split]:
-    """Create (or re-open) the benchmark folder: its config and its folds.
+def prepare_benchmark(
+    data: str | Path, out: str | Path, config: BenchmarkConfig, check: bool = True, reuse: str | Path | None = None,
+) -> list[Split]:
+    """Create (or re-open) the benchmark folder: its config and its folds, and with ``reuse`` the
+    unchanged runs of an earlier benchmark (:func:`segsynth.benchmark.reuse.reuse_unchanged_runs`).
 
     Raises:
-        ValueError: ``out`` holds a benchmark made with another config.
+        ValueError: ``out`` holds a benchmark made with another config, or ``reuse`` split the data otherwise.
     """
     data, out = Path(data), Path(out)
     if check:
@@ -175,7 +178,9 @@ def prepare_benchmark(data: str | Path, out: str | Path, config: BenchmarkConfig
         # run_folds only picks which of the saved folds to run (and summarise): any selection may continue
         if saved.model_copy(update={"run_folds": None}) != config.model_copy(update={"run_folds": None}):
             raise ValueError(f"{config_path}: this folder holds a benchmark with another config; use a new --out")
-    else:
+    if reuse is not None:  # before the config is saved: a refused reuse leaves no benchmark behind
+        reuse_unchanged_runs(Path(reuse), data, out, config)
+    if not config_path.is_file():
         save_resolved_config(config, config_path)
     return _folds(data, out, config)
 
@@ -226,13 +231,10 @@ def run_benchmark(
     console = console or Console(stderr=True)
     data, out = Path(data), Path(out)
     started = time.perf_counter()
-    if reuse is not None:
-        check_inputs(data, config)
-        if (out / BENCHMARK_YAML).is_file():
-            prepare_benchmark(data, out, config, check=False)  # a folder of another config is refused first
-        reused = reuse_unchanged_runs(Path(reuse), data, out, config)
-        console.print(f"reused {len(reused)} runs from {reuse}")
-    splits = prepare_benchmark(data, out, config, check=reuse is None)
+    splits = prepare_benchmark(data, out, config, reuse=reuse)
+    reused = json.loads((out / REUSED_JSON).read_text(encoding="utf-8")) if (out / REUSED_JSON).is_file() else None
+    if reused is not None:
+        console.print(f"reused {len(reused['runs'])} runs from {reused['from']}")
     folds = config.run_folds if config.run_folds is not None else list(range(len(splits)))
     if max(folds) >= len(splits):
         raise ValueError(f"run_folds {folds} names a fold beyond the {len(splits)} folds of {out / SPLITS_JSON}")
@@ -267,8 +269,8 @@ def run_benchmark(
         "network": seg.network.name, "selection": "best validation Dice (validation cases of the fold)",
     }
     results["data"] = str(data.resolve())
-    if (out / REUSED_JSON).is_file():
-        results["reused"] = json.loads((out / REUSED_JSON).read_text(encoding="utf-8"))
+    if reused is not None:
+        results["reused"] = reused
     results["config"] = config.model_dump(mode="json")
     results["wall_time_s"] = round(time.perf_counter() - started, 1)
     atomic_write_json(out / RESULTS_JSON, results)
