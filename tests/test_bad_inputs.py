@@ -102,7 +102,7 @@ def command_args(command: str, data: Path, work: Path, configs: dict[str, Path],
     out = work / f"out-{command}"
     return {
         CHECK: ["data", "check", str(data), "--json"],
-        INFO: ["data", "info", str(data), "--no-write"],
+        INFO: ["data", "info", str(data)],
         DIFFUSION: ["train-diffusion", str(data), "--out", str(out), "--config", str(configs["diffusion"])],
         SEG: ["train-seg", str(data), "--out", str(out), "--config", str(configs["seg"])],
         GENERATE: [
@@ -554,7 +554,7 @@ def test_16bit_and_palette_masks_read_as_label_values(tmp_path: Path) -> None:
     for stem in ("p1_0", "p2_0"):
         mask = dataset.load_arrays(ids.index(stem))[1]
         assert mask.dtype == np.int64 and np.array_equal(mask, labels.astype(np.int64)), stem
-    info = invoke(["data", "info", str(data), "--no-write", "--json"])
+    info = invoke(["data", "info", str(data), "--json"])
     assert info.exit_code == 0 and json.loads(info.stdout)["class_presence"]["lesion"] == 1.0
 
 

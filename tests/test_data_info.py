@@ -1,4 +1,4 @@
-"""``dataset_info``: exact class fractions, counts and sizes on hand-made masks; only fingerprint.json written."""
+"""``dataset_info``: exact class fractions, counts and sizes on hand-made masks; the dataset is only read."""
 
 from __future__ import annotations
 
@@ -55,32 +55,35 @@ def test_fingerprint_numbers_match_hand_counts(known_dataset: Path) -> None:
     assert fp["class_presence"] == {"background": 0.75, "lesion": 0.5, "vessel": 0.25}
     assert fp["image_size"] == {"height": {"min": 2, "max": 4, "median": 3.0}, "width": {"min": 4, "max": 6, "median": 4.0}}
     assert fp["unlabeled_size"]["width"]["max"] == 10
-    assert json.loads((known_dataset / FINGERPRINT_JSON).read_text()) == fp
 
 
-def test_only_fingerprint_is_written_and_no_write_writes_nothing(known_dataset: Path) -> None:
+def test_nothing_is_written_into_the_dataset_and_out_goes_outside(known_dataset: Path, tmp_path: Path) -> None:
     before = sorted(p.relative_to(known_dataset) for p in known_dataset.rglob("*"))
-    dataset_info(known_dataset, write=False)
+    fp = dataset_info(known_dataset)
     assert sorted(p.relative_to(known_dataset) for p in known_dataset.rglob("*")) == before
-    dataset_info(known_dataset)
-    after = sorted(p.relative_to(known_dataset) for p in known_dataset.rglob("*"))
-    assert set(after) - set(before) == {Path(FINGERPRINT_JSON)}
+    saved = tmp_path / "elsewhere" / FINGERPRINT_JSON
+    dataset_info(known_dataset, out=saved)
+    assert json.loads(saved.read_text()) == fp
+    with pytest.raises(ValueError, match="sits inside the input"):
+        dataset_info(known_dataset, out=known_dataset / FINGERPRINT_JSON)
+    assert sorted(p.relative_to(known_dataset) for p in known_dataset.rglob("*")) == before
 
 
 def test_undeclared_label_is_a_clear_error(known_dataset: Path) -> None:
     write_image(known_dataset / "masks" / "a.png", np.full((4, 4), 5, np.uint8))
     with pytest.raises(DataReadError, match=r"a\.png.*undeclared label values \[5\]"):
-        dataset_info(known_dataset, write=False)
+        dataset_info(known_dataset)
 
 
-def test_cli_prints_table_and_respects_no_write(tiny_dataset: Path) -> None:
+def test_cli_prints_table_and_writes_only_out(tiny_dataset: Path, tmp_path: Path) -> None:
     runner = CliRunner()
-    result = runner.invoke(app, ["data", "info", str(tiny_dataset), "--no-write"])
+    result = runner.invoke(app, ["data", "info", str(tiny_dataset)])
     assert result.exit_code == 0, result.output
     assert "lesion" in result.output and "6 labelled images" in result.output
     assert not (tiny_dataset / FINGERPRINT_JSON).exists()
-    as_json = runner.invoke(app, ["data", "info", str(tiny_dataset), "--json"])
-    assert json.loads(as_json.stdout)["num_cases"] == 3
-    assert (tiny_dataset / FINGERPRINT_JSON).exists()
+    saved = tmp_path / FINGERPRINT_JSON
+    as_json = runner.invoke(app, ["data", "info", str(tiny_dataset), "--json", "-o", str(saved)])
+    assert json.loads(as_json.stdout)["num_cases"] == 3 == json.loads(saved.read_text())["num_cases"]
+    assert not (tiny_dataset / FINGERPRINT_JSON).exists()
     missing = runner.invoke(app, ["data", "info", str(tiny_dataset / "nope")])
     assert missing.exit_code == 2 and "dataset.json" in missing.output

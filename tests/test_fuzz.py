@@ -117,7 +117,7 @@ def check_info_train(root: Path, config: Path, work: Path) -> None:
     before = snapshot(root)
     check = CliRunner().invoke(app, ["data", "check", str(root), "--json"])
     assert_clean(check, {0, 1}, root)
-    info = CliRunner().invoke(app, ["data", "info", str(root), "--no-write"])
+    info = CliRunner().invoke(app, ["data", "info", str(root)])
     assert_clean(info, {0}, root)
     out = work / "run"
     train = CliRunner().invoke(app, ["train-diffusion", str(root), "--out", str(out), "--config", str(config)])

@@ -177,11 +177,9 @@ def test_composition_prior_from_fingerprint_and_masks(toy: SegDataset) -> None:
     assert CompositionPrior.for_dataset(toy).mean[1] == pytest.approx(measured.mean[1])  # no fingerprint.json
 
 
-def test_composed_source_reads_fingerprint_json(toy: SegDataset) -> None:
+def test_composed_source_measures_its_masks_not_a_file_beside_the_data(toy: SegDataset) -> None:
+    # a stale fingerprint.json in the data folder (older segsynth wrote one there) is not read
     (Path(toy.root) / "fingerprint.json").write_text('{"per_image_fractions": {"nucleus": {"mean": 0.25, "std": 0.1}}}')
     source = make_layout_source("composed", toy, 16)
     assert isinstance(source, ComposedLayouts)
-    np.testing.assert_allclose(source.prior.mean, [0.75, 0.25])
-    (Path(toy.root) / "fingerprint.json").write_text("{not json")
-    with pytest.raises(ValueError, match="fingerprint.json"):
-        make_layout_source("composed", toy, 16)
+    np.testing.assert_allclose(source.prior.mean, CompositionPrior.from_masks(toy).mean)

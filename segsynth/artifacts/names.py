@@ -20,7 +20,11 @@ DATASET_JSON = "dataset.json"
 IMAGES_DIR = "images"
 MASKS_DIR = "masks"
 UNLABELED_DIR = "unlabeled"
-FINGERPRINT_JSON = "fingerprint.json"  # `segsynth data info` output
+FINGERPRINT_JSON = "fingerprint.json"  # `segsynth data info --out`: the default file name of the fingerprint
+
+# --- nnU-Net raw dataset (export --format nnunet, data import-nnunet) -------------------------------
+NNUNET_IMAGES_DIR = "imagesTr"
+NNUNET_LABELS_DIR = "labelsTr"
 
 # --- diffusion run (train-diffusion) ------------------------------------------------------------------
 TRAINING_DATA_JSON = "training_data.json"  # data roots, train ids, style sampler, prompts, autoencoder

@@ -91,6 +91,7 @@ class TrainingData(Record):
     num_classes: int | None = Field(None, ge=1, description="ControlNet runs: classes of the layout hint")
     channels: int | None = Field(None, ge=1, le=4, description="ControlNet runs: image channels of the data")
     hint: list[str] | None = Field(None, description="ControlNet runs: the hint's channels, in order")
+    data_sha256: str | None = Field(None, description="content hash of the training files (segsynth.io.hashing.data_hash)")
 
 
 class BackboneRecord(Record):
@@ -111,6 +112,7 @@ class ImageSplit(Record):
     data: list[str] = Field(description="the dataset folders")
     train: list[str]
     held_out: list[str]
+    data_sha256: str | None = Field(None, description="content hash of the images (segsynth.io.hashing.data_hash)")
 
 
 def read_image_split(run: Path) -> ImageSplit | None:
@@ -250,6 +252,7 @@ class SegRunSplit(Split):
 
     data_root: str
     synthetic: list[SyntheticUse] = Field(default_factory=list)
+    data_sha256: str | None = Field(None, description="content hash of the data and synthetic sets (segsynth.io.hashing.data_hash)")
 
 
 class TrainingSummary(Record):

@@ -51,7 +51,7 @@ from segsynth.diffusion.objective import prediction_target
 from segsynth.diffusion.samples import BatchPlan, SampleSettings, TrainingSamples, select_refs
 from segsynth.engine import DefaultHooks, Engine, EngineSettings, RunRecord, prepare_run_folder
 from segsynth.io.atomic import atomic_directory
-from segsynth.io.hashing import model_hash
+from segsynth.io.hashing import data_hash, model_hash
 from segsynth.io.lock import owns_folder
 from segsynth.io.run_log import check_resume, train_keys
 
@@ -277,7 +277,7 @@ def train_controlnet(
     prompts = [spec.prompt for spec in specs]
     training_data = {"data_root": str(roots[0]), "train_ids": [ref.id for ref in refs], "prompts": prompts,
                      "num_classes": num_classes, "channels": max(spec.channels for spec in specs),
-                     "hint": list(HINT_CHANNELS)}
+                     "hint": list(HINT_CHANNELS), "data_sha256": data_hash(samples.samples.datasets)}
     if extra:
         training_data["datasets"] = [{"data_root": str(root), "train_ids": [r.id for r in rf], "prompt": spec.prompt}
                                      for (root, rf), spec in zip([(roots[0], refs), *extra], specs)]
@@ -285,7 +285,8 @@ def train_controlnet(
     engine = Engine(out, engine_settings(cfg), cfg)
     prepare_run_folder(out, cfg, resume, train_keys(RESUMABLE_CHANGES), [
         RunRecord(TRAINING_DATA_JSON, training_data,
-                  {"train_ids": "the training samples differ from those of the run being resumed"}),
+                  {"train_ids": "the training samples differ from those of the run being resumed",
+                   "data_sha256": "the training files differ in content from those of the run being resumed"}, added=("data_sha256",)),
         RunRecord(BACKBONE_JSON, backbone_info, {"sha256": "the run being resumed was trained on another backbone"}),
     ])
     engine.run(ControlNetTask(engine, loaded, cfg, samples, prompts), resume=resume, console=console)

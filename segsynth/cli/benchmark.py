@@ -47,6 +47,7 @@ def benchmark(
     """Train diffusion per fold, generate, train segmentation with and without synthetic data, compare."""
     with user_errors():
         from segsynth.benchmark import BenchmarkConfig, quick_profile, rich_table, run_benchmark
+        from segsynth.io.guard import check_out_apart
 
         named: dict[str, Any] = quick_profile() if quick else {}
         named |= {
@@ -58,6 +59,7 @@ def benchmark(
             "diffusion_config": str(diffusion_config) if diffusion_config else None,
         }
         cfg = command_config(BenchmarkConfig, config, overrides, named)
+        check_out_apart(out, [data, reuse, cfg.diffusion_config, cfg.segmentation_config])
         results = run_benchmark(data, out, cfg, console=console, reuse=reuse)
         console.print(rich_table(results))
         console.print(f"results: {out / RESULTS_JSON} and {out / RESULTS_MD}")

@@ -44,16 +44,17 @@ def check(
 
 @data_app.command("info")
 def info(
-    root: Path = typer.Argument(..., help="Dataset folder."),
-    write: bool = typer.Option(True, "--write/--no-write", metavar="", help="Save the fingerprint as DIR/fingerprint.json."),
+    root: Path = typer.Argument(..., help="Dataset folder (only read, never written to)."),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Also save the fingerprint as this JSON file (e.g. fingerprint.json), outside the dataset."
+    ),
     as_json: bool = typer.Option(False, "--json/--no-json", metavar="", help="Print the fingerprint as JSON."),
 ) -> None:
-    """Counts, class pixel fractions and image sizes; saved as DIR/fingerprint.json."""
+    """Counts, class pixel fractions and image sizes (the dataset folder is only read)."""
     with user_errors():
-        from segsynth.artifacts.names import FINGERPRINT_JSON
         from segsynth.data.info import dataset_info
 
-        fp = dataset_info(root, write=write)
+        fp = dataset_info(root, out=out)
     if as_json:
         typer.echo(json.dumps(fp, indent=2, sort_keys=True))
         return
@@ -73,8 +74,8 @@ def info(
             f"{fp['class_presence'][name]:.0%}",
         )
     console.print(table)
-    if write:
-        console.print(f"wrote {Path(root) / FINGERPRINT_JSON}")
+    if out is not None:
+        console.print(f"wrote {out}")
 
 
 @data_app.command("import-nnunet")

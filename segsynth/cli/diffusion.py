@@ -34,6 +34,10 @@ def train_diffusion_command(
     ),
 ) -> None:
     """Train the layout- and style-conditioned diffusion model; resumable with --resume."""
+    with user_errors():
+        from segsynth.io.guard import check_out_apart
+
+        check_out_apart(out, [*data, autoencoder, backbone])
     if backbone is not None:
         train_backbone_command(data, backbone, config, out, resume, overrides, autoencoder, seed)
         return

@@ -31,8 +31,10 @@ def train_seg_command(
     """Train a MONAI segmentation network, optionally mixing in synthetic sets."""
     with user_errors():
         from segsynth.seg.config import SegTrainConfig, parse_mix
+        from segsynth.io.guard import check_out_apart
         from segsynth.seg.train import train_seg
 
+        check_out_apart(out, [data, *synthetic])
         saved = out / CONFIG_YAML
         base = config if config is not None else (saved if resume and saved.is_file() else None)
         named = {**(parse_mix(mix) if mix else {}), "train.seed": seed, "mix.layouts_independent": layouts_independent}
@@ -52,8 +54,11 @@ def evaluate_seg_command(
     """Score a run's best network: Dice, IoU, precision, recall, HD95, ASSD per class and per case."""
     with user_errors():
         from segsynth.io.atomic import atomic_write_json
+        from segsynth.io.guard import check_out_apart
         from segsynth.seg.evaluate import evaluate_seg
 
+        if out is not None:
+            check_out_apart(out, [run, data])
         result = evaluate_seg(run, data)
         if out is not None:
             atomic_write_json(out, result)

@@ -18,6 +18,7 @@ from segsynth.data.format import DatasetSpec, load_spec, save_spec
 from segsynth.data.io import DataReadError, is_nifti, read_image, split_ext, write_image
 from segsynth.data.loader import index_dataset
 from segsynth.io.atomic import atomic_directory
+from segsynth.io.guard import check_out_apart, check_replaceable
 
 #: ``--format`` name -> file extension written.
 EXPORT_FORMATS = {"png": ".png", "tif": ".tif", "nifti": ".nii.gz"}
@@ -98,7 +99,7 @@ def export_dataset(src: str | Path, out: str | Path, fmt: str = "png", overwrite
         src: dataset folder.
         out: new dataset folder (written atomically: complete or absent).
         fmt: ``"png"`` (uint8/uint16 data only), ``"tif"`` (any dtype) or ``"nifti"`` (single-channel).
-        overwrite: replace an existing ``out``.
+        overwrite: replace an existing ``out`` that holds a dataset folder (nothing else).
 
     Returns:
         The new ``dataset.json`` contents.
@@ -106,6 +107,8 @@ def export_dataset(src: str | Path, out: str | Path, fmt: str = "png", overwrite
     if fmt not in EXPORT_FORMATS:
         raise ValueError(f"fmt must be one of {sorted(EXPORT_FORMATS)}, got {fmt!r}")
     src, ext = Path(src), EXPORT_FORMATS[fmt]
+    check_out_apart(out, [src])
+    check_replaceable(out, "dataset", overwrite)
     spec = load_spec(src)
     if fmt == "nifti" and spec.channels != 1:
         raise ValueError(f"{src}: NIfTI files here hold single-channel data; the dataset has {spec.channels} channels")

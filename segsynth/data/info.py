@@ -1,8 +1,9 @@
-"""Dataset fingerprint: what the data looks like, saved as ``fingerprint.json`` for later stages.
+"""Dataset fingerprint: what the data looks like, as nnU-Net fingerprints a dataset before planning.
 
-Like nnU-Net's fingerprint, it is computed once from the files and kept next to them, so layout
-generation (which samples class proportions from the tissue-composition prior), reports and
-sanity checks can read it instead of re-scanning the images.
+Computing it only reads the dataset: the user's data folder is an input and is never written to.
+``segsynth data info`` prints it (and saves it where ``--out`` says, outside the data); the stages
+that need it compute it themselves (``segsynth run`` keeps it in its ``plan.json``, composed
+layouts measure the composition prior on the masks they use).
 """
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ from typing import Any
 
 import numpy as np
 
-from segsynth.artifacts.names import FINGERPRINT_JSON
 from segsynth.data.check import require_valid
 from segsynth.data.format import DatasetSpec, load_spec
 from segsynth.data.io import DataReadError, image_shape, is_nifti, read_image
 from segsynth.data.loader import LABEL_HINT, SampleRef, index_dataset
 from segsynth.io.atomic import atomic_write_json
+from segsynth.io.guard import check_out_apart
 
 FINGERPRINT_VERSION = 1
 
@@ -100,8 +101,8 @@ def compute_fingerprint(root: Path, spec: DatasetSpec) -> dict[str, Any]:
     }
 
 
-def dataset_info(root: str | Path, write: bool = True) -> dict[str, Any]:
-    """Compute the dataset fingerprint and (by default) save it as ``root/fingerprint.json``.
+def dataset_info(root: str | Path, out: str | Path | None = None) -> dict[str, Any]:
+    """Compute the dataset fingerprint; save it as the JSON file ``out`` if given (outside ``root``).
 
     The fingerprint is over 2D samples (NIfTI volumes count one sample per slice). Keys:
 
@@ -120,14 +121,20 @@ def dataset_info(root: str | Path, write: bool = True) -> dict[str, Any]:
 
     Args:
         root: dataset folder (run ``segsynth data check`` first; bad masks raise ``DataReadError``).
-        write: write ``fingerprint.json`` atomically (the only file this function writes).
+        out: a JSON file to write the fingerprint to (atomically); it must lie outside ``root``.
+            Nothing else is written.
 
     Returns:
         The fingerprint dict.
+
+    Raises:
+        OutputPathError: ``out`` is or lies inside ``root``.
     """
     root = Path(root)
+    if out is not None:
+        check_out_apart(out, [root])
     fingerprint = compute_fingerprint(root, load_spec(root))
     require_valid(root)  # what the fingerprint does not read (unlabelled case ids, orphan masks) too
-    if write:
-        atomic_write_json(root / FINGERPRINT_JSON, fingerprint)
+    if out is not None:
+        atomic_write_json(out, fingerprint)
     return fingerprint

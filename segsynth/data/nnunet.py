@@ -18,17 +18,18 @@ from typing import Any, Literal
 
 import numpy as np
 
-from segsynth.artifacts.names import IMAGES_DIR, MANIFEST_JSONL, MASKS_DIR
+from segsynth.artifacts.names import IMAGES_DIR, MANIFEST_JSONL, MASKS_DIR, NNUNET_IMAGES_DIR, NNUNET_LABELS_DIR
 from segsynth.data.export import Unit, iter_units, write_unit_image
 from segsynth.data.format import DatasetFormatError, DatasetSpec, load_spec, save_spec
 from segsynth.data.io import NIFTI_EXTENSIONS, image_shape, is_nifti, read_image, split_ext, write_image
 from segsynth.data.loader import index_dataset
 from segsynth.io.atomic import atomic_directory, atomic_write_bytes, atomic_write_json
+from segsynth.io.guard import NNUNET_RAW, check_out_apart, check_replaceable
 from segsynth.io.json_file import read_json_object
 
 NNUNET_JSON = "dataset.json"
-NNUNET_IMAGES = "imagesTr"
-NNUNET_LABELS = "labelsTr"
+NNUNET_IMAGES = NNUNET_IMAGES_DIR
+NNUNET_LABELS = NNUNET_LABELS_DIR
 NNUNET_SPLITS_JSON = "splits_final.json"
 SYNTHETIC_PREFIX = "syn_"
 #: Key under which an export records our case id of every nnU-Net case (nnU-Net ignores it).
@@ -152,7 +153,7 @@ def import_nnunet(
         prompt: text prompt; default ``"<name>, <channel names>"``.
         label_provenance: ``"human"`` annotations (nnU-Net's usual case) or ``"derived"``.
         derivation: recipe, required when ``label_provenance`` is ``"derived"``.
-        overwrite: replace an existing ``out``.
+        overwrite: replace an existing ``out`` that holds a dataset folder (nothing else).
 
     Returns:
         The written ``dataset.json`` contents.
@@ -161,6 +162,8 @@ def import_nnunet(
         DatasetFormatError: missing files, region labels, unsupported file ending, bad names.
     """
     src = Path(src)
+    check_out_apart(out, [src])
+    check_replaceable(out, "dataset", overwrite)
     meta = read_nnunet_json(src)
     ending = meta["file_ending"]
     num_channels = len(meta["channel_names"])
@@ -317,7 +320,7 @@ def export_nnunet(
         file_ending: ``.png`` (8/16-bit data), ``.tif`` or ``.nii.gz``; NIfTI keeps volumes whole.
         num_folds: folds by case (fewer when there are fewer cases; none for a single case).
         seed: shuffles cases into folds.
-        overwrite: replace an existing ``out``.
+        overwrite: replace an existing ``out`` that holds an nnU-Net raw dataset (nothing else).
 
     Returns:
         Summary: ``{"out", "num_training", "num_real", "num_synthetic", "num_folds"}`` where
@@ -332,6 +335,8 @@ def export_nnunet(
     if num_folds < 2:
         raise ValueError(f"num_folds must be >= 2, got {num_folds}")
     src = Path(src)
+    check_out_apart(out, [src, merge_real])
+    check_replaceable(out, NNUNET_RAW, overwrite)
     spec = load_spec(src)
     parts: list[tuple[str, Path, DatasetSpec]] = []
     if merge_real is not None:

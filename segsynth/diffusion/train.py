@@ -21,7 +21,7 @@ epoch leaves out its last ``N mod W`` samples of the permutation). Launch with
 Run folder::
 
     RUN/config.yaml            resolved config
-    RUN/training_data.json     data root, train ids, style sampler, N
+    RUN/training_data.json     data root, train ids, style sampler, N, content hash of the training files
     RUN/train_log.jsonl        one JSON object per log interval
     RUN/samples/step_*.png     layout | style refs | sample grids (EMA weights)
     RUN/checkpoints/step_*/    resumable state
@@ -61,7 +61,7 @@ from segsynth.diffusion.sample_grid import save_sample_grid
 from segsynth.diffusion.samples import BatchPlan, SampleSettings, TrainingSamples, epoch_order, select_refs
 from segsynth.engine import DefaultHooks, Engine, EngineSettings, RunRecord, prepare_run_folder
 from segsynth.io.atomic import atomic_directory, remove_stale_temporaries
-from segsynth.io.hashing import model_hash
+from segsynth.io.hashing import data_hash, model_hash
 from segsynth.io.lock import owns_folder
 from segsynth.io.run_log import train_keys
 from segsynth.latent.autoencoder import encode_images, latent_factor, load_autoencoder
@@ -361,12 +361,14 @@ def train_diffusion(
         training_data["unlabeled_ids"] = samples.unlabeled_ids()
         if not training_data["unlabeled_ids"]:
             raise ConfigError(f"data.include_unlabeled is set but {[str(r / UNLABELED_DIR) for r in roots]} hold no images")
+    training_data["data_sha256"] = data_hash(samples.datasets)
     if engine.is_main:
         prepare_run_folder(out, cfg, resume, train_keys(RESUMABLE_CHANGES), [RunRecord(
             TRAINING_DATA_JSON, training_data, {
                 "train_ids": "the training samples differ from those of the run being resumed",
                 "unlabeled_ids": "the unlabelled training images differ from those of the run being resumed",
-                "autoencoder.sha256": "the run being resumed was trained with another autoencoder (or none)"})])
+                "autoencoder.sha256": "the run being resumed was trained with another autoencoder (or none)",
+                "data_sha256": "the training files differ in content from those of the run being resumed"}, added=("data_sha256",))])
     if vae is not None and cfg.data.cache_latents:
         samples.latent_cache = LatentCache(out / LATENT_CACHE_DIR, cfg.model.latent_factor, cfg.model.image_size)
         if engine.is_main:

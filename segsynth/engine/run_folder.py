@@ -30,25 +30,32 @@ class RunRecord:
         must_match: the dotted keys a resumed run must have equal, each with the error message
             when it differs (the file is named before it); None: the whole record must be equal.
         problem: the error message when the whole record differs.
+        added: top-level keys older runs did not record (such as the data's content hash): a
+            saved record without one is checked without it, so those runs still resume.
     """
 
     name: str
     data: dict[str, Any]
     must_match: Mapping[str, str] | None = None
     problem: str = "differs from the run being resumed"
+    added: tuple[str, ...] = ()
 
     def check(self, out: Path) -> None:
         """Raise ``ValueError`` naming the file when the saved record disagrees."""
         path = out / self.name
+        saved = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+        missing = {key for key in self.added if isinstance(saved, dict) and key not in saved}
         if self.must_match is not None:
             for key, problem in self.must_match.items():
+                if key.split(".")[0] in missing:
+                    continue
                 value: Any = self.data
                 for part in key.split("."):
                     value = value.get(part) if isinstance(value, dict) else None
                 check_same_record(path, key, value, problem)
-        elif path.is_file():
-            saved = json.loads(path.read_text(encoding="utf-8"))
-            if saved != json.loads(json.dumps(self.data)):
+        elif saved is not None:
+            data = {key: value for key, value in self.data.items() if key not in missing}
+            if saved != json.loads(json.dumps(data)):
                 raise ValueError(f"{path}: {self.problem}")
 
 

@@ -47,6 +47,7 @@ from segsynth.data.loader import SegDataset, sample_seed
 from segsynth.data.style_sampling import random_patch
 from segsynth.engine import DefaultHooks, Engine, EngineSettings, RunRecord, prepare_run_folder
 from segsynth.io.atomic import atomic_directory, atomic_write_json
+from segsynth.io.hashing import data_hash
 from segsynth.io.lock import owns_folder
 from segsynth.latent.autoencoder import build_autoencoder, encode_images
 from segsynth.latent.config import AutoencoderTrainConfig
@@ -271,14 +272,16 @@ def train_autoencoder(
     out = Path(out)
     pool = ImagePool(roots, cfg.holdout, cfg.seed)
     pool.verify()
-    split = {"data": [str(r) for r in roots], "train": pool.ids(pool.train), "held_out": pool.ids(pool.held_out)}
+    split = {"data": [str(r) for r in roots], "train": pool.ids(pool.train), "held_out": pool.ids(pool.held_out),
+             "data_sha256": data_hash(pool.datasets)}
     engine = Engine(out, EngineSettings(label="train-autoencoder", steps=cfg.steps, log_every=cfg.log_every,
                                         checkpoint_every=cfg.checkpoint_every, mixed_precision=cfg.mixed_precision,
                                         log_with=cfg.log_with, shown=("l1",)), cfg)
     problem = "the images differ from those of the run being resumed"
     if engine.is_main:
         prepare_run_folder(out, cfg, resume, RESUMABLE_CHANGES.__contains__,
-                           [RunRecord(IMAGE_SPLIT_JSON, split, dict.fromkeys(("data", "train", "held_out"), problem))])
+                           [RunRecord(IMAGE_SPLIT_JSON, split, dict.fromkeys(("data", "train", "held_out", "data_sha256"), problem),
+                                      added=("data_sha256",))])
     engine.accelerator.wait_for_everyone()
     engine.run(AutoencoderTask(engine, pool, cfg), resume=resume, console=console)
     return out

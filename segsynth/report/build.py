@@ -67,6 +67,7 @@ from segsynth.benchmark.summary import LEGEND, headline, markdown_table
 from segsynth.data.format import load_spec
 from segsynth.evaluation.sets import load_synthetic
 from segsynth.io.atomic import atomic_write_text
+from segsynth.io.guard import check_out_apart
 from segsynth.io.json_file import read_json_object
 from segsynth.report import figures
 from segsynth.report.grids import synthetic_grids
@@ -530,6 +531,8 @@ def build_report(
     if not paths:
         raise ValueError("give at least one run, benchmark or synthetic set folder")
     paths = [Path(p) for p in paths]
+    # The one file a report may write inside a folder it reads: its report.html, as `segsynth run` does.
+    check_out_apart(out, paths, allowed=[p / REPORT_HTML for p in paths if p.is_dir()])
     found = discover(paths)
     report = _Report(paths, found, rows_per_grid, max_synthetic)
     return atomic_write_text(out, report.build(title))

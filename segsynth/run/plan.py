@@ -83,7 +83,7 @@ class RunPlan(StrictModel):
 
 def fingerprint_summary(data: Path) -> dict[str, Any]:
     """The facts of :func:`segsynth.data.info.dataset_info` the plan decides from (nothing is written)."""
-    info = dataset_info(data, write=False)
+    info = dataset_info(data)
     return {
         "name": info["name"],
         "channels": info["channels"],

@@ -41,6 +41,7 @@ from segsynth.data.format import DatasetFormatError
 from segsynth.data.loader import SampleRef, SegDataset, index_dataset, sample_seed
 from segsynth.engine import DefaultHooks, Engine, EngineSettings, RunRecord, prepare_run_folder
 from segsynth.io.atomic import atomic_write_json
+from segsynth.io.hashing import data_hash
 from segsynth.io.lock import owns_folder
 from segsynth.io.run_log import train_keys
 from segsynth.seg.config import SegTrainConfig
@@ -400,11 +401,14 @@ def train_seg(
             {"root": str(s.root.resolve()), "used": len(s), "excluded_held_out_layouts": s.excluded, "manifest": s.has_manifest}
             for s in synthetic_sets
         ],
+        # the bytes, not only the ids: other files under the same names must not resume this run
+        "data_sha256": data_hash([SegDataset(data, refs=refs), *(s.dataset for s in synthetic_sets)]),
     }
     engine = Engine(run, engine_settings(cfg), cfg)  # before any other use of the process state
     if engine.is_main:
         prepare_run_folder(run, cfg, resume, train_keys(RESUMABLE_CHANGES), [RunRecord(
-            SPLIT_JSON, split_record, problem="data, split or synthetic sets differ from the run being resumed")])
+            SPLIT_JSON, split_record, problem="data, split or synthetic sets differ from the run being resumed",
+            added=("data_sha256",))])
     engine.accelerator.wait_for_everyone()
     sources = [real, *(s.dataset for s in synthetic_sets)]
     engine.run(SegTask(engine, cfg, sources, val, mixing), resume=resume, console=console)

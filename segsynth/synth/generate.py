@@ -57,6 +57,7 @@ from segsynth.data.loader import SegDataset, sample_seed
 from segsynth.diffusion.pipeline import SamplingSettings, SegSynthPipeline
 from segsynth.io.atomic import atomic_write_json
 from segsynth.io.finite import check_images
+from segsynth.io.guard import check_out_apart
 from segsynth.io.hashing import model_hash
 from segsynth.io.json_file import read_json_object
 from segsynth.io.lock import FolderLock
@@ -235,6 +236,21 @@ def load_run(path: str | Path) -> tuple[SegSynthPipeline, Path, dict[str, Any]]:
     return pipeline, pipeline_dir, training_data
 
 
+def generation_inputs(run: str | Path | SegSynthPipeline, cfg: GenerationConfig) -> list[Path]:
+    """Every folder a generation reads: the run, the layout data and style pool given, and the data
+    the run's ``training_data.json`` records (the default layouts and styles). The synthetic set
+    must be written apart from all of them (:func:`segsynth.io.guard.check_out_apart`)."""
+    inputs = [Path(p) for p in (cfg.layout_data, cfg.styles) if p is not None]
+    if isinstance(run, SegSynthPipeline):
+        return inputs
+    inputs.append(Path(run))
+    info = Path(run) / TRAINING_DATA_JSON
+    if info.is_file():
+        record = read_record(info, TrainingData)
+        inputs += [Path(root) for root in [record.data_root, *(d.data_root for d in record.datasets or [])] if root]
+    return inputs
+
+
 def synthetic_spec(source: DatasetSpec, config: GenerationRecord) -> DatasetSpec:
     """``dataset.json`` of the synthetic set (without cases): the source's labels, channels,
     modality and prompt, and an honest account of where images and masks come from.
@@ -313,6 +329,7 @@ def generate(
                         "e.g. generate(run, out, GenerationConfig(n=8))")
     check_shard(shard)
     out = Path(out)
+    check_out_apart(out, generation_inputs(run, cfg))
     if not isinstance(run, SegSynthPipeline):
         from segsynth.backbone.sample import is_controlnet_run
 

@@ -17,11 +17,9 @@ so objects keep the pixel scale the model was trained on (training crops patches
 
 from __future__ import annotations
 
-import json
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -29,8 +27,7 @@ import torch
 from scipy.ndimage import gaussian_filter
 
 from segsynth.data.augment import paired_augmentation
-from segsynth.artifacts.names import FINGERPRINT_JSON
-from segsynth.data.loader import SegDataset, index_dataset
+from segsynth.data.loader import SegDataset
 
 
 class LayoutSource(ABC):
@@ -255,21 +252,12 @@ class CompositionPrior:
 
     @classmethod
     def for_dataset(cls, dataset: SegDataset) -> CompositionPrior:
-        """The dataset's ``fingerprint.json`` (written by ``segsynth data info``) or, if absent, its masks.
+        """The prior measured on the masks the layouts are drawn for (:meth:`from_masks`).
 
-        The fingerprint covers every labelled image, so a dataset restricted to some samples (one
-        fold's training cases) is measured on its own masks instead: held-out cases must not
-        shape the layouts.
+        Always measured, never read from a file kept beside the data: a fingerprint there may be
+        stale, and would cover held-out cases of a dataset restricted to one fold's training cases.
         """
-        path = Path(dataset.root) / FINGERPRINT_JSON
-        full = {ref.id for ref in index_dataset(dataset.root, "labeled", dataset.spec)}
-        if not path.is_file() or {ref.id for ref in dataset.refs} != full:
-            return cls.from_masks(dataset)
-        try:
-            fingerprint = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{path}: not readable JSON ({exc})") from None
-        return cls.from_fingerprint(fingerprint, dataset.spec.class_names, str(path))
+        return cls.from_masks(dataset)
 
     def concentration(self) -> float:
         """Dirichlet concentration whose per-class variances best match ``std`` (summed over classes).
@@ -365,7 +353,7 @@ def make_layout_source(
     Args:
         name: ``"augmented"``, ``"variants"`` or ``"composed"``.
         dataset: labelled dataset (masks for ``augmented``/``variants``; composition prior for
-            ``composed``, from its ``fingerprint.json`` or measured on its masks).
+            ``composed``, measured on its masks).
         size: side of the drawn masks (the model's image size).
         per_mask: images per real mask for ``variants``.
         class_prior: ``{label name: weight}`` for ``augmented``.

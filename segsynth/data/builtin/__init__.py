@@ -16,6 +16,7 @@ from segsynth.data.builtin.sources import SOURCE_PACKAGES, SourceMissingError
 from segsynth.data.builtin.tiles import check_tile_size
 from segsynth.data.builtin.writer import BuiltinDataset, write_dataset
 from segsynth.io.atomic import atomic_directory
+from segsynth.io.guard import check_replaceable
 
 #: Name -> function ``(tile_size, seed) -> BuiltinDataset``.
 BUILTIN_DATASETS: dict[str, Callable[[int, int], BuiltinDataset]] = {
@@ -38,11 +39,13 @@ def build_builtin(name: str, out: Path, tile_size: int = 64, seed: int = 0, over
         out: dataset folder to create.
         tile_size: side of the square tiles in pixels (16-256; 64 keeps CPU training quick).
         seed: seeds which tiles are drawn and which are held out to ``unlabeled/``.
-        overwrite: replace an existing folder instead of failing.
+        overwrite: replace an existing dataset folder instead of failing (a folder holding
+            anything else is never replaced).
 
     Raises:
         ValueError: unknown name or bad tile size.
         FileExistsError: ``out`` exists and ``overwrite`` is false.
+        OutputPathError: ``out`` holds something other than a dataset folder.
         SourceMissingError: a package that ships the source files is not installed.
     """
     check_tile_size(tile_size)
@@ -53,8 +56,7 @@ def build_builtin(name: str, out: Path, tile_size: int = 64, seed: int = 0, over
         return out
     if name not in BUILTIN_DATASETS:
         raise ValueError(f"unknown built-in dataset {name!r}; choose one of {', '.join([*BUILTIN_DATASETS, ALL])}")
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} already exists; pass overwrite=True (--overwrite) to replace it")
+    check_replaceable(out, "dataset", overwrite)
     dataset = BUILTIN_DATASETS[name](tile_size, seed)
     with atomic_directory(out, overwrite=overwrite) as tmp:
         write_dataset(tmp, dataset)
