@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from segsynth.io.atomic import atomic_write_text
+from segsynth.io.yaml_file import read_yaml
 
 
 class StrictModel(BaseModel):
@@ -65,14 +66,7 @@ def load_config(cls: type[T], path: str | Path | None, overrides: dict[str, Any]
     if path is not None:
         path = Path(path)
         source = str(path)
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({exc})") from None
-        except RecursionError:
-            raise ConfigError(f"{path}: nested too deeply to be a config") from None
+        loaded = read_yaml(path, ConfigError)  # a key given twice is refused, not silently dropped
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):

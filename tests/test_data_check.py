@@ -248,7 +248,7 @@ def test_oversized_file_is_refused_by_header_without_decoding(tiny_dataset: Path
     big = tiny_dataset / _too_large(tiny_dataset)
     decoded: list[Path] = []
     real_read = check_module.read_image
-    monkeypatch.setattr(check_module, "read_image", lambda path: decoded.append(Path(path)) or real_read(path))
+    monkeypatch.setattr(check_module, "read_image", lambda path, **kw: decoded.append(Path(path)) or real_read(path, **kw))
     report = check_dataset(tiny_dataset)
     (problem,) = [p for p in report.problems if p.kind == "too_large"]
     assert str(MAX_PIXELS) in problem.message and "20000" in problem.message
@@ -259,7 +259,7 @@ def test_symlink_outside_is_not_followed(tiny_dataset: Path, monkeypatch) -> Non
     link = tiny_dataset / _symlink_outside(tiny_dataset)
     seen: list[Path] = []
     real_shape = check_module.image_shape
-    monkeypatch.setattr(check_module, "image_shape", lambda path: seen.append(Path(path)) or real_shape(path))
+    monkeypatch.setattr(check_module, "image_shape", lambda path, **kw: seen.append(Path(path)) or real_shape(path, **kw))
     check_dataset(tiny_dataset)
     assert link not in seen
 

@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
 from rich.console import Console
 
 from segsynth.artifacts.names import (
@@ -57,12 +56,13 @@ from segsynth.benchmark.recipes import (
 )
 from segsynth.benchmark.reuse import reuse_unchanged_runs
 from segsynth.benchmark.summary import markdown_table, summarise
-from segsynth.config import parse_config, save_resolved_config
+from segsynth.config import ConfigError, parse_config, save_resolved_config
 from segsynth.data.format import load_spec
 from segsynth.data.loader import SegDataset, index_dataset
 from segsynth.diffusion.train import train_diffusion
 from segsynth.io.atomic import atomic_write_json, atomic_write_text
 from segsynth.io.lock import owns_folder
+from segsynth.io.yaml_file import read_yaml
 from segsynth.seg.config import SegTrainConfig, parse_mix
 from segsynth.seg.evaluate import evaluate_seg
 from segsynth.seg.splits import Split, load_splits, make_folds, save_splits
@@ -174,7 +174,7 @@ def prepare_benchmark(
     out.mkdir(parents=True, exist_ok=True)
     config_path = out / BENCHMARK_YAML
     if config_path.is_file():
-        saved = parse_config(BenchmarkConfig, yaml.safe_load(config_path.read_text(encoding="utf-8")), str(config_path))
+        saved = parse_config(BenchmarkConfig, read_yaml(config_path, ConfigError), str(config_path))
         # run_folds only picks which of the saved folds to run (and summarise): any selection may continue
         if saved.model_copy(update={"run_folds": None}) != config.model_copy(update={"run_folds": None}):
             raise ValueError(f"{config_path}: this folder holds a benchmark with another config; use a new --out")

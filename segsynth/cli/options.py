@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
-import yaml
 from pydantic import BaseModel
 
 from segsynth.config import ConfigError, load_config
+from segsynth.io.yaml_file import parse_yaml_text
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -35,7 +35,7 @@ def parse_overrides(items: list[str]) -> dict[str, object]:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--set {item!r}: expected key=value, e.g. train.steps=100")
-        overrides[key.strip()] = yaml.safe_load(value)
+        overrides[key.strip()] = parse_yaml_text(value, f"--set {item!r}", ConfigError)
     return overrides
 
 

@@ -16,7 +16,8 @@ kind                       level    meaning
 ``labels_not_consecutive`` error    label values are not unique and consecutive 0..K-1
 ``empty_dataset``          error    ``images/`` holds no image
 ``unsupported_file``       error    a file type that cannot be read (or a lossy JPEG mask)
-``duplicate_stem``         error    two files share a stem (``a.png`` and ``a.tif``)
+``duplicate_stem``         error    two files share a stem (``a.png`` and ``a.tif``, or two Unicode spellings)
+``special_file``           error    a FIFO, socket or device file (refused by name, never opened)
 ``symlink_outside``        error    a symlink pointing outside the dataset folder (not followed)
 ``missing_mask``           error    an image without a mask of the same stem
 ``extra_mask``             error    a mask without an image of the same stem
@@ -30,12 +31,16 @@ kind                       level    meaning
 ``non_finite``             error    NaN or inf pixels in an image
 ``non_integer_mask``       error    a mask holding fractional (or non-finite) values
 ``undeclared_label``       error    a mask value that is not a declared label
-``shape_mismatch``         error    image and mask spatial shapes differ
+``shape_mismatch``         error    image and mask spatial shapes differ (after EXIF orientation)
 ``stale_case_id``          warning  a case id entry for a stem with no file
 ``unused_label``           warning  a declared label that appears in no mask
 ``unexpected_entry``       warning  a sub-folder inside ``images/``, ``masks/`` or ``unlabeled/``
 ``constant_image``         warning  every pixel of an image has the same value
+``exif_orientation``       warning  a file is read rotated or mirrored by its EXIF orientation, as
+                                    viewers show it; its pair must be drawn on the shown image
 =========================  =======  ==============================================================
+
+File names and ``dataset.json`` keys are compared in Unicode NFC (:func:`~segsynth.data.io.name_key`).
 """
 
 from __future__ import annotations
@@ -54,10 +59,14 @@ from segsynth.data.io import (
     IMAGE_EXTENSIONS,
     MASK_EXTENSIONS,
     DataReadError,
+    ORIENTATIONS,
     check_shape,
+    file_orientation,
     image_shape,
     is_nifti,
+    name_key,
     read_image,
+    special_file,
     split_ext,
 )
 from segsynth.io.json_file import read_json_object
@@ -137,6 +146,7 @@ class _Checker:
         self.root = root
         self.report = CheckReport(root=root)
         self.seen_labels: set[int] = set()
+        self.orientations: dict[Path, int] = {}  # files read under an EXIF orientation other than 1
 
     def add(self, severity: Severity, path: Path | str, kind: str, message: str) -> None:
         self.report.problems.append(Problem(severity, self._rel(path), kind, message))
@@ -171,7 +181,7 @@ class _Checker:
         for key in ("cases", "unlabeled_cases"):
             value = data.get(key, {} if key == "unlabeled_cases" else None)
             if isinstance(value, dict) and all(isinstance(v, str) for v in value.values()):
-                setattr(view, key, {k: v for k, v in value.items() if v})
+                setattr(view, key, {name_key(k): name_key(v) for k, v in value.items() if v})
         try:
             DatasetSpec.model_validate(data)
         except ValidationError as exc:
@@ -222,7 +232,12 @@ class _Checker:
             if entry.is_dir():
                 self.add("warning", entry, "unexpected_entry", f"sub-folder inside {name}/ is ignored")
                 continue
+            if (what := special_file(entry)) is not None:  # by stat alone: opening a FIFO would wait forever
+                self.add("error", entry, "special_file", f"is a {what}, not an image file (reading it could wait "
+                                                         "forever); remove it")
+                continue
             stem, ext = split_ext(entry)
+            stem = name_key(stem)
             if ext not in allowed:
                 hint = " (lossy JPEG cannot hold exact labels)" if role == "mask" and ext in IMAGE_EXTENSIONS else ""
                 self.add("error", entry, "unsupported_file", f"unsupported {role} type {ext!r}{hint}; use one of {', '.join(allowed)}")
@@ -239,19 +254,25 @@ class _Checker:
         return stems
 
     # --- one file ---------------------------------------------------------------------------
-    def header(self, path: Path) -> tuple[int, ...] | None:
-        """Shape from the header, or None after reporting why the pixels must not be read."""
+    def header(self, path: Path, mask: bool = False) -> tuple[int, ...] | None:
+        """Shape from the header (as read: after the EXIF orientation, which is reported), or None
+        after reporting why the pixels must not be read."""
         try:
-            shape = image_shape(path)
+            shape = image_shape(path, mask=mask)
             check_shape(path, shape)  # the same limits read_image applies for every command
+            orientation = file_orientation(path)
         except DataReadError as exc:
             self.add("error", path, exc.kind, exc.problem)
             return None
+        if orientation != 1:
+            self.orientations[path] = orientation
+            self.add("warning", path, "exif_orientation", f"read {ORIENTATIONS[orientation]} as viewers show it "
+                     f"(EXIF orientation {orientation}); masks must line up with the image as shown")
         return shape
 
-    def decode(self, path: Path) -> np.ndarray | None:
+    def decode(self, path: Path, mask: bool = False) -> np.ndarray | None:
         try:
-            return read_image(path)
+            return read_image(path, mask=mask)
         except DataReadError as exc:
             self.add("error", path, exc.kind, exc.problem)
             return None
@@ -291,7 +312,7 @@ class _Checker:
 
     def check_mask(self, path: Path, labels: dict[str, int] | None) -> tuple[int, ...] | None:
         """Check one mask; return its spatial shape when it is usable."""
-        shape = self.header(path)
+        shape = self.header(path, mask=True)
         if shape is None:
             return None
         allowed_dims = (2, 3) if is_nifti(path) else (2,)
@@ -299,7 +320,7 @@ class _Checker:
             kind = "(X, Y) or (X, Y, Z)" if is_nifti(path) else "2D (H, W) with one label value per pixel"
             self.add("error", path, "bad_dims", f"mask must be {kind}, got {shape}")
             return None
-        arr = self.decode(path)
+        arr = self.decode(path, mask=True)
         if arr is None:
             return None
         if not np.issubdtype(arr.dtype, np.integer) and arr.dtype != np.bool_:
@@ -350,7 +371,8 @@ class _Checker:
             mask_spatial = self.check_mask(mask_path, view.labels)
             if image_spatial is not None and mask_spatial is not None:
                 if image_spatial != mask_spatial:
-                    self.add("error", mask_path, "shape_mismatch", f"mask shape {mask_spatial} != image shape {image_spatial}")
+                    self.add("error", mask_path, "shape_mismatch", f"mask shape {mask_spatial} != image shape "
+                             f"{image_spatial}{self._orientation_hint(image_path, mask_path)}")
                 else:
                     counts["samples"] += self.num_samples(image_path, image_spatial)
         for path in unlabeled.values():
@@ -362,6 +384,14 @@ class _Checker:
                 if value not in self.seen_labels:
                     self.add("warning", self.root / DATASET_JSON, "unused_label", f"label {name!r} ({value}) appears in no mask")
         return self.report
+
+    def _orientation_hint(self, image: Path, mask: Path) -> str:
+        """Why the shapes may differ when one file of the pair carries an EXIF orientation."""
+        turned = [(p, self.orientations[p]) for p in (image, mask) if p in self.orientations]
+        if not turned:
+            return ""
+        said = "; ".join(f"{self._rel(p)} is read {ORIENTATIONS[o]} by its EXIF orientation {o}" for p, o in turned)
+        return f" ({said}, as viewers show it: the other file was saved in the stored orientation)"
 
     def _check_cases(self, files: dict[str, Path], cases: dict[str, str] | None, key: str) -> None:
         if cases is None:

@@ -61,7 +61,7 @@ class SegDataset(Dataset):
 
     def _load(self, path: Path, is_mask: bool) -> np.ndarray:
         if path not in self._cache:
-            arr = read_image(path)
+            arr = read_image(path, mask=is_mask)
             if is_mask:
                 if not np.issubdtype(arr.dtype, np.integer):
                     if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):

@@ -59,7 +59,7 @@ def iter_units(root: Path, spec: DatasetSpec, split: str, keep_volumes: bool) ->
         if path not in volume:
             if not is_mask:
                 volume.clear()
-            arr = read_image(path)
+            arr = read_image(path, mask=is_mask)
             volume[path] = as_label_map(arr, path) if is_mask else arr
         return volume[path]
 

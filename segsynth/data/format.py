@@ -14,6 +14,7 @@ from pydantic import Field, StrictInt, ValidationError, field_validator, model_v
 
 from segsynth.artifacts.names import DATASET_JSON
 from segsynth.config import StrictModel, format_validation_error
+from segsynth.data.io import name_key
 from segsynth.io.atomic import atomic_write_json
 from segsynth.io.json_file import read_json_object
 
@@ -45,6 +46,20 @@ class DatasetSpec(StrictModel):
     source: str = ""
     cases: dict[str, str]
     unlabeled_cases: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("cases", "unlabeled_cases")
+    @classmethod
+    def _names_in_one_unicode_form(cls, cases: dict[str, str]) -> dict[str, str]:
+        """Stems and case ids in NFC (:func:`~segsynth.data.io.name_key`), the form file names are
+        matched in; two keys that are one name in two Unicode spellings are refused."""
+        normal: dict[str, str] = {}
+        spelled: dict[str, str] = {}
+        for stem, case in cases.items():
+            key = name_key(stem)
+            if key in normal:
+                raise ValueError(f"{spelled[key]!r} and {stem!r} are the same name in two Unicode spellings; keep one")
+            normal[key], spelled[key] = name_key(case), stem
+        return normal
 
     @field_validator("labels")
     @classmethod

@@ -27,7 +27,7 @@ FINGERPRINT_VERSION = 1
 
 def _mask_slices(path: Path, num_classes: int) -> Iterator[np.ndarray]:
     """Yield the 2D label maps of one mask file (one per slice of a NIfTI volume) as int64."""
-    arr = read_image(path)
+    arr = read_image(path, mask=True)
     if not np.issubdtype(arr.dtype, np.integer) and arr.dtype != np.bool_:
         if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
             raise DataReadError(path, "mask holds non-integer values (run `segsynth data check`)")

@@ -17,7 +17,16 @@ import numpy as np
 
 from segsynth.artifacts.names import IMAGES_DIR, MASKS_DIR, UNLABELED_DIR
 from segsynth.data.format import DatasetSpec, load_spec
-from segsynth.data.io import MASK_EXTENSIONS, DataReadError, image_shape, is_nifti, resolve_link, split_ext
+from segsynth.data.io import (
+    MASK_EXTENSIONS,
+    DataReadError,
+    image_shape,
+    is_nifti,
+    name_key,
+    resolve_link,
+    special_file,
+    split_ext,
+)
 from segsynth.lazy import lazy_exports
 
 #: Raster images hold at most this many channels in their last axis; more means a slice stack.
@@ -41,10 +50,15 @@ class SampleRef:
 def list_stems(folder: Path, root: Path | None = None) -> dict[str, Path]:
     """Map stem -> file for every non-hidden file in ``folder`` (empty if the folder is absent).
 
+    Stems are in the Unicode form of :func:`~segsynth.data.io.name_key`, the form ``dataset.json``
+    keys are compared in.
+
     Raises:
-        DataReadError: two files share a stem (``a.png`` and ``a.tif``): which one is meant is
-            ambiguous, so neither is picked silently; or a symlink leads out of ``root`` (the
-            dataset folder), which ``segsynth data check`` reports as ``symlink_outside``.
+        DataReadError: two files share a stem (``a.png`` and ``a.tif``, or two Unicode spellings of
+            one name): which one is meant is ambiguous, so neither is picked silently; a symlink
+            leads out of ``root`` (the dataset folder), which ``segsynth data check`` reports as
+            ``symlink_outside``; or an entry is a FIFO, socket or device (``special_file``),
+            refused before anything opens it.
     """
     if not folder.is_dir():
         return {}
@@ -54,9 +68,12 @@ def list_stems(folder: Path, root: Path | None = None) -> dict[str, Path]:
             continue
         if root is not None and path.is_symlink() and not is_inside(path, root):
             raise DataReadError(path, f"symlink to {resolve_link(path)} leaves the dataset folder {root}; copy the file in")
+        if (what := special_file(path)) is not None:
+            raise DataReadError(path, f"is a {what}, not an image file (reading it could wait forever); remove it",
+                                kind="special_file")
         if not path.is_file():
             continue
-        stem = split_ext(path)[0]
+        stem = name_key(split_ext(path)[0])
         if stem in stems:
             raise DataReadError(path, f"shares the stem {stem!r} with {stems[stem].name}; keep one of them")
         stems[stem] = path

@@ -21,7 +21,16 @@ import numpy as np
 from segsynth.artifacts.names import IMAGES_DIR, MANIFEST_JSONL, MASKS_DIR, NNUNET_IMAGES_DIR, NNUNET_LABELS_DIR
 from segsynth.data.export import Unit, iter_units, write_unit_image
 from segsynth.data.format import DatasetFormatError, DatasetSpec, load_spec, save_spec
-from segsynth.data.io import NIFTI_EXTENSIONS, image_shape, is_nifti, read_image, split_ext, write_image
+from segsynth.data.io import (
+    NIFTI_EXTENSIONS,
+    image_shape,
+    is_nifti,
+    name_key,
+    read_image,
+    require_regular_file,
+    split_ext,
+    write_image,
+)
 from segsynth.data.loader import index_dataset
 from segsynth.io.atomic import atomic_directory, atomic_write_bytes, atomic_write_json
 from segsynth.io.guard import NNUNET_RAW, check_out_apart, check_replaceable
@@ -83,7 +92,8 @@ def _channel_files(src: Path, ending: str) -> dict[str, dict[int, Path]]:
     for path in sorted(folder.iterdir()):
         if path.name.startswith(".") or not path.name.endswith(ending):
             continue
-        match = _CHANNEL_FILE.match(path.name[: -len(ending)])
+        require_regular_file(path)  # a FIFO would block the copy forever
+        match = _CHANNEL_FILE.match(name_key(path.name[: -len(ending)]))
         if match is None:
             raise DatasetFormatError(f"{path}: image names must end in _<4-digit channel>{ending}, e.g. case_0000{ending}")
         found[match["case"]][int(match["channel"])] = path
@@ -169,7 +179,9 @@ def import_nnunet(
     num_channels = len(meta["channel_names"])
     images = _channel_files(src, ending)
     labels_dir = src / NNUNET_LABELS
-    labels = {p.name[: -len(ending)]: p for p in sorted(labels_dir.glob(f"*{ending}"))} if labels_dir.is_dir() else {}
+    labels = {name_key(p.name[: -len(ending)]): p for p in sorted(labels_dir.glob(f"*{ending}"))} if labels_dir.is_dir() else {}
+    for label_path in labels.values():
+        require_regular_file(label_path)
     if not images:
         raise DatasetFormatError(f"{src / NNUNET_IMAGES}: no *_0000{ending} images")
     if missing := sorted(set(images) - set(labels)):
@@ -179,6 +191,7 @@ def import_nnunet(
     if "numTraining" in meta and meta["numTraining"] != len(images):
         raise DatasetFormatError(f"{src / NNUNET_JSON}: numTraining is {meta['numTraining']} but {len(images)} cases exist")
     recorded = meta.get(CASES_KEY) if isinstance(meta.get(CASES_KEY), dict) else {}
+    recorded = {name_key(str(ident)): case for ident, case in recorded.items()}
     cases = _case_ids(sorted(images), case_pattern, recorded, src)
     name = str(meta.get("name") or src.name)
     modality = ", ".join(dict.fromkeys(str(v) for v in meta["channel_names"].values()))

@@ -9,11 +9,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel
 
 from segsynth.config import ConfigError
 from segsynth.io.atomic import atomic_write_text
+from segsynth.io.yaml_file import read_yaml
 
 
 def changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
@@ -56,7 +56,7 @@ def check_resume(config_path: Path, cfg: BaseModel, resume: bool, may_change: Ca
         raise FileExistsError(f"{config_path.parent} already holds a run; pass --resume to continue it or choose another --out")
     if not (resume and config_path.exists()):
         return
-    saved = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+    saved = read_yaml(config_path, ConfigError)
     try:
         saved = type(cfg).model_validate(saved).model_dump(mode="json")
     except ValueError:

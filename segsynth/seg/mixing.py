@@ -37,7 +37,7 @@ from segsynth.data.augment import paired_augmentation
 from segsynth.artifacts.names import DATASET_JSON, MANIFEST_JSONL
 from segsynth.artifacts.schemas import ManifestRecord
 from segsynth.data.format import DatasetFormatError
-from segsynth.data.io import split_ext
+from segsynth.data.io import name_key, split_ext
 from segsynth.data.loader import SegDataset, sample_seed
 from segsynth.seg.config import MixConfig
 from segsynth.synth.manifest import read_manifest
@@ -108,7 +108,7 @@ def records_by_image(root: Path) -> dict[str, ManifestRecord] | None:
     by_stem: dict[str, ManifestRecord] = {}
     ids: set[str] = set()
     for number, record in enumerate(records, start=1):
-        stem = split_ext(Path(record.image).name)[0]
+        stem = name_key(split_ext(Path(record.image).name)[0])  # the form of the set's sample ids
         if record.id in ids or stem in by_stem:
             what = f"id {record.id!r}" if record.id in ids else f"image {record.image!r}"
             raise DatasetFormatError(f"{path}: line {number}: duplicate {what}; each sample must appear once")
@@ -163,7 +163,8 @@ def load_synthetic_set(root: str | Path, real: SegDataset, *, layouts_independen
                 f"{root / MANIFEST_JSONL}: {problem}. If the set's layouts are independent of this real data, "
                 "declare it explicitly to use it anyway (train-seg --layouts-independent, mix.layouts_independent: true)"
             )
-    layout_ids = [None if record is None else record.layout_id for record in records]
+    # in the form of the real sample ids they are compared with (a set written before ids were NFC)
+    layout_ids = [None if record is None or record.layout_id is None else name_key(record.layout_id) for record in records]
     sources = [None if record is None else record.layout_source for record in records]
     return SyntheticSet(root, dataset, layout_ids, manifest is not None, sources)
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from segsynth.artifacts.names import DATASET_JSON, UNLABELED_DIR
 from segsynth.data.format import DatasetSpec, load_spec
-from segsynth.data.io import IMAGE_EXTENSIONS, DataReadError, image_shape, is_nifti, split_ext
+from segsynth.data.io import IMAGE_EXTENSIONS, DataReadError, image_shape, is_nifti, require_regular_file, split_ext
 from segsynth.data.loader import SampleRef, SegDataset, index_dataset, is_inside
 from segsynth.data.style_sampling import make_style_sampler
 
@@ -38,7 +38,10 @@ class ImageFolderPool(SegDataset):
         seen: dict[str, Path] = {}
         for path in sorted(root.rglob("*")):
             relative = path.relative_to(root)
-            if not path.is_file() or any(part.startswith(".") for part in relative.parts):
+            if any(part.startswith(".") for part in relative.parts):
+                continue
+            require_regular_file(path)  # a FIFO or device is refused by name, never opened
+            if not path.is_file():
                 continue
             stem, ext = split_ext(path)
             if ext not in IMAGE_EXTENSIONS:

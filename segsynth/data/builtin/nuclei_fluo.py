@@ -31,7 +31,7 @@ CELLS3D_SLABS = ((20, 28), (28, 36), (36, 44), (44, 52))
 def _read_pair(package: str, image_rel: str, mask_rel: str) -> tuple[np.ndarray, np.ndarray]:
     """``(image, instance labels)`` of one source, checked to have the same shape."""
     image_path, mask_path = package_file(package, image_rel), package_file(package, mask_rel)
-    image, mask = read_image(image_path), read_image(mask_path)
+    image, mask = read_image(image_path), read_image(mask_path, mask=True)
     if image.shape != mask.shape:
         raise DataReadError(mask_path, f"shape {mask.shape} differs from its image {image.shape}")
     return image, mask
