@@ -17,7 +17,8 @@ from segsynth.cli import app
 from segsynth.cli.options import command_config
 
 #: Commands that write nothing, or write only inside the folder they read (so need no --out).
-NO_OUT = {"data check": "reads only", "data info": "writes fingerprint.json inside its dataset folder"}
+NO_OUT = {"data check": "reads only", "data info": "writes fingerprint.json inside its dataset folder",
+          "recipes": "lists the shipped recipes"}
 CONFIG_COMMANDS = {"train-diffusion", "train-autoencoder", "train-seg", "benchmark", "generate"}
 SEED_COMMANDS = {"train-diffusion", "train-autoencoder", "train-seg", "generate", "data builtin", "export", "evaluate-synth"}
 RESUME_COMMANDS = {"train-diffusion", "train-autoencoder", "train-seg", "generate"}
