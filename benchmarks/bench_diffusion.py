@@ -325,9 +325,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default 1 with --quick)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "bench_diffusion.json")
     args = parser.parse_args(argv)
-    quick = {"config": ROOT / "configs" / "tiny.yaml", "image_size": 64, "batch_size": 4, "warmup_steps": 2,
+    quick = {"config": ROOT / "segsynth" / "recipes" / "tiny.yaml", "image_size": 64, "batch_size": 4, "warmup_steps": 2,
              "train_steps": 10, "sample_images": 2, "threads": 1}
-    full = {"config": ROOT / "configs" / "base.yaml", "image_size": None, "batch_size": None, "warmup_steps": 5,
+    full = {"config": ROOT / "segsynth" / "recipes" / "base.yaml", "image_size": None, "batch_size": None, "warmup_steps": 5,
             "train_steps": 30, "sample_images": 4, "threads": None}
     fill_profile(args, quick, full)
     return args

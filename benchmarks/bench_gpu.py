@@ -1,6 +1,6 @@
 """GPU efficiency: training and sampling img/s, FLOPs per UNet call, and the matmul rate achieved.
 
-For one config (default ``configs/base.yaml`` at 256 px) and a grid of variants side by side in one
+For one config (default the ``base`` recipe at 256 px) and a grid of variants side by side in one
 process (``fp32`` / ``bf16`` autocast x channels_last off/on x ``torch.compile`` off/on):
 
 a) **Training** img/s of the full step the trainer runs: objective with the style encoder on N
@@ -243,9 +243,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=None,
                         help="JSON result (default benchmarks/results/bench_gpu-<device>.json)")
     args = parser.parse_args(argv)
-    quick = {"config": ROOT / "configs" / "tiny.yaml", "image_size": 32, "batch_size": 4, "warmup_steps": 2,
+    quick = {"config": ROOT / "segsynth" / "recipes" / "tiny.yaml", "image_size": 32, "batch_size": 4, "warmup_steps": 2,
              "train_steps": 20, "sample_images": 2, "threads": 1, "compiled_sampling": False}
-    full = {"config": ROOT / "configs" / "base.yaml", "image_size": 256, "batch_size": None, "warmup_steps": 5,
+    full = {"config": ROOT / "segsynth" / "recipes" / "base.yaml", "image_size": 256, "batch_size": None, "warmup_steps": 5,
             "train_steps": 30, "sample_images": 16, "threads": None, "compiled_sampling": True}
     fill_profile(args, quick, full)
     if args.warmup_steps < 1 or args.train_steps < 1:

@@ -1,7 +1,7 @@
 """Downstream benchmark: does synthetic data raise segmentation Dice at equal cost?
 
 Runs ``segsynth benchmark`` (the library call behind it) on built-in real datasets with
-``configs/benchmark-cpu.yaml``: every fold in the low-label regime, 3 seeds, the baseline, the
+the ``benchmark-cpu`` recipe (``segsynth/recipes/``): every fold in the low-label regime, 3 seeds, the baseline, the
 controls "baseline + heavy augmentation" and "all labelled cases", and ratio / concat / merge
 settings, all at one planned step budget, with the real test case as the statistical unit.
 
@@ -19,7 +19,7 @@ copies in the earlier benchmark's runs the generator cannot change (the real-onl
 fold generators when only the sampling differs), each checked against this config first::
 
     .venv/bin/python benchmarks/downstream.py --dataset nuclei-fluo --work runs/downstream \
-        --config configs/benchmark-cpu-consistency.yaml --name consistency --reuse runs/downstream/nuclei-fluo
+        --config segsynth/recipes/benchmark-cpu-consistency.yaml --name consistency --reuse runs/downstream/nuclei-fluo
 
 ``--set`` changes one value of the config, e.g. only the sampler
 (``--set generation.sampler=unipc --set generation.steps=5 --name unipc5``).
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", choices=list(BUILTIN_DATASETS), required=True)
     parser.add_argument("--work", type=Path, required=True, help="folder for the data and the benchmark runs")
-    parser.add_argument("--config", type=Path, default=ROOT / "configs" / "benchmark-cpu.yaml")
+    parser.add_argument("--config", type=Path, default=ROOT / "segsynth" / "recipes" / "benchmark-cpu.yaml")
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--run-folds", type=int, nargs="+", default=None,
                         help="only these folds (default all); finished runs of a larger benchmark are reused")
@@ -66,7 +66,6 @@ def main(argv: list[str] | None = None) -> None:
     data = args.work / "data" / args.dataset
     if not (data / "dataset.json").is_file():
         build_builtin(args.dataset, data)
-    os.chdir(ROOT)  # the config names configs/tiny.yaml relative to the checkout
     overrides = parse_overrides(args.overrides) | ({"run_folds": args.run_folds} if args.run_folds else {})
     cfg = load_config(BenchmarkConfig, args.config, overrides)
     tick = time.perf_counter()

@@ -1,8 +1,8 @@
 """Latent mode vs pixel space on one dataset: training and sampling time, and what the sets measure.
 
-Both models use the same denoiser recipe (``configs/tiny.yaml`` by default) on the same data; the
+Both models use the same denoiser recipe (the ``tiny`` recipe by default) on the same data; the
 latent one denoises the latents of a ``train-autoencoder`` run (given, or trained here with
-``configs/autoencoder-tiny.yaml``). Each generates the same number of samples, and
+the ``autoencoder-tiny`` recipe). Each generates the same number of samples, and
 ``segsynth evaluate-synth`` scores both sets with one segmentation network trained on the real data
 (layout fidelity vs the real-image ceiling, FID/KID vs real-vs-real, diversity). Every stage is the
 real CLI, timed side by side in one run.
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True, help="dataset folder (e.g. segsynth data builtin histo-he)")
     parser.add_argument("--work", type=Path, required=True, help="empty folder for runs, sets and logs")
-    parser.add_argument("--config", type=Path, default=ROOT / "configs" / "tiny.yaml")
+    parser.add_argument("--config", type=Path, default=ROOT / "segsynth" / "recipes" / "tiny.yaml")
     parser.add_argument("--autoencoder", type=Path, default=None, help="train-autoencoder folder (default: train one)")
     parser.add_argument("-n", type=int, default=48, help="samples per set")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "latent_vs_pixel.json")
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     ae = args.autoencoder
     if ae is None:
         ae = work / "ae"
-        seconds["train-autoencoder"] = timed(["train-autoencoder", str(args.data), "-c", str(ROOT / "configs" / "autoencoder-tiny.yaml"),
+        seconds["train-autoencoder"] = timed(["train-autoencoder", str(args.data), "-c", str(ROOT / "segsynth" / "recipes" / "autoencoder-tiny.yaml"),
                                               "--out", str(ae)], work / "ae.log")
     rows = {}
     for mode, extra in (("pixel", []), ("latent", ["--autoencoder", str(ae)])):

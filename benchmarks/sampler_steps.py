@@ -1,6 +1,6 @@
 """Fewest denoiser calls at equal quality: samplers, step counts and guidance on one trained model.
 
-One model (``configs/tiny.yaml`` unless ``--config``) is trained on a dataset, or reused from
+One model (the ``tiny`` recipe unless ``--config``) is trained on a dataset, or reused from
 ``--work``; every setting then generates the same ``-n`` layouts (same seed, so the same augmented
 real masks and the same style references, drawn from ``DATA/unlabeled``) and ``evaluate_synth``
 scores each set with one segmentation network trained once on the real data. The reference is
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True, help="dataset folder with unlabeled/ (segsynth data builtin)")
     parser.add_argument("--work", type=Path, required=True, help="folder for the model, the sets and their scores")
-    parser.add_argument("--config", type=Path, default=ROOT / "configs" / "tiny.yaml")
+    parser.add_argument("--config", type=Path, default=ROOT / "segsynth" / "recipes" / "tiny.yaml")
     parser.add_argument("--train-steps", type=int, default=600)
     parser.add_argument("-n", type=int, default=48, help="samples per setting")
     parser.add_argument("--tolerance", type=float, default=0.02, help="fidelity (Dice) a cheaper setting may lose")

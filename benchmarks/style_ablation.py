@@ -1,6 +1,6 @@
 """Which choice moves zero-shot style retrieval: style guidance, a style-consistency loss, a colour transfer.
 
-For each built-in dataset (``histo-he``, ``nuclei-fluo``) the tiny recipe (``configs/tiny.yaml``,
+For each built-in dataset (``histo-he``, ``nuclei-fluo``) the tiny recipe (``segsynth/recipes/tiny.yaml``,
 64 px) is trained, and sets are generated with style references drawn from the dataset's
 ``unlabeled/`` images, which the generator never trained on (``--styles DATA/unlabeled``). Every
 set is scored by :func:`segsynth.evaluate_synth` with one segmentation network per dataset, trained
@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, required=True, help="work folder (datasets, runs, sets, evaluations)")
     parser.add_argument("--datasets", nargs="+", choices=DATASETS, default=list(DATASETS))
-    parser.add_argument("--config", type=Path, default=ROOT / "configs" / "tiny.yaml")
+    parser.add_argument("--config", type=Path, default=ROOT / "segsynth" / "recipes" / "tiny.yaml")
     parser.add_argument("--steps", type=int, default=600, help="training steps of every model")
     parser.add_argument("--guidance", type=float, nargs="+", default=[1.5, 3.0, 5.0],
                         help="style guidance scales; the first is the default every other choice uses")

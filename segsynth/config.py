@@ -14,7 +14,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from segsynth.io.atomic import atomic_write_text
+<<<<<<< HEAD
 from segsynth.io.yaml_file import read_yaml
+=======
+from segsynth.recipes import config_source, recipe_names
+>>>>>>> wheel
 
 
 class StrictModel(BaseModel):
@@ -58,15 +62,28 @@ def load_config(cls: type[T], path: str | Path | None, overrides: dict[str, Any]
 
     Args:
         cls: the pydantic model of the config.
-        path: a YAML file.
+        path: a YAML file, or the name of a shipped recipe (``tiny``; see :mod:`segsynth.recipes`)
+            when no file of that name exists.
         overrides: ``{"train.steps": 10}``-style values applied after the file.
     """
     data: dict[str, Any] = {}
     source = "<defaults>"
     if path is not None:
-        path = Path(path)
+        path = config_source(path)
         source = str(path)
+<<<<<<< HEAD
         loaded = read_yaml(path, ConfigError)  # a key given twice is refused, not silently dropped
+=======
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            hint = f"; shipped recipes: {', '.join(recipe_names())}" if isinstance(path, Path) and path.parent == Path(".") else ""
+            raise ConfigError(f"{path}: cannot read config ({exc.strerror}){hint}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+        except RecursionError:
+            raise ConfigError(f"{path}: nested too deeply to be a config") from None
+>>>>>>> wheel
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):

@@ -45,8 +45,8 @@ from segsynth.evaluation import evaluate_synth
 from segsynth.evaluation.table import metrics_table
 from segsynth.report import build_report
 
-#: The demo's diffusion recipe (CPU, 64 px), read from the checkout the package is installed from.
-TINY_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "tiny.yaml"
+#: The demo's diffusion recipe (CPU, 64 px), shipped with the package (:mod:`segsynth.recipes`).
+TINY_CONFIG = "tiny"
 DEMO_DATASET = "nuclei-fluo"
 #: Diffusion steps of the demo's generator: what fits the 15-minute budget on 2 CPU cores.
 DEMO_DIFFUSION_STEPS = 300
@@ -73,13 +73,11 @@ def demo_benchmark_config(smoke: bool = False) -> BenchmarkConfig:
     Args:
         smoke: use :data:`SMOKE_PROFILE` on top (the test of the demo itself).
     """
-    if not TINY_CONFIG.is_file():
-        raise FileNotFoundError(f"{TINY_CONFIG}: the demo runs from a source checkout (pip install -e .)")
     profile: dict[str, Any] = quick_profile()
     profile.update(
         run_folds=[0],
         low_label=2,
-        diffusion_config=str(TINY_CONFIG),
+        diffusion_config=TINY_CONFIG,
         diffusion_overrides={"train.steps": DEMO_DIFFUSION_STEPS, "train.sample_every": 0},
     )
     if smoke:

@@ -14,10 +14,11 @@ from segsynth.diffusion.config import DiffusionTrainConfig
 from segsynth.io.run_log import changed_keys
 from segsynth.latent.config import AutoencoderTrainConfig
 from segsynth.models import SegSynthModel
+from segsynth.recipes import recipe_names
 
 torch.set_num_threads(1)
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "segsynth" / "recipes"
 CONFIGS = sorted(CONFIG_DIR.glob("*.yaml")) + sorted(CONFIG_DIR.glob("*.yml"))
 #: The diffusion recipes (the others configure train-autoencoder and benchmarks).
 DIFFUSION_CONFIGS = [p for p in CONFIGS if not p.name.startswith(("autoencoder", "benchmark"))]
@@ -57,13 +58,25 @@ def test_the_latent_recipe_denoises_128_px_latents_of_512_px_images():
     assert ae.model.factor == 4 and unet.inner.config.sample_size == 128 and unet.sample_channels == 4
 
 
+def test_a_recipe_is_named_from_any_folder_and_a_file_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert recipe_names() == sorted(p.stem for p in CONFIGS)
+    assert load("tiny") == load("tiny.yaml") == load(CONFIG_DIR / "tiny.yaml")
+    (tmp_path / "tiny.yaml").write_text("train: {steps: 700}\n", encoding="utf-8")
+    assert load("tiny.yaml").train.steps == 700 and load("tiny").train.steps == load(CONFIG_DIR / "tiny.yaml").train.steps
+    with pytest.raises(ConfigError, match=r"tinny: cannot read config .*shipped recipes: .*base.*tiny"):
+        load("tinny")
+    with pytest.raises(ConfigError, match=r"cannot read config \([^)]*\)$"):
+        load(tmp_path / "missing" / "tiny.yaml")
+
+
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_every_shipped_config_loads_and_sets_only_known_keys(path):
     if path.name.startswith("autoencoder"):
         cfg = load_config(AutoencoderTrainConfig, path)
     elif path.name.startswith("benchmark"):
         cfg = load_config(BenchmarkConfig, path)
-        assert Path(cfg.diffusion_config).is_file() or (CONFIG_DIR.parent / cfg.diffusion_config).is_file()
+        assert cfg.diffusion_config in recipe_names()  # a shipped recipe, found from any folder
     else:
         cfg = load(path)
     raw = yaml.safe_load(path.read_text(encoding="utf-8"))

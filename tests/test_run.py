@@ -43,7 +43,7 @@ def test_run_plans_runs_every_stage_and_resumes(tmp_path: Path, name: str) -> No
     assert planned.exit_code == 0, planned.output
     plan = json.loads((out / "plan.json").read_text())
     assert not (out / "benchmark").exists()
-    assert plan["device"] == "cpu" and plan["choices"]["diffusion_config"]["value"].endswith("tiny.yaml")
+    assert plan["device"] == "cpu" and plan["choices"]["diffusion_config"]["value"] == "tiny"
     assert plan["fingerprint"]["num_cases"] >= 3 and plan["fingerprint"]["image_side"] == 64
     for key in ("diffusion_config", "diffusion.model.image_size", "diffusion.data.style_sampler", "folds", "seeds",
                 "settings", "generation.n", "segmentation.train.steps"):
@@ -103,7 +103,7 @@ def test_plan_for_a_gpu_job_made_without_one(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     plan = json.loads((out / "plan.json").read_text())
     choices = plan["choices"]
-    assert plan["device"] == "cuda" and choices["diffusion_config"]["value"].endswith("base.yaml")
+    assert plan["device"] == "cuda" and choices["diffusion_config"]["value"] == "base"
     # the GPU recipe draws up to 256 px: the 96 px images are its size, no crop; every fold runs
     assert choices["diffusion.model.image_size"]["value"] == 96 and "segmentation.train.patch_size" not in choices
     assert choices["run_folds"]["value"] is None and choices["generation.per_mask"]["value"] == 10

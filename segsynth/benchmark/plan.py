@@ -57,8 +57,10 @@ def fit_generator(dcfg: DiffusionTrainConfig, side: int, seg: SegTrainConfig, so
             ``train.patch_size`` (a batch could not stack real and synthetic images).
     """
     if "image_size" not in dcfg.model.model_fields_set:
-        data = dcfg.model_dump(mode="json", exclude_unset=False)
-        data["model"]["image_size"] = side
+        # Only what was set travels: a default re-validated as a value would read as the user's
+        # choice, and the data's channels and classes could no longer replace it.
+        data = dcfg.model_dump(mode="json", exclude_unset=True)
+        data.setdefault("model", {})["image_size"] = side
         dcfg = DiffusionTrainConfig.model_validate(data)
     size = dcfg.model.image_size
     if size != side and seg.train.patch_size is None:

@@ -14,8 +14,10 @@ from segsynth.artifacts.names import FOLD_DIR, SEED_DIR, SEG_RUNS_DIR
 from segsynth.benchmark.config import BenchmarkConfig
 from segsynth.benchmark.plan import fit_generator, image_side, segmentation_steps
 from segsynth.config import load_config
+from segsynth.data.format import load_spec
 from segsynth.data.loader import index_dataset
 from segsynth.diffusion.config import DiffusionTrainConfig
+from segsynth.diffusion.train import fit_config_to_data
 from segsynth.seg.config import SegTrainConfig, parse_mix
 from segsynth.seg.splits import Split
 
@@ -48,10 +50,12 @@ def all_labelled_ids(refs_ids: Sequence[str], split: Split) -> list[str]:
 
 def diffusion_recipe(data: Path, cfg: BenchmarkConfig) -> DiffusionTrainConfig:
     """Every fold generator's recipe: the diffusion config with its overrides, fitted to the data
-    and to the segmentation crop."""
+    (its size, channels and classes unless the config names them; a named value that contradicts
+    the data is refused here, before any training) and to the segmentation crop."""
     dcfg = load_config(DiffusionTrainConfig, cfg.diffusion_config, cfg.diffusion_overrides)
     seg = load_config(SegTrainConfig, cfg.segmentation_config, cfg.segmentation_overrides)
-    return fit_generator(dcfg, image_side(data), seg, cfg.diffusion_config or "diffusion config")
+    dcfg = fit_generator(dcfg, image_side(data), seg, cfg.diffusion_config or "diffusion config")
+    return fit_config_to_data(dcfg, load_spec(data), data)
 
 
 def segmentation_recipe(cfg: BenchmarkConfig, setting: str, seed: int, steps: int) -> SegTrainConfig:

@@ -25,6 +25,7 @@ from segsynth.cli import benchmark as _benchmark  # noqa: E402,F401
 from segsynth.cli import evaluate_synth as _evaluate_synth  # noqa: E402,F401
 from segsynth.cli import report as _report  # noqa: E402,F401
 from segsynth.cli import run as _run  # noqa: E402,F401
+from segsynth.cli import recipes as _recipes  # noqa: E402,F401
 
 
 def main() -> None:

@@ -19,7 +19,7 @@ from segsynth.io.yaml_file import parse_yaml_text
 T = TypeVar("T", bound=BaseModel)
 
 ConfigOption = Annotated[
-    Path | None, typer.Option("--config", "-c", help="YAML config (e.g. configs/tiny.yaml); --set overrides its values.")
+    Path | None, typer.Option("--config", "-c", help="YAML config, or a shipped recipe by name (e.g. tiny; see segsynth recipes); --set overrides its values.")
 ]
 SetOption = Annotated[
     list[str], typer.Option("--set", help="Override a config value: key.path=value, read as YAML (repeatable).")

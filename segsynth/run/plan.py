@@ -42,9 +42,8 @@ SAMPLING_WHY = ("generate's default: the fewest UNet calls within 2 Dice points 
                 "DDIM 128 steps + guidance (benchmarks/results/sampler_steps.json)")
 
 PLAN_VERSION = 1
-#: Recipes shipped in the checkout: the CPU-sized one and the GPU reference (see their headers).
-CONFIGS = Path(__file__).resolve().parent.parent.parent / "configs"
-RECIPES = {"cpu": CONFIGS / "tiny.yaml", "cuda": CONFIGS / "base.yaml"}
+#: Shipped recipes (:mod:`segsynth.recipes`): the CPU-sized one and the GPU reference (see their headers).
+RECIPES = {"cpu": "tiny", "cuda": "base"}
 #: Seeds of the segmentation runs: three measure training noise (paired over cases, see the benchmark).
 SEEDS = [0, 1, 2]
 #: nnU-Net's number of cross-validation folds, lowered when the data has too few cases.
@@ -140,13 +139,13 @@ def plan_run(data: str | Path, device: Device | None = None) -> RunPlan:
     factor = 2 ** (len(dcfg.model.block_out_channels) - 1) * dcfg.model.latent_factor
     size = _generator_size(side, dcfg.model.image_size, factor)
     choices: dict[str, Choice] = {
-        "diffusion_config": Choice(value=str(recipe), why=(
+        "diffusion_config": Choice(value=recipe, why=(
             f"a CUDA device ({how}): the GPU reference recipe" if device == "cuda" else
             f"the CPU ({how}): the CPU-sized recipe, trained in minutes")),
         "diffusion.model.image_size": Choice(value=size, why=(
             f"the data's median image side ({side} px)" if size == side else
             f"{size} px crops of the {side} px images: the recipe's largest size, divisible by {factor}")),
-        "diffusion.train.steps": Choice(value=dcfg.train.steps, why=f"the {recipe.name} recipe's training length"),
+        "diffusion.train.steps": Choice(value=dcfg.train.steps, why=f"the {recipe} recipe's training length"),
     }
     if facts["fewest_images_per_case"] < 2:
         choices["diffusion.data.style_sampler"] = Choice(value="augmented", why=(
