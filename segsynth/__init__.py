@@ -11,7 +11,8 @@ The public API, stage by stage (each stage reads and writes plain folders):
 - latent mode and backbones: :class:`AutoencoderTrainConfig`, :func:`train_autoencoder`,
   :class:`BackboneTrainConfig`, :func:`train_controlnet` (ControlNet on a frozen Stable Diffusion);
 - synthesis: :class:`GenerationConfig`, :func:`generate` (large images in blended tiles with ``size``);
-- segmentation: :class:`SegTrainConfig`, :func:`train_seg`, :func:`evaluate_seg`;
+- segmentation: :class:`SegTrainConfig`, :func:`train_seg`, :func:`evaluate_seg`, and :func:`predict`
+  (a :class:`PredictConfig`) to segment new images with a trained network or a run's ``final/``;
 - experiment: :class:`BenchmarkConfig`, :func:`run_benchmark` (``reuse`` an earlier benchmark's unchanged
   runs), :func:`compare_generators` (two generators on the same benchmark, paired by case);
 - the whole loop on a folder: :func:`plan_run` (a :class:`RunPlan` from the fingerprint), :func:`run_all`;
@@ -53,6 +54,7 @@ _EXPORTS = {
     "ManifestRecord": "segsynth.artifacts.schemas",
     "ModelConfig": "segsynth.models",
     "ObjectiveConfig": "segsynth.diffusion",
+    "PredictConfig": "segsynth.seg.predict",
     "RunPlan": "segsynth.run",
     "SampleRef": "segsynth.data",
     "SegDataset": "segsynth.data",
@@ -82,6 +84,7 @@ _EXPORTS = {
     "merge_shards": "segsynth.synth.generate",
     "paired_augmentation": "segsynth.data",
     "plan_run": "segsynth.run",
+    "predict": "segsynth.seg.predict",
     "read_image": "segsynth.data",
     "read_metrics": "segsynth.artifacts.schemas",
     "read_record": "segsynth.artifacts.schemas",

@@ -53,6 +53,10 @@ TRAINING_JSON = "training.json"  # steps taken, best step, whether validation wa
 MODEL_JSON = "model.json"  # network description next to MODEL_WEIGHTS
 MODEL_WEIGHTS = "model.safetensors"  # the network's weights (no pickle)
 
+# --- predicted masks (segsynth predict) -----------------------------------------------------------
+PREDICTION_JSON = "prediction.json"  # the network and settings the folder's masks were predicted with
+PROBABILITIES_DIR = "probabilities"  # per-class probability maps (predict --probabilities)
+
 # --- evaluation (evaluate-synth) ------------------------------------------------------------------------
 METRICS_JSON = "metrics.json"  # evaluate-synth metrics; also the scores of each benchmark segmentation run
 EVALUATION_DIR = "evaluation"
@@ -75,3 +79,8 @@ SEED_DIR = "seed_{seed}"  # (str.format)
 PLAN_JSON = "plan.json"
 BENCHMARK_DIR = "benchmark"
 REPORT_HTML = "report.html"
+FINAL_DIR = "final"  # the deliverables: the final network, its model card, the generator and set it used
+NETWORK_DIR = "network"  # inside FINAL_DIR: model.json + model.safetensors, what `segsynth predict` loads
+FINAL_SEG_DIR = "segmentation"  # inside FINAL_DIR: the train-seg run of the final network
+MODEL_CARD_MD = "model_card.md"  # inside FINAL_DIR: what the network is, how it was made, what it scored
+MODEL_CARD_JSON = "model_card.json"  # the same as a record; written last, so it marks a finished final stage

@@ -80,3 +80,27 @@ def evaluate_seg_command(
         console.print(f"distances in {result['units']}; empty masks: {result['empty_mask_convention']}")
         if out is not None:
             console.print(f"[green]wrote[/] {out}")
+
+
+@app.command("predict")
+def predict_command(
+    model: Path = typer.Argument(..., help="A train-seg run folder, a segsynth run's RUN/final, or a saved network folder."),
+    images: Path = typer.Argument(..., help="Folder of images (PNG, TIFF, JPEG, NIfTI), or a dataset folder (its images/)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Masks folder (outside IMAGES); re-run the same command to continue."),
+    overlap: float = typer.Option(0.25, "--overlap", help="Overlap of neighbouring sliding windows, in [0, 1)."),
+    window: int | None = typer.Option(None, "--window", help="Sliding-window side (default: the network's training patch)."),
+    tta: bool = typer.Option(False, "--tta/--no-tta", metavar="", help="Average over the image and its flips (4 passes)."),
+    probabilities: bool = typer.Option(
+        False, "--probabilities/--no-probabilities", metavar="", help="Also write per-class probability maps (float32)."
+    ),
+) -> None:
+    """Segment new images with a trained network: one mask per image, in the image's format and geometry."""
+    with user_errors():
+        from segsynth.config import parse_config
+        from segsynth.seg.predict import PredictConfig, predict
+
+        cfg = parse_config(PredictConfig, {"overlap": overlap, "window": window, "tta": tta,
+                                           "probabilities": probabilities}, "predict options")
+        result = predict(model, images, out, cfg, console=console)
+        console.print(f"[green]done[/]: {result['predicted']} masks predicted, {result['skipped']} already there, "
+                      f"in {result['out']}")

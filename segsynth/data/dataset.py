@@ -19,6 +19,21 @@ from segsynth.data.io import DataReadError, read_image
 from segsynth.data.loader import LABEL_HINT, SampleRef, channels_first, index_dataset, sample_seed, to_unit_range
 
 
+def unit_range_image(path: Path, arr: np.ndarray | None = None) -> np.ndarray:
+    """The image file ``path`` (or its already decoded ``arr``) as every network sees it: float32 in
+    [0, 1] by :func:`~segsynth.data.loader.to_unit_range` over the whole file. Training, evaluation
+    and ``segsynth predict`` all read images through here, so a network never meets other scaling.
+
+    Raises:
+        DataReadError: unreadable, or NaN/inf values, naming the file.
+    """
+    arr = read_image(path) if arr is None else arr
+    try:
+        return to_unit_range(arr)
+    except ValueError as exc:
+        raise DataReadError(path, str(exc)) from None
+
+
 class SegDataset(Dataset):
     """Labelled or unlabelled 2D samples of a dataset folder, optionally augmented.
 
@@ -68,10 +83,7 @@ class SegDataset(Dataset):
                         raise DataReadError(path, "mask holds non-integer values")
                     arr = arr.astype(np.int64)
             else:
-                try:
-                    arr = to_unit_range(arr)
-                except ValueError as exc:
-                    raise DataReadError(path, str(exc)) from None
+                arr = unit_range_image(path, arr)
             self._cache[path] = arr
         return self._cache[path]
 

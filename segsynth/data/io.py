@@ -405,6 +405,36 @@ def encode_image(arr: np.ndarray, ext: str) -> bytes:
     raise ValueError(f"cannot write {ext!r}; use one of {', '.join(RASTER_EXTENSIONS + NIFTI_EXTENSIONS)}")
 
 
-def write_image(path: str | Path, arr: np.ndarray) -> Path:
-    """Write ``arr`` to ``path`` atomically in the format named by its extension."""
-    return atomic_write_bytes(path, encode_image(arr, split_ext(path)[1]))
+def encode_nifti_like(arr: np.ndarray, ext: str, reference: str | Path) -> bytes:
+    """Encode ``arr`` as NIfTI with the affine and header of the NIfTI file ``reference``.
+
+    A mask predicted for a volume must overlay it in every viewer: same voxel-to-world affine, same
+    qform/sform codes, units and orientation. Only the data type and shape are the mask's own, and
+    the intensity scaling of the reference (``scl_slope``/``scl_inter``) is dropped, since labels and
+    probabilities are stored as they are.
+    """
+    import gzip
+
+    import nibabel as nib
+
+    arr = np.asarray(arr)
+    if arr.dtype in (np.int64, np.uint64):
+        arr = _narrow_integers(arr, (np.int32,), ext)
+    ref = nib.load(str(reference))
+    header = ref.header.copy()
+    header.set_data_dtype(arr.dtype)
+    img = type(ref)(arr, ref.affine, header)
+    img.header.set_slope_inter(1.0, 0.0)
+    raw = img.to_bytes()
+    return gzip.compress(raw, compresslevel=6, mtime=0) if ext == ".nii.gz" else raw
+
+
+def write_image(path: str | Path, arr: np.ndarray, like: str | Path | None = None) -> Path:
+    """Write ``arr`` to ``path`` atomically in the format named by its extension.
+
+    With ``like`` (a NIfTI file) a NIfTI output takes its geometry (:func:`encode_nifti_like`).
+    """
+    ext = split_ext(path)[1]
+    if like is not None and ext in NIFTI_EXTENSIONS and is_nifti(like):
+        return atomic_write_bytes(path, encode_nifti_like(arr, ext, like))
+    return atomic_write_bytes(path, encode_image(arr, ext))

@@ -74,18 +74,18 @@ def size_divisor(cfg: NetworkConfig) -> int:
 
 
 def predict_logits(
-    model: torch.nn.Module, image: torch.Tensor, divisor: int, patch_size: int | None = None
+    model: torch.nn.Module, image: torch.Tensor, divisor: int, patch_size: int | None = None, overlap: float = 0.25
 ) -> torch.Tensor:
     """Logits ``(B, K, H, W)`` (float32, on the CPU) for images ``(B, C, H, W)`` of any size.
 
     The images go to the model's device. With ``patch_size`` the image is tiled by MONAI's
-    sliding-window inferer (Gaussian blending); otherwise it is zero-padded to a multiple of
-    ``divisor``, run whole and cropped back.
+    sliding-window inferer (Gaussian blending, windows overlapping by ``overlap``); otherwise it is
+    zero-padded to a multiple of ``divisor``, run whole and cropped back.
     """
     image = image.to(next(model.parameters()).device)
     if patch_size is not None:
         roi = (patch_size, patch_size)
-        logits = sliding_window_inference(image, roi, sw_batch_size=4, predictor=model, overlap=0.25, mode="gaussian")
+        logits = sliding_window_inference(image, roi, sw_batch_size=4, predictor=model, overlap=overlap, mode="gaussian")
         return logits.float().cpu()
     height, width = image.shape[-2:]
     pad_h, pad_w = (-height) % divisor, (-width) % divisor
