@@ -48,8 +48,8 @@ def benchmark(
     with user_errors():
         from segsynth.benchmark import BenchmarkConfig, quick_profile, rich_table, run_benchmark
 
-        named: dict[str, Any] = quick_profile() if quick else {}
-        named |= {
+        # The profile applies in full; a flag given explicitly (not None) replaces its one value.
+        given = {
             "folds": folds,
             "seeds": _int_list(seeds),
             "settings": [s for s in settings.split(",") if s] if settings else None,
@@ -57,6 +57,8 @@ def benchmark(
             "run_folds": _int_list(run_folds),
             "diffusion_config": str(diffusion_config) if diffusion_config else None,
         }
+        named: dict[str, Any] = quick_profile() if quick else {}
+        named |= {key: value for key, value in given.items() if value is not None}
         cfg = command_config(BenchmarkConfig, config, overrides, named)
         results = run_benchmark(data, out, cfg, console=console, reuse=reuse)
         console.print(rich_table(results))
