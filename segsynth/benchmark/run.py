@@ -43,6 +43,7 @@ from segsynth.artifacts.names import (
 )
 from segsynth.artifacts.schemas import TrainingSummary, read_record
 from segsynth.benchmark.config import BenchmarkConfig
+from segsynth.benchmark.foreground import case_class_pixels, class_strata, fold_warnings
 from segsynth.benchmark.recipes import (
     BASELINE,
     CONTROL_NAMES,
@@ -76,8 +77,11 @@ def _folds(data: Path, out: Path, cfg: BenchmarkConfig) -> list[Split]:
     path = out / SPLITS_JSON
     if path.is_file():
         return load_splits(path)
+    refs = index_dataset(data)
+    # stratified by the classes each case holds, so every fold's test cases hold every class they can
+    strata = class_strata(case_class_pixels(data, refs))
     try:
-        splits = make_folds(index_dataset(data), cfg.folds, cfg.fold_seed, cfg.val_fraction, cfg.low_label)
+        splits = make_folds(refs, cfg.folds, cfg.fold_seed, cfg.val_fraction, cfg.low_label, strata)
     except ValueError as exc:
         raise ValueError(f"{data / DATASET_JSON}: {exc}") from None
     save_splits(path, splits, cfg.fold_seed)
@@ -239,15 +243,21 @@ def run_benchmark(
     if max(folds) >= len(splits):
         raise ValueError(f"run_folds {folds} names a fold beyond the {len(splits)} folds of {out / SPLITS_JSON}")
     steps = segmentation_budget(data, splits, config)
-    ids = [r.id for r in index_dataset(data)]
+    refs = index_dataset(data)
+    ids = [r.id for r in refs]
+    pixels = case_class_pixels(data, refs)
     names = setting_names(config)
     runs: list[dict[str, Any]] = []
+    warnings: list[str] = []
     for fold in folds:
         split = splits[fold]
         console.print(
             f"[bold]fold {fold}[/]: {len(split.train_cases)} train, {len(split.val_cases)} val, "
             f"{len(split.test_cases)} test cases; {steps} segmentation steps per run"
         )
+        for line in fold_warnings(split, fold, pixels):
+            console.print(f"[yellow]warning:[/] {line}", highlight=False)
+            warnings.append(line)
         _, synth, variants = fold_generator(data, out, config, fold, console, check=False)
         for seed in config.seeds:
             for setting in names:
@@ -269,6 +279,7 @@ def run_benchmark(
         "network": seg.network.name, "selection": "best validation Dice (validation cases of the fold)",
     }
     results["data"] = str(data.resolve())
+    results["fold_warnings"] = warnings
     if reused is not None:
         results["reused"] = reused
     results["config"] = config.model_dump(mode="json")

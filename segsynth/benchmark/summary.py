@@ -25,11 +25,27 @@ PAIRED_METRICS = ("dice", "hd95")
 CaseKey = tuple[int, str]
 
 
-def _case_scores(metrics: dict[str, Any], metric: str) -> dict[str, float]:
-    """``{case: foreground-mean metric}`` of one run (NaN classes, e.g. HD95 of an empty prediction, ignored)."""
+def _empty_reference(metrics: dict[str, Any]) -> set[tuple[str, str]]:
+    """``(case, class)`` pairs whose reference holds no pixel of the class (unknown for runs
+    scored before the counts were recorded: none)."""
+    counts = metrics.get("case_reference_pixels") or {}
+    return {(case, c) for case, row in counts.items() for c, n in row.items() if n == 0}
+
+
+def _case_scores(metrics: dict[str, Any], metric: str, cls: str | None = None) -> dict[str, float]:
+    """``{case: foreground-mean metric}`` of one run (or of class ``cls`` alone).
+
+    A class whose reference is empty in a case is left out of that case's mean, as nnU-Net's
+    evaluation does: the case cannot measure it, and scoring it 1 (both empty) or 0 (a false
+    positive) would move the mean by what the case lacks, not by what the network learnt. A case
+    left with no class is NaN and drops out of the averages (``empty_reference`` counts them).
+    NaN values (e.g. HD95 of an empty prediction) are ignored too.
+    """
+    empty = _empty_reference(metrics)
     out = {}
     for case, values in metrics["per_case"].items():
-        finite = [v for v in values[metric].values() if v is not None and math.isfinite(v)]
+        finite = [v for c, v in values[metric].items()
+                  if (cls is None or c == cls) and (case, c) not in empty and v is not None and math.isfinite(v)]
         out[case] = float(np.mean(finite)) if finite else math.nan
     return out
 
@@ -56,10 +72,12 @@ def _row(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
         mean, case_std = mean_std(list(_seed_averaged(items, metric).values()))
         run_means = [mean_std(list(_case_scores(r["metrics"], metric).values()))[0] for r in items]
         row[metric] = {"mean": mean, "case_std": case_std, "run_std": mean_std(run_means)[1]}
+    row["empty_reference"] = len({(r["fold"], *pair) for r in items for pair in _empty_reference(r["metrics"])})
     if items:
         classes = items[0]["metrics"]["classes"]
         row["per_class_dice"] = {
-            c: mean_std([r["metrics"]["summary"]["dice"][c]["case_mean"] for r in items])[0] for c in classes
+            c: mean_std([mean_std(list(_case_scores(r["metrics"], "dice", c).values()))[0] for r in items])[0]
+            for c in classes
         }
     return row
 
@@ -186,9 +204,21 @@ LEGEND = (
 )
 
 
+def caveats(results: dict[str, Any]) -> list[str]:
+    """What a reader must know before trusting the table: test or validation cases that hold
+    (almost) none of a class, and the (test case, class) pairs left out for an empty reference."""
+    notes = list(results.get("fold_warnings", []))
+    empty = results["settings"][results["baseline"]].get("empty_reference", 0)
+    if empty:
+        notes.append(f"{_count(empty, '(test case, class) pair')} with an empty reference left out of the class's "
+                     "mean (nnU-Net's convention), not scored 0 or 1")
+    return notes
+
+
 def rich_table(results: dict[str, Any]) -> Table:
     """The benchmark table for the terminal."""
-    table = Table(title=f"segsynth benchmark: {headline(results)}", caption=LEGEND)
+    table = Table(title=f"segsynth benchmark: {headline(results)}",
+                  caption="\n".join([LEGEND, *(f"warning: {note}" for note in caveats(results))]))
     for header in HEADERS:
         table.add_column(header, justify="left" if header == "setting" else "right", no_wrap=header != "95% CI")
     for name in setting_order(results):
@@ -203,4 +233,7 @@ def markdown_table(results: dict[str, Any]) -> str:
         lines.append("| " + " | ".join(_row_cells(results, name)) + " |")
     lines.append("")
     lines.append(LEGEND)
+    notes = caveats(results)
+    if notes:
+        lines += ["", *(f"- {note}" for note in notes)]
     return "\n".join(lines) + "\n"

@@ -49,8 +49,8 @@ def benchmark(
         from segsynth.benchmark import BenchmarkConfig, quick_profile, rich_table, run_benchmark
         from segsynth.io.guard import check_out_apart
 
-        named: dict[str, Any] = quick_profile() if quick else {}
-        named |= {
+        # The profile applies in full; a flag given explicitly (not None) replaces its one value.
+        given = {
             "folds": folds,
             "seeds": _int_list(seeds),
             "settings": [s for s in settings.split(",") if s] if settings else None,
@@ -58,6 +58,8 @@ def benchmark(
             "run_folds": _int_list(run_folds),
             "diffusion_config": str(diffusion_config) if diffusion_config else None,
         }
+        named: dict[str, Any] = quick_profile() if quick else {}
+        named |= {key: value for key, value in given.items() if value is not None}
         cfg = command_config(BenchmarkConfig, config, overrides, named)
         check_out_apart(out, [data, reuse, cfg.diffusion_config, cfg.segmentation_config])
         results = run_benchmark(data, out, cfg, console=console, reuse=reuse)

@@ -130,8 +130,21 @@ class MetricAccumulator:
         """Score one image (``(H, W)`` label maps) and remember it under its case."""
         values = image_metrics(pred.cpu(), target.cpu(), len(self.class_names), self._scorers)
         metrics = {m: dict(zip(self.foreground, map(float, values[m]), strict=True)) for m in METRIC_NAMES}
-        self.records.append({"id": sample_id, "case_id": case_id, "metrics": metrics})
+        counts = torch.bincount(target.cpu().long().flatten(), minlength=len(self.class_names))
+        reference = {c: int(counts[k]) for k, c in enumerate(self.foreground, start=1)}
+        self.records.append({"id": sample_id, "case_id": case_id, "metrics": metrics, "reference_pixels": reference})
         return metrics
+
+    def case_reference_pixels(self) -> dict[str, dict[str, int]]:
+        """``{case: {class: reference pixels over the case's images}}``: a case whose reference
+        holds no pixel of a class cannot measure that class (the benchmark leaves it out of the
+        class's mean, as nnU-Net's evaluation does, instead of scoring it 1 or 0)."""
+        out: dict[str, dict[str, int]] = {}
+        for record in self.records:
+            row = out.setdefault(record["case_id"], {c: 0 for c in self.foreground})
+            for c, n in record["reference_pixels"].items():
+                row[c] += n
+        return dict(sorted(out.items()))
 
     def per_case(self) -> dict[str, dict[str, dict[str, float]]]:
         """``{case: {metric: {class: mean over the case's images}}}``."""
@@ -177,5 +190,6 @@ class MetricAccumulator:
             "num_cases": len({r["case_id"] for r in self.records}),
             "summary": self.summary(),
             "per_case": self.per_case(),
+            "case_reference_pixels": self.case_reference_pixels(),
             "per_image": self.records,
         }

@@ -8,7 +8,8 @@ enter a split: they are added to training only (see :mod:`segsynth.seg.train`).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections import defaultdict
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -95,13 +96,36 @@ def low_label_cases(cases: Sequence[str], amount: float | int, seed: int) -> lis
     return sorted(order[:count])
 
 
-def kfold_cases(cases: Sequence[str], k: int, seed: int) -> list[list[str]]:
+def stratified_order(cases: Iterable[str], seed: int, strata: Mapping[str, Hashable] | None = None) -> list[str]:
+    """The distinct ``cases`` in a seeded order where each stratum's cases stand together.
+
+    Dealing this order round-robin into k folds spreads every stratum over the folds as evenly as
+    its size allows (a stratum of n cases gives each fold ``n // k`` or ``n // k + 1``), while the
+    folds stay of near-equal size. Without ``strata`` (or with one stratum) it is the plain seeded
+    shuffle, so folds made before stratification existed are made again unchanged.
+    """
+    if strata is None:
+        return _shuffled(cases, seed)
+    groups: dict[str, list[str]] = defaultdict(list)
+    for case in sorted(set(cases)):
+        groups[repr(strata.get(case))].append(case)
+    return [case for key in sorted(groups) for case in _shuffled(groups[key], seed)]
+
+
+def kfold_cases(
+    cases: Sequence[str], k: int, seed: int, strata: Mapping[str, Hashable] | None = None
+) -> list[list[str]]:
     """Partition the distinct ``cases`` into ``k`` seeded folds of near-equal size (test cases per fold).
+
+    Args:
+        strata: optional label per case (e.g. the classes present in its masks): every stratum is
+            spread over the folds as evenly as its size allows (:func:`stratified_order`), so no
+            fold's test cases lack a class that other folds' hold several times.
 
     Raises:
         ValueError: ``k < 2`` or fewer distinct cases than folds.
     """
-    order = _shuffled(cases, seed)
+    order = stratified_order(cases, seed, strata)
     if k < 2:
         raise ValueError(f"k must be >= 2, got {k}")
     if len(order) < k:
@@ -115,10 +139,12 @@ def make_folds(
     seed: int = 0,
     val_fraction: float = 0.2,
     low_label: float | int | None = None,
+    strata: Mapping[str, Hashable] | None = None,
 ) -> list[Split]:
     """``k`` cross-validation splits of a labelled dataset, all by case.
 
-    Each fold's test cases are one part of :func:`kfold_cases`; from the remaining cases an
+    Each fold's test cases are one part of :func:`kfold_cases` (stratified by ``strata`` when
+    given, e.g. the classes each case holds); from the remaining cases an
     optional low-label subset is kept (:func:`low_label_cases`), and validation cases are drawn
     from those (so validation is labelled data the study would really have).
 
@@ -127,7 +153,7 @@ def make_folds(
     """
     all_cases = sorted({r.case_id for r in refs})
     splits = []
-    for fold, test_cases in enumerate(kfold_cases(all_cases, k, seed)):
+    for fold, test_cases in enumerate(kfold_cases(all_cases, k, seed, strata)):
         pool = [c for c in all_cases if c not in set(test_cases)]
         if low_label is not None:
             pool = low_label_cases(pool, low_label, seed + fold)
