@@ -14,11 +14,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from segsynth.io.atomic import atomic_write_text
-<<<<<<< HEAD
 from segsynth.io.yaml_file import read_yaml
-=======
 from segsynth.recipes import config_source, recipe_names
->>>>>>> wheel
 
 
 class StrictModel(BaseModel):
@@ -71,19 +68,9 @@ def load_config(cls: type[T], path: str | Path | None, overrides: dict[str, Any]
     if path is not None:
         path = config_source(path)
         source = str(path)
-<<<<<<< HEAD
+        if isinstance(path, Path) and path.parent == Path(".") and not path.exists():
+            raise ConfigError(f"{path}: cannot read config (no such file); shipped recipes: {', '.join(recipe_names())}")
         loaded = read_yaml(path, ConfigError)  # a key given twice is refused, not silently dropped
-=======
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except OSError as exc:
-            hint = f"; shipped recipes: {', '.join(recipe_names())}" if isinstance(path, Path) and path.parent == Path(".") else ""
-            raise ConfigError(f"{path}: cannot read config ({exc.strerror}){hint}") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({exc})") from None
-        except RecursionError:
-            raise ConfigError(f"{path}: nested too deeply to be a config") from None
->>>>>>> wheel
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
