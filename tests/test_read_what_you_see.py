@@ -328,3 +328,13 @@ def test_sigterm_while_blocked_releases_the_lock_and_the_empty_folder(tmp_path: 
         process.kill()
         process.wait()
     assert not out.exists(), "lock and the folder it created were left behind"
+
+
+def test_cmyk_jpeg_image_reads_as_the_rgb_it_shows(tmp_path: Path) -> None:
+    rgb = np.random.default_rng(2).integers(0, 255, (16, 16, 3), dtype=np.uint8)
+    path = tmp_path / "print.jpg"
+    Image.fromarray(rgb).convert("CMYK").save(path, quality=100)
+    assert Image.open(path).mode == "CMYK"
+    shown = np.array(Image.open(path).convert("RGB"))
+    assert image_shape(path) == (16, 16, 3)
+    assert np.array_equal(read_image(path), shown)
