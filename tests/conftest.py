@@ -6,6 +6,9 @@ so tests can build variants; ``tiny_dataset`` is the default 3-case PNG folder a
 
 from __future__ import annotations
 
+import os
+import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -25,6 +28,28 @@ TINY_DIFFUSION_MODEL = {
     "attention_levels": [False, True],
     "style": {"encoder_channels": [8, 16], "dim": 16, "num_refs": 2},
 }
+
+def make_fifo(path: Path, watch_s: float = 120.0) -> Path:
+    """Create a FIFO at ``path`` that cannot hang the test reading it.
+
+    A daemon thread opens it for writing, and closes it again, whenever a reader is blocked on it
+    (the regression the FIFO tests guard against), so the reader sees end of file at once: a test
+    then fails on its assertions instead of waiting forever.
+    """
+    os.mkfifo(path)
+
+    def unblock() -> None:
+        deadline = time.monotonic() + watch_s
+        while time.monotonic() < deadline and os.path.lexists(path):
+            try:
+                os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))  # succeeds only while a reader waits
+            except OSError:
+                pass
+            time.sleep(0.05)
+
+    threading.Thread(target=unblock, daemon=True).start()
+    return path
+
 
 def tiny_pair(rng: np.random.Generator, size: int, channels: int, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
     """One image/mask pair: a mask of random discs (one per foreground class) and a uint8 image

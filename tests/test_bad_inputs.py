@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import TINY_DIFFUSION_MODEL, write_tiny_dataset
+from conftest import TINY_DIFFUSION_MODEL, make_fifo, write_tiny_dataset
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageDraw
@@ -410,11 +410,18 @@ def too_small(root: Path) -> str:
     return "images/p2_1.png"
 
 
+def special_file(root: Path) -> str:
+    (root / "images" / "p2_1.png").unlink()
+    make_fifo(root / "images" / "p2_1.png", watch_s=30)  # in place of a paired image: only the FIFO is wrong
+    return "images/p2_1.png"
+
+
 DATASET_KINDS = {
     "not_a_folder": not_a_folder, "missing_dataset_json": missing_dataset_json,
     "invalid_dataset_json": invalid_dataset_json, "label_zero_not_bg": label_zero_not_background,
     "labels_not_consecutive": labels_not_consecutive, "empty_dataset": empty_dataset,
     "duplicate_stem": duplicate_stem, "extra_mask": extra_mask, "too_small": too_small,
+    "special_file": special_file,
 }
 
 

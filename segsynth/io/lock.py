@@ -7,6 +7,10 @@ process start time); a second writer fails at once with :class:`FolderInUseError
 and the owner. A lock whose owner is gone (killed, crashed) is *stale*: on the same host that is
 decided by the pid and its start time (so neither a zombie nor a recycled pid keeps it alive) and
 the lock is taken over; a lock from another host is never broken automatically.
+
+While a lock is held, SIGTERM (``kill``, ``timeout``, a job scheduler) unwinds the process like an
+error would, so the lock is released and an output folder the command created but left empty is
+removed, instead of both staying behind for the next run to puzzle over.
 """
 
 from __future__ import annotations
@@ -16,7 +20,9 @@ import functools
 import inspect
 import json
 import os
+import signal
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -128,6 +134,23 @@ def _unreadable(owner: Owner) -> bool:
     return owner.pid == -1
 
 
+def _terminate(signum: int, frame: object) -> None:
+    """SIGTERM while a lock is held: leave through the ``finally`` blocks (exit status as if killed)."""
+    raise SystemExit(128 + signum)
+
+
+def _unwind_on_sigterm() -> Callable[[], None]:
+    """Make SIGTERM raise :class:`SystemExit` until the returned function is called.
+
+    Only where SIGTERM still has its default action (which would end the process without releasing
+    anything) and only from the main thread, the one Python delivers signals to.
+    """
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return lambda: None
+    signal.signal(signal.SIGTERM, _terminate)
+    return lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 class FolderLock:
     """An exclusive lock on ``folder`` held through the lock file ``folder / name``.
 
@@ -143,6 +166,7 @@ class FolderLock:
         self.wait = wait
         self._me: Owner | None = None
         self._created = False
+        self._restore_sigterm: Callable[[], None] = lambda: None
 
     def acquire(self) -> FolderLock:
         """Take the lock, taking over a stale one.
@@ -175,6 +199,7 @@ class FolderLock:
                 raise FolderInUseError(self._busy_message(owner))
             time.sleep(0.05)
         self._me = me
+        self._restore_sigterm = _unwind_on_sigterm()
         return self
 
     def _mtime(self) -> float:
@@ -197,6 +222,8 @@ class FolderLock:
             self.path.unlink(missing_ok=True)
         self._me = None
         self._remove_if_created()
+        self._restore_sigterm()
+        self._restore_sigterm = lambda: None
 
     def _remove_if_created(self) -> None:
         if self._created:
