@@ -155,22 +155,26 @@ def check_disk(path: str | os.PathLike[str], needed: int, what: str) -> None:
                               f"{format_bytes(free)} is free there")
 
 
-def saved_activation_bytes(forward: Callable[[], torch.Tensor]) -> int:
+def _is_parameter(tensor: torch.Tensor) -> bool:
+    """A weight (or a view of one, such as the transpose a linear layer saves): counted with the
+    parameters, not the activations."""
+    base = tensor._base if tensor._base is not None else tensor
+    return base.is_leaf and base.requires_grad
+
+
+def saved_activation_bytes(forward: Callable[[], object]) -> int:
     """Bytes autograd saves for the backward pass of ``forward()`` (works on ``meta`` tensors too).
 
-    Tensors saved twice (the same storage) count once.
+    Saved weights are left out (they are the parameters), and a storage saved twice counts once.
     """
     import torch
 
-    seen: dict[tuple[int, int], int] = {}
+    seen: dict[object, int] = {}
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
-        try:
-            key = (tensor.untyped_storage().data_ptr(), tensor.untyped_storage().nbytes()) if tensor.device.type != "meta" \
-                else (id(tensor), 0)
-        except (RuntimeError, NotImplementedError):
-            key = (id(tensor), 0)
-        seen[key] = max(seen.get(key, 0), tensor.numel() * tensor.element_size())
+        if not _is_parameter(tensor):
+            key: object = id(tensor) if tensor.device.type == "meta" else tensor.untyped_storage().data_ptr()
+            seen[key] = max(seen.get(key, 0), tensor.numel() * tensor.element_size())
         return tensor
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
@@ -184,13 +188,14 @@ def parameter_bytes(module: torch.nn.Module) -> int:
 
 
 def training_estimate(what: str, params: int, activations: int, batch_data: int, *, weight_copies: int,
-                      lower: str) -> Estimate:
+                      mixed_precision: str, lower: str) -> Estimate:
     """Peak of a training step: ``weight_copies`` times the parameters (weights, gradients, AdamW's
-    two moments: 4; an EMA adds one), the saved activations and the loaded batch (twice: the samples
-    and their collated stack)."""
+    two moments: 4; an EMA adds one), the saved activations (measured in float32: half of that under
+    ``bf16``/``fp16`` autocast, the accelerator's ``mixed_precision``) and the loaded batch (twice:
+    the samples and their collated stack)."""
     return Estimate(what, {
         "parameters, gradients and optimiser state": params * weight_copies,
-        "activations": activations,
+        "activations": activations // 2 if mixed_precision in ("bf16", "fp16") else activations,
         "batch": 2 * batch_data,
     }, lower)
 

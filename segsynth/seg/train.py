@@ -367,13 +367,14 @@ def check_batch(cfg: SegTrainConfig, examples: int, data: Path) -> None:
 
 
 def memory_estimate(cfg: SegTrainConfig, channels: int, num_classes: int, shape: tuple[int, int],
-                    paired: bool) -> Estimate:
+                    paired: bool, mixed_precision: str = "no") -> Estimate:
     """Peak memory of one training step: the network built and run on the ``meta`` device at the real
     batch and size (no memory is used), its saved activations counted (see :mod:`segsynth.fits`).
 
     Args:
         shape: ``(H, W)`` of a training example (the patch, or the largest image).
         paired: merge mixing runs the network on the real and the synthetic batch together.
+        mixed_precision: the accelerator's (``no``, ``bf16``, ``fp16``).
     """
     b = cfg.train.batch_size * (2 if paired else 1)
     height, width = shape
@@ -389,7 +390,7 @@ def memory_estimate(cfg: SegTrainConfig, channels: int, num_classes: int, shape:
             activations = scale_to(measured, side * side, b * height * width)
     batch = b * height * width * (4 * channels + 8)  # float32 image, int64 mask
     return training_estimate(
-        "train-seg", params, activations, batch, weight_copies=4,
+        "train-seg", params, activations, batch, weight_copies=4, mixed_precision=mixed_precision,
         lower=f"train.batch_size ({cfg.train.batch_size}) or "
         + (f"train.patch_size ({cfg.train.patch_size})" if cfg.train.patch_size else f"set train.patch_size (images are {height}x{width})"),
     )
@@ -463,8 +464,8 @@ def train_seg(
     p = cfg.train.patch_size
     shape = (p, p) if p is not None else max(
         (real.load_arrays(i)[0].shape[-2:] for i in range(len(real))), key=lambda hw: hw[0] * hw[1])
-    check_memory(memory_estimate(cfg, real.spec.channels, real.spec.num_classes, shape, paired),
-                 engine.accelerator.device)
+    check_memory(memory_estimate(cfg, real.spec.channels, real.spec.num_classes, shape, paired,
+                                 engine.accelerator.mixed_precision), engine.accelerator.device)
     if engine.is_main:
         prepare_run_folder(run, cfg, resume, train_keys(RESUMABLE_CHANGES), [RunRecord(
             SPLIT_JSON, split_record, problem="data, split or synthetic sets differ from the run being resumed")])
