@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 
 from segsynth.artifacts.names import CHECKPOINTS_DIR
 from segsynth.io.atomic import atomic_directory
-from segsynth.io.oserror import os_error_of
+from segsynth.io.oserror import naming, os_error_of
 
 COMPLETE_MARKER = "COMPLETE"
 _STEP_DIR = re.compile(r"^step_(\d{9})$")
@@ -81,7 +81,8 @@ def save_state_tree(directory: str | Path, tree: Any) -> None:
         if failure is None:
             raise
         raise failure from exc
-    (directory / "state.json").write_text(json.dumps(structure), encoding="utf-8")
+    with naming(directory / "state.json"):
+        (directory / "state.json").write_text(json.dumps(structure), encoding="utf-8")
 
 
 def load_state_tree(directory: str | Path) -> Any:
