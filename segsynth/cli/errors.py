@@ -12,22 +12,39 @@ import traceback
 from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 
+import click
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.text import Text
 
 from segsynth.config import ConfigError
 from segsynth.data.format import DatasetFormatError
 from segsynth.data.io import DataReadError
+from segsynth.fits import DoesNotFitError
 from segsynth.io.finite import NonFiniteError
 from segsynth.io.atomic import atomic_write_text
+from segsynth.io.display import visible
 from segsynth.io.lock import FolderInUseError
 from segsynth.io.oserror import os_error_of
 
+class SafeConsole(Console):
+    """A rich console that shows control characters in the text it prints as escapes
+    (:func:`segsynth.io.display.visible`): a file name cannot drive the terminal.
+
+    Every string rich prints, table cells and panel bodies included, passes through
+    :meth:`render_str`, so escaping there covers what the commands print without each command
+    having to remember it.
+    """
+
+    def render_str(self, text: str, **kwargs) -> Text:  # type: ignore[override]
+        return super().render_str(visible(text), **kwargs)
+
+
 #: Tables (benchmark, dataset summary) need ~120 columns; when output goes to a file or a CI log
 #: (no terminal, where rich would assume 80) print them that wide instead of wrapping every cell.
-console = Console() if Console().is_terminal else Console(width=120)
-err_console = Console(stderr=True)
+console = SafeConsole() if Console().is_terminal else SafeConsole(width=120)
+err_console = SafeConsole(stderr=True)
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
     ConfigError,
@@ -35,22 +52,40 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     DataReadError,
     FolderInUseError,
     NonFiniteError,
+    DoesNotFitError,
     FileNotFoundError,
     FileExistsError,
     ValueError,
 )
 
 
-#: Environment problems a user fixes outside segsynth (then re-runs with --resume): no traceback.
-ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EIO}
+#: Environment problems a user fixes outside segsynth (then runs the command again): no traceback.
+ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
 
 #: Where :func:`error_boundary` writes the full traceback of an unexpected error (default: the temp folder).
 CRASH_DIR_ENV = "SEGSYNTH_CRASH_DIR"
 
 
 def _print_error(text: str) -> None:
-    # escaped: a message may hold brackets (paths, "pip install 'segsynth[backbone]'") that are not markup
+    # escaped: a message may hold brackets (paths, "pip install 'segsynth[backbone]'") that are not markup;
+    # err_console shows control characters in it (a file name's) as escapes
     err_console.print(f"[bold red]error:[/] {escape(text)}", highlight=False, soft_wrap=True)
+
+
+def _rerun_advice() -> str:
+    """What to do after fixing the environment: ``--resume`` only where the running command has it."""
+    context = click.get_current_context(silent=True)
+    if context is not None and "resume" in context.params:
+        return "completed work is kept, fix this and re-run with --resume"
+    return "fix this and run the command again"
+
+
+def environment_message(failure: OSError) -> str:
+    """``<file>: <what failed>; <what to do>`` for a full disk, a read-only or unwritable place, an
+    I/O error. Without a file name (a library that dropped it) the message says so rather than
+    pointing nowhere."""
+    where = f"{failure.filename}: " if failure.filename else "(the failing file was not named by the system) "
+    return f"{where}{failure.strerror or os.strerror(failure.errno or 0)}; {_rerun_advice()}"
 
 
 def _report_expected(exc: Exception) -> bool:
@@ -61,8 +96,7 @@ def _report_expected(exc: Exception) -> bool:
     failure = os_error_of(exc)  # also behind safetensors' wrapper of a failed write
     if failure is None or failure.errno not in ENVIRONMENT_ERRNOS:
         return False
-    where = f"{failure.filename}: " if failure.filename else ""
-    _print_error(f"{where}{failure.strerror}; completed work is kept, fix this and re-run with --resume")
+    _print_error(environment_message(failure))
     return True
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from segsynth.artifacts.names import IMAGES_DIR, MASKS_DIR, UNLABELED_DIR
+from segsynth.data.check import require_valid
 from segsynth.data.format import DatasetSpec, load_spec, save_spec
 from segsynth.data.io import DataReadError, is_nifti, read_image, split_ext, write_image
 from segsynth.data.loader import index_dataset
@@ -109,6 +110,7 @@ def export_dataset(src: str | Path, out: str | Path, fmt: str = "png", overwrite
     src, ext = Path(src), EXPORT_FORMATS[fmt]
     check_out_apart(out, [src])
     check_replaceable(out, "dataset", overwrite)
+    require_valid(src)  # what `segsynth data check` refuses is refused here too, with its message
     spec = load_spec(src)
     if fmt == "nifti" and spec.channels != 1:
         raise ValueError(f"{src}: NIfTI files here hold single-channel data; the dataset has {spec.channels} channels")

@@ -19,6 +19,7 @@ from typing import Any, Literal
 import numpy as np
 
 from segsynth.artifacts.names import IMAGES_DIR, MANIFEST_JSONL, MASKS_DIR, NNUNET_IMAGES_DIR, NNUNET_LABELS_DIR
+from segsynth.data.check import require_valid
 from segsynth.data.export import Unit, iter_units, write_unit_image
 from segsynth.data.format import DatasetFormatError, DatasetSpec, load_spec, save_spec
 from segsynth.data.io import (
@@ -350,9 +351,11 @@ def export_nnunet(
     src = Path(src)
     check_out_apart(out, [src, merge_real])
     check_replaceable(out, NNUNET_RAW, overwrite)
+    require_valid(src)  # what `segsynth data check` refuses is refused here too, with its message
     spec = load_spec(src)
     parts: list[tuple[str, Path, DatasetSpec]] = []
     if merge_real is not None:
+        require_valid(merge_real)
         real_spec = load_spec(merge_real)
         if real_spec.labels != spec.labels or real_spec.channels != spec.channels:
             raise ValueError(

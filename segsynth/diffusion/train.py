@@ -31,6 +31,7 @@ Run folder::
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,7 @@ from segsynth.artifacts.names import (
 )
 from segsynth.config import ConfigError, load_config
 from segsynth.data.format import DatasetSpec, load_spec
+from segsynth.fits import Estimate, check_memory, parameter_bytes, saved_activation_bytes, scale_to, training_estimate
 from segsynth.data.loader import sample_seed
 from segsynth.diffusion.config import DiffusionTrainConfig
 from segsynth.diffusion.objective import diffusion_loss, make_train_scheduler
@@ -128,6 +130,41 @@ def fit_config_to_autoencoder(cfg: DiffusionTrainConfig, vae: AutoencoderKL, fol
     model = type(cfg.model).model_validate({**cfg.model.model_dump(), **wanted})
     return cfg.model_copy(update={"model": model})
 
+
+
+def memory_estimate(cfg: DiffusionTrainConfig, mixed_precision: str = "no") -> Estimate:
+    """Peak memory of one training step (a lower bound, see :mod:`segsynth.fits`).
+
+    The denoiser cannot run on the ``meta`` device (it checks the layout's values), so its saved
+    activations are measured on a 1-sample CPU probe at the smallest size of at least 32 px that
+    its grid takes, with weights left uninitialised, and scaled to ``train.batch_size`` samples of
+    ``model.image_size`` (activations grow with the pixel count once the saved weights are left
+    out: 25 MiB at 32 px, 100 MiB at 64 px for ``configs/base.yaml``).
+    """
+    m, b = cfg.model, cfg.train.batch_size
+    factor = 2 ** (len(m.block_out_channels) - 1) * m.latent_factor
+    side = factor * math.ceil(32 / factor)
+    with torch.device("meta"):
+        params = parameter_bytes(SegSynthModel.from_config(m))
+        probe = SegSynthModel.from_config(m.model_copy(update={"image_size": side}))
+    probe = probe.to_empty(device="cpu")
+    inner = side // m.latent_factor
+    inputs: dict[str, Any] = {
+        "noisy": torch.zeros(1, m.latent_channels or m.image_channels, inner, inner),
+        "timesteps": torch.zeros(1, dtype=torch.long),
+        "layout": torch.zeros(1, side, side, dtype=torch.long),
+        "style_images": torch.zeros(1, m.style.num_refs, m.image_channels, side, side),
+    }
+    if m.edge:
+        inputs["edge"] = torch.zeros(1, 1, side, side)
+    if m.text:
+        inputs["text"] = torch.zeros(1, m.text_dim)
+    measured = saved_activation_bytes(lambda: probe(**inputs))
+    pixels = m.image_size * m.image_size
+    batch = b * pixels * (4 * m.image_channels * (1 + m.style.num_refs) + 8)
+    return training_estimate("train-diffusion", params, scale_to(measured, side * side, b * pixels), batch,
+                             weight_copies=5, mixed_precision=mixed_precision,
+                             lower=f"train.batch_size ({b}) or model.image_size ({m.image_size})")
 
 
 class DiffusionTask(DefaultHooks):
@@ -362,6 +399,8 @@ def train_diffusion(
         if not training_data["unlabeled_ids"]:
             raise ConfigError(f"data.include_unlabeled is set but {[str(r / UNLABELED_DIR) for r in roots]} hold no images")
     training_data["data_sha256"] = data_hash(samples.datasets)
+    # before the run folder is written: a run that cannot fit is refused with nothing left behind
+    check_memory(memory_estimate(cfg, engine.accelerator.mixed_precision), engine.accelerator.device)
     if engine.is_main:
         prepare_run_folder(out, cfg, resume, train_keys(RESUMABLE_CHANGES), [RunRecord(
             TRAINING_DATA_JSON, training_data, {

@@ -24,7 +24,7 @@ from segsynth.artifacts.names import TRAIN_LOG
 from segsynth.device import make_accelerator
 from segsynth.engine.task import EngineSettings, TrainTask
 from segsynth.io.atomic import remove_stale_temporaries
-from segsynth.io.checkpoint import CheckpointManager, rng_state, set_rng_state
+from segsynth.io.checkpoint import CheckpointManager, CheckpointMismatchError, rng_state, set_rng_state, tree_mismatches
 from segsynth.io.finite import check_losses, check_weights
 from segsynth.io.run_log import append_log_line, truncate_log
 from segsynth.progress import StepProgress
@@ -59,13 +59,26 @@ class Engine:
         latest = self.checkpoints.latest()
         if latest is not None:
             self.step, tree = latest
-            task.load_state_tree(tree)
+            try:
+                task.load_state_tree(tree)
+            except (RuntimeError, KeyError, ValueError, TypeError) as exc:  # torch's load_state_dict: RuntimeError
+                raise self._mismatch(task, tree, exc) from exc
             set_rng_state(tree["rng"])
         if self.is_main:
             truncate_log(self.out / TRAIN_LOG, self.step)
             # what a killed writer left in the folder or any subfolder (checkpoints/, samples/, ...)
             remove_stale_temporaries(*(p for p in (self.out, *self.out.iterdir()) if p.is_dir()))
         self.accelerator.wait_for_everyone()
+
+    def _mismatch(self, task: TrainTask, tree: Any, exc: Exception) -> CheckpointMismatchError:
+        """What a checkpoint that does not load is, in one line: the file and the first differing keys."""
+        where = self.checkpoints.path(self.step) / "state.safetensors"
+        differences = tree_mismatches(task.state_tree(self.step), {k: v for k, v in tree.items() if k not in ("step", "rng")})
+        if not differences:  # same keys and shapes, yet it failed: say what torch said, first line
+            differences = [(str(exc).strip().splitlines() or [type(exc).__name__])[0]]
+        return CheckpointMismatchError(
+            f"{where}: the checkpoint does not match this run's model and optimiser (was it copied from another "
+            f"run, or the network changed?): {'; '.join(differences)}")
 
     def run(self, task: TrainTask, *, resume: bool, console: Console | None = None) -> None:
         """Train ``task`` to ``settings.steps`` (or until it stops early), then release it.

@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from segsynth.io.oserror import naming
+
 
 def _fsync_dir(path: Path) -> None:
     """Persist a rename: the directory entry itself must reach the disk."""
@@ -45,7 +47,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     try:
         # mkstemp makes the file private (0600); give it the permissions a plain open() would.
         os.chmod(tmp, 0o666 & ~_umask())
-        with os.fdopen(fd, "wb") as handle:
+        with naming(path), os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
@@ -111,7 +113,7 @@ def atomic_directory(final: str | os.PathLike[str], *, overwrite: bool = False) 
         yield tmp
         for root, _, files in os.walk(tmp):
             for name in files:
-                with open(os.path.join(root, name), "rb") as handle:
+                with naming(os.path.join(root, name)), open(os.path.join(root, name), "rb") as handle:
                     os.fsync(handle.fileno())
         if final.exists():
             trash = final.with_name(f".{final.name}.old")

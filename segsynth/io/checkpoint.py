@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 
 from segsynth.artifacts.names import CHECKPOINTS_DIR
 from segsynth.io.atomic import atomic_directory
-from segsynth.io.oserror import os_error_of
+from segsynth.io.oserror import naming, os_error_of
 
 COMPLETE_MARKER = "COMPLETE"
 _STEP_DIR = re.compile(r"^step_(\d{9})$")
@@ -67,6 +67,48 @@ def _decode(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
     return obj
 
 
+class CheckpointMismatchError(ValueError):
+    """A checkpoint whose tensors do not fit the run's model (another run's step folder, a changed
+    network): named with the checkpoint and the first keys that differ, instead of torch's
+    ``Error(s) in loading state_dict`` that names neither."""
+
+
+def _shape(value: Any) -> tuple[int, ...] | None:
+    return tuple(value.shape) if isinstance(value, (torch.Tensor, np.ndarray)) else None
+
+
+def tree_mismatches(expected: Any, found: Any, key: str = "", limit: int = 5) -> list[str]:
+    """The first ``limit`` differences between the state a run expects and a checkpoint's: keys
+    one side lacks, tensors of another shape (``model/conv.weight: (16, 1, 3, 3) in the checkpoint,
+    (8, 1, 3, 3) in this run``). Dicts are compared by key, lists and tuples by position; an empty
+    dict on the run's side (a fresh optimiser's state) accepts whatever the checkpoint holds."""
+    out: list[str] = []
+
+    def walk(a: Any, b: Any, where: str) -> None:
+        if len(out) >= limit:
+            return
+        if isinstance(a, dict) and isinstance(b, dict):
+            for k in a:
+                if k not in b:
+                    out.append(f"{where}{k}: missing from the checkpoint")
+                else:
+                    walk(a[k], b[k], f"{where}{k}/")
+                if len(out) >= limit:
+                    return
+            if a:  # a fresh optimiser has no moments yet: an empty dict expects nothing in particular
+                out.extend(f"{where}{k}: in the checkpoint, not in this run" for k in b if k not in a)
+        elif isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+            if len(a) != len(b):
+                out.append(f"{where.rstrip('/')}: {len(b)} entries in the checkpoint, {len(a)} in this run")
+            for i, (x, y) in enumerate(zip(a, b)):
+                walk(x, y, f"{where}{i}/")
+        elif _shape(a) is not None and _shape(b) is not None and _shape(a) != _shape(b):
+            out.append(f"{where.rstrip('/')}: {_shape(b)} in the checkpoint, {_shape(a)} in this run")
+
+    walk(expected, found, key)
+    return out[:limit]
+
+
 def save_state_tree(directory: str | Path, tree: Any) -> None:
     """Write ``tree`` as ``state.safetensors`` + ``state.json`` inside ``directory``."""
     directory = Path(directory)
@@ -81,7 +123,8 @@ def save_state_tree(directory: str | Path, tree: Any) -> None:
         if failure is None:
             raise
         raise failure from exc
-    (directory / "state.json").write_text(json.dumps(structure), encoding="utf-8")
+    with naming(directory / "state.json"):
+        (directory / "state.json").write_text(json.dumps(structure), encoding="utf-8")
 
 
 def load_state_tree(directory: str | Path) -> Any:

@@ -7,8 +7,10 @@ safetensors reports a failed write as ``SafetensorError("... No space left on de
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+from collections.abc import Iterator
 
 _OS_ERROR = re.compile(r"\(os error (\d+)\)")
 
@@ -30,3 +32,18 @@ def os_error_of(exc: BaseException, filename: str | None = None) -> OSError | No
             return OSError(code, os.strerror(code), filename)
         current = current.__cause__ or current.__context__
     return None
+
+
+@contextlib.contextmanager
+def naming(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Give an :class:`OSError` raised inside the block ``path`` as its file name if it has none.
+
+    A failed ``write()``/``fsync()`` on an open file (a full disk) carries no file name, so the
+    message would not say which file or disk; the writer knows it.
+    """
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None:
+            exc.filename = os.fspath(path)
+        raise

@@ -14,6 +14,7 @@ from pydantic import BaseModel
 from segsynth.config import ConfigError
 from segsynth.io.atomic import atomic_write_text
 from segsynth.io.yaml_file import read_yaml
+from segsynth.io.oserror import naming
 
 
 def changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
@@ -91,7 +92,7 @@ def check_same_record(path: Path, key: str, value: Any, problem: str) -> None:
 def append_log_line(path: Path, record: dict[str, Any]) -> None:
     """Append one key-sorted JSON line and fsync it: the line is on disk before the checkpoint that
     follows it, and a kill can leave at most a torn last line, which :func:`truncate_log` drops."""
-    with path.open("a", encoding="utf-8") as handle:
+    with naming(path), path.open("a", encoding="utf-8") as handle:
         handle.write(json.dumps(record, sort_keys=True) + "\n")
         handle.flush()
         os.fsync(handle.fileno())

@@ -39,6 +39,15 @@ from segsynth.artifacts.names import BEST_DIR, CONFIG_YAML, DATASET_JSON, SPLIT_
 from segsynth.config import load_config
 from segsynth.data.format import DatasetFormatError
 from segsynth.data.loader import SampleRef, SegDataset, index_dataset, sample_seed
+from segsynth.fits import (
+    DoesNotFitError,
+    Estimate,
+    check_memory,
+    parameter_bytes,
+    saved_activation_bytes,
+    scale_to,
+    training_estimate,
+)
 from segsynth.engine import DefaultHooks, Engine, EngineSettings, RunRecord, prepare_run_folder
 from segsynth.io.atomic import atomic_write_json
 from segsynth.io.hashing import data_hash
@@ -340,6 +349,54 @@ def _check_sizes(real: SegDataset, synthetic: Sequence[SyntheticSet], patch_size
             )
 
 
+#: A batch may repeat a training example (augmented) a few times, as with one labelled case in the
+#: low-label regime, but not without bound: every example of a step is loaded and augmented, so a
+#: batch of 100000 from 4 images spends minutes per step loading copies before anything is shown.
+MAX_COPIES_PER_BATCH = 32
+
+
+def check_batch(cfg: SegTrainConfig, examples: int, data: Path) -> None:
+    """Refuse a ``train.batch_size`` that would hold each training example more than
+    :data:`MAX_COPIES_PER_BATCH` times (``examples``: what the mixing strategy draws from)."""
+    limit = MAX_COPIES_PER_BATCH * examples
+    if cfg.train.batch_size > limit:
+        raise DoesNotFitError(
+            f"{data}: train.batch_size {cfg.train.batch_size} would hold each of the {examples} training examples "
+            f"about {cfg.train.batch_size // max(examples, 1)} times per step (every copy loaded and augmented); "
+            f"use at most {limit} ({MAX_COPIES_PER_BATCH} copies of each)"
+        )
+
+
+def memory_estimate(cfg: SegTrainConfig, channels: int, num_classes: int, shape: tuple[int, int],
+                    paired: bool, mixed_precision: str = "no") -> Estimate:
+    """Peak memory of one training step: the network built and run on the ``meta`` device at the real
+    batch and size (no memory is used), its saved activations counted (see :mod:`segsynth.fits`).
+
+    Args:
+        shape: ``(H, W)`` of a training example (the patch, or the largest image).
+        paired: merge mixing runs the network on the real and the synthetic batch together.
+        mixed_precision: the accelerator's (``no``, ``bf16``, ``fp16``).
+    """
+    b = cfg.train.batch_size * (2 if paired else 1)
+    height, width = shape
+    with torch.device("meta"):
+        network = build_network(cfg.network, channels, num_classes)
+        params = parameter_bytes(network)
+        try:
+            activations = saved_activation_bytes(lambda: network(torch.zeros(b, channels, height, width)))
+        except (RuntimeError, NotImplementedError):  # an op without a meta kernel: probe small, scale up
+            side = size_divisor(cfg.network) * math.ceil(32 / size_divisor(cfg.network))
+            probe = build_network(cfg.network, channels, num_classes).to_empty(device="cpu")
+            measured = saved_activation_bytes(lambda: probe(torch.zeros(1, channels, side, side, device="cpu")))
+            activations = scale_to(measured, side * side, b * height * width)
+    batch = b * height * width * (4 * channels + 8)  # float32 image, int64 mask
+    return training_estimate(
+        "train-seg", params, activations, batch, weight_copies=4, mixed_precision=mixed_precision,
+        lower=f"train.batch_size ({cfg.train.batch_size}) or "
+        + (f"train.patch_size ({cfg.train.patch_size})" if cfg.train.patch_size else f"set train.patch_size (images are {height}x{width})"),
+    )
+
+
 @owns_folder("out")
 def train_seg(
     data: str | Path,
@@ -404,7 +461,14 @@ def train_seg(
         # the bytes, not only the ids: other files under the same names must not resume this run
         "data_sha256": data_hash([SegDataset(data, refs=refs), *(s.dataset for s in synthetic_sets)]),
     }
+    paired = mixing.paired
+    check_batch(cfg, len(real) if paired else sum(len(d) for d in [real, *(s.dataset for s in synthetic_sets)]), data)
     engine = Engine(run, engine_settings(cfg), cfg)  # before any other use of the process state
+    p = cfg.train.patch_size
+    shape = (p, p) if p is not None else max(
+        (real.load_arrays(i)[0].shape[-2:] for i in range(len(real))), key=lambda hw: hw[0] * hw[1])
+    check_memory(memory_estimate(cfg, real.spec.channels, real.spec.num_classes, shape, paired,
+                                 engine.accelerator.mixed_precision), engine.accelerator.device)
     if engine.is_main:
         prepare_run_folder(run, cfg, resume, train_keys(RESUMABLE_CHANGES), [RunRecord(
             SPLIT_JSON, split_record, problem="data, split or synthetic sets differ from the run being resumed",

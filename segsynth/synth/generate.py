@@ -55,6 +55,7 @@ from segsynth.data.format import DatasetSpec, save_spec
 from segsynth.data.io import write_image
 from segsynth.data.loader import SegDataset, sample_seed
 from segsynth.diffusion.pipeline import SamplingSettings, SegSynthPipeline
+from segsynth.fits import Estimate, check_memory
 from segsynth.io.atomic import atomic_write_json
 from segsynth.io.finite import check_images
 from segsynth.io.guard import check_out_apart
@@ -371,6 +372,7 @@ def generate(
     source_spec = dataset.spec
     model_size = int(unet_cfg.image_size)
     size = _output_size(pipeline, cfg.size)
+    check_memory(memory_estimate(pipeline, size, min(cfg.batch_size, cfg.n)), pipeline.device)  # before any output
     if cfg.tile_overlap is not None and cfg.tile_overlap >= model_size:
         raise ValueError(f"tile_overlap {cfg.tile_overlap} must be smaller than the tile, the model's size {model_size}")
     layout_source = make_layout_source(cfg.layouts, dataset, size, per_mask=cfg.per_mask, class_prior=cfg.class_prior)
@@ -551,6 +553,23 @@ def _write_set(
         if complete:
             merge_shards(out)
         return GenerationResult(out, generated, len(done), len(indices), complete)
+
+
+def memory_estimate(pipeline: SegSynthPipeline, size: int, batch_size: int) -> Estimate:
+    """What one pipeline call of ``batch_size`` images of ``size`` px holds at least, whatever the
+    tiling: the layouts (int64, as drawn and as a tensor), the noisy sample and the tiles' blended
+    sum on the denoiser's grid, and the decoded float32 images. The denoiser's activations on a tile
+    are not counted (a tile is the model's own size), so this is a lower bound (see :mod:`segsynth.fits`)."""
+    unet = pipeline.unet
+    pixels = size * size
+    grid = pixels // (unet.latent_factor ** 2)
+    channels = int(unet.config.image_channels)
+    parts = {
+        f"layouts ({batch_size} of {size}x{size})": batch_size * pixels * 8 * 2,
+        "sample and tile sum": batch_size * int(unet.sample_channels) * grid * 4 * 2,
+        "decoded images": batch_size * pixels * channels * 4,
+    }
+    return Estimate("generate", parts, lower=f"--size ({size}) or --batch-size ({batch_size})")
 
 
 def _output_size(pipeline: SegSynthPipeline, size: int | None) -> int:

@@ -21,6 +21,7 @@ from segsynth.artifacts.names import MANIFEST_JSONL
 from segsynth.artifacts.schemas import ManifestRecord, validate_record
 from segsynth.io.atomic import atomic_write_text
 from segsynth.io.json_file import parse_json_text
+from segsynth.io.oserror import naming
 
 
 def manifest_name(shard: int = 0, num_shards: int = 1) -> str:
@@ -94,13 +95,15 @@ class ManifestWriter:
 
     def __exit__(self, *exc_info: object) -> None:
         if self._handle is not None:
-            self._handle.close()
-            self._handle = None
+            handle, self._handle = self._handle, None
+            with naming(self.path):
+                handle.close()
 
     def append(self, record: ManifestRecord) -> None:
         """Commit ``record``: after this returns, a kill cannot lose or tear its line."""
         if self._handle is None:
             raise RuntimeError("ManifestWriter.append called outside its 'with' block")
-        self._handle.write(record.to_line().encode("utf-8"))
-        self._handle.flush()
-        os.fsync(self._handle.fileno())
+        with naming(self.path):
+            self._handle.write(record.to_line().encode("utf-8"))
+            self._handle.flush()
+            os.fsync(self._handle.fileno())
