@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from segsynth.config import ConfigError
+from segsynth.console import LogConsole
 from segsynth.data.format import DatasetFormatError
 from segsynth.data.io import DataReadError
 from segsynth.io.finite import NonFiniteError
@@ -24,9 +25,9 @@ from segsynth.io.atomic import atomic_write_text
 from segsynth.io.lock import FolderInUseError
 from segsynth.io.oserror import os_error_of
 
-#: Tables (benchmark, dataset summary) need ~120 columns; when output goes to a file or a CI log
-#: (no terminal, where rich would assume 80) print them that wide instead of wrapping every cell.
-console = Console() if Console().is_terminal else Console(width=120)
+#: When output goes to a file or a CI log (no terminal, where rich would assume 80 columns) text wraps
+#: at 120 and tables print at their natural width, never with a cell cut (:mod:`segsynth.console`).
+console = LogConsole() if Console().is_terminal else LogConsole(width=120)
 err_console = Console(stderr=True)
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
