@@ -37,6 +37,7 @@ from segsynth.artifacts.schemas import read_metrics
 from segsynth.benchmark import BenchmarkConfig, fold_generator, headline, quick_profile, rich_table, run_benchmark
 from segsynth.benchmark.recipes import BASELINE, seg_run_dir
 from segsynth.config import parse_config
+from segsynth.console import LogConsole
 from segsynth.data.builtin import BUILTIN_DATASETS, build_builtin
 from segsynth.data.check import check_dataset
 from segsynth.data.info import dataset_info
@@ -128,7 +129,7 @@ def run_demo(out: str | Path, console: Console | None = None, smoke: bool = Fals
     """Run every stage into ``out`` (see module docstring); return the benchmark results.
 
     ``smoke`` runs the same stages at toy sizes (:data:`SMOKE_PROFILE`)."""
-    console = console or Console()
+    console = console or LogConsole()
     out = Path(out)
     start = time.perf_counter()
 

@@ -75,6 +75,16 @@ def test_app_has_version_and_short_help() -> None:
         assert result.exit_code == 0 and "Usage:" in result.output, argv
 
 
+def test_no_help_screen_shows_a_type_for_a_flag() -> None:
+    """A flag takes no value: ``-h/--help``, ``--quick``, ``--resume`` show no ``<bool>`` on any screen."""
+    runner = CliRunner()
+    screens = [[], ["data"], *(name.split() for name in COMMANDS)]
+    for argv in screens:
+        result = runner.invoke(app, [*argv, "-h"], env={"COLUMNS": "200"})
+        assert result.exit_code == 0 and "Show this message and exit" in result.output, argv
+        assert "<bool>" not in result.output, (argv, result.output)
+
+
 def test_named_options_are_overrides_and_set_has_the_last_word() -> None:
     from segsynth.seg.config import SegTrainConfig
 

@@ -19,6 +19,7 @@ from rich.markup import escape
 from rich.text import Text
 
 from segsynth.config import ConfigError
+from segsynth.console import LogConsole
 from segsynth.data.format import DatasetFormatError
 from segsynth.data.io import DataReadError
 from segsynth.fits import DoesNotFitError
@@ -28,9 +29,10 @@ from segsynth.io.display import visible
 from segsynth.io.lock import FolderInUseError
 from segsynth.io.oserror import os_error_of
 
-class SafeConsole(Console):
-    """A rich console that shows control characters in the text it prints as escapes
-    (:func:`segsynth.io.display.visible`): a file name cannot drive the terminal.
+class SafeConsole(LogConsole):
+    """The log-friendly console (:class:`segsynth.console.LogConsole`) that also shows control
+    characters in the text it prints as escapes (:func:`segsynth.io.display.visible`): a file name
+    cannot drive the terminal.
 
     Every string rich prints, table cells and panel bodies included, passes through
     :meth:`render_str`, so escaping there covers what the commands print without each command
@@ -41,8 +43,8 @@ class SafeConsole(Console):
         return super().render_str(visible(text), **kwargs)
 
 
-#: Tables (benchmark, dataset summary) need ~120 columns; when output goes to a file or a CI log
-#: (no terminal, where rich would assume 80) print them that wide instead of wrapping every cell.
+#: When output goes to a file or a CI log (no terminal, where rich would assume 80 columns) text wraps
+#: at 120 and tables print at their natural width, never with a cell cut (:mod:`segsynth.console`).
 console = SafeConsole() if Console().is_terminal else SafeConsole(width=120)
 err_console = SafeConsole(stderr=True)
 
