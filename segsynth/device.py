@@ -1,12 +1,19 @@
-"""One way every trainer and every inference picks its device and precision: accelerate.
+"""One way every trainer and every inference picks its device, precision and CPU threads: accelerate.
 
 A run is placed by :class:`accelerate.Accelerator` (CUDA, MPS or CPU; one process or a
-``torchrun`` / ``accelerate launch`` process group), with bf16 autocast where the device has it.
+``torchrun`` / ``accelerate launch`` process group), with bf16 autocast where the device has it:
+on CUDA, and on a CPU with native bf16 instructions (AVX512-BF16 or AMX-BF16), where
+``benchmarks/cpu_defaults.py`` measured it faster than fp32. On a CPU the run also takes as
+many threads as the CPUs it may use (affinity and cgroup quota), shared among the processes of
+a launch on this machine.
 """
 
 from __future__ import annotations
 
+import math
 import os
+from functools import lru_cache
+from pathlib import Path
 
 import torch
 from accelerate import Accelerator, PartialState
@@ -14,14 +21,100 @@ from accelerate import Accelerator, PartialState
 from segsynth.config import ConfigError
 
 
+#: /proc/cpuinfo flags of native bf16 arithmetic: AVX512-BF16 dot products, AMX-BF16 tiles.
+#: Without them oneDNN emulates bf16 with fp32 instructions plus conversions: slower than fp32.
+BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+
+
+@lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """The instruction-set flags of this machine's CPU (``/proc/cpuinfo``; empty where it is absent)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return frozenset(value.split())
+    return frozenset()
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU computes in bf16 natively (see :data:`BF16_CPU_FLAGS`), so bf16 autocast pays."""
+    if cpu_flags() & BF16_CPU_FLAGS:
+        return True
+    # where /proc/cpuinfo is missing, torch's own dispatch level tells AMX (AVX512 alone does not mean bf16)
+    return torch.backends.cpu.get_cpu_capability().startswith("AMX")
+
+
+def cgroup_cpu_limit(root: Path = Path("/sys/fs/cgroup")) -> float | None:
+    """The CPUs a cgroup quota grants this process (``cpu.max`` or cgroup v1's cfs files), None if unlimited."""
+    try:
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+        if quota != "max":
+            return int(quota) / int(period)
+        return None
+    except (OSError, ValueError):
+        pass
+    try:
+        quota_us = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period_us = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+        return quota_us / period_us if quota_us > 0 and period_us > 0 else None
+    except (OSError, ValueError):
+        return None
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may actually run on: its affinity mask, capped by its cgroup quota.
+
+    Why not ``os.cpu_count()``: in a container or under ``taskset`` it counts the host, and a
+    process that starts one spinning thread per host core on two granted CPUs runs far slower
+    than one with two threads.
+    """
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    limit = cgroup_cpu_limit()
+    if limit is not None:
+        cpus = min(cpus, max(1, math.ceil(limit)))
+    return max(1, cpus)
+
+
+def cpu_threads(processes: int | None = None) -> int:
+    """Threads for one process: the usable CPUs shared among the ``processes`` on this machine.
+
+    Args:
+        processes: processes of this launch on this machine (default: ``LOCAL_WORLD_SIZE``, set by
+            ``torchrun`` / ``accelerate launch``; 1 otherwise).
+    """
+    if processes is None:
+        processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    return max(1, usable_cpus() // max(1, processes))
+
+
+def configure_cpu_threads(processes: int | None = None) -> int:
+    """Set torch's intra-op threads to :func:`cpu_threads` unless ``OMP_NUM_THREADS`` says otherwise.
+
+    An explicit ``OMP_NUM_THREADS`` (the user's or a launcher's choice) wins; torch already reads it.
+
+    Returns:
+        The thread count in effect.
+    """
+    if not os.environ.get("OMP_NUM_THREADS"):
+        torch.set_num_threads(cpu_threads(processes))
+    return torch.get_num_threads()
+
+
 def resolve_mixed_precision(choice: str) -> str:
-    """``auto`` is bf16 on CUDA and full precision elsewhere; fp16 needs CUDA.
+    """``auto`` is bf16 on CUDA and on a CPU with native bf16, full precision elsewhere; fp16 needs CUDA.
 
     Raises:
         ConfigError: fp16 without a CUDA device.
     """
     if choice == "auto":
-        return "bf16" if torch.cuda.is_available() else "no"
+        return "bf16" if torch.cuda.is_available() or cpu_has_native_bf16() else "no"
     if choice == "fp16" and not torch.cuda.is_available():
         raise ConfigError("train.mixed_precision fp16 needs a CUDA device")
     return choice
@@ -40,6 +133,7 @@ def make_accelerator(mixed_precision: str, **kwargs: object) -> Accelerator:
         kwargs: further :class:`Accelerator` arguments (e.g. ``log_with``).
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    configure_cpu_threads()
     device_api = getattr(torch, "accelerator", None)  # torch >= 2.6 knows every device type
     has_device = device_api.is_available() if device_api is not None else torch.cuda.is_available()
     accelerator = Accelerator(mixed_precision=resolve_mixed_precision(mixed_precision),

@@ -63,8 +63,10 @@ def log_losses(run: Path) -> dict[int, float]:
     return {entry["step"]: entry["loss"] for entry in map(json.loads, lines)}
 
 
-def test_resume_after_a_kill_is_bit_for_bit(blobs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    cfg = tiny_config(**{"train.steps": 5, "train.checkpoint_every": 2})
+@pytest.mark.parametrize("precision", ["auto", "no"])  # the default (bf16 on a CPU with native bf16) and fp32
+def test_resume_after_a_kill_is_bit_for_bit(blobs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                            precision: str) -> None:
+    cfg = tiny_config(**{"train.steps": 5, "train.checkpoint_every": 2, "train.mixed_precision": precision})
     straight = train_diffusion(blobs, cfg, tmp_path / "straight")
 
     calls = {"n": 0}

@@ -64,7 +64,8 @@ class TrainConfig(OptimisationConfig):
     Attributes:
         ema_decay: the EMA's maximum decay (diffusers ``EMAModel`` ramps up to it).
         sample_every: steps between preview grids (0: only at the end).
-        mixed_precision: ``auto`` is bf16 on CUDA and full precision on CPU.
+        mixed_precision: ``auto`` is bf16 autocast on CUDA and on a CPU with native bf16
+            (AVX512-BF16 / AMX), full precision elsewhere; the loss, weights and EMA stay fp32.
         channels_last: store the model's convolution weights (and so its activations) in NHWC
             order, the native layout of tensor-core convolutions; same results up to rounding.
         compile: run the denoiser's UNet through ``torch.compile`` (inductor); the first training

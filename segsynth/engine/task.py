@@ -22,7 +22,8 @@ class EngineSettings:
         log_every: steps between ``train_log.jsonl`` lines (and tracker points).
         checkpoint_every: steps between resumable checkpoints (the last step always gets one).
         keep_checkpoints: complete checkpoints kept on disk.
-        mixed_precision: ``auto`` (bf16 autocast on CUDA), ``no``, ``bf16`` or ``fp16``.
+        mixed_precision: ``auto`` (bf16 autocast on CUDA and on a CPU with native bf16), ``no``,
+            ``bf16`` or ``fp16``.
         log_with: trackers for the curves (``none``, ``csv``, ``tensorboard``, ``wandb``).
         shown: log fields the progress line shows beside the step count.
     """

@@ -59,7 +59,7 @@ class AutoencoderTrainConfig(StrictModel):
         checkpoint_every: steps between resumable checkpoints.
         log_every: steps between lines of ``train_log.jsonl``.
         seed: seeds the weights, the split, the tile draws and the posterior samples.
-        mixed_precision: ``auto`` is bf16 autocast on CUDA and full precision on CPU.
+        mixed_precision: ``auto`` is bf16 autocast on CUDA and on a CPU with native bf16, full precision elsewhere.
         log_with: also send the training curves to ``tensorboard``, ``csv`` or ``wandb`` (under
             ``RUN/tracking/``, see :mod:`segsynth.tracking`).
     """

@@ -100,7 +100,7 @@ class TrainConfig(StrictModel):
     patch_size: int | None = Field(default=None, ge=8)
     num_workers: int = Field(default=0, ge=0)
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
-        default="auto", description="auto: bf16 autocast on CUDA, full precision elsewhere"
+        default="auto", description="auto: bf16 autocast on CUDA and on a CPU with native bf16 (AVX512-BF16/AMX), full precision elsewhere"
     )
     log_with: LogWith = Field(default="none", description="training curves to RUN/tracking/ (accelerate trackers)")
     seed: int = 0
