@@ -338,3 +338,20 @@ def test_cmyk_jpeg_image_reads_as_the_rgb_it_shows(tmp_path: Path) -> None:
     shown = np.array(Image.open(path).convert("RGB"))
     assert image_shape(path) == (16, 16, 3)
     assert np.array_equal(read_image(path), shown)
+
+
+def test_nnunet_import_matches_nfd_labels_and_refuses_a_fifo_by_name(tmp_path: Path) -> None:
+    from segsynth.data.nnunet import export_nnunet, import_nnunet
+
+    raw = tmp_path / "raw"
+    export_nnunet(write_tiny_dataset(tmp_path / "data", cases=("p1", "p2"), unlabeled=0), raw)
+    (raw / "imagesTr" / "p1_0_0000.png").rename(raw / "imagesTr" / "café_0_0000.png")  # NFC image
+    (raw / "labelsTr" / "p1_0.png").rename(raw / "labelsTr" / unicodedata.normalize("NFD", "café_0.png"))
+    spec = import_nnunet(raw, tmp_path / "imported")
+    assert "café_0" in spec.cases
+
+    (raw / "labelsTr" / "p2_1.png").unlink()
+    make_fifo(raw / "labelsTr" / "p2_1.png")
+    with pytest.raises(DataReadError, match=r"p2_1\.png: is a FIFO"):
+        import_nnunet(raw, tmp_path / "again")
+    assert not (tmp_path / "again").exists()

@@ -66,7 +66,7 @@ from segsynth.data.io import (
     is_nifti,
     name_key,
     read_image,
-    special_file,
+    require_regular_file,
     split_ext,
 )
 from segsynth.io.json_file import read_json_object
@@ -232,9 +232,10 @@ class _Checker:
             if entry.is_dir():
                 self.add("warning", entry, "unexpected_entry", f"sub-folder inside {name}/ is ignored")
                 continue
-            if (what := special_file(entry)) is not None:  # by stat alone: opening a FIFO would wait forever
-                self.add("error", entry, "special_file", f"is a {what}, not an image file (reading it could wait "
-                                                         "forever); remove it")
+            try:
+                require_regular_file(entry)  # by stat alone: opening a FIFO would wait forever
+            except DataReadError as exc:
+                self.add("error", entry, exc.kind, exc.problem)
                 continue
             stem, ext = split_ext(entry)
             stem = name_key(stem)

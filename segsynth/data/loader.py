@@ -23,8 +23,8 @@ from segsynth.data.io import (
     image_shape,
     is_nifti,
     name_key,
+    require_regular_file,
     resolve_link,
-    special_file,
     split_ext,
 )
 from segsynth.lazy import lazy_exports
@@ -68,9 +68,7 @@ def list_stems(folder: Path, root: Path | None = None) -> dict[str, Path]:
             continue
         if root is not None and path.is_symlink() and not is_inside(path, root):
             raise DataReadError(path, f"symlink to {resolve_link(path)} leaves the dataset folder {root}; copy the file in")
-        if (what := special_file(path)) is not None:
-            raise DataReadError(path, f"is a {what}, not an image file (reading it could wait forever); remove it",
-                                kind="special_file")
+        require_regular_file(path)  # a FIFO or device is refused by name, never opened
         if not path.is_file():
             continue
         stem = name_key(split_ext(path)[0])

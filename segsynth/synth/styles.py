@@ -14,7 +14,7 @@ import numpy as np
 
 from segsynth.artifacts.names import DATASET_JSON, UNLABELED_DIR
 from segsynth.data.format import DatasetSpec, load_spec
-from segsynth.data.io import IMAGE_EXTENSIONS, DataReadError, image_shape, is_nifti, require_regular_file, split_ext
+from segsynth.data.io import IMAGE_EXTENSIONS, DataReadError, image_shape, is_nifti, name_key, require_regular_file, split_ext
 from segsynth.data.loader import SampleRef, SegDataset, index_dataset, is_inside
 from segsynth.data.style_sampling import make_style_sampler
 
@@ -48,8 +48,8 @@ class ImageFolderPool(SegDataset):
                 continue
             if not is_inside(path, root):
                 raise DataReadError(path, f"symlink to {path.resolve()} leaves the style folder {root}; copy the file in")
-            case = relative.parts[0] if len(relative.parts) > 1 else stem.rsplit("_", 1)[0] or stem
-            sample_id = (relative.parent / stem).as_posix()
+            case = name_key(relative.parts[0] if len(relative.parts) > 1 else stem.rsplit("_", 1)[0] or stem)
+            sample_id = name_key((relative.parent / stem).as_posix())
             if sample_id in seen:
                 raise DataReadError(path, f"shares the stem {stem!r} with {seen[sample_id].name}; keep one of them")
             seen[sample_id] = path
