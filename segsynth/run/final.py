@@ -12,9 +12,10 @@ network to load, one forward pass per window, one set of numbers to quote):
   model card and the report say so and why;
 * **its recipe**: the resolved config of that row's first-seed benchmark run, so the step budget,
   augmentation and mixing are the ones the benchmark measured;
-* **its data**: every labelled case. As in every benchmark run, a validation share of the cases
-  (the benchmark's ``val_fraction``) picks the saved step, so the network is selected the way the
-  numbers behind the choice were; the test cases the benchmark held out are now trained on;
+* **its data**: the labelled cases, the benchmark's test cases included, less a validation share
+  (the benchmark's ``val_fraction`` of the cases) that picks the saved step, as in every benchmark
+  run, so the network is selected the way the numbers behind the choice were (a network of the last
+  step, trained on the validation cases too, would be a recipe the benchmark never scored);
 * **a synthetic winner** first gets its own generator, trained on every labelled case
   (``train_diffusion``), and its own set drawn from it with the benchmark's generation recipe
   (``generate``); then ``train_seg`` mixes that set in.

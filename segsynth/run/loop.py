@@ -9,7 +9,7 @@ Stages, each skipped when its output is already there, so the same command conti
 3. ``RUN/evaluation/``: :func:`segsynth.evaluation.evaluate_synth` of the first run fold's synthetic
    set, judged by that fold's real-only baseline network (which never saw a synthetic image);
 4. ``RUN/final/``: the deliverables (:mod:`segsynth.run.final`): the network of the setting the
-   benchmark chose, trained on every labelled case at the benchmark's step budget (with a generator
+   benchmark chose, trained on the labelled cases at the benchmark's step budget (with a generator
    and synthetic set of its own when a synthetic setting beat the best free control), and its
    model card; ``segsynth predict RUN/final IMAGES -o MASKS`` applies it;
 5. ``RUN/report.html``: :func:`segsynth.report.build_report` of the whole folder, rebuilt only when
@@ -109,7 +109,7 @@ def run_all(data: str | Path, out: str | Path, plan_only: bool = False, device: 
         evaluate_synth(fold_dir(bench, fold) / SYNTH_DIR, data, seg_run=baseline, out=evaluation, console=console)
     paths["evaluation"] = evaluation / METRICS_JSON
 
-    console.rule("[bold]final network[/]: the benchmark's choice, trained on every labelled case")
+    console.rule("[bold]final network[/]: the benchmark's choice, trained on the labelled cases")
     final = train_final(data, out, plan, cfg, console)
     paths["final"] = final / MODEL_CARD_JSON
     console.print(f"final network: {final} (segsynth predict {final} IMAGES -o MASKS)")
