@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import nibabel as nib
@@ -148,3 +149,11 @@ def test_cli_predicts_and_never_writes_into_the_image_folder(trained: dict, tmp_
     assert len(list((tmp_path / "m").glob("*.png"))) == 8 and "8 masks predicted" in result.output
     bad = CliRunner().invoke(app, ["predict", str(trained[8]), str(data), "-o", str(tmp_path / "n"), "--overlap", "1"])
     assert bad.exit_code == 2 and "overlap" in bad.output
+    odd = CliRunner().invoke(app, ["predict", str(trained[8]), str(data), "-o", str(tmp_path / "n"), "--window", "9"])
+    assert odd.exit_code == 2 and "multiple of 2" in odd.output and not (tmp_path / "n").exists()
+    (tmp_path / "new").mkdir()
+    (tmp_path / "new" / "notes.txt").write_text("not an image")
+    write_image(tmp_path / "new" / "x.png", read_image(data / "images" / "p1_0.png"))
+    mixed = CliRunner().invoke(app, ["predict", str(trained[8]), str(tmp_path / "new"), "-o", str(tmp_path / "k")])
+    assert mixed.exit_code == 0 and "notes.txt" in mixed.output and sorted(os.listdir(tmp_path / "k")) == [
+        "prediction.json", "x.png"]

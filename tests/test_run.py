@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -63,6 +64,22 @@ def test_run_plans_runs_every_stage_and_resumes(tmp_path: Path, name: str) -> No
     html = (out / "report.html").read_text(encoding="utf-8")
     for section in ("answer", "benchmark", "fidelity"):  # the benchmark's answer and the set's evaluation
         assert f'<section id="{section}">' in html, section
+    # the deliverables: the chosen setting's network trained on every labelled case, its card, its choice in the plan
+    final = out / "final"
+    card = json.loads((final / "model_card.json").read_text())
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["final"]["value"] == card["setting"] in results["order"] and plan["final"]["why"] == card["why"]
+    assert (card["kind"] == "synthetic") == (card["setting"] == "ratio:0.5") == bool(card["labels"]["synthetic"])
+    assert (final / "diffusion" / "pipeline" / "model_index.json").is_file() == (card["kind"] == "synthetic")
+    labelled = plan["fingerprint"]["num_images"]
+    assert card["labels"]["real"]["images"] + card["labels"]["real"]["validation_images"] == labelled
+    assert card["training"]["steps"] == 4 and card["recipe"]["train"]["steps"] == 4
+    assert set(card["benchmark"]["rows"]) == {"baseline", "ratio:0.5"} and (final / "model_card.md").is_file()
+    assert "final network" in html and card["why"] in html
+    masks = out.parent / "masks"
+    predicted = CliRunner().invoke(app, ["predict", str(final), str(data), "-o", str(masks)])
+    assert predicted.exit_code == 0, predicted.output
+    assert len(list(masks.glob("*.png"))) == labelled
     # not a terminal: every stage's progress shows as plain lines (a batch job's log shows life)
     for line in ("train-diffusion 2/2 loss", "generate 4/4 |", "train-seg 4/4 loss"):
         assert line in result.output, line
@@ -72,6 +89,26 @@ def test_run_plans_runs_every_stage_and_resumes(tmp_path: Path, name: str) -> No
     assert again.exit_code == 0, again.output
     changed = [p for p, t in stamps.items() if p.stat().st_mtime_ns != t]
     assert changed == [] and "plan: " in again.output and "saved" in again.output
+
+    if name == list(BUILTIN_DATASETS)[0]:  # the other branch: a benchmark whose synthetic row scored best
+        results["settings"]["ratio:0.5"]["dice"]["mean"] = 1.0
+        for run in results["runs"]:
+            if run["setting"] == "ratio:0.5":
+                run["case_dice"] = {case: 1.0 for case in run["case_dice"]}
+        (bench / "results.json").write_text(json.dumps(results))
+        shutil.rmtree(final)
+        synthetic = CliRunner().invoke(app, ["run", str(data), "-o", str(out)])
+        assert synthetic.exit_code == 0, synthetic.output
+        card = json.loads((final / "model_card.json").read_text())
+        assert card["setting"] == "ratio:0.5" and card["kind"] == "synthetic" and "beat the best free" in card["why"]
+        # its own generator, trained on every labelled case, and a set drawn from it, mixed into the network
+        trained_on = json.loads((final / "diffusion" / "training_data.json").read_text())["train_ids"]
+        assert len(trained_on) == labelled and (final / "synth" / "manifest.jsonl").is_file()
+        assert card["labels"]["synthetic"][0]["set"] == "synth" and card["labels"]["synthetic"][0]["images_used"] > 0
+        assert json.loads((out / "plan.json").read_text())["final"]["value"] == "ratio:0.5"
+        assert "ratio:0.5" in (out / "report.html").read_text(encoding="utf-8")
+        again = CliRunner().invoke(app, ["predict", str(final), str(data), "-o", str(out.parent / "masks2")])
+        assert again.exit_code == 0, again.output
 
 
 def test_plan_without_unlabelled_images_names_the_folder(tmp_path: Path) -> None:

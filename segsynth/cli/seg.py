@@ -102,5 +102,8 @@ def predict_command(
         cfg = parse_config(PredictConfig, {"overlap": overlap, "window": window, "tta": tta,
                                            "probabilities": probabilities}, "predict options")
         result = predict(model, images, out, cfg, console=console)
+        if result["not_images"]:
+            console.print(f"left alone (not images): {', '.join(result['not_images'][:5])}"
+                          + (" ..." if len(result["not_images"]) > 5 else ""))
         console.print(f"[green]done[/]: {result['predicted']} masks predicted, {result['skipped']} already there, "
                       f"in {result['out']}")

@@ -39,9 +39,11 @@ from segsynth.artifacts.names import (
     BENCHMARK_YAML,
     CONFIG_YAML,
     DATASET_JSON,
+    FINAL_DIR,
     FOLD_DIR,
     GENERATION_JSON,
     METRICS_JSON,
+    MODEL_CARD_JSON,
     PLAN_JSON,
     RECONSTRUCTION_JSON,
     REPORT_HTML,
@@ -332,6 +334,18 @@ class _Report:
             table([header[i] for i in keep], [[row[i] for i in keep] for row in rows]),
         )
 
+    def final(self, run: Path) -> None:
+        """The network a ``segsynth run`` hands over: which setting, why, and how to apply it."""
+        card_path = run / FINAL_DIR / MODEL_CARD_JSON
+        if not card_path.is_file():
+            return
+        card = read_json_object(card_path)
+        self.sections["answer"].add(
+            heading(f"final network ({self.rel(run / FINAL_DIR)})"),
+            paragraph(f"Trained with {card['setting']}: {card['why']}."),
+            paragraph(f"Apply it: {card['use']}"),
+        )
+
     def evaluation(self, folder: Path) -> None:
         metrics = read_metrics(folder / METRICS_JSON)
         if metrics is None:
@@ -472,6 +486,8 @@ class _Report:
             self.guarded("configs", run, lambda run=run: self.run_plan(run))
         for bench in self.of("benchmark"):
             self.guarded("answer", bench, lambda bench=bench: self.answer(bench))
+        for run in self.of("run"):
+            self.guarded("answer", run, lambda run=run: self.final(run))
         if self.sections["answer"].parts:
             self.sections["answer"].add(paragraph(LEGEND))
         for run in self.of("diffusion_run"):

@@ -8,7 +8,11 @@ Stages, each skipped when its output is already there, so the same command conti
    generators, synthetic sets, every setting at the same step budget, scored by test case;
 3. ``RUN/evaluation/``: :func:`segsynth.evaluation.evaluate_synth` of the first run fold's synthetic
    set, judged by that fold's real-only baseline network (which never saw a synthetic image);
-4. ``RUN/report.html``: :func:`segsynth.report.build_report` of the whole folder, rebuilt only when
+4. ``RUN/final/``: the deliverables (:mod:`segsynth.run.final`): the network of the setting the
+   benchmark chose, trained on the labelled cases at the benchmark's step budget (with a generator
+   and synthetic set of its own when a synthetic setting beat the best free control), and its
+   model card; ``segsynth predict RUN/final IMAGES -o MASKS`` applies it;
+5. ``RUN/report.html``: :func:`segsynth.report.build_report` of the whole folder, rebuilt only when
    it is older than the results it shows.
 """
 
@@ -23,6 +27,7 @@ from segsynth.artifacts.names import (
     BENCHMARK_DIR,
     EVALUATION_DIR,
     METRICS_JSON,
+    MODEL_CARD_JSON,
     PLAN_JSON,
     REPORT_HTML,
     RESULTS_JSON,
@@ -33,6 +38,7 @@ from segsynth.benchmark import BenchmarkConfig, run_benchmark
 from segsynth.benchmark.recipes import BASELINE, fold_dir, seg_run_dir
 from segsynth.evaluation import evaluate_synth
 from segsynth.report import build_report
+from segsynth.run.final import train_final
 from segsynth.run.plan import Device, RunPlan, benchmark_config, load_plan, plan_run, save_plan
 
 
@@ -78,7 +84,8 @@ def run_all(data: str | Path, out: str | Path, plan_only: bool = False, device: 
         console: progress messages (default: stderr).
 
     Returns:
-        ``{"plan": path, ...}`` plus ``benchmark``, ``evaluation`` and ``report`` paths when run.
+        ``{"plan": path, ...}`` plus ``benchmark``, ``evaluation``, ``final`` (its model card) and
+        ``report`` paths when run.
     """
     console = console or Console(stderr=True)
     data, out = Path(data), Path(out)
@@ -102,8 +109,13 @@ def run_all(data: str | Path, out: str | Path, plan_only: bool = False, device: 
         evaluate_synth(fold_dir(bench, fold) / SYNTH_DIR, data, seg_run=baseline, out=evaluation, console=console)
     paths["evaluation"] = evaluation / METRICS_JSON
 
+    console.rule("[bold]final network[/]: the benchmark's choice, trained on the labelled cases")
+    final = train_final(data, out, plan, cfg, console)
+    paths["final"] = final / MODEL_CARD_JSON
+    console.print(f"final network: {final} (segsynth predict {final} IMAGES -o MASKS)")
+
     report = out / REPORT_HTML
-    if _stale(report, [paths["benchmark"], paths["evaluation"]]):
+    if _stale(report, [paths["benchmark"], paths["evaluation"], paths["final"]]):
         build_report([out], report, title=f"segsynth run: {plan.fingerprint['name']}")
     paths["report"] = report
     console.print(f"report: {report}")

@@ -72,12 +72,15 @@ class RunPlan(StrictModel):
         device: ``cuda`` or ``cpu``, what was found when planning.
         fingerprint: the dataset facts used (see :func:`fingerprint_summary`).
         choices: ``{key: Choice}``, keyed as the module docstring says.
+        final: the benchmark setting the final network was trained with and why; written after the
+            benchmark from its results (:mod:`segsynth.run.final`), so an edit here is overwritten.
     """
     format_version: Literal[1] = PLAN_VERSION
     data: str
     device: Device
     fingerprint: dict[str, Any]
     choices: dict[str, Choice]
+    final: Choice | None = None
 
 
 def fingerprint_summary(data: Path) -> dict[str, Any]:

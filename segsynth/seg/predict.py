@@ -110,17 +110,18 @@ def image_folder(images: str | Path) -> Path:
     return images
 
 
-def list_images(folder: Path) -> list[Path]:
-    """The image files of ``folder`` (not hidden, not sub-folders), sorted by name.
+def list_images(folder: Path) -> tuple[list[Path], list[Path]]:
+    """``(images, other files)`` of ``folder`` (not hidden, not sub-folders), sorted by name.
 
     Raises:
-        DataReadError: two images share a stem (their masks would share a name).
+        DataReadError: two files share a stem (their masks would share a name).
         ValueError: no image at all.
     """
-    files = [p for p in list_stems(folder, folder).values() if split_ext(p)[1] in IMAGE_EXTENSIONS]
+    found = sorted(list_stems(folder).values(), key=lambda p: p.name)
+    files = [p for p in found if split_ext(p)[1] in IMAGE_EXTENSIONS]
     if not files:
         raise ValueError(f"{folder}: no images ({', '.join(IMAGE_EXTENSIONS)})")
-    return sorted(files, key=lambda p: p.name)
+    return files, [p for p in found if p not in files]
 
 
 def mask_name(image: Path) -> str:
@@ -196,6 +197,9 @@ class Predictor:
         self.model.to(inference_device())
         self.config = config
         self.window = config.window if config.window is not None else self.meta.get("patch_size")
+        divisor = int(self.meta["divisor"])
+        if self.window is not None and self.window % divisor:
+            raise ValueError(f"window {self.window}: the network in {self.directory} needs a multiple of {divisor}")
 
     @property
     def channels(self) -> int:
@@ -268,7 +272,8 @@ def predict(
         console: progress (default: stderr).
 
     Returns:
-        ``{"network", "images", "out", "masks": [file names], "predicted": n, "skipped": n}``.
+        ``{"network", "images", "out", "masks": [file names], "predicted": n, "skipped": n, "not_images":
+        [names of the files left alone, e.g. a README]}``.
 
     Raises:
         FileNotFoundError: no network or no image folder.
@@ -281,7 +286,7 @@ def predict(
     folder = image_folder(images)
     if out.resolve() == folder.resolve() or is_inside(out, folder):
         raise ValueError(f"{out}: the masks folder is inside the image folder {folder}; choose an --out outside it")
-    files = list_images(folder)
+    files, others = list_images(folder)
     predictor = Predictor(Path(model), config)
     check_channels(files, predictor.channels, predictor.directory)
     record = {
@@ -303,7 +308,8 @@ def predict(
             write_image(out / mask_name(path), mask.astype(dtype), like=path)
             progress.advance()
     return {"network": record["network"], "images": record["images"], "out": str(out),
-            "masks": [mask_name(p) for p in files], "predicted": len(todo), "skipped": len(files) - len(todo)}
+            "masks": [mask_name(p) for p in files], "predicted": len(todo), "skipped": len(files) - len(todo),
+            "not_images": [p.name for p in others]}
 
 
 def _complete(out: Path, image: Path, config: PredictConfig) -> bool:
