@@ -47,6 +47,7 @@ ARGV: dict[str, Callable[[str, str, str], list[str]]] = {
     "generate": lambda data, other, out: ["generate", data, "-n", "2", "-o", out],
     "report": lambda data, other, out: ["report", data, "-o", out],
     "evaluate-seg": lambda data, other, out: ["evaluate-seg", other, data, "-o", out],
+    "predict": lambda data, other, out: ["predict", other, data, "-o", out],
 }
 #: Commands with --out that read no input path.
 NO_INPUT = {"data builtin": "builds from installed packages", "demo": "builds its own data"}

@@ -14,6 +14,7 @@ import sysconfig
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 import segsynth
 
@@ -63,4 +64,15 @@ def test_wheel_installed_elsewhere_plans_a_run_with_its_own_recipes(tmp_path: Pa
     plan = json.loads((work / "RUN" / "plan.json").read_text(encoding="utf-8"))
     assert plan["choices"]["diffusion_config"]["value"] == "tiny"
     assert plan["choices"]["diffusion.train.steps"]["why"] == "the tiny recipe's training length"
-    # `segsynth predict` from the installed wheel belongs here once that command exists.
+
+    # a tiny network trained and applied by the installed wheel: one mask per image, each of its image's size
+    _run([cli, "train-seg", "data", "-o", "seg", "--set", "train.steps=2", "--set", "train.val_every=1",
+          "--set", "train.batch_size=2", "--set", "network.channels=[8,16]", "--set", "network.strides=[2]"],
+         cwd=work, env=env)
+    _run([cli, "predict", "seg", "data", "-o", "masks"], cwd=work, env=env)
+    images = sorted((work / "data" / "images").iterdir())
+    masks = {path.stem: path for path in (work / "masks").glob("*.png")}
+    assert sorted(masks) == sorted(path.stem for path in images)
+    for image in images:
+        with Image.open(image) as shown, Image.open(masks[image.stem]) as mask:
+            assert mask.size == shown.size, image.name

@@ -51,7 +51,8 @@ from segsynth.data.io import (
     split_ext,
     write_image,
 )
-from segsynth.data.loader import MAX_RASTER_CHANNELS, channels_first, is_inside, list_stems
+from segsynth.data.loader import MAX_RASTER_CHANNELS, channels_first, list_stems
+from segsynth.io.guard import check_out_apart
 from segsynth.device import inference_device
 from segsynth.io.atomic import atomic_write_json
 from segsynth.io.json_file import read_json_object
@@ -278,14 +279,14 @@ def predict(
     Raises:
         FileNotFoundError: no network or no image folder.
         DataReadError: an unreadable image, or one whose channels differ from the network's.
-        ValueError: ``out`` inside the image folder, or holding masks of another network or settings.
+        OutputPathError: ``out`` is, holds or sits inside the network or the image folder.
+        ValueError: ``out`` holds masks of another network or settings.
     """
     config = config or PredictConfig()
     console = console or Console(stderr=True)
     out = Path(out)
     folder = image_folder(images)
-    if out.resolve() == folder.resolve() or is_inside(out, folder):
-        raise ValueError(f"{out}: the masks folder is inside the image folder {folder}; choose an --out outside it")
+    check_out_apart(out, [model, images])
     files, others = list_images(folder)
     predictor = Predictor(Path(model), config)
     check_channels(files, predictor.channels, predictor.directory)
