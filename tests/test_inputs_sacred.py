@@ -36,7 +36,7 @@ TINY_DIFFUSION = ["--set", "model.image_size=16", "--set", "model.block_out_chan
 #: unrelated dataset where the command needs two).
 ARGV: dict[str, Callable[[str, str, str], list[str]]] = {
     "train-diffusion": lambda data, other, out: ["train-diffusion", data, "-o", out, *TINY_DIFFUSION],
-    "train-autoencoder": lambda data, other, out: ["train-autoencoder", data, "-o", out, "--set", "steps=1"],
+    "train-autoencoder": lambda data, other, out: ["train-autoencoder", data, "-o", out, *TRAINERS["train-autoencoder"][0]],
     "train-seg": lambda data, other, out: ["train-seg", data, "-o", out, "--set", "train.steps=1"],
     "benchmark": lambda data, other, out: ["benchmark", data, "-o", out, "--quick"],
     "run": lambda data, other, out: ["run", data, "-o", out, "--plan-only"],
@@ -209,15 +209,24 @@ def _change_one_image(root: Path) -> None:
     write_image(root / "images" / "p1_0.png", image)
 
 
-@pytest.mark.parametrize("trainer", ["train-diffusion", "train-seg"])
+#: Each trainer that records its data: tiny settings and the record it keeps.
+TRAINERS = {
+    "train-diffusion": (TINY_DIFFUSION, "training_data.json"),
+    "train-seg": (["--set", "train.steps=1", "--set", "train.batch_size=2", "--set", "network.channels=[4,8]",
+                   "--set", "network.strides=[2]"], "split.json"),
+    "train-autoencoder": (["--set", "steps=1", "--set", "batch_size=2", "--set", "tile_size=16", "--set", "eval_tiles=2",
+                           "--set", "model.block_out_channels=[8,16,16]", "--set", "model.norm_num_groups=8"],
+                          "image_split.json"),
+}
+
+
+@pytest.mark.parametrize("trainer", sorted(TRAINERS))
 def test_resume_refuses_other_data_with_the_same_ids(trainer: str, tmp_path: Path) -> None:
     data = write_tiny_dataset(tmp_path / "data", cases=("p1", "p2", "p3", "p4"))
-    argv = {"train-diffusion": TINY_DIFFUSION, "train-seg": ["--set", "train.steps=1", "--set", "train.batch_size=2",
-                                                              "--set", "network.channels=[4,8]", "--set", "network.strides=[2]"]}[trainer]
+    argv, record = TRAINERS[trainer]
     run = tmp_path / "run"
     code, output = _invoke([trainer, str(data), "-o", str(run), *argv])
     assert code == 0, output
-    record = "training_data.json" if trainer == "train-diffusion" else "split.json"
     saved = (run / record).read_bytes()
     other = tmp_path / "other"
     shutil.copytree(data, other)
