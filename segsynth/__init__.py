@@ -53,6 +53,7 @@ _EXPORTS = {
     "ManifestRecord": "segsynth.artifacts.schemas",
     "ModelConfig": "segsynth.models",
     "ObjectiveConfig": "segsynth.diffusion",
+    "OutputPathError": "segsynth.io.guard",
     "RunPlan": "segsynth.run",
     "SampleRef": "segsynth.data",
     "SegDataset": "segsynth.data",

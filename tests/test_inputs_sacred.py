@@ -148,7 +148,7 @@ def test_export_overwrite_never_removes_the_source_or_its_parent(tmp_path: Path)
     (elsewhere / "notes.txt").write_text("keep me\n")
     kept = tree_digest(elsewhere)
     code, output = _invoke(["export", str(src), "--format", "tif", "-o", str(elsewhere), "--overwrite"])
-    assert code == 2 and "not a segsynth output" in output and "a, notes.txt" in output, output
+    assert code == 2 and "is not a segsynth output folder (it holds a, notes.txt)" in output, output
     assert tree_digest(elsewhere) == kept
 
 
@@ -164,14 +164,14 @@ def test_overwrite_replaces_only_the_same_kind(tmp_path: Path) -> None:
     (run / "config.yaml").write_text("train: {}\n")
     kept = tree_digest(run)
     code, output = _invoke(["export", str(src), "--format", "png", "-o", str(run), "--overwrite"])
-    assert code == 2 and "holds a diffusion_run folder, not a dataset folder" in output, output
+    assert code == 2 and "is a diffusion_run folder; --overwrite replaces only a dataset folder" in output, output
     assert tree_digest(run) == kept
     # an nnU-Net export replaces an nnU-Net export, never a dataset folder
     raw = tmp_path / "Dataset501_X"
     export_nnunet(src, raw)
     export_nnunet(src, raw, overwrite=True)
     code, output = _invoke(["export", str(src), "--format", "nnunet", "-o", str(earlier), "--overwrite"])
-    assert code == 2 and "holds a dataset folder, not a nnunet_raw folder" in output, output
+    assert code == 2 and "is a dataset folder; --overwrite replaces only a nnunet_raw folder" in output, output
 
 
 def test_import_nnunet_overwrite_never_wipes_the_raw_folder(tmp_path: Path) -> None:
@@ -186,7 +186,7 @@ def test_import_nnunet_overwrite_never_wipes_the_raw_folder(tmp_path: Path) -> N
     imported = tmp_path / "imported"
     assert _invoke(["data", "import-nnunet", str(raw / "Dataset001_X"), "-o", str(imported)])[0] == 0
     code, output = _invoke(["data", "import-nnunet", str(raw / "Dataset002_Y"), "-o", str(raw / "Dataset001_X"), "--overwrite"])
-    assert code == 2 and "holds a nnunet_raw folder, not a dataset folder" in output, output
+    assert code == 2 and "is a nnunet_raw folder; --overwrite replaces only a dataset folder" in output, output
     assert tree_digest(raw) == before
     assert _invoke(["data", "import-nnunet", str(raw / "Dataset002_Y"), "-o", str(imported), "--overwrite"])[0] == 0
 
@@ -196,7 +196,7 @@ def test_builtin_overwrite_refuses_a_folder_that_is_not_a_dataset(tmp_path: Path
     out.mkdir()
     (out / "thesis.tex").write_text("years of work\n")
     code, output = _invoke(["data", "builtin", "nuclei-fluo", "-o", str(out), "--overwrite", "--tile-size", "16"])
-    assert code == 2 and "thesis.tex" in output and "not a dataset folder" in output, output
+    assert code == 2 and "holds thesis.tex" in output and "replaces only a dataset folder" in output, output
     assert (out / "thesis.tex").read_text() == "years of work\n"
 
 
