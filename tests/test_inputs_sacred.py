@@ -118,6 +118,14 @@ def test_out_never_meets_an_input(name: str, where: str, tmp_path: Path, request
     assert not (tmp_path / "alias" / "run").exists()
 
 
+def test_generate_never_writes_into_the_data_its_run_learnt_from(tiny_run: Path) -> None:
+    data = Path(json.loads((tiny_run / TRAINING_DATA_JSON).read_text())["data_root"])
+    before = tree_digest(data)
+    code, output = _invoke(["generate", str(tiny_run), "-n", "2", "-o", str(data / "synth")])
+    assert code == 2 and f"sits inside the input {data}:" in output, output
+    assert tree_digest(data) == before
+
+
 def test_report_and_evaluate_synth_keep_their_documented_place(tmp_path: Path) -> None:
     from segsynth.io.guard import OutputPathError, check_out_apart
 
@@ -240,6 +248,18 @@ def test_resume_refuses_other_data_with_the_same_ids(trainer: str, tmp_path: Pat
         code, output = _invoke([trainer, str(changed), "-o", str(run), "--resume", *argv])
         assert code == 2 and record in output and "differ" in output, output
         assert (run / record).read_bytes() == saved
+
+
+def test_runs_from_before_the_content_hash_still_resume(tmp_path: Path) -> None:
+    from segsynth.engine import RunRecord
+
+    (tmp_path / "split.json").write_text(json.dumps({"data_root": "/d", "train_ids": ["a"]}))
+    new = {"data_root": "/d", "train_ids": ["a"], "data_sha256": "1" * 64}
+    RunRecord("split.json", new, added=("data_sha256",)).check(tmp_path)  # no hash recorded: ids decide
+    RunRecord("split.json", new, {"data_sha256": "differ"}, added=("data_sha256",)).check(tmp_path)
+    (tmp_path / "split.json").write_text(json.dumps({**new, "data_sha256": "0" * 64}))
+    with pytest.raises(ValueError, match="split.json: data differ"):
+        RunRecord("split.json", new, problem="data differ", added=("data_sha256",)).check(tmp_path)
 
 
 # --- inspection never writes --------------------------------------------------------------------
