@@ -54,6 +54,7 @@ _EXPORTS = {
     "ManifestRecord": "segsynth.artifacts.schemas",
     "ModelConfig": "segsynth.models",
     "ObjectiveConfig": "segsynth.diffusion",
+    "OutputPathError": "segsynth.io.guard",
     "PredictConfig": "segsynth.seg.predict",
     "RunPlan": "segsynth.run",
     "SampleRef": "segsynth.data",

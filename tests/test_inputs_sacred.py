@@ -36,7 +36,7 @@ TINY_DIFFUSION = ["--set", "model.image_size=16", "--set", "model.block_out_chan
 #: unrelated dataset where the command needs two).
 ARGV: dict[str, Callable[[str, str, str], list[str]]] = {
     "train-diffusion": lambda data, other, out: ["train-diffusion", data, "-o", out, *TINY_DIFFUSION],
-    "train-autoencoder": lambda data, other, out: ["train-autoencoder", data, "-o", out, "--set", "steps=1"],
+    "train-autoencoder": lambda data, other, out: ["train-autoencoder", data, "-o", out, *TRAINERS["train-autoencoder"][0]],
     "train-seg": lambda data, other, out: ["train-seg", data, "-o", out, "--set", "train.steps=1"],
     "benchmark": lambda data, other, out: ["benchmark", data, "-o", out, "--quick"],
     "run": lambda data, other, out: ["run", data, "-o", out, "--plan-only"],
@@ -119,6 +119,14 @@ def test_out_never_meets_an_input(name: str, where: str, tmp_path: Path, request
     assert not (tmp_path / "alias" / "run").exists()
 
 
+def test_generate_never_writes_into_the_data_its_run_learnt_from(tiny_run: Path) -> None:
+    data = Path(json.loads((tiny_run / TRAINING_DATA_JSON).read_text())["data_root"])
+    before = tree_digest(data)
+    code, output = _invoke(["generate", str(tiny_run), "-n", "2", "-o", str(data / "synth")])
+    assert code == 2 and f"sits inside the input {data}:" in output, output
+    assert tree_digest(data) == before
+
+
 def test_report_and_evaluate_synth_keep_their_documented_place(tmp_path: Path) -> None:
     from segsynth.io.guard import OutputPathError, check_out_apart
 
@@ -149,7 +157,7 @@ def test_export_overwrite_never_removes_the_source_or_its_parent(tmp_path: Path)
     (elsewhere / "notes.txt").write_text("keep me\n")
     kept = tree_digest(elsewhere)
     code, output = _invoke(["export", str(src), "--format", "tif", "-o", str(elsewhere), "--overwrite"])
-    assert code == 2 and "not a segsynth output" in output and "a, notes.txt" in output, output
+    assert code == 2 and "is not a segsynth output folder (it holds a, notes.txt)" in output, output
     assert tree_digest(elsewhere) == kept
 
 
@@ -165,14 +173,14 @@ def test_overwrite_replaces_only_the_same_kind(tmp_path: Path) -> None:
     (run / "config.yaml").write_text("train: {}\n")
     kept = tree_digest(run)
     code, output = _invoke(["export", str(src), "--format", "png", "-o", str(run), "--overwrite"])
-    assert code == 2 and "holds a diffusion_run folder, not a dataset folder" in output, output
+    assert code == 2 and "is a diffusion_run folder; --overwrite replaces only a dataset folder" in output, output
     assert tree_digest(run) == kept
     # an nnU-Net export replaces an nnU-Net export, never a dataset folder
     raw = tmp_path / "Dataset501_X"
     export_nnunet(src, raw)
     export_nnunet(src, raw, overwrite=True)
     code, output = _invoke(["export", str(src), "--format", "nnunet", "-o", str(earlier), "--overwrite"])
-    assert code == 2 and "holds a dataset folder, not a nnunet_raw folder" in output, output
+    assert code == 2 and "is a dataset folder; --overwrite replaces only a nnunet_raw folder" in output, output
 
 
 def test_import_nnunet_overwrite_never_wipes_the_raw_folder(tmp_path: Path) -> None:
@@ -187,7 +195,7 @@ def test_import_nnunet_overwrite_never_wipes_the_raw_folder(tmp_path: Path) -> N
     imported = tmp_path / "imported"
     assert _invoke(["data", "import-nnunet", str(raw / "Dataset001_X"), "-o", str(imported)])[0] == 0
     code, output = _invoke(["data", "import-nnunet", str(raw / "Dataset002_Y"), "-o", str(raw / "Dataset001_X"), "--overwrite"])
-    assert code == 2 and "holds a nnunet_raw folder, not a dataset folder" in output, output
+    assert code == 2 and "is a nnunet_raw folder; --overwrite replaces only a dataset folder" in output, output
     assert tree_digest(raw) == before
     assert _invoke(["data", "import-nnunet", str(raw / "Dataset002_Y"), "-o", str(imported), "--overwrite"])[0] == 0
 
@@ -197,7 +205,7 @@ def test_builtin_overwrite_refuses_a_folder_that_is_not_a_dataset(tmp_path: Path
     out.mkdir()
     (out / "thesis.tex").write_text("years of work\n")
     code, output = _invoke(["data", "builtin", "nuclei-fluo", "-o", str(out), "--overwrite", "--tile-size", "16"])
-    assert code == 2 and "thesis.tex" in output and "not a dataset folder" in output, output
+    assert code == 2 and "holds thesis.tex" in output and "replaces only a dataset folder" in output, output
     assert (out / "thesis.tex").read_text() == "years of work\n"
 
 
@@ -210,15 +218,24 @@ def _change_one_image(root: Path) -> None:
     write_image(root / "images" / "p1_0.png", image)
 
 
-@pytest.mark.parametrize("trainer", ["train-diffusion", "train-seg"])
+#: Each trainer that records its data: tiny settings and the record it keeps.
+TRAINERS = {
+    "train-diffusion": (TINY_DIFFUSION, "training_data.json"),
+    "train-seg": (["--set", "train.steps=1", "--set", "train.batch_size=2", "--set", "network.channels=[4,8]",
+                   "--set", "network.strides=[2]"], "split.json"),
+    "train-autoencoder": (["--set", "steps=1", "--set", "batch_size=2", "--set", "tile_size=16", "--set", "eval_tiles=2",
+                           "--set", "model.block_out_channels=[8,16,16]", "--set", "model.norm_num_groups=8"],
+                          "image_split.json"),
+}
+
+
+@pytest.mark.parametrize("trainer", sorted(TRAINERS))
 def test_resume_refuses_other_data_with_the_same_ids(trainer: str, tmp_path: Path) -> None:
     data = write_tiny_dataset(tmp_path / "data", cases=("p1", "p2", "p3", "p4"))
-    argv = {"train-diffusion": TINY_DIFFUSION, "train-seg": ["--set", "train.steps=1", "--set", "train.batch_size=2",
-                                                              "--set", "network.channels=[4,8]", "--set", "network.strides=[2]"]}[trainer]
+    argv, record = TRAINERS[trainer]
     run = tmp_path / "run"
     code, output = _invoke([trainer, str(data), "-o", str(run), *argv])
     assert code == 0, output
-    record = "training_data.json" if trainer == "train-diffusion" else "split.json"
     saved = (run / record).read_bytes()
     other = tmp_path / "other"
     shutil.copytree(data, other)
@@ -232,6 +249,18 @@ def test_resume_refuses_other_data_with_the_same_ids(trainer: str, tmp_path: Pat
         code, output = _invoke([trainer, str(changed), "-o", str(run), "--resume", *argv])
         assert code == 2 and record in output and "differ" in output, output
         assert (run / record).read_bytes() == saved
+
+
+def test_runs_from_before_the_content_hash_still_resume(tmp_path: Path) -> None:
+    from segsynth.engine import RunRecord
+
+    (tmp_path / "split.json").write_text(json.dumps({"data_root": "/d", "train_ids": ["a"]}))
+    new = {"data_root": "/d", "train_ids": ["a"], "data_sha256": "1" * 64}
+    RunRecord("split.json", new, added=("data_sha256",)).check(tmp_path)  # no hash recorded: ids decide
+    RunRecord("split.json", new, {"data_sha256": "differ"}, added=("data_sha256",)).check(tmp_path)
+    (tmp_path / "split.json").write_text(json.dumps({**new, "data_sha256": "0" * 64}))
+    with pytest.raises(ValueError, match="split.json: data differ"):
+        RunRecord("split.json", new, problem="data differ", added=("data_sha256",)).check(tmp_path)
 
 
 # --- inspection never writes --------------------------------------------------------------------

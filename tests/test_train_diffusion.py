@@ -111,7 +111,9 @@ def test_run_folder_contract(blobs: Path, tmp_path: Path) -> None:
     saved = load_config(DiffusionTrainConfig, run / "config.yaml")
     assert saved.model.num_classes == 2 and saved.model.image_channels == 1  # filled from dataset.json
     assert saved.train.steps == 4
-    assert json.loads((run / "training_data.json").read_text()) == {
+    training_data = json.loads((run / "training_data.json").read_text())
+    assert len(training_data.pop("data_sha256")) == 64  # the training files' content, checked on resume
+    assert training_data == {
         "data_root": str(blobs.resolve()), "train_ids": ids, "style_sampler": "multi_patch", "num_refs": 2
     }
     log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]

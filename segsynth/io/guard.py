@@ -79,7 +79,7 @@ def check_out_apart(
             continue
         raise OutputPathError(
             f"{out_flag} {out} {relation} {given}: inputs are never written to or replaced; "
-            f"choose an output folder outside {given}"
+            f"choose an output that neither is, holds nor sits inside {given}"
         )
 
 
@@ -93,12 +93,14 @@ def output_kind(path: str | os.PathLike[str]) -> str | None:
 
 
 def _holding(path: Path) -> str:
-    """What an unrecognised existing path holds, in a few words for an error message."""
+    """What an unrecognised existing path is, in a few words for an error message."""
+    if path.is_symlink():
+        return "is a symlink"
     if not path.is_dir():
-        return "a file"
+        return "is a file"
     entries = sorted(entry.name for entry in path.iterdir())
     shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
-    return f"{len(entries)} entries that are not a segsynth output ({shown})"
+    return f"is not a segsynth output folder (it holds {shown})"
 
 
 def check_replaceable(out: str | os.PathLike[str], kind: str, overwrite: bool, *, out_flag: str = "--out") -> None:
@@ -127,8 +129,8 @@ def check_replaceable(out: str | os.PathLike[str], kind: str, overwrite: bool, *
     found = None if path.is_symlink() else output_kind(path)
     if found == kind:
         return
-    holds = f"a {found} folder" if found is not None else ("a symlink" if path.is_symlink() else _holding(path))
+    what = f"is a {found} folder" if found is not None else _holding(path)
     raise OutputPathError(
-        f"{out_flag} {out} holds {holds}, not a {kind} folder; --overwrite replaces only a {kind} folder: "
+        f"{out_flag} {out} {what}; --overwrite replaces only a {kind} folder: "
         "choose another output path (or remove it yourself)"
     )
