@@ -51,11 +51,15 @@ class Estimate:
         what: the stage, as the user ran it (``train-seg``).
         parts: name of each part (``activations (batch 8 of 1x256x256)``) -> bytes.
         lower: the settings to lower if it does not fit.
+        writes: bytes the stage writes to its output folder at least (0: not estimated).
+        writes_what: what those bytes are, for the message.
     """
 
     what: str
     parts: dict[str, int] = field(default_factory=dict)
     lower: str = ""
+    writes: int = 0
+    writes_what: str = ""
 
     @property
     def total(self) -> int:
@@ -134,6 +138,13 @@ def check_memory(estimate: Estimate, device: torch.device | str | None = None) -
         )
 
 
+def check_fits(estimate: Estimate, device: torch.device | str | None, out: str | os.PathLike[str]) -> None:
+    """:func:`check_memory`, then :func:`check_disk` for what the stage writes to ``out``."""
+    check_memory(estimate, device)
+    if estimate.writes:
+        check_disk(out, estimate.writes, f"{estimate.what} ({estimate.writes_what})")
+
+
 def check_disk(path: str | os.PathLike[str], needed: int, what: str) -> None:
     """Refuse to start writing ``needed`` bytes under ``path`` when its file system has less free.
 
@@ -192,12 +203,18 @@ def training_estimate(what: str, params: int, activations: int, batch_data: int,
     """Peak of a training step: ``weight_copies`` times the parameters (weights, gradients, AdamW's
     two moments: 4; an EMA adds one), the saved activations (measured in float32: half of that under
     ``bf16``/``fp16`` autocast, the accelerator's ``mixed_precision``) and the loaded batch (twice:
-    the samples and their collated stack)."""
-    return Estimate(what, {
+    the samples and their collated stack).
+
+    On disk it writes at least one checkpoint (every weight copy but the gradients) and the released
+    weights; from the second checkpoint on, two stand side by side while the new one is completed.
+    """
+    parts = {
         "parameters, gradients and optimiser state": params * weight_copies,
         "activations": activations // 2 if mixed_precision in ("bf16", "fp16") else activations,
         "batch": 2 * batch_data,
-    }, lower)
+    }
+    return Estimate(what, parts, lower, writes=params * (weight_copies - 1) + params,
+                    writes_what="a checkpoint and the released weights")
 
 
 def scale_to(measured: int, measured_pixels: int, pixels: int) -> int:

@@ -53,7 +53,7 @@ from segsynth.artifacts.names import (
 )
 from segsynth.config import ConfigError, load_config
 from segsynth.data.format import DatasetSpec, load_spec
-from segsynth.fits import Estimate, check_memory, parameter_bytes, saved_activation_bytes, scale_to, training_estimate
+from segsynth.fits import Estimate, check_fits, parameter_bytes, saved_activation_bytes, scale_to, training_estimate
 from segsynth.data.loader import sample_seed
 from segsynth.diffusion.config import DiffusionTrainConfig
 from segsynth.diffusion.objective import diffusion_loss, make_train_scheduler
@@ -399,7 +399,7 @@ def train_diffusion(
         if not training_data["unlabeled_ids"]:
             raise ConfigError(f"data.include_unlabeled is set but {[str(r / UNLABELED_DIR) for r in roots]} hold no images")
     # before the run folder is written: a run that cannot fit is refused with nothing left behind
-    check_memory(memory_estimate(cfg, engine.accelerator.mixed_precision), engine.accelerator.device)
+    check_fits(memory_estimate(cfg, engine.accelerator.mixed_precision), engine.accelerator.device, out)
     if engine.is_main:
         prepare_run_folder(out, cfg, resume, train_keys(RESUMABLE_CHANGES), [RunRecord(
             TRAINING_DATA_JSON, training_data, {

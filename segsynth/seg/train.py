@@ -42,7 +42,7 @@ from segsynth.data.loader import SampleRef, SegDataset, index_dataset, sample_se
 from segsynth.fits import (
     DoesNotFitError,
     Estimate,
-    check_memory,
+    check_fits,
     parameter_bytes,
     saved_activation_bytes,
     scale_to,
@@ -464,8 +464,8 @@ def train_seg(
     p = cfg.train.patch_size
     shape = (p, p) if p is not None else max(
         (real.load_arrays(i)[0].shape[-2:] for i in range(len(real))), key=lambda hw: hw[0] * hw[1])
-    check_memory(memory_estimate(cfg, real.spec.channels, real.spec.num_classes, shape, paired,
-                                 engine.accelerator.mixed_precision), engine.accelerator.device)
+    check_fits(memory_estimate(cfg, real.spec.channels, real.spec.num_classes, shape, paired,
+                               engine.accelerator.mixed_precision), engine.accelerator.device, run)
     if engine.is_main:
         prepare_run_folder(run, cfg, resume, train_keys(RESUMABLE_CHANGES), [RunRecord(
             SPLIT_JSON, split_record, problem="data, split or synthetic sets differ from the run being resumed")])
