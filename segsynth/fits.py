@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -166,24 +166,20 @@ def check_disk(path: str | os.PathLike[str], needed: int, what: str) -> None:
                               f"{format_bytes(free)} is free there")
 
 
-def _is_parameter(tensor: torch.Tensor) -> bool:
-    """A weight (or a view of one, such as the transpose a linear layer saves): counted with the
-    parameters, not the activations."""
-    base = tensor._base if tensor._base is not None else tensor
-    return base.is_leaf and base.requires_grad
-
-
-def saved_activation_bytes(forward: Callable[[], object]) -> int:
+def saved_activation_bytes(forward: Callable[[], object], weights: Iterable[torch.Tensor] = ()) -> int:
     """Bytes autograd saves for the backward pass of ``forward()`` (works on ``meta`` tensors too).
 
-    Saved weights are left out (they are the parameters), and a storage saved twice counts once.
+    Saved ``weights`` (or views of them, such as the transpose a linear layer saves) are left out:
+    they are counted with the parameters. A storage saved twice counts once.
     """
     import torch
 
     seen: dict[object, int] = {}
+    weight_ids = {id(w) for w in weights}
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
-        if not _is_parameter(tensor):
+        base = tensor._base if tensor._base is not None else tensor
+        if id(tensor) not in weight_ids and id(base) not in weight_ids:
             key: object = id(tensor) if tensor.device.type == "meta" else tensor.untyped_storage().data_ptr()
             seen[key] = max(seen.get(key, 0), tensor.numel() * tensor.element_size())
         return tensor

@@ -159,7 +159,7 @@ def memory_estimate(cfg: DiffusionTrainConfig, mixed_precision: str = "no") -> E
         inputs["edge"] = torch.zeros(1, 1, side, side)
     if m.text:
         inputs["text"] = torch.zeros(1, m.text_dim)
-    measured = saved_activation_bytes(lambda: probe(**inputs))
+    measured = saved_activation_bytes(lambda: probe(**inputs), list(probe.parameters()))
     pixels = m.image_size * m.image_size
     batch = b * pixels * (4 * m.image_channels * (1 + m.style.num_refs) + 8)
     return training_estimate("train-diffusion", params, scale_to(measured, side * side, b * pixels), batch,

@@ -382,11 +382,13 @@ def memory_estimate(cfg: SegTrainConfig, channels: int, num_classes: int, shape:
         network = build_network(cfg.network, channels, num_classes)
         params = parameter_bytes(network)
         try:
-            activations = saved_activation_bytes(lambda: network(torch.zeros(b, channels, height, width)))
+            activations = saved_activation_bytes(lambda: network(torch.zeros(b, channels, height, width)),
+                                                 list(network.parameters()))
         except (RuntimeError, NotImplementedError):  # an op without a meta kernel: probe small, scale up
             side = size_divisor(cfg.network) * math.ceil(32 / size_divisor(cfg.network))
             probe = build_network(cfg.network, channels, num_classes).to_empty(device="cpu")
-            measured = saved_activation_bytes(lambda: probe(torch.zeros(1, channels, side, side, device="cpu")))
+            measured = saved_activation_bytes(lambda: probe(torch.zeros(1, channels, side, side, device="cpu")),
+                                              list(probe.parameters()))
             activations = scale_to(measured, side * side, b * height * width)
     batch = b * height * width * (4 * channels + 8)  # float32 image, int64 mask
     return training_estimate(
