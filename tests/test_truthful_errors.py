@@ -165,3 +165,15 @@ def test_exactly_the_commands_with_resume_advise_it() -> None:
         has_resume = '"--resume/--no-resume"' in source or "ResumeOption" in source
         advises = "user_errors(resumable=True)" in source
         assert has_resume == advises, f"{command.callback.__name__}: --resume {has_resume}, advises it {advises}"
+
+
+def test_a_wrapped_os_error_inside_an_atomic_folder_names_the_folder(tmp_path: Path) -> None:
+    from safetensors import SafetensorError
+
+    from segsynth.io.atomic import atomic_directory
+
+    final = tmp_path / "best"
+    with pytest.raises(OSError) as caught, atomic_directory(final):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+    assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(final)
+    assert not final.exists()
