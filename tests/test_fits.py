@@ -101,6 +101,21 @@ def test_train_diffusion_within_the_limit_trains(d32: Path, tmp_path: Path, monk
     assert result.exit_code == 0, result.output
 
 
+def test_train_autoencoder_refuses_what_does_not_fit_in_memory_before_writing(
+        tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    limit_memory(monkeypatch, 1024)
+    config = tmp_path / "ae.yaml"
+    config.write_text(yaml.safe_dump({"model": {"block_out_channels": [8, 16, 16], "norm_num_groups": 8},
+                                      "tile_size": 16, "steps": 1, "batch_size": 2, "checkpoint_every": 1,
+                                      "mixed_precision": "no"}))
+    out = tmp_path / "ae"
+    result = CliRunner().invoke(app, ["train-autoencoder", str(tiny_dataset), "--out", str(out), "-c", str(config)])
+    assert result.exit_code == 2, result.output
+    assert message(result).startswith("error: train-autoencoder needs at least")
+    assert "but only 1.0 KiB is available (test limit); lower batch_size (2) or tile_size (16)" in message(result)
+    assert not out.exists()
+
+
 def test_the_diffusion_estimate_scales_its_probe_to_what_a_full_size_step_saves() -> None:
     from segsynth.diffusion.config import DiffusionTrainConfig
     from segsynth.diffusion.train import memory_estimate
