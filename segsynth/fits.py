@@ -7,12 +7,14 @@ limit, and with the run folder already half written. Each stage therefore builds
 :func:`check_memory` refuses it with exit code 2 when the estimate exceeds the memory available,
 showing both numbers and the setting to lower.
 
-The estimates are lower bounds, so a refusal is certain rather than a guess: activations are
-what autograd saves for the backward pass of the configured network (measured by running it
-under :func:`torch.autograd.graph.saved_tensors_hooks`, on the ``meta`` device at the real size
-where the network allows that, otherwise on a small CPU probe scaled by the pixel count), plus
-the parameters, their gradients and the optimiser's moments. Allocator overhead, workspace and
-fragmentation come on top, so a run that passes may still need more.
+The estimates count only what a step certainly holds, so a refusal errs towards letting a run
+start, never towards refusing one that fits: activations are what autograd saves for the backward
+pass of the configured network (measured by running it under
+:func:`torch.autograd.graph.saved_tensors_hooks`, on the ``meta`` device at the real size where
+the network allows that, otherwise on a small CPU probe scaled by the pixel count, which
+``tests/test_fits.py`` holds to within 25% of a full-size measurement), plus the parameters,
+their gradients and the optimiser's moments. Allocator overhead, workspace, gradients of the
+activations and fragmentation come on top, so a run that passes may still need more.
 """
 
 from __future__ import annotations
