@@ -27,6 +27,7 @@ from segsynth.io.display import visible
 from segsynth.io.lock import FolderInUseError
 from segsynth.io.oserror import os_error_of
 
+
 class SafeConsole(Console):
     """A rich console that shows control characters in the text it prints as escapes
     (:func:`segsynth.io.display.visible`): a file name cannot drive the terminal.
