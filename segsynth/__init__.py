@@ -21,7 +21,9 @@ The public API, stage by stage (each stage reads and writes plain folders):
   one of its JSON records through its schema (:class:`TrainingData`, :class:`ImageSplit`,
   :class:`ManifestRecord`, :class:`SegRunSplit`, :class:`EvaluationMetrics`,
   :class:`BenchmarkResults`, ... in :mod:`segsynth.artifacts.schemas`); the file names are in
-  :mod:`segsynth.artifacts.names`.
+  :mod:`segsynth.artifacts.names`;
+- refusals before any work: :class:`DoesNotFitError` (a run's memory or disk estimate exceeds what
+  there is, see :mod:`segsynth.fits`).
 
 Names are imported on first use (module ``__getattr__``), so ``import segsynth`` and the command
 line start without loading torch, diffusers or MONAI; ``from segsynth import X`` works as usual.
@@ -47,6 +49,7 @@ _EXPORTS = {
     "DatasetFormatError": "segsynth.data",
     "DatasetSpec": "segsynth.data",
     "DiffusionTrainConfig": "segsynth.diffusion.config",
+    "DoesNotFitError": "segsynth.fits",
     "EvaluationMetrics": "segsynth.artifacts.schemas",
     "Found": "segsynth.artifacts.detect",
     "GenerationConfig": "segsynth.synth.config",

@@ -7,12 +7,14 @@ limit, and with the run folder already half written. Each stage therefore builds
 :func:`check_memory` refuses it with exit code 2 when the estimate exceeds the memory available,
 showing both numbers and the setting to lower.
 
-The estimates are lower bounds, so a refusal is certain rather than a guess: activations are
-what autograd saves for the backward pass of the configured network (measured by running it
-under :func:`torch.autograd.graph.saved_tensors_hooks`, on the ``meta`` device at the real size
-where the network allows that, otherwise on a small CPU probe scaled by the pixel count), plus
-the parameters, their gradients and the optimiser's moments. Allocator overhead, workspace and
-fragmentation come on top, so a run that passes may still need more.
+The estimates count only what a step certainly holds, so a refusal errs towards letting a run
+start, never towards refusing one that fits: activations are what autograd saves for the backward
+pass of the configured network (measured by running it under
+:func:`torch.autograd.graph.saved_tensors_hooks`, on the ``meta`` device at the real size where
+the network allows that, otherwise on a small CPU probe scaled by the pixel count, which
+``tests/test_fits.py`` holds to within 25% of a full-size measurement), plus the parameters,
+their gradients and the optimiser's moments. Allocator overhead, workspace, gradients of the
+activations and fragmentation come on top, so a run that passes may still need more.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -51,11 +53,15 @@ class Estimate:
         what: the stage, as the user ran it (``train-seg``).
         parts: name of each part (``activations (batch 8 of 1x256x256)``) -> bytes.
         lower: the settings to lower if it does not fit.
+        writes: bytes the stage writes to its output folder at least (0: not estimated).
+        writes_what: what those bytes are, for the message.
     """
 
     what: str
     parts: dict[str, int] = field(default_factory=dict)
     lower: str = ""
+    writes: int = 0
+    writes_what: str = ""
 
     @property
     def total(self) -> int:
@@ -134,6 +140,13 @@ def check_memory(estimate: Estimate, device: torch.device | str | None = None) -
         )
 
 
+def check_fits(estimate: Estimate, device: torch.device | str | None, out: str | os.PathLike[str]) -> None:
+    """:func:`check_memory`, then :func:`check_disk` for what the stage writes to ``out``."""
+    check_memory(estimate, device)
+    if estimate.writes:
+        check_disk(out, estimate.writes, f"{estimate.what} ({estimate.writes_what})")
+
+
 def check_disk(path: str | os.PathLike[str], needed: int, what: str) -> None:
     """Refuse to start writing ``needed`` bytes under ``path`` when its file system has less free.
 
@@ -155,24 +168,20 @@ def check_disk(path: str | os.PathLike[str], needed: int, what: str) -> None:
                               f"{format_bytes(free)} is free there")
 
 
-def _is_parameter(tensor: torch.Tensor) -> bool:
-    """A weight (or a view of one, such as the transpose a linear layer saves): counted with the
-    parameters, not the activations."""
-    base = tensor._base if tensor._base is not None else tensor
-    return base.is_leaf and base.requires_grad
-
-
-def saved_activation_bytes(forward: Callable[[], object]) -> int:
+def saved_activation_bytes(forward: Callable[[], object], weights: Iterable[torch.Tensor] = ()) -> int:
     """Bytes autograd saves for the backward pass of ``forward()`` (works on ``meta`` tensors too).
 
-    Saved weights are left out (they are the parameters), and a storage saved twice counts once.
+    Saved ``weights`` (or views of them, such as the transpose a linear layer saves) are left out:
+    they are counted with the parameters. A storage saved twice counts once.
     """
     import torch
 
     seen: dict[object, int] = {}
+    weight_ids = {id(w) for w in weights}
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
-        if not _is_parameter(tensor):
+        base = tensor._base if tensor._base is not None else tensor
+        if id(tensor) not in weight_ids and id(base) not in weight_ids:
             key: object = id(tensor) if tensor.device.type == "meta" else tensor.untyped_storage().data_ptr()
             seen[key] = max(seen.get(key, 0), tensor.numel() * tensor.element_size())
         return tensor
@@ -192,12 +201,18 @@ def training_estimate(what: str, params: int, activations: int, batch_data: int,
     """Peak of a training step: ``weight_copies`` times the parameters (weights, gradients, AdamW's
     two moments: 4; an EMA adds one), the saved activations (measured in float32: half of that under
     ``bf16``/``fp16`` autocast, the accelerator's ``mixed_precision``) and the loaded batch (twice:
-    the samples and their collated stack)."""
-    return Estimate(what, {
+    the samples and their collated stack).
+
+    On disk it writes at least one checkpoint (every weight copy but the gradients) and the released
+    weights; from the second checkpoint on, two stand side by side while the new one is completed.
+    """
+    parts = {
         "parameters, gradients and optimiser state": params * weight_copies,
         "activations": activations // 2 if mixed_precision in ("bf16", "fp16") else activations,
         "batch": 2 * batch_data,
-    }, lower)
+    }
+    return Estimate(what, parts, lower, writes=params * (weight_copies - 1) + params,
+                    writes_what="a checkpoint and the released weights")
 
 
 def scale_to(measured: int, measured_pixels: int, pixels: int) -> int:

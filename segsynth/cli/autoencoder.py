@@ -21,7 +21,7 @@ def train_autoencoder_command(
     resume: ResumeOption = False,
 ) -> None:
     """Train an AutoencoderKL (f4 or f8) for latent diffusion; reports held-out PSNR / SSIM."""
-    with user_errors():
+    with user_errors(resumable=True):
         from segsynth.artifacts.names import RECONSTRUCTION_JSON
         from segsynth.artifacts.schemas import Reconstruction, read_record
         from segsynth.latent.config import AutoencoderTrainConfig

@@ -41,7 +41,7 @@ def train_diffusion_command(
     if backbone is not None:
         train_backbone_command(data, backbone, config, out, resume, overrides, autoencoder, seed)
         return
-    with user_errors():
+    with user_errors(resumable=True):
         from segsynth.diffusion.config import DiffusionTrainConfig
         from segsynth.diffusion.train import train_diffusion
 
@@ -61,7 +61,7 @@ def train_diffusion_command(
 def train_backbone_command(data: list[Path], backbone: Path, config: Path | None, out: Path, resume: bool,
                            overrides: list[str], autoencoder: Path | None, seed: int | None) -> None:
     """``train-diffusion --backbone``: a ControlNet on a frozen Stable Diffusion folder (segsynth.backbone)."""
-    with user_errors():
+    with user_errors(resumable=True):
         from segsynth.backbone.config import BackboneTrainConfig
         from segsynth.backbone.train import train_controlnet
 

@@ -12,7 +12,6 @@ import traceback
 from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 
-import click
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -28,6 +27,7 @@ from segsynth.io.atomic import atomic_write_text
 from segsynth.io.display import visible
 from segsynth.io.lock import FolderInUseError
 from segsynth.io.oserror import os_error_of
+
 
 class SafeConsole(LogConsole):
     """The log-friendly console (:class:`segsynth.console.LogConsole`) that also shows control
@@ -74,23 +74,17 @@ def _print_error(text: str) -> None:
     err_console.print(f"[bold red]error:[/] {escape(text)}", highlight=False, soft_wrap=True)
 
 
-def _rerun_advice() -> str:
-    """What to do after fixing the environment: ``--resume`` only where the running command has it."""
-    context = click.get_current_context(silent=True)
-    if context is not None and "resume" in context.params:
-        return "completed work is kept, fix this and re-run with --resume"
-    return "fix this and run the command again"
-
-
-def environment_message(failure: OSError) -> str:
+def environment_message(failure: OSError, resumable: bool) -> str:
     """``<file>: <what failed>; <what to do>`` for a full disk, a read-only or unwritable place, an
-    I/O error. Without a file name (a library that dropped it) the message says so rather than
-    pointing nowhere."""
+    I/O error; ``--resume`` is advised only by a command that has it (``resumable``). Without a
+    file name (a library that dropped it) the message says so rather than pointing nowhere."""
     where = f"{failure.filename}: " if failure.filename else "(the failing file was not named by the system) "
-    return f"{where}{failure.strerror or os.strerror(failure.errno or 0)}; {_rerun_advice()}"
+    advice = ("completed work is kept, fix this and re-run with --resume" if resumable
+              else "fix this and run the command again")
+    return f"{where}{failure.strerror or os.strerror(failure.errno or 0)}; {advice}"
 
 
-def _report_expected(exc: Exception) -> bool:
+def _report_expected(exc: Exception, resumable: bool = False) -> bool:
     """Print ``exc`` as one line if it is a bad input or a failing environment; False otherwise."""
     if isinstance(exc, USER_ERRORS):
         _print_error(str(exc))
@@ -98,17 +92,21 @@ def _report_expected(exc: Exception) -> bool:
     failure = os_error_of(exc)  # also behind safetensors' wrapper of a failed write
     if failure is None or failure.errno not in ENVIRONMENT_ERRNOS:
         return False
-    _print_error(environment_message(failure))
+    _print_error(environment_message(failure, resumable))
     return True
 
 
 @contextlib.contextmanager
-def user_errors() -> Iterator[None]:
-    """Report a bad input as ``error: <file>: <problem>`` and exit 2 instead of a traceback."""
+def user_errors(resumable: bool = False) -> Iterator[None]:
+    """Report a bad input as ``error: <file>: <problem>`` and exit 2 instead of a traceback.
+
+    Args:
+        resumable: the command has ``--resume`` (only then does a full-disk message advise it).
+    """
     try:
         yield
     except Exception as exc:
-        if not _report_expected(exc):
+        if not _report_expected(exc, resumable):
             raise
         raise typer.Exit(2) from None
 

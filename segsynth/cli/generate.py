@@ -108,7 +108,7 @@ def generate(
     device: str | None = typer.Option(None, help="cpu, cuda or cuda:N (default: this process's GPU if there is one)."),
 ) -> None:
     """Generate synthetic images for layouts in the style of unlabelled reference images."""
-    with user_errors():
+    with user_errors(resumable=True):
         named = {
             "n": n, "layouts": layouts, "per_mask": per_mask, "class_prior": _parse_prior(class_prior),
             "layout_data": layout_data, "styles": styles, "style_sampler": style_sampler, "num_refs": num_refs,

@@ -29,7 +29,7 @@ def train_seg_command(
     resume: ResumeOption = False,
 ) -> None:
     """Train a MONAI segmentation network, optionally mixing in synthetic sets."""
-    with user_errors():
+    with user_errors(resumable=True):
         from segsynth.seg.config import SegTrainConfig, parse_mix
         from segsynth.io.guard import check_out_apart
         from segsynth.seg.train import train_seg

@@ -53,7 +53,7 @@ from segsynth.artifacts.names import (
 )
 from segsynth.config import ConfigError, load_config
 from segsynth.data.format import DatasetSpec, load_spec
-from segsynth.fits import Estimate, check_memory, parameter_bytes, saved_activation_bytes, scale_to, training_estimate
+from segsynth.fits import Estimate, check_fits, parameter_bytes, saved_activation_bytes, scale_to, training_estimate
 from segsynth.data.loader import sample_seed
 from segsynth.diffusion.config import DiffusionTrainConfig
 from segsynth.diffusion.objective import diffusion_loss, make_train_scheduler
@@ -159,7 +159,7 @@ def memory_estimate(cfg: DiffusionTrainConfig, mixed_precision: str = "no") -> E
         inputs["edge"] = torch.zeros(1, 1, side, side)
     if m.text:
         inputs["text"] = torch.zeros(1, m.text_dim)
-    measured = saved_activation_bytes(lambda: probe(**inputs))
+    measured = saved_activation_bytes(lambda: probe(**inputs), list(probe.parameters()))
     pixels = m.image_size * m.image_size
     batch = b * pixels * (4 * m.image_channels * (1 + m.style.num_refs) + 8)
     return training_estimate("train-diffusion", params, scale_to(measured, side * side, b * pixels), batch,
@@ -403,7 +403,7 @@ def train_diffusion(
             raise ConfigError(f"data.include_unlabeled is set but {[str(r / UNLABELED_DIR) for r in roots]} hold no images")
     training_data["data_sha256"] = data_hash(samples.datasets)
     # before the run folder is written: a run that cannot fit is refused with nothing left behind
-    check_memory(memory_estimate(cfg, engine.accelerator.mixed_precision), engine.accelerator.device)
+    check_fits(memory_estimate(cfg, engine.accelerator.mixed_precision), engine.accelerator.device, out)
     if engine.is_main:
         prepare_run_folder(out, cfg, resume, train_keys(RESUMABLE_CHANGES), [RunRecord(
             TRAINING_DATA_JSON, training_data, {

@@ -110,7 +110,8 @@ def atomic_directory(final: str | os.PathLike[str], *, overwrite: bool = False) 
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
     try:
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700 would hide the folder from collaborators
-        yield tmp
+        with naming(final):  # a failed write inside names at least the folder being written
+            yield tmp
         for root, _, files in os.walk(tmp):
             for name in files:
                 with naming(os.path.join(root, name)), open(os.path.join(root, name), "rb") as handle:

@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
+from segsynth.io.oserror import naming
+
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -105,7 +107,7 @@ def _try_create(path: Path, me: Owner) -> bool:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     except FileExistsError:
         return False
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+    with naming(path), os.fdopen(fd, "w", encoding="utf-8") as handle:
         json.dump({"pid": me.pid, "host": me.host, "started": me.started, "token": me.token, "since": me.since}, handle)
         handle.flush()
         os.fsync(handle.fileno())

@@ -39,7 +39,8 @@ def naming(path: str | os.PathLike[str]) -> Iterator[None]:
     """Give an :class:`OSError` raised inside the block ``path`` as its file name if it has none.
 
     A failed ``write()``/``fsync()`` on an open file (a full disk) carries no file name, so the
-    message would not say which file or disk; the writer knows it.
+    message would not say which file or disk; the writer knows it. A library's wrapper of an OS
+    error (safetensors' ``... (os error 28)``) becomes that :class:`OSError`, naming ``path``.
     """
     try:
         yield
@@ -47,3 +48,9 @@ def naming(path: str | os.PathLike[str]) -> Iterator[None]:
         if exc.filename is None:
             exc.filename = os.fspath(path)
         raise
+    except Exception as exc:
+        match = _OS_ERROR.search(str(exc))
+        if match is None:
+            raise
+        code = int(match.group(1))
+        raise OSError(code, os.strerror(code), os.fspath(path)) from exc

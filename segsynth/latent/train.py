@@ -39,6 +39,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from rich.console import Console
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
+from segsynth.fits import Estimate, check_fits, parameter_bytes, saved_activation_bytes, training_estimate
 from segsynth.artifacts.names import AUTOENCODER_DIR, IMAGE_SPLIT_JSON, RECONSTRUCTION_JSON, RECONSTRUCTIONS_PNG
 from segsynth.config import load_config
 from segsynth.data.format import load_spec
@@ -247,6 +248,19 @@ def _save_grid(path: Path, tiles: torch.Tensor, recon: torch.Tensor, columns: in
     write_image(path, grid[0] if grid.shape[0] == 1 else np.moveaxis(grid, 0, -1))
 
 
+def memory_estimate(cfg: AutoencoderTrainConfig, channels: int, mixed_precision: str = "no") -> Estimate:
+    """Peak memory of one step (a lower bound, see :mod:`segsynth.fits`): the autoencoder built and
+    run (encode, decode) on the ``meta`` device for ``batch_size`` tiles, its saved activations counted."""
+    b, side = cfg.batch_size, cfg.tile_size
+    with torch.device("meta"):
+        vae = build_autoencoder(cfg.model, channels, side)
+        weights = list(vae.parameters())
+        activations = saved_activation_bytes(lambda: vae(torch.zeros(b, channels, side, side)), weights)
+    return training_estimate("train-autoencoder", parameter_bytes(vae), activations, b * side * side * channels * 4,
+                             weight_copies=4, mixed_precision=mixed_precision,
+                             lower=f"batch_size ({b}) or tile_size ({side})")
+
+
 @owns_folder("out")
 def train_autoencoder(
     data: str | Path | Sequence[str | Path],
@@ -278,6 +292,8 @@ def train_autoencoder(
                                         checkpoint_every=cfg.checkpoint_every, mixed_precision=cfg.mixed_precision,
                                         log_with=cfg.log_with, shown=("l1",)), cfg)
     problem = "the images differ from those of the run being resumed"
+    # before the run folder is written: a run that cannot fit is refused with nothing left behind
+    check_fits(memory_estimate(cfg, pool.channels, engine.accelerator.mixed_precision), engine.accelerator.device, out)
     if engine.is_main:
         prepare_run_folder(out, cfg, resume, RESUMABLE_CHANGES.__contains__,
                            [RunRecord(IMAGE_SPLIT_JSON, split, dict.fromkeys(("data", "train", "held_out", "data_sha256"), problem),

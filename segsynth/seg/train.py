@@ -42,7 +42,7 @@ from segsynth.data.loader import SampleRef, SegDataset, index_dataset, sample_se
 from segsynth.fits import (
     DoesNotFitError,
     Estimate,
-    check_memory,
+    check_fits,
     parameter_bytes,
     saved_activation_bytes,
     scale_to,
@@ -383,11 +383,13 @@ def memory_estimate(cfg: SegTrainConfig, channels: int, num_classes: int, shape:
         network = build_network(cfg.network, channels, num_classes)
         params = parameter_bytes(network)
         try:
-            activations = saved_activation_bytes(lambda: network(torch.zeros(b, channels, height, width)))
+            activations = saved_activation_bytes(lambda: network(torch.zeros(b, channels, height, width)),
+                                                 list(network.parameters()))
         except (RuntimeError, NotImplementedError):  # an op without a meta kernel: probe small, scale up
             side = size_divisor(cfg.network) * math.ceil(32 / size_divisor(cfg.network))
             probe = build_network(cfg.network, channels, num_classes).to_empty(device="cpu")
-            measured = saved_activation_bytes(lambda: probe(torch.zeros(1, channels, side, side, device="cpu")))
+            measured = saved_activation_bytes(lambda: probe(torch.zeros(1, channels, side, side, device="cpu")),
+                                              list(probe.parameters()))
             activations = scale_to(measured, side * side, b * height * width)
     batch = b * height * width * (4 * channels + 8)  # float32 image, int64 mask
     return training_estimate(
@@ -467,8 +469,8 @@ def train_seg(
     p = cfg.train.patch_size
     shape = (p, p) if p is not None else max(
         (real.load_arrays(i)[0].shape[-2:] for i in range(len(real))), key=lambda hw: hw[0] * hw[1])
-    check_memory(memory_estimate(cfg, real.spec.channels, real.spec.num_classes, shape, paired,
-                                 engine.accelerator.mixed_precision), engine.accelerator.device)
+    check_fits(memory_estimate(cfg, real.spec.channels, real.spec.num_classes, shape, paired,
+                               engine.accelerator.mixed_precision), engine.accelerator.device, run)
     if engine.is_main:
         prepare_run_folder(run, cfg, resume, train_keys(RESUMABLE_CHANGES), [RunRecord(
             SPLIT_JSON, split_record, problem="data, split or synthetic sets differ from the run being resumed",
