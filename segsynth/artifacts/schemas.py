@@ -245,11 +245,22 @@ class SyntheticUse(StrictModel):
     manifest: bool
 
 
+class PseudoLabelUse(StrictModel):
+    """One pseudo-labelled set (self-training) mixed into a segmentation run, as in its ``split.json``."""
+
+    root: str
+    used: int = Field(ge=0)
+    teacher: str
+    threshold: float
+
+
 class SegRunSplit(Split):
-    """``split.json`` of a segmentation run: its data folder, split and the synthetic sets it used."""
+    """``split.json`` of a segmentation run: its data folder, split and the synthetic and
+    pseudo-labelled sets it used."""
 
     data_root: str
     synthetic: list[SyntheticUse] = Field(default_factory=list)
+    pseudo_labelled: list[PseudoLabelUse] = Field(default_factory=list)
 
 
 class TrainingSummary(Record):

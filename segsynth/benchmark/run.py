@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from collections.abc import Iterable
 from typing import Any
 
 import yaml
@@ -33,6 +34,7 @@ from segsynth.artifacts.names import (
     MANIFEST_JSONL,
     METRICS_JSON,
     PIPELINE_DIR,
+    PSEUDO_JSON,
     RESULTS_JSON,
     RESULTS_MD,
     REUSED_JSON,
@@ -43,7 +45,7 @@ from segsynth.artifacts.names import (
     VARIANTS_DIR,
 )
 from segsynth.artifacts.schemas import TrainingSummary, read_record
-from segsynth.benchmark.config import BenchmarkConfig
+from segsynth.benchmark.config import BenchmarkConfig, split_setting
 from segsynth.benchmark.foreground import case_class_pixels, class_strata, fold_warnings
 from segsynth.benchmark.recipes import (
     BASELINE,
@@ -51,6 +53,8 @@ from segsynth.benchmark.recipes import (
     all_labelled_ids,
     diffusion_recipe,
     fold_dir,
+    free_control_names,
+    pseudo_dir,
     seg_run_dir,
     segmentation_budget,
     segmentation_recipe,
@@ -66,6 +70,7 @@ from segsynth.io.atomic import atomic_write_json, atomic_write_text
 from segsynth.io.lock import owns_folder
 from segsynth.seg.config import SegTrainConfig, parse_mix
 from segsynth.seg.evaluate import evaluate_seg
+from segsynth.seg.pseudo import pseudo_label
 from segsynth.seg.splits import Split, load_splits, make_folds, save_splits
 from segsynth.seg.train import train_seg
 from segsynth.synth.config import GenerationConfig
@@ -77,15 +82,49 @@ def _folds(data: Path, out: Path, cfg: BenchmarkConfig) -> list[Split]:
     path = out / SPLITS_JSON
     if path.is_file():
         return load_splits(path)
-    refs = index_dataset(data)
+    splits = _make_folds(data, index_dataset(data), cfg)
+    save_splits(path, splits, cfg.fold_seed)
+    return splits
+
+
+def _make_folds(data: Path, refs: list, cfg: BenchmarkConfig) -> list[Split]:
     # stratified by the classes each case holds, so every fold's test cases hold every class they can
     strata = class_strata(case_class_pixels(data, refs))
     try:
-        splits = make_folds(refs, cfg.folds, cfg.fold_seed, cfg.val_fraction, cfg.low_label, strata)
+        return make_folds(refs, cfg.folds, cfg.fold_seed, cfg.val_fraction, cfg.low_label, strata)
     except ValueError as exc:
         raise ValueError(f"{data / DATASET_JSON}: {exc}") from None
-    save_splits(path, splits, cfg.fold_seed)
-    return splits
+
+
+def pseudo_pool(unlabeled: list, split: Split, labelled_cases: Iterable[str] = ()) -> tuple[list[str], dict[str, str]]:
+    """The unlabelled images self-training may label in a fold, and those it may not (with why).
+
+    An image of a validation or test case is never labelled, so it never trains; nor is an image
+    of a labelled case the fold leaves out (``low_label``), which the segmentation run counts
+    among its held-out cases.
+    """
+    held = {c: "labelled case outside the fold's training cases" for c in labelled_cases}
+    held |= {**{c: "validation case" for c in split.val_cases}, **{c: "test case" for c in split.test_cases}}
+    for case in split.train_cases:
+        held.pop(case, None)
+    pool = [r.id for r in unlabeled if r.case_id not in held]
+    excluded = {r.id: f"image of {held[r.case_id]} {r.case_id}" for r in unlabeled if r.case_id in held}
+    return pool, excluded
+
+
+def _pseudo_labels(data: Path, out: Path, fold: int, seed: int, split: Split, cfg: BenchmarkConfig) -> Path:
+    """The fold's pseudo-labelled set made by the baseline of ``seed`` (made once, then reused)."""
+    folder = pseudo_dir(out, fold, seed)
+    if (folder / PSEUDO_JSON).is_file():
+        return folder
+    labelled_cases = {r.case_id for r in index_dataset(data)}
+    pool, excluded = pseudo_pool(index_dataset(data, "unlabeled"), split, labelled_cases)
+    if not pool:
+        raise ValueError(f"{data / UNLABELED_DIR}: fold {fold} has no unlabelled image outside its validation and "
+                         f"test cases to pseudo-label (self_training control)")
+    teacher = seg_run_dir(out, fold, BASELINE, seed)
+    return pseudo_label(teacher, data, pool, folder, cfg.self_training.threshold,
+                        extra={"fold": fold, "seed": seed, "excluded": excluded})
 
 
 def _diffusion(data: Path, fold: Path, split: Split, cfg: BenchmarkConfig, console: Console) -> Path:
@@ -110,12 +149,12 @@ def _synthetic(run: Path, out: Path, n: int, layouts: str, cfg: BenchmarkConfig,
 
 
 def _needs_variants(cfg: BenchmarkConfig) -> bool:
-    return any(parse_mix(s)["mix.strategy"] == "merge" for s in cfg.settings)
+    return any(parse_mix(split_setting(s)[0])["mix.strategy"] == "merge" for s in cfg.settings)
 
 
 def _segmentation(
     data: Path, run: Path, train_ids: list[str], split: Split, seg_cfg: SegTrainConfig, synth: Path | None,
-    console: Console,
+    console: Console, pseudo: Path | None = None,
 ) -> dict[str, Any]:
     metrics_path = run / METRICS_JSON
     if metrics_path.is_file():
@@ -130,6 +169,7 @@ def _segmentation(
         val_ids=split.val_ids,
         resume=resume,
         console=console,
+        pseudo_labelled=[pseudo] if pseudo is not None else (),
     )
     result = evaluate_seg(run, data, ids=split.test_ids)
     result["training"] = read_record(run / TRAINING_JSON, TrainingSummary).model_dump()
@@ -152,14 +192,17 @@ def check_inputs(data: Path, config: BenchmarkConfig) -> None:
     labelled = index_dataset(data, "labeled", spec)
     if not labelled:
         raise ValueError(f"{data / IMAGES_DIR}: no labelled images")
-    try:
-        make_folds(labelled, config.folds, config.fold_seed, config.val_fraction, config.low_label)
-    except ValueError as exc:
-        raise ValueError(f"{data / DATASET_JSON}: {exc}") from None
+    SegDataset(data, refs=labelled, spec=spec).verify()  # before the masks are read for the folds
+    splits = _make_folds(data, labelled, config)
     unlabeled = index_dataset(data, "unlabeled", spec)
     if not unlabeled:
         raise ValueError(f"{data / UNLABELED_DIR}: no unlabelled images; the benchmark draws its style references from them")
-    SegDataset(data, refs=labelled, spec=spec).verify()
+    if "self_training" in config.controls:
+        for fold, split in enumerate(splits):
+            if not pseudo_pool(unlabeled, split, {r.case_id for r in labelled})[0]:
+                raise ValueError(f"{data / UNLABELED_DIR}: every unlabelled image belongs to a validation or test case of "
+                                 f"fold {fold}, so the self_training control has nothing to pseudo-label; "
+                                 "remove self_training from controls or add unlabelled images of other cases")
     SegDataset(data, "unlabeled", refs=unlabeled, spec=spec).verify()
 
 
@@ -264,13 +307,18 @@ def run_benchmark(
                 seg_cfg = segmentation_recipe(config, setting, seed, steps)
                 train_ids = all_labelled_ids(ids, split) if setting == CONTROL_NAMES["all_labelled"] else split.train_ids
                 strategy = seg_cfg.mix.strategy
-                synthetic = None if strategy == "none" else variants if strategy == "merge" else synth
+                pseudo = None
+                if setting == CONTROL_NAMES["self_training"]:  # the baseline of this seed ran first (row order)
+                    synthetic, pseudo = None, _pseudo_labels(data, out, fold, seed, split, config)
+                else:
+                    synthetic = None if strategy == "none" else variants if strategy == "merge" else synth
                 run = seg_run_dir(out, fold, setting, seed)
-                result = _segmentation(data, run, train_ids, split, seg_cfg, synthetic, console)
+                result = _segmentation(data, run, train_ids, split, seg_cfg, synthetic, console, pseudo)
                 runs.append({"fold": fold, "seed": seed, "setting": setting, "run": str(run.resolve()), "metrics": result})
     results = summarise(
         runs, names, baseline=BASELINE,
         reference=CONTROL_NAMES["all_labelled"] if "all_labelled" in config.controls else None,
+        controls=free_control_names(config),
     )
     seg = segmentation_recipe(config, BASELINE, config.seeds[0], steps)
     results["budget"] = {
