@@ -2,8 +2,10 @@
 
 Runs ``segsynth benchmark`` (the library call behind it) on built-in real datasets with
 ``configs/benchmark-cpu.yaml``: every fold in the low-label regime, 3 seeds, the baseline, the
-controls "baseline + heavy augmentation" and "all labelled cases", and ratio / concat / merge
-settings, all at one planned step budget, with the real test case as the statistical unit.
+controls "baseline + heavy augmentation", "self-training" and "all labelled cases", and ratio /
+concat / merge settings (each also with heavy augmentation), all at one planned step budget, with
+the real test case as the statistical unit; the headline column is each setting's gain over the
+fold's better free control, chosen on validation cases.
 
 Run (about an hour per dataset on one CPU core; datasets can run as parallel processes)::
 
