@@ -51,3 +51,25 @@ def test_quick_runs_its_whole_profile_and_an_explicit_flag_wins(tmp_path: Path, 
     plain = tmp_path / "plain"
     assert CliRunner().invoke(app, ["benchmark", str(tiny_dataset), "-o", str(plain)]).exit_code == 0
     assert _saved(plain)["folds"] == BenchmarkConfig().folds
+
+
+def test_screening_looks_at_one_fold_with_two_seeds_and_full_at_every_fold(tmp_path: Path, plan_only: None) -> None:
+    data = write_tiny_dataset(tmp_path / "data", cases=("p1", "p2", "p3", "p4", "p5", "p6"), per_case=1)
+    config = tmp_path / "bench.yaml"
+    config.write_text("folds: 2\nrun_folds: [1]\nseeds: [4]\n", encoding="utf-8")
+    screening = tmp_path / "screening"
+    result = CliRunner().invoke(app, ["benchmark", str(data), "-o", str(screening), "-c", str(config),
+                                      "--profile", "screening"])
+    assert result.exit_code == 0, result.output
+    assert _saved(screening)["run_folds"] == [0] and _saved(screening)["seeds"] == [0, 1]
+    full = tmp_path / "full"
+    result = CliRunner().invoke(app, ["benchmark", str(data), "-o", str(full), "-c", str(config), "--profile", "full"])
+    assert result.exit_code == 0, result.output
+    assert _saved(full)["run_folds"] is None and _saved(full)["seeds"] == [0, 1, 2] and _saved(full)["folds"] == 2
+    # --set has the last word over a profile, as over every named option
+    result = CliRunner().invoke(app, ["benchmark", str(data), "-o", str(tmp_path / "set"), "-c", str(config),
+                                      "--profile", "full", "--set", "run_folds=[1]"])
+    assert result.exit_code == 0, result.output
+    assert _saved(tmp_path / "set")["run_folds"] == [1]
+    bad = CliRunner().invoke(app, ["benchmark", str(data), "-o", str(tmp_path / "bad"), "--profile", "huge"])
+    assert bad.exit_code == 2 and "screening" in bad.output

@@ -147,3 +147,26 @@ def quick_profile() -> dict[str, Any]:
         "diffusion_overrides": {"train.steps": 400, "train.sample_every": 0},
         "generation": {"n": 48, "steps": 12, "per_mask": 2},
     }
+
+
+#: ``segsynth benchmark --profile NAME``: each applies in full over the config file; a flag given
+#: explicitly (``--folds``, ``--seeds``, ...) replaces one of its values. ``screening`` looks at one
+#: fold with two seeds at the planned budget (a cheap first answer to "is it worth a full run?");
+#: ``full`` runs every fold with three seeds. Both print the headline column (gain over the best
+#: free control). A screening and a full run differ in their seeds, so each gets its own ``--out``.
+PROFILES: dict[str, Any] = {
+    "quick": quick_profile,
+    "screening": lambda: {"run_folds": [0], "seeds": [0, 1]},
+    "full": lambda: {"run_folds": None, "seeds": [0, 1, 2]},
+}
+
+
+def profile_overrides(name: str) -> dict[str, Any]:
+    """The overrides of profile ``name``.
+
+    Raises:
+        ValueError: an unknown profile (the known ones named).
+    """
+    if name not in PROFILES:
+        raise ValueError(f"unknown benchmark profile {name!r}; choose one of {', '.join(PROFILES)}")
+    return PROFILES[name]()
