@@ -15,7 +15,7 @@ from monai.losses import DiceCELoss
 from test_train_diffusion import TINY
 
 from segsynth.benchmark import BenchmarkConfig, markdown_table, run_benchmark, summarise
-from segsynth.benchmark.run import pseudo_pool
+from segsynth.benchmark.selftrain import pseudo_pool
 from segsynth.config import ConfigError, parse_config
 from segsynth.data.format import load_spec, save_spec
 from segsynth.seg.loss import IGNORE_LABEL, IgnoringDiceCELoss

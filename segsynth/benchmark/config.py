@@ -47,6 +47,18 @@ class SelfTrainingSection(StrictModel):
         return mix
 
 
+class CalibrationSection(StrictModel):
+    """Plan the shared step budget on the data (:mod:`segsynth.benchmark.calibrate`): with
+    ``enabled``, every row trains once on fold ``fold`` (first seed) with early stopping after
+    ``patience`` validations without gain, up to ``max_factor`` x the planned budget, and every run
+    then gets the latest of those stops (never less than the planned budget)."""
+
+    enabled: bool = False
+    fold: int = Field(default=0, ge=0)
+    patience: int = Field(default=4, ge=1)
+    max_factor: int = Field(default=4, ge=1)
+
+
 #: Control rows a benchmark can add beside the synthetic settings: the baseline with one free
 #: factor changed (heavy augmentation; self-training on the unlabelled pool), and the all-labelled
 #: reference. The first two are the free controls synthetic data must beat.
@@ -85,6 +97,7 @@ class BenchmarkConfig(StrictModel):
             upper reference for "gap closed"). The better free control of each fold, chosen on
             its validation cases, is what the table's headline column compares with.
         self_training: the ``self_training`` control's recipe.
+        calibration: measure the shared step budget on the data first (off: the planned budget).
         low_label: keep a fraction (float) or a number (int) of each fold's training cases labelled.
         val_fraction: training cases held out for model selection.
         diffusion_config: YAML for the per-fold diffusion model (default: built-in defaults).
@@ -102,6 +115,7 @@ class BenchmarkConfig(StrictModel):
     controls: list[Literal["heavy_augmentation", "self_training", "all_labelled"]] = Field(
         default_factory=lambda: list(CONTROLS))
     self_training: SelfTrainingSection = Field(default_factory=SelfTrainingSection)
+    calibration: CalibrationSection = Field(default_factory=CalibrationSection)
     low_label: float | int | None = None
     val_fraction: float = Field(default=0.25, gt=0.0, lt=1.0)
     diffusion_config: str | None = None

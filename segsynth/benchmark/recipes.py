@@ -67,7 +67,8 @@ def diffusion_recipe(data: Path, cfg: BenchmarkConfig) -> DiffusionTrainConfig:
 
 def segmentation_recipe(cfg: BenchmarkConfig, setting: str, seed: int, steps: int) -> SegTrainConfig:
     """One setting's recipe: the shared recipe and budget, with exactly one factor changed."""
-    overrides: dict[str, Any] = {"train.steps": steps, **cfg.segmentation_overrides, "train.seed": seed}
+    # the benchmark's budget wins (it is the override when one is given, or the calibrated budget)
+    overrides: dict[str, Any] = {**cfg.segmentation_overrides, "train.steps": steps, "train.seed": seed}
     if setting == CONTROL_NAMES["heavy_augmentation"]:
         overrides["train.augment"] = "heavy"
     elif setting == CONTROL_NAMES["self_training"]:

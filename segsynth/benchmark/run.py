@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from collections.abc import Iterable
 from typing import Any
 
 import yaml
@@ -34,7 +33,6 @@ from segsynth.artifacts.names import (
     MANIFEST_JSONL,
     METRICS_JSON,
     PIPELINE_DIR,
-    PSEUDO_JSON,
     RESULTS_JSON,
     RESULTS_MD,
     REUSED_JSON,
@@ -45,6 +43,7 @@ from segsynth.artifacts.names import (
     VARIANTS_DIR,
 )
 from segsynth.artifacts.schemas import TrainingSummary, read_record
+from segsynth.benchmark.calibrate import calibrated_budget
 from segsynth.benchmark.config import BenchmarkConfig, split_setting
 from segsynth.benchmark.foreground import case_class_pixels, class_strata, fold_warnings
 from segsynth.benchmark.recipes import (
@@ -61,6 +60,7 @@ from segsynth.benchmark.recipes import (
     setting_names,
 )
 from segsynth.benchmark.reuse import reuse_unchanged_runs
+from segsynth.benchmark.selftrain import pseudo_labelled_set, pseudo_pool
 from segsynth.benchmark.summary import markdown_table, summarise
 from segsynth.config import parse_config, save_resolved_config
 from segsynth.data.format import load_spec
@@ -70,7 +70,6 @@ from segsynth.io.atomic import atomic_write_json, atomic_write_text
 from segsynth.io.lock import owns_folder
 from segsynth.seg.config import SegTrainConfig, parse_mix
 from segsynth.seg.evaluate import evaluate_seg
-from segsynth.seg.pseudo import pseudo_label
 from segsynth.seg.splits import Split, load_splits, make_folds, save_splits
 from segsynth.seg.train import train_seg
 from segsynth.synth.config import GenerationConfig
@@ -94,37 +93,6 @@ def _make_folds(data: Path, refs: list, cfg: BenchmarkConfig) -> list[Split]:
         return make_folds(refs, cfg.folds, cfg.fold_seed, cfg.val_fraction, cfg.low_label, strata)
     except ValueError as exc:
         raise ValueError(f"{data / DATASET_JSON}: {exc}") from None
-
-
-def pseudo_pool(unlabeled: list, split: Split, labelled_cases: Iterable[str] = ()) -> tuple[list[str], dict[str, str]]:
-    """The unlabelled images self-training may label in a fold, and those it may not (with why).
-
-    An image of a validation or test case is never labelled, so it never trains; nor is an image
-    of a labelled case the fold leaves out (``low_label``), which the segmentation run counts
-    among its held-out cases.
-    """
-    held = {c: "labelled case outside the fold's training cases" for c in labelled_cases}
-    held |= {**{c: "validation case" for c in split.val_cases}, **{c: "test case" for c in split.test_cases}}
-    for case in split.train_cases:
-        held.pop(case, None)
-    pool = [r.id for r in unlabeled if r.case_id not in held]
-    excluded = {r.id: f"image of {held[r.case_id]} {r.case_id}" for r in unlabeled if r.case_id in held}
-    return pool, excluded
-
-
-def _pseudo_labels(data: Path, out: Path, fold: int, seed: int, split: Split, cfg: BenchmarkConfig) -> Path:
-    """The fold's pseudo-labelled set made by the baseline of ``seed`` (made once, then reused)."""
-    folder = pseudo_dir(out, fold, seed)
-    if (folder / PSEUDO_JSON).is_file():
-        return folder
-    labelled_cases = {r.case_id for r in index_dataset(data)}
-    pool, excluded = pseudo_pool(index_dataset(data, "unlabeled"), split, labelled_cases)
-    if not pool:
-        raise ValueError(f"{data / UNLABELED_DIR}: fold {fold} has no unlabelled image outside its validation and "
-                         f"test cases to pseudo-label (self_training control)")
-    teacher = seg_run_dir(out, fold, BASELINE, seed)
-    return pseudo_label(teacher, data, pool, folder, cfg.self_training.threshold,
-                        extra={"fold": fold, "seed": seed, "excluded": excluded})
 
 
 def _diffusion(data: Path, fold: Path, split: Split, cfg: BenchmarkConfig, console: Console) -> Path:
@@ -286,6 +254,13 @@ def run_benchmark(
     if max(folds) >= len(splits):
         raise ValueError(f"run_folds {folds} names a fold beyond the {len(splits)} folds of {out / SPLITS_JSON}")
     steps = segmentation_budget(data, splits, config)
+    calibration = None
+    if config.calibration.enabled:
+        sets = fold_generator(data, out, config, config.calibration.fold, console, check=False)[1:]
+        calibration = calibrated_budget(data, out, splits, config, steps, sets, console)
+        steps = calibration["budget"]
+        console.print(f"calibrated budget: {steps} steps (planned {calibration['planned']}; rows that never stopped "
+                      f"rising within {calibration['cap']} steps: {', '.join(calibration['never_stopped']) or 'none'})")
     refs = index_dataset(data)
     ids = [r.id for r in refs]
     pixels = case_class_pixels(data, refs)
@@ -309,7 +284,9 @@ def run_benchmark(
                 strategy = seg_cfg.mix.strategy
                 pseudo = None
                 if setting == CONTROL_NAMES["self_training"]:  # the baseline of this seed ran first (row order)
-                    synthetic, pseudo = None, _pseudo_labels(data, out, fold, seed, split, config)
+                    teacher = seg_run_dir(out, fold, BASELINE, seed)
+                    pseudo = pseudo_labelled_set(data, pseudo_dir(out, fold, seed), teacher, split, fold, seed, config)
+                    synthetic = None
                 else:
                     synthetic = None if strategy == "none" else variants if strategy == "merge" else synth
                 run = seg_run_dir(out, fold, setting, seed)
@@ -326,6 +303,9 @@ def run_benchmark(
         "lr": seg.optim.lr, "schedule": seg.optim.schedule, "augment": seg.train.augment,
         "network": seg.network.name, "selection": "best validation Dice (validation cases of the fold)",
     }
+    if calibration is not None:  # (only then: budgets of earlier results stay comparable key for key)
+        results["budget"]["calibrated"] = True
+        results["calibration"] = calibration
     results["data"] = str(data.resolve())
     results["fold_warnings"] = warnings
     if reused is not None:
