@@ -6,8 +6,8 @@
    style of unlabelled (never-seen) images and export it for nnU-Net;
 3. benchmark real-only vs real + synthetic segmentation on the fold's held-out test cases
    (low-label regime, 3 seeds): every run trains the same planned number of optimiser steps, the
-   controls "baseline + heavy augmentation" and "all labelled cases" stand beside the synthetic
-   settings, and the table rests on the real test cases, which its headline counts;
+   controls "baseline + heavy augmentation", "self-training" and "all labelled cases" stand beside
+   the synthetic settings, and the table rests on the real test cases, which its headline counts;
 4. measure the synthetic set (layout fidelity, zero-shot style retrieval, FID/KID, diversity) and
    write one self-contained HTML report of everything.
 

@@ -106,7 +106,7 @@ def test_tiny_benchmark_trains_every_setting_for_the_same_steps(tmp_path: Path) 
     })
     out = tmp_path / "bench"
     results = run_benchmark(data, out, cfg)
-    names = ["baseline", "baseline+heavy-aug", "all-labelled", "ratio:0.5", "merge:0.6", "concat"]
+    names = ["baseline", "baseline+heavy-aug", "self-training", "all-labelled", "ratio:0.5", "merge:0.6", "concat"]
     assert list(results["settings"]) == names
     # Equal budgets: every run's own log ends at the same step, with the same batch and validation steps.
     logs = {}
@@ -114,7 +114,7 @@ def test_tiny_benchmark_trains_every_setting_for_the_same_steps(tmp_path: Path) 
         rows = [json.loads(line) for line in log.read_text().splitlines()]
         logs[log.parent] = [r["step"] for r in rows]
         assert all(r["real_examples"] + r["synthetic_examples"] == 4 for r in rows)
-    assert len(logs) == 12 and all(steps == [2, 4, 6] for steps in logs.values())
+    assert len(logs) == 14 and all(steps == [2, 4, 6] for steps in logs.values())
     assert results["budget"]["steps"] == 6 and results["budget"]["batch_size"] == 2
     assert all(r["steps"] == 6 for r in results["runs"])
     splits = json.loads((out / "splits.json").read_text())["folds"]

@@ -74,6 +74,11 @@ SYNTH_DIR = "synth"
 VARIANTS_DIR = "synth_variants"
 SEG_RUNS_DIR = "seg"  # inside a fold: SEG_RUNS_DIR/<setting>/SEED_DIR, one segmentation run each
 SEED_DIR = "seed_{seed}"  # (str.format)
+CALIBRATION_DIR = "calibration"  # a benchmark's budget calibration runs, one per row (calibration.enabled)
+CALIBRATION_JSON = "calibration.json"  # where each row stopped rising and the budget chosen from it
+PSEUDO_DIR = "pseudo"  # inside a fold: PSEUDO_DIR/SEED_DIR, the baseline's pseudo-labels (self-training)
+PSEUDO_JSON = "pseudo_labels.json"  # a pseudo-labelled set: teacher, threshold, image ids and cases
+PSEUDO_LABELS_DIR = "labels"  # a pseudo-labelled set's label images (255: not confident)
 
 # --- whole-loop run (segsynth run) ------------------------------------------------------------------
 PLAN_JSON = "plan.json"

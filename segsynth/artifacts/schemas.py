@@ -247,12 +247,23 @@ class SyntheticUse(StrictModel):
     manifest: bool
 
 
+class PseudoLabelUse(StrictModel):
+    """One pseudo-labelled set (self-training) mixed into a segmentation run, as in its ``split.json``."""
+
+    root: str
+    used: int = Field(ge=0)
+    teacher: str
+    threshold: float
+
+
 class SegRunSplit(Split):
-    """``split.json`` of a segmentation run: its data folder, split and the synthetic sets it used."""
+    """``split.json`` of a segmentation run: its data folder, split and the synthetic and
+    pseudo-labelled sets it used."""
 
     data_root: str
     synthetic: list[SyntheticUse] = Field(default_factory=list)
     data_sha256: str | None = Field(None, description="content hash of the data and synthetic sets (segsynth.io.hashing.data_hash)")
+    pseudo_labelled: list[PseudoLabelUse] = Field(default_factory=list)
 
 
 class TrainingSummary(Record):

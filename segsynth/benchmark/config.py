@@ -30,8 +30,50 @@ class GenerationSection(StrictModel):
     batch_size: int = Field(default=16, ge=1)
 
 
-#: Control rows a benchmark can add beside the synthetic settings (what a user gets for free).
-CONTROLS = ("heavy_augmentation", "all_labelled")
+class SelfTrainingSection(StrictModel):
+    """The ``self_training`` control: the fold's baseline network (same seed) labels the unlabelled
+    pool (never an image of a validation or test case); pixels whose softmax maximum is below
+    ``threshold`` are ignored by the loss; the segmenter trains on the real and pseudo-labelled
+    images mixed by ``mix`` (a ``--mix`` value: ``concat`` or ``ratio:F``) at the baseline's budget."""
+
+    threshold: float = Field(default=0.9, gt=0.0, le=1.0)
+    mix: str = "ratio:0.5"
+
+    @field_validator("mix")
+    @classmethod
+    def _ratio_or_concat(cls, mix: str) -> str:
+        if parse_mix(mix)["mix.strategy"] not in ("ratio", "concat"):
+            raise ValueError(f"self_training.mix must be concat or ratio:F, got {mix!r}")
+        return mix
+
+
+class CalibrationSection(StrictModel):
+    """Plan the shared step budget on the data (:mod:`segsynth.benchmark.calibrate`): with
+    ``enabled``, every row trains once on fold ``fold`` (first seed) with early stopping after
+    ``patience`` validations without gain, up to ``max_factor`` x the planned budget, and every run
+    then gets the latest of those stops (never less than the planned budget)."""
+
+    enabled: bool = False
+    fold: int = Field(default=0, ge=0)
+    patience: int = Field(default=4, ge=1)
+    max_factor: int = Field(default=4, ge=1)
+
+
+#: Control rows a benchmark can add beside the synthetic settings: the baseline with one free
+#: factor changed (heavy augmentation; self-training on the unlabelled pool), and the all-labelled
+#: reference. The first two are the free controls synthetic data must beat.
+CONTROLS = ("heavy_augmentation", "self_training", "all_labelled")
+FREE_CONTROLS = ("heavy_augmentation", "self_training")
+#: Suffix of a synthetic setting trained with heavy augmentation (``ratio:0.5+heavy-aug``): the
+#: one factor it changes against ``baseline+heavy-aug`` is the synthetic data.
+HEAVY_AUG = "+heavy-aug"
+
+
+def split_setting(setting: str) -> tuple[str, bool]:
+    """``"ratio:0.5+heavy-aug"`` -> ``("ratio:0.5", True)``: the ``--mix`` value and whether heavy."""
+    if setting.endswith(HEAVY_AUG):
+        return setting[: -len(HEAVY_AUG)], True
+    return setting, False
 
 
 class BenchmarkConfig(StrictModel):
@@ -46,10 +88,16 @@ class BenchmarkConfig(StrictModel):
         fold_seed: seed of the fold assignment (saved to ``splits.json``).
         run_folds: run only these folds (e.g. ``[0]`` for a quick look); default all.
         seeds: segmentation training seeds; every setting uses the same ones (paired design).
-        settings: ``--mix`` values compared with the baseline (``ratio:0.8``, ``merge:0.6``, ``concat``).
-        controls: real-only rows beside them: ``heavy_augmentation`` (the baseline with heavy
-            augmentation: the one factor changed is augmentation) and ``all_labelled`` (every
-            labelled training case of the fold, the upper reference for "gap closed").
+        settings: ``--mix`` values compared with the baseline (``ratio:0.8``, ``merge:0.6``, ``concat``),
+            each optionally with ``+heavy-aug`` (the same with heavy augmentation).
+        controls: rows beside them: ``heavy_augmentation`` (the baseline with heavy
+            augmentation: the one factor changed is augmentation), ``self_training`` (the
+            baseline plus its own confident pseudo-labels of the unlabelled pool, see
+            ``self_training``) and ``all_labelled`` (every labelled training case of the fold, the
+            upper reference for "gap closed"). The better free control of each fold, chosen on
+            its validation cases, is what the table's headline column compares with.
+        self_training: the ``self_training`` control's recipe.
+        calibration: measure the shared step budget on the data first (off: the planned budget).
         low_label: keep a fraction (float) or a number (int) of each fold's training cases labelled.
         val_fraction: training cases held out for model selection.
         diffusion_config: YAML for the per-fold diffusion model (default: built-in defaults).
@@ -64,7 +112,10 @@ class BenchmarkConfig(StrictModel):
     run_folds: list[int] | None = None
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
     settings: list[str] = Field(default_factory=lambda: ["ratio:0.8", "merge:0.6", "concat"], min_length=1)
-    controls: list[Literal["heavy_augmentation", "all_labelled"]] = Field(default_factory=lambda: list(CONTROLS))
+    controls: list[Literal["heavy_augmentation", "self_training", "all_labelled"]] = Field(
+        default_factory=lambda: list(CONTROLS))
+    self_training: SelfTrainingSection = Field(default_factory=SelfTrainingSection)
+    calibration: CalibrationSection = Field(default_factory=CalibrationSection)
     low_label: float | int | None = None
     val_fraction: float = Field(default=0.25, gt=0.0, lt=1.0)
     diffusion_config: str | None = None
@@ -77,9 +128,11 @@ class BenchmarkConfig(StrictModel):
     @classmethod
     def _settings_parse(cls, settings: list[str]) -> list[str]:
         for setting in settings:
-            if setting.partition(":")[0] == "none":
-                raise ValueError("'none' is the baseline, which always runs; list synthetic settings only")
-            parse_mix(setting)
+            mix, _ = split_setting(setting)
+            if mix.partition(":")[0] == "none":
+                raise ValueError("'none' is the baseline, which always runs (and baseline+heavy-aug is the "
+                                 "heavy_augmentation control); list synthetic settings only")
+            parse_mix(mix)
         if len(set(settings)) != len(settings):
             raise ValueError(f"settings repeat: {settings}")
         return settings
@@ -108,3 +161,26 @@ def quick_profile() -> dict[str, Any]:
         "diffusion_overrides": {"train.steps": 400, "train.sample_every": 0},
         "generation": {"n": 48, "steps": 12, "per_mask": 2},
     }
+
+
+#: ``segsynth benchmark --profile NAME``: each applies in full over the config file; a flag given
+#: explicitly (``--folds``, ``--seeds``, ...) replaces one of its values. ``screening`` looks at one
+#: fold with two seeds at the planned budget (a cheap first answer to "is it worth a full run?");
+#: ``full`` runs every fold with three seeds. Both print the headline column (gain over the best
+#: free control). A screening and a full run differ in their seeds, so each gets its own ``--out``.
+PROFILES: dict[str, Any] = {
+    "quick": quick_profile,
+    "screening": lambda: {"run_folds": [0], "seeds": [0, 1]},
+    "full": lambda: {"run_folds": None, "seeds": [0, 1, 2]},
+}
+
+
+def profile_overrides(name: str) -> dict[str, Any]:
+    """The overrides of profile ``name``.
+
+    Raises:
+        ValueError: an unknown profile (the known ones named).
+    """
+    if name not in PROFILES:
+        raise ValueError(f"unknown benchmark profile {name!r}; choose one of {', '.join(PROFILES)}")
+    return PROFILES[name]()

@@ -10,8 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from segsynth.artifacts.names import FOLD_DIR, SEED_DIR, SEG_RUNS_DIR
-from segsynth.benchmark.config import BenchmarkConfig
+from segsynth.artifacts.names import FOLD_DIR, PSEUDO_DIR, SEED_DIR, SEG_RUNS_DIR
+from segsynth.benchmark.config import FREE_CONTROLS, BenchmarkConfig, split_setting
 from segsynth.benchmark.plan import fit_generator, image_side, segmentation_steps
 from segsynth.config import load_config
 from segsynth.data.format import load_spec
@@ -23,7 +23,8 @@ from segsynth.seg.splits import Split
 
 BASELINE = "baseline"
 #: Table names of the control rows (see :data:`segsynth.benchmark.config.CONTROLS`).
-CONTROL_NAMES = {"heavy_augmentation": "baseline+heavy-aug", "all_labelled": "all-labelled"}
+CONTROL_NAMES = {"heavy_augmentation": "baseline+heavy-aug", "self_training": "self-training",
+                 "all_labelled": "all-labelled"}
 
 
 def fold_dir(out: Path, fold: int) -> Path:
@@ -39,6 +40,16 @@ def seg_run_dir(out: Path, fold: int, setting: str, seed: int) -> Path:
 def setting_names(config: BenchmarkConfig) -> list[str]:
     """Row order of the table: the baseline, the controls, then the synthetic settings."""
     return [BASELINE, *(CONTROL_NAMES[c] for c in config.controls), *config.settings]
+
+
+def free_control_names(config: BenchmarkConfig) -> list[str]:
+    """Table names of the free controls this benchmark runs (what synthetic data must beat)."""
+    return [CONTROL_NAMES[c] for c in config.controls if c in FREE_CONTROLS]
+
+
+def pseudo_dir(out: Path, fold: int, seed: int) -> Path:
+    """The pseudo-labelled set that the baseline of ``seed`` in fold ``fold`` made (self-training)."""
+    return fold_dir(out, fold) / PSEUDO_DIR / SEED_DIR.format(seed=seed)
 
 
 def all_labelled_ids(refs_ids: Sequence[str], split: Split) -> list[str]:
@@ -60,11 +71,17 @@ def diffusion_recipe(data: Path, cfg: BenchmarkConfig) -> DiffusionTrainConfig:
 
 def segmentation_recipe(cfg: BenchmarkConfig, setting: str, seed: int, steps: int) -> SegTrainConfig:
     """One setting's recipe: the shared recipe and budget, with exactly one factor changed."""
-    overrides: dict[str, Any] = {"train.steps": steps, **cfg.segmentation_overrides, "train.seed": seed}
+    # the benchmark's budget wins (it is the override when one is given, or the calibrated budget)
+    overrides: dict[str, Any] = {**cfg.segmentation_overrides, "train.steps": steps, "train.seed": seed}
     if setting == CONTROL_NAMES["heavy_augmentation"]:
         overrides["train.augment"] = "heavy"
+    elif setting == CONTROL_NAMES["self_training"]:
+        overrides.update(parse_mix(cfg.self_training.mix))
     elif setting not in (BASELINE, CONTROL_NAMES["all_labelled"]):
-        overrides.update(parse_mix(setting))
+        mix, heavy = split_setting(setting)
+        overrides.update(parse_mix(mix))
+        if heavy:
+            overrides["train.augment"] = "heavy"
     return load_config(SegTrainConfig, cfg.segmentation_config, overrides)
 
 

@@ -78,8 +78,8 @@ def real_only_run_matches(run: Path, data: Path, wanted: SegTrainConfig) -> bool
     if not all((run / name).is_file() for name in (METRICS_JSON, CONFIG_YAML, SPLIT_JSON)):
         return False
     record = read_record(run / SPLIT_JSON, SegRunSplit)
-    if record.data_root != str(data.resolve()) or record.synthetic:
-        return False
+    if record.data_root != str(data.resolve()) or record.synthetic or record.pseudo_labelled:
+        return False  # self-training runs are made again with their pseudo-labels in this folder
     return load_config(SegTrainConfig, run / CONFIG_YAML) == wanted
 
 

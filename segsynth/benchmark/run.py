@@ -42,7 +42,8 @@ from segsynth.artifacts.names import (
     VARIANTS_DIR,
 )
 from segsynth.artifacts.schemas import TrainingSummary, read_record
-from segsynth.benchmark.config import BenchmarkConfig
+from segsynth.benchmark.calibrate import calibrated_budget
+from segsynth.benchmark.config import BenchmarkConfig, split_setting
 from segsynth.benchmark.foreground import case_class_pixels, class_strata, fold_warnings
 from segsynth.benchmark.recipes import (
     BASELINE,
@@ -50,12 +51,15 @@ from segsynth.benchmark.recipes import (
     all_labelled_ids,
     diffusion_recipe,
     fold_dir,
+    free_control_names,
+    pseudo_dir,
     seg_run_dir,
     segmentation_budget,
     segmentation_recipe,
     setting_names,
 )
 from segsynth.benchmark.reuse import reuse_unchanged_runs
+from segsynth.benchmark.selftrain import pseudo_labelled_set, pseudo_pool
 from segsynth.benchmark.summary import markdown_table, summarise
 from segsynth.config import ConfigError, parse_config, save_resolved_config
 from segsynth.data.format import load_spec
@@ -77,15 +81,18 @@ def _folds(data: Path, out: Path, cfg: BenchmarkConfig) -> list[Split]:
     path = out / SPLITS_JSON
     if path.is_file():
         return load_splits(path)
-    refs = index_dataset(data)
+    splits = _make_folds(data, index_dataset(data), cfg)
+    save_splits(path, splits, cfg.fold_seed)
+    return splits
+
+
+def _make_folds(data: Path, refs: list, cfg: BenchmarkConfig) -> list[Split]:
     # stratified by the classes each case holds, so every fold's test cases hold every class they can
     strata = class_strata(case_class_pixels(data, refs))
     try:
-        splits = make_folds(refs, cfg.folds, cfg.fold_seed, cfg.val_fraction, cfg.low_label, strata)
+        return make_folds(refs, cfg.folds, cfg.fold_seed, cfg.val_fraction, cfg.low_label, strata)
     except ValueError as exc:
         raise ValueError(f"{data / DATASET_JSON}: {exc}") from None
-    save_splits(path, splits, cfg.fold_seed)
-    return splits
 
 
 def _diffusion(data: Path, fold: Path, split: Split, cfg: BenchmarkConfig, console: Console) -> Path:
@@ -110,12 +117,12 @@ def _synthetic(run: Path, out: Path, n: int, layouts: str, cfg: BenchmarkConfig,
 
 
 def _needs_variants(cfg: BenchmarkConfig) -> bool:
-    return any(parse_mix(s)["mix.strategy"] == "merge" for s in cfg.settings)
+    return any(parse_mix(split_setting(s)[0])["mix.strategy"] == "merge" for s in cfg.settings)
 
 
 def _segmentation(
     data: Path, run: Path, train_ids: list[str], split: Split, seg_cfg: SegTrainConfig, synth: Path | None,
-    console: Console,
+    console: Console, pseudo: Path | None = None,
 ) -> dict[str, Any]:
     metrics_path = run / METRICS_JSON
     if metrics_path.is_file():
@@ -130,6 +137,7 @@ def _segmentation(
         val_ids=split.val_ids,
         resume=resume,
         console=console,
+        pseudo_labelled=[pseudo] if pseudo is not None else (),
     )
     result = evaluate_seg(run, data, ids=split.test_ids)
     result["training"] = read_record(run / TRAINING_JSON, TrainingSummary).model_dump()
@@ -152,14 +160,17 @@ def check_inputs(data: Path, config: BenchmarkConfig) -> None:
     labelled = index_dataset(data, "labeled", spec)
     if not labelled:
         raise ValueError(f"{data / IMAGES_DIR}: no labelled images")
-    try:
-        make_folds(labelled, config.folds, config.fold_seed, config.val_fraction, config.low_label)
-    except ValueError as exc:
-        raise ValueError(f"{data / DATASET_JSON}: {exc}") from None
+    SegDataset(data, refs=labelled, spec=spec).verify()  # before the masks are read for the folds
+    splits = _make_folds(data, labelled, config)
     unlabeled = index_dataset(data, "unlabeled", spec)
     if not unlabeled:
         raise ValueError(f"{data / UNLABELED_DIR}: no unlabelled images; the benchmark draws its style references from them")
-    SegDataset(data, refs=labelled, spec=spec).verify()
+    if "self_training" in config.controls:
+        for fold, split in enumerate(splits):
+            if not pseudo_pool(unlabeled, split, {r.case_id for r in labelled})[0]:
+                raise ValueError(f"{data / UNLABELED_DIR}: every unlabelled image belongs to a validation or test case of "
+                                 f"fold {fold}, so the self_training control has nothing to pseudo-label; "
+                                 "remove self_training from controls or add unlabelled images of other cases")
     SegDataset(data, "unlabeled", refs=unlabeled, spec=spec).verify()
 
 
@@ -243,6 +254,13 @@ def run_benchmark(
     if max(folds) >= len(splits):
         raise ValueError(f"run_folds {folds} names a fold beyond the {len(splits)} folds of {out / SPLITS_JSON}")
     steps = segmentation_budget(data, splits, config)
+    calibration = None
+    if config.calibration.enabled:
+        sets = fold_generator(data, out, config, config.calibration.fold, console, check=False)[1:]
+        calibration = calibrated_budget(data, out, splits, config, steps, sets, console)
+        steps = calibration["budget"]
+        console.print(f"calibrated budget: {steps} steps (planned {calibration['planned']}; rows that never stopped "
+                      f"rising within {calibration['cap']} steps: {', '.join(calibration['never_stopped']) or 'none'})")
     refs = index_dataset(data)
     ids = [r.id for r in refs]
     pixels = case_class_pixels(data, refs)
@@ -264,13 +282,20 @@ def run_benchmark(
                 seg_cfg = segmentation_recipe(config, setting, seed, steps)
                 train_ids = all_labelled_ids(ids, split) if setting == CONTROL_NAMES["all_labelled"] else split.train_ids
                 strategy = seg_cfg.mix.strategy
-                synthetic = None if strategy == "none" else variants if strategy == "merge" else synth
+                pseudo = None
+                if setting == CONTROL_NAMES["self_training"]:  # the baseline of this seed ran first (row order)
+                    teacher = seg_run_dir(out, fold, BASELINE, seed)
+                    pseudo = pseudo_labelled_set(data, pseudo_dir(out, fold, seed), teacher, split, fold, seed, config)
+                    synthetic = None
+                else:
+                    synthetic = None if strategy == "none" else variants if strategy == "merge" else synth
                 run = seg_run_dir(out, fold, setting, seed)
-                result = _segmentation(data, run, train_ids, split, seg_cfg, synthetic, console)
+                result = _segmentation(data, run, train_ids, split, seg_cfg, synthetic, console, pseudo)
                 runs.append({"fold": fold, "seed": seed, "setting": setting, "run": str(run.resolve()), "metrics": result})
     results = summarise(
         runs, names, baseline=BASELINE,
         reference=CONTROL_NAMES["all_labelled"] if "all_labelled" in config.controls else None,
+        controls=free_control_names(config),
     )
     seg = segmentation_recipe(config, BASELINE, config.seeds[0], steps)
     results["budget"] = {
@@ -278,6 +303,9 @@ def run_benchmark(
         "lr": seg.optim.lr, "schedule": seg.optim.schedule, "augment": seg.train.augment,
         "network": seg.network.name, "selection": "best validation Dice (validation cases of the fold)",
     }
+    if calibration is not None:  # (only then: budgets of earlier results stay comparable key for key)
+        results["budget"]["calibrated"] = True
+        results["calibration"] = calibration
     results["data"] = str(data.resolve())
     results["fold_warnings"] = warnings
     if reused is not None:

@@ -87,8 +87,48 @@ def _paired(mine: dict[CaseKey, float], theirs: dict[CaseKey, float]) -> dict[st
     return paired_difference([mine[k] for k in keys], [theirs[k] for k in keys])
 
 
+def _validation_dice(run: dict[str, Any]) -> float:
+    """The run's best validation Dice (the score it was selected by), NaN when unknown."""
+    metrics = run["metrics"]
+    value = metrics.get("model", {}).get("val_dice", metrics.get("training", {}).get("best_val_dice"))
+    return float(value) if value is not None else math.nan
+
+
+def best_controls(by_setting: dict[str, list[dict[str, Any]]], controls: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Per fold, the free control with the higher validation Dice (mean over seeds).
+
+    The choice sees only the fold's validation cases (what each run was selected on), never a test
+    case, so it is one a user could have made; ties go to the first control listed.
+
+    Returns:
+        ``{str(fold): {"chosen": name, "val_dice": {control: mean over seeds}}}`` for every fold
+        where some control has a validation score.
+    """
+    scores: dict[int, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for name in controls:
+        for run in by_setting.get(name, []):
+            scores[run["fold"]][name].append(_validation_dice(run))
+    out: dict[str, dict[str, Any]] = {}
+    for fold, per_control in sorted(scores.items()):
+        means = {name: mean_std(values)[0] for name, values in per_control.items()}
+        finite = [name for name in controls if name in means and math.isfinite(means[name])]
+        if finite:
+            out[str(fold)] = {"chosen": max(finite, key=lambda n: (means[n], -finite.index(n))), "val_dice": means}
+    return out
+
+
+def _chosen_scores(by_setting: dict[str, list[dict[str, Any]]], chosen: dict[str, dict[str, Any]]) -> dict[CaseKey, float]:
+    """``{(fold, case): Dice}`` of each fold's chosen control (seeds averaged within a case)."""
+    out: dict[CaseKey, float] = {}
+    for fold, choice in chosen.items():
+        runs = [r for r in by_setting[choice["chosen"]] if str(r["fold"]) == fold]
+        out.update(_seed_averaged(runs, "dice"))
+    return out
+
+
 def summarise(
-    runs: Sequence[dict[str, Any]], settings: Sequence[str], baseline: str, reference: str | None = None
+    runs: Sequence[dict[str, Any]], settings: Sequence[str], baseline: str, reference: str | None = None,
+    controls: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Aggregate per-run metrics into per-setting rows and case-paired differences vs ``baseline``.
 
@@ -98,6 +138,9 @@ def summarise(
         settings: row order (the baseline first).
         baseline: name of the real-only low-label setting.
         reference: name of the all-labelled row ("gap closed" is measured against it), if any.
+        controls: names of the free control rows (heavy augmentation, self-training): every other
+            non-baseline row is also compared, paired by case, with each fold's best of them
+            chosen on validation cases (:func:`best_controls`), the headline ``vs_best_control``.
 
     Returns:
         ``{"unit", "baseline", "reference", "settings": {name: row}, "paired": {name: {...}},
@@ -105,7 +148,9 @@ def summarise(
         ``steps`` and per metric ``mean`` (over cases), ``case_std`` and ``run_std``; ``order`` is the
         row order; a paired entry
         holds per metric a :func:`paired_difference` plus ``relative_gain``, ``case_std_change``
-        and ``gap_closed`` for Dice.
+        and ``gap_closed`` for Dice, and ``vs_best_control`` (a Dice :func:`paired_difference`
+        against the chosen control) for the rows that are not controls; ``best_control`` names each
+        fold's chosen control and the validation Dice it was chosen by.
     """
     by_setting: dict[str, list[dict[str, Any]]] = {s: [] for s in settings}
     for run in runs:
@@ -115,6 +160,8 @@ def summarise(
     reference_gain = math.nan
     if reference is not None and by_setting.get(reference):
         reference_gain = _paired(_seed_averaged(by_setting[reference], "dice"), base["dice"])["mean"]
+    chosen = best_controls(by_setting, [c for c in controls if by_setting.get(c)])
+    control_scores = _chosen_scores(by_setting, chosen)
     paired: dict[str, Any] = {}
     for name in settings:
         if name == baseline:
@@ -125,16 +172,20 @@ def summarise(
         entry["relative_gain"] = delta / base_mean if base_mean and math.isfinite(base_mean) else math.nan
         entry["case_std_change"] = rows[name]["dice"]["case_std"] - rows[baseline]["dice"]["case_std"]
         entry["gap_closed"] = delta / reference_gain if reference_gain > 0 else math.nan
+        if chosen and name not in controls and name != reference:
+            entry["vs_best_control"] = _paired(_seed_averaged(by_setting[name], "dice"), control_scores)
         paired[name] = entry
     compact_runs = [
         {k: r[k] for k in ("fold", "seed", "setting", "run")}
         | {"case_dice": _case_scores(r["metrics"], "dice"),
+           "val_dice": _validation_dice(r),
            "still_rising": r["metrics"].get("training", {}).get("still_rising"),
            "steps": r["metrics"].get("training", {}).get("steps")}
         for r in runs
     ]
     return {"unit": "real test case (seeds averaged within a case); foreground-mean metric", "baseline": baseline,
-            "reference": reference, "order": list(settings), "settings": rows, "paired": paired, "runs": compact_runs}
+            "reference": reference, "controls": list(controls), "best_control": chosen, "order": list(settings),
+            "settings": rows, "paired": paired, "runs": compact_runs}
 
 
 def setting_order(results: dict[str, Any]) -> list[str]:
@@ -158,9 +209,14 @@ def _fmt_p(value: float) -> str:
 def _row_cells(results: dict[str, Any], name: str) -> list[str]:
     row = results["settings"][name]
     dice = row["dice"]
-    cells = [name, str(row["cases"]), str(row["runs"]), f"{_fmt(dice['mean'])} ± {_fmt(dice['run_std'])}",
-             _fmt(dice["case_std"]), _fmt(row["hd95"]["mean"], 1)]
+    cells = [name, str(row["cases"]), str(row["runs"]), f"{_fmt(dice['mean'])} ± {_fmt(dice['run_std'])}"]
     pair = results["paired"].get(name)
+    best = (pair or {}).get("vs_best_control")
+    if best is None:
+        cells += ["—", "—"]
+    else:
+        cells += [_fmt(best["mean"], signed=True), f"[{_fmt(best['ci_low'], signed=True)}, {_fmt(best['ci_high'], signed=True)}]"]
+    cells += [_fmt(dice["case_std"]), _fmt(row["hd95"]["mean"], 1)]
     if pair is None:
         cells += ["—"] * 6
     else:
@@ -177,8 +233,8 @@ def _row_cells(results: dict[str, Any], name: str) -> list[str]:
     return cells
 
 
-HEADERS = ["setting", "cases", "runs", "Dice", "case std", "HD95 px", "ΔDice", "95% CI", "p", "rel. gain",
-           "Δ case std", "gap closed", "still rising"]
+HEADERS = ["setting", "cases", "runs", "Dice", "Δ vs best control", "CI (control)", "case std", "HD95 px", "ΔDice",
+           "95% CI", "p", "rel. gain", "Δ case std", "gap closed", "still rising"]
 
 
 def headline(results: dict[str, Any]) -> str:
@@ -186,8 +242,13 @@ def headline(results: dict[str, Any]) -> str:
     base = results["settings"][results["baseline"]]
     budget = results.get("budget", {})
     steps = f"{budget['steps']} optimiser steps of batch {budget['batch_size']} per run" if budget else ""
-    return (f"{_count(base['cases'], 'real test case')} from {_count(base['folds'], 'fold')}, "
+    line = (f"{_count(base['cases'], 'real test case')} from {_count(base['folds'], 'fold')}, "
             f"{_count(base['seeds'], 'seed')} per setting" + (f"; {steps}, every setting" if steps else ""))
+    chosen = results.get("best_control") or {}
+    if chosen:
+        picks = ", ".join(f"fold {fold}: {choice['chosen']}" for fold, choice in sorted(chosen.items(), key=lambda i: int(i[0])))
+        line += f"; best free control by validation Dice ({picks})"
+    return line
 
 
 def _count(n: int, noun: str) -> str:
@@ -196,7 +257,9 @@ def _count(n: int, noun: str) -> str:
 
 LEGEND = (
     "Unit: the real test case; seeds are averaged within a case first. Dice: mean over cases ± std over runs "
-    "(training noise); case std: Dice std across test cases (per-patient variability); HD95: mean over cases. "
+    "(training noise). Δ vs best control (the headline): paired Dice difference over test cases vs the better free "
+    "control (heavy augmentation or self-training) of each fold, chosen on the fold's validation cases, with its "
+    "percentile-bootstrap 95% CI over cases. case std: Dice std across test cases (per-patient variability); HD95: mean over cases. "
     "ΔDice: paired difference vs baseline over test cases, percentile-bootstrap 95% CI over cases; p: Wilcoxon "
     "signed-rank over cases (with n cases no p can be below 2/2^n). rel. gain: ΔDice / baseline Dice. gap closed: "
     "ΔDice / (all-labelled − baseline). still rising: runs whose smoothed validation Dice still rose over the last "
@@ -220,7 +283,7 @@ def rich_table(results: dict[str, Any]) -> Table:
     table = Table(title=f"segsynth benchmark: {headline(results)}",
                   caption="\n".join([LEGEND, *(f"warning: {note}" for note in caveats(results))]))
     for header in HEADERS:
-        table.add_column(header, justify="left" if header == "setting" else "right", no_wrap=header != "95% CI")
+        table.add_column(header, justify="left" if header == "setting" else "right", no_wrap="CI" not in header)
     for name in setting_order(results):
         table.add_row(*_row_cells(results, name))
     return table

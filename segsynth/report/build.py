@@ -104,8 +104,8 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 #: Columns of the benchmark table shown on the report's first screen.
-ANSWER_COLUMNS = ("setting", "cases", "runs", "Dice", "ΔDice", "95% CI", "p", "rel. gain", "Δ case std", "gap closed",
-                  "still rising")
+ANSWER_COLUMNS = ("setting", "cases", "runs", "Dice", "Δ vs best control", "CI (control)", "ΔDice", "95% CI", "p",
+                  "rel. gain", "Δ case std", "gap closed", "still rising")
 
 
 def _markdown_rows(markdown: str) -> tuple[list[str], list[list[str]]]:

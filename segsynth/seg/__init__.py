@@ -4,6 +4,7 @@ not depend on the diffusion stages."""
 
 from segsynth.seg.config import MixConfig, NetworkConfig, SegTrainConfig, parse_mix
 from segsynth.seg.evaluate import evaluate_seg
+from segsynth.seg.loss import IGNORE_LABEL, IgnoringDiceCELoss
 from segsynth.seg.metrics import EMPTY_MASK_CONVENTION, METRIC_NAMES, MetricAccumulator, image_metrics
 from segsynth.seg.mixing import (
     ConcatMixing,
@@ -17,6 +18,7 @@ from segsynth.seg.mixing import (
     random_merge,
 )
 from segsynth.seg.networks import build_network, load_network, predict_logits, save_network
+from segsynth.seg.pseudo import load_pseudo_set, pseudo_label
 from segsynth.seg.splits import (
     Split,
     hold_out_cases,
@@ -31,8 +33,10 @@ from segsynth.seg.train import check_no_leakage, resolve_split, train_seg
 
 __all__ = [
     "EMPTY_MASK_CONVENTION",
+    "IGNORE_LABEL",
     "METRIC_NAMES",
     "ConcatMixing",
+    "IgnoringDiceCELoss",
     "MergeMixing",
     "MetricAccumulator",
     "MixConfig",
@@ -48,6 +52,7 @@ __all__ = [
     "image_metrics",
     "kfold_cases",
     "load_network",
+    "load_pseudo_set",
     "load_splits",
     "load_synthetic_set",
     "low_label_cases",
@@ -57,6 +62,7 @@ __all__ = [
     "merge_cell_size",
     "merge_grid",
     "predict_logits",
+    "pseudo_label",
     "random_merge",
     "resolve_split",
     "save_network",

@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from monai.losses import DiceCELoss
 from monai.metrics import DiceMetric
 from monai.networks.utils import one_hot
 from rich.console import Console
@@ -65,7 +64,9 @@ from segsynth.seg.mixing import (
     merge_grid,
     random_merge,
 )
+from segsynth.seg.loss import IgnoringDiceCELoss
 from segsynth.seg.networks import build_network, predict_logits, save_network, size_divisor
+from segsynth.seg.pseudo import PseudoLabelledSet, load_pseudo_set
 from segsynth.seg.splits import Split, hold_out_cases, ids_of_cases, low_label_cases, make_split
 
 def resolve_split(
@@ -142,6 +143,20 @@ def check_no_leakage(split: Split, refs: Sequence[SampleRef], synthetic: Sequenc
             raise ValueError(f"{s.root}: samples {leaked[:5]} use validation/test layouts")
 
 
+def check_pseudo_leakage(split: Split, pseudo: Sequence[PseudoLabelledSet]) -> None:
+    """Refuse a pseudo-labelled set holding an image of a validation or test case: self-training
+    must never have looked at the images it is scored or selected on.
+
+    Raises:
+        ValueError: naming the set and the cases.
+    """
+    held = set(split.val_cases) | set(split.test_cases)
+    for s in pseudo:
+        leaked = sorted({case for case in s.record["cases"].values() if case in held})
+        if leaked:
+            raise ValueError(f"{s.root}: pseudo-labelled images of validation/test cases {leaked[:5]}")
+
+
 #: Settings a resumed run may change: how long it goes, not what a step computes.
 RESUMABLE_CHANGES = {"steps", "patience", "num_workers", "log_with"}
 
@@ -216,8 +231,8 @@ class SegTask(DefaultHooks):
         self.divisor = size_divisor(cfg.network)
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(cfg))
-        self.loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, lambda_dice=cfg.loss.lambda_dice,
-                                  lambda_ce=cfg.loss.lambda_ce)
+        # DiceCELoss itself unless a batch holds ignored (unconfident pseudo-labelled) pixels
+        self.loss_fn = IgnoringDiceCELoss(lambda_dice=cfg.loss.lambda_dice, lambda_ce=cfg.loss.lambda_ce)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)  # the scheduler steps once per step
         self.val_steps: list[int] = []
         self.curve: list[float] = []
@@ -409,6 +424,7 @@ def train_seg(
     val_ids: Sequence[str] | None = None,
     resume: bool = False,
     console: Console | None = None,
+    pseudo_labelled: Sequence[str | Path] = (),
 ) -> Path:
     """Train a segmentation network on ``data`` (plus ``synthetic`` sets) into the run folder ``out``.
 
@@ -421,6 +437,9 @@ def train_seg(
         val_ids: validation ids (default: drawn by case from the training cases).
         resume: continue from the newest complete checkpoint.
         console: where progress goes (default: stderr).
+        pseudo_labelled: pseudo-labelled sets of ``data``'s unlabelled images
+            (:func:`segsynth.seg.pseudo.pseudo_label`), mixed in per ``config.mix`` (``ratio`` or
+            ``concat``) like synthetic sets; their unconfident pixels do not train.
 
     Returns:
         The run folder.
@@ -450,9 +469,14 @@ def train_seg(
         s.dataset.verify()
     synthetic_sets = [s.without_layouts(held) for s in loaded]
     check_no_leakage(split, refs, synthetic_sets)
-    _check_sizes(real, synthetic_sets, cfg.train.patch_size)
+    pseudo_sets = [load_pseudo_set(root, data) for root in pseudo_labelled]
+    check_pseudo_leakage(split, pseudo_sets)
+    if pseudo_sets and cfg.mix.strategy not in ("ratio", "concat"):
+        raise ValueError(f"pseudo-labelled sets mix in with mix.strategy ratio or concat, not {cfg.mix.strategy!r}")
+    extra_sets: list = [*synthetic_sets, *pseudo_sets]
+    _check_sizes(real, extra_sets, cfg.train.patch_size)
     seed = cfg.train.seed
-    mixing = make_mixing(cfg.mix, real, synthetic_sets, seed)
+    mixing = make_mixing(cfg.mix, real, extra_sets, seed)
     split_record = {
         "data_root": str(data.resolve()),
         **split.model_dump(mode="json"),
@@ -463,8 +487,13 @@ def train_seg(
         # the bytes, not only the ids: other files under the same names must not resume this run
         "data_sha256": data_hash([SegDataset(data, refs=refs), *(s.dataset for s in synthetic_sets)]),
     }
+    if pseudo_sets:  # only then: split.json of every other run stays as it was
+        split_record["pseudo_labelled"] = [
+            {"root": str(s.root.resolve()), "used": len(s), "teacher": s.record["teacher"], "threshold": s.record["threshold"]}
+            for s in pseudo_sets
+        ]
     paired = mixing.paired
-    check_batch(cfg, len(real) if paired else sum(len(d) for d in [real, *(s.dataset for s in synthetic_sets)]), data)
+    check_batch(cfg, len(real) if paired else sum(len(d) for d in [real, *(s.dataset for s in extra_sets)]), data)
     engine = Engine(run, engine_settings(cfg), cfg)  # before any other use of the process state
     p = cfg.train.patch_size
     shape = (p, p) if p is not None else max(
@@ -476,6 +505,6 @@ def train_seg(
             SPLIT_JSON, split_record, problem="data, split or synthetic sets differ from the run being resumed",
             added=("data_sha256",))])
     engine.accelerator.wait_for_everyone()
-    sources = [real, *(s.dataset for s in synthetic_sets)]
+    sources = [real, *(s.dataset for s in extra_sets)]
     engine.run(SegTask(engine, cfg, sources, val, mixing), resume=resume, console=console)
     return run
