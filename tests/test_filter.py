@@ -164,3 +164,35 @@ def test_a_judge_that_reads_other_classes_is_refused_before_any_output(pipe, toy
     with pytest.raises(FileNotFoundError, match="no segmentation network"):
         generate(pipe, tmp_path / "set", config(toy, tmp_path / "missing", 2, 0.5))
     assert not (tmp_path / "set").exists()
+
+
+def test_the_benchmark_judge_is_the_fold_baseline_trained_without_its_test_cases(tmp_path):
+    from conftest import write_tiny_dataset
+    from test_train_diffusion import TINY
+
+    from segsynth.benchmark import BenchmarkConfig, fold_generator
+    from segsynth.benchmark.recipes import seg_run_dir
+    from segsynth.config import parse_config
+
+    data = write_tiny_dataset(tmp_path / "data", cases=("p1", "p2", "p3", "p4", "p5", "p6"), per_case=2, size=16,
+                              unlabeled=2)
+    cfg = parse_config(BenchmarkConfig, {
+        "folds": 2, "run_folds": [0], "seeds": [3], "settings": ["ratio:0.5"], "controls": [], "val_fraction": 0.5,
+        "diffusion_overrides": {**TINY, "train.steps": 2},
+        "segmentation_overrides": {"train.steps": 2, "train.val_every": 2, "train.batch_size": 2,
+                                   "network.channels": [8, 16], "network.strides": [2]},
+        "generation": {"n": 3, "steps": 2, "batch_size": 3, "filter": {"min_dice": 0.0}},
+    })
+    assert BenchmarkConfig().generation.filter is None  # off unless asked for
+    out = tmp_path / "bench"
+    _, synth, _ = fold_generator(data, out, cfg, 0)
+    fold = json.loads((out / "splits.json").read_text())["folds"][0]
+    test_ids = set(fold["test_ids"])
+    baseline = seg_run_dir(out, 0, "baseline", 3)
+    assert outcome(synth)["judge"] == str((baseline / "best").resolve())
+    assert json.loads((synth / "generation.json").read_text())["config"]["filter"]["min_dice"] == 0.0
+    split = json.loads((baseline / "split.json").read_text())
+    assert test_ids and split["train_ids"] == fold["train_ids"] and split["val_ids"] == fold["val_ids"]
+    assert not (set(split["train_ids"]) | set(split["val_ids"])) & test_ids
+    assert not {r.layout_id for r in read_manifest(synth / "manifest.jsonl")} & test_ids
+    assert not test_ids & set(json.loads((synth / "dataset.json").read_text())["cases"].values())
