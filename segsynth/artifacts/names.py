@@ -45,6 +45,7 @@ RECONSTRUCTIONS_PNG = "reconstructions.png"
 # --- synthetic set (generate) ---------------------------------------------------------------------------
 MANIFEST_JSONL = "manifest.jsonl"  # one ManifestRecord per sample
 GENERATION_JSON = "generation.json"  # the generation config and its source run
+REJECTED_JSONL = "rejected.jsonl"  # generate with a filter: one RejectedRecord per dropped draw
 
 # --- segmentation run (train-seg) ---------------------------------------------------------------------
 SPLIT_JSON = "split.json"  # data root, train/val/test ids and cases, synthetic sets used

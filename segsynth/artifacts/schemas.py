@@ -148,11 +148,38 @@ class Reconstruction(Record):
 # --- synthetic sets ------------------------------------------------------------------------------
 
 
+class FilterOutcome(Record):
+    """What the layout filter of a finished set did (``generation.json`` key ``filtered``)."""
+
+    judge: str = Field(description="the judge network's folder")
+    min_dice: float
+    requested: int = Field(ge=1, description="samples asked for (n)")
+    attempts: int = Field(ge=0, description="draws rendered and judged")
+    kept: int = Field(ge=0)
+    rejected: int = Field(ge=0, description="attempts - kept; each listed in rejected.jsonl")
+    kept_fraction: float | None = Field(description="kept / attempts")
+    reached_cap: bool = Field(description="the draws ran out (max_attempts_factor) before n samples passed")
+
+
+class RejectedRecord(StrictModel):
+    """A draw the layout filter dropped (one line of ``rejected.jsonl``): enough to redraw it."""
+
+    draw: int = Field(ge=0)
+    seed: int = Field(ge=0)
+    layout_id: str | None
+    style_ids: list[str]
+    judge_dice: float
+
+    def to_line(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True) + "\n"
+
+
 class GenerationRecord(Record):
     """``generation.json``: the recipe of a synthetic set (resuming refuses another one)."""
 
     config: dict[str, Any] = Field(description="GenerationConfig.record() of the call that made the set")
     dataset: DatasetSpec = Field(description="the set's dataset.json as first written")
+    filtered: FilterOutcome | None = Field(None, description="sets made with a filter: what it kept, once complete")
 
 
 class Guidance(StrictModel):
@@ -163,8 +190,8 @@ class Guidance(StrictModel):
     rescale: float
 
 
-#: Record keys of the optional conditions (edge, text), left out of a manifest line when unset.
-OPTIONAL_MANIFEST_KEYS = ("edge_source", "edge_guidance", "text_guidance")
+#: Record keys of the optional conditions (edge, text) and the filter, left out of a manifest line when unset.
+OPTIONAL_MANIFEST_KEYS = ("edge_source", "edge_guidance", "text_guidance", "draw", "judge_dice")
 
 
 class ManifestRecord(StrictModel):
@@ -192,6 +219,8 @@ class ManifestRecord(StrictModel):
     )
     edge_guidance: float | None = Field(None, description="edge models: guidance scale of the edge condition")
     text_guidance: float | None = Field(None, description="text models: guidance scale of the prompt")
+    draw: int | None = Field(None, ge=0, description="filtered sets: the draw (attempt) whose seed made the sample")
+    judge_dice: float | None = Field(None, description="filtered sets: mean foreground Dice of the judge on the image")
 
     @field_validator("image", "mask")
     @classmethod

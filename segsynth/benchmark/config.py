@@ -8,7 +8,7 @@ from pydantic import Field, field_validator
 
 from segsynth.config import StrictModel
 from segsynth.seg.config import parse_mix
-from segsynth.synth.config import GenerationConfig
+from segsynth.synth.config import FilterSettings, GenerationConfig
 
 
 class GenerationSection(StrictModel):
@@ -17,6 +17,10 @@ class GenerationSection(StrictModel):
     ``ratio`` and ``concat`` settings train on a set of ``n`` samples from ``layouts``; ``merge``
     settings on a second set of ``per_mask`` same-mask variants of every labelled mask the fold's
     generator saw (DiffBoost), the only kind of set merging accepts.
+
+    ``filter`` (off by default until its effect downstream is measured) drops synthetic samples that
+    the fold's baseline network (first seed: trained on the fold's labelled training cases, selected
+    on its validation cases) does not segment as their layout, see ``segsynth generate``'s filter.
     """
 
     n: int = Field(default=200, ge=1)
@@ -28,6 +32,7 @@ class GenerationSection(StrictModel):
     style_guidance: float = Field(default=GenerationConfig.model_fields["style_guidance"].default, ge=0.0)
     guidance_rescale: float = Field(default=GenerationConfig.model_fields["guidance_rescale"].default, ge=0.0, le=1.0)
     batch_size: int = Field(default=16, ge=1)
+    filter: FilterSettings | None = None
 
 
 class SelfTrainingSection(StrictModel):

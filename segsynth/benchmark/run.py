@@ -107,13 +107,35 @@ def _diffusion(data: Path, fold: Path, split: Split, cfg: BenchmarkConfig, conso
     )
 
 
-def _synthetic(run: Path, out: Path, n: int, layouts: str, cfg: BenchmarkConfig, console: Console) -> Path:
+def _synthetic(run: Path, out: Path, n: int, layouts: str, cfg: BenchmarkConfig, console: Console,
+               judge: Path | None = None) -> Path:
     if (out / MANIFEST_JSONL).is_file() and (out / DATASET_JSON).is_file():
         return out
     # The section names its settings as GenerationConfig does; n and layouts are this set's own.
-    gen = GenerationConfig.model_validate({**cfg.generation.model_dump(), "n": n, "layouts": layouts})
+    settings = cfg.generation.model_dump()
+    if settings["filter"] is not None:
+        settings["filter"]["judge"] = judge
+    gen = GenerationConfig.model_validate({**settings, "n": n, "layouts": layouts})
     generate(run, out, gen, resume=out.exists(), console=console)
     return out
+
+
+def fold_judge(data: Path, out: Path, config: BenchmarkConfig, splits: list[Split], fold: int,
+               console: Console) -> Path | None:
+    """The judge of the fold's filtered synthetic sets (None without ``generation.filter``): the
+    fold's baseline run of the first seed, trained (or found) here before anything is generated.
+
+    It is the very run of the baseline row (same folder and recipe, so it is trained once): fitted
+    on the fold's labelled training cases and selected on its validation cases. The test cases are
+    never trained on; they are only scored, as for every row.
+    """
+    if config.generation.filter is None:
+        return None
+    split, seed = splits[fold], config.seeds[0]
+    run = seg_run_dir(out, fold, BASELINE, seed)
+    recipe = segmentation_recipe(config, BASELINE, seed, segmentation_budget(data, splits, config))
+    _segmentation(data, run, split.train_ids, split, recipe, None, console)
+    return run
 
 
 def _needs_variants(cfg: BenchmarkConfig) -> bool:
@@ -206,7 +228,8 @@ def fold_generator(
 ) -> tuple[Path, Path, Path | None]:
     """Train (or reuse) fold ``fold``'s diffusion model and its synthetic sets.
 
-    The diffusion model sees only that fold's labelled training and validation cases.
+    The diffusion model sees only that fold's labelled training and validation cases; with
+    ``generation.filter`` the fold's baseline network judges the samples (:func:`fold_judge`).
 
     Returns:
         ``(diffusion run, synthetic set, variants set or None)``: the set of ``generation.n``
@@ -220,11 +243,12 @@ def fold_generator(
     folder = fold_dir(Path(out), fold)
     split = splits[fold]
     run = _diffusion(Path(data), folder, split, config, console)
-    synth = _synthetic(run, folder / SYNTH_DIR, config.generation.n, config.generation.layouts, config, console)
+    judge = fold_judge(Path(data), Path(out), config, splits, fold, console)
+    synth = _synthetic(run, folder / SYNTH_DIR, config.generation.n, config.generation.layouts, config, console, judge)
     variants = None
     if _needs_variants(config):
         n = config.generation.per_mask * (len(split.train_ids) + len(split.val_ids))
-        variants = _synthetic(run, folder / VARIANTS_DIR, n, "variants", config, console)
+        variants = _synthetic(run, folder / VARIANTS_DIR, n, "variants", config, console, judge)
     return run, synth, variants
 
 

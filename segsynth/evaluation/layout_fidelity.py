@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from segsynth.artifacts.names import BEST_DIR
 from segsynth.seg.evaluate import evaluate_seg
 from segsynth.seg.metrics import MetricAccumulator
 from segsynth.seg.networks import load_network, predict_logits
+from segsynth.seg.predict import network_dir
 
 #: Metrics reported for layout fidelity (the accumulator computes more).
 FIDELITY_METRICS = ("dice", "iou")
@@ -75,10 +75,14 @@ def score_layouts(
     return {**_summary(accumulator.result()), "per_image_dice": per_image}
 
 
-def network_predictor(run: str | Path) -> tuple[Predictor, dict[str, Any]]:
-    """The frozen best network of a ``train_seg`` run as a predictor, with its metadata."""
-    model, _, meta = load_network(Path(run) / BEST_DIR)
+def network_predictor(run: str | Path, device: str | torch.device | None = None) -> tuple[Predictor, dict[str, Any]]:
+    """The frozen best network of a ``train_seg`` run (or a saved network folder, see
+    :func:`segsynth.seg.predict.network_dir`) as a predictor on ``device`` (default the CPU),
+    with its metadata."""
+    model, _, meta = load_network(network_dir(run))
     model.requires_grad_(False)
+    if device is not None:
+        model.to(device)
 
     def predict(images: torch.Tensor) -> torch.Tensor:
         return predict_logits(model, images, meta["divisor"], meta["patch_size"]).argmax(1)

@@ -37,6 +37,40 @@ SamplerName = Literal["ddim", "dpmpp", "unipc"]
 #: at the same layout fidelity (0.87 of the real ceiling), for one more UNet row per step.
 TEXT_GUIDANCE = 3.0
 EdgeSource = Literal["layout", "image"]
+Fraction = Annotated[float, Field(ge=0, le=1)]
+
+
+class FilterSettings(StrictModel):
+    """How strictly a set's samples must follow their layouts (the judge aside; the benchmark
+    supplies its own judge per fold).
+
+    Attributes:
+        min_dice: a sample is kept only when the judge's prediction on its image scores at least
+            this mean foreground Dice against its layout (0 keeps every sample).
+        max_attempts_factor: draws allowed per requested sample: at most ``ceil(factor * n)`` draws
+            are made (split over the shards like the samples); when they run out before ``n``
+            samples pass, the set is finished with fewer samples, a warning and ``reached_cap``.
+    """
+
+    min_dice: Fraction
+    max_attempts_factor: Annotated[float, Field(ge=1)] = 3.0
+
+
+class FilterConfig(FilterSettings):
+    """:class:`FilterSettings` with the judge: a ``train-seg`` run (its ``best/`` network), a saved
+    network folder, or a ``segsynth run`` final folder, trained on real data only."""
+
+    judge: Path
+
+
+class FilterRecord(StrictModel):
+    """The filter as ``generation.json`` keeps it: the judge by path and by weights, so resuming
+    with another judge (other decisions, another set) is refused."""
+
+    judge: str
+    judge_hash: str
+    min_dice: Fraction
+    max_attempts_factor: Annotated[float, Field(ge=1)]
 
 
 class GenerationConfig(StrictModel):
@@ -77,6 +111,8 @@ class GenerationConfig(StrictModel):
             so memory is bounded by the tile, not the image.
         tile_overlap: pixels shared by neighbouring tiles; None: a quarter of the tile.
         batch_size: samples per pipeline call (changes no sample, so it is not recorded).
+        filter: drop samples whose image a frozen real-data segmenter does not read as their layout
+            (:class:`FilterConfig`); rejected draws are listed in ``rejected.jsonl``. None: keep all.
     """
 
     n: Count
@@ -100,6 +136,7 @@ class GenerationConfig(StrictModel):
     size: Side | None = None
     tile_overlap: Pixels | None = None
     batch_size: Count = 8
+    filter: FilterConfig | None = None
 
     @model_validator(mode="after")
     def _image_edges_need_variants(self) -> GenerationConfig:
@@ -155,6 +192,7 @@ class GenerationRecord(StrictModel):
     text_guidance: Scale = 1.0
     size: Side | None = None
     tile_overlap: Pixels | None = None
+    filter: FilterRecord | None = None
 
     def saved(self) -> dict[str, Any]:
         """The record as ``generation.json`` holds it: the optional keys only where they differ

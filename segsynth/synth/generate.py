@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import math
 import os
+import warnings
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -44,10 +46,20 @@ from segsynth.artifacts.names import (
     MANIFEST_JSONL,
     MASKS_DIR,
     PIPELINE_DIR,
+    REJECTED_JSONL,
     TRAINING_DATA_JSON,
     UNLABELED_DIR,
 )
-from segsynth.artifacts.schemas import BackboneRecord, Guidance, ManifestRecord, TrainingData, read_record, validate_record
+from segsynth.artifacts.schemas import (
+    BackboneRecord,
+    FilterOutcome,
+    Guidance,
+    ManifestRecord,
+    RejectedRecord,
+    TrainingData,
+    read_record,
+    validate_record,
+)
 from segsynth.config import parse_config
 from segsynth.data.edges import edge_map
 from segsynth.data.style_sampling import STYLE_SAMPLERS
@@ -68,8 +80,11 @@ from segsynth.models.text import encode_prompts
 from segsynth.progress import StepProgress
 from segsynth.synth.config import TEXT_GUIDANCE, GenerationConfig, GenerationRecord
 from segsynth.synth.layouts import LayoutSource, VariantLayouts, make_layout_source
-from segsynth.synth.manifest import ManifestWriter, manifest_name, read_manifest, write_manifest
+from segsynth.synth.manifest import ManifestWriter, manifest_name, read_manifest, rejected_name, write_manifest
 from segsynth.synth.styles import StyleSource, open_style_pool
+
+if TYPE_CHECKING:
+    from segsynth.synth.judge import LayoutJudge
 
 #: How long a shard waits for another to finish claiming or merging the set (each takes moments).
 SET_LOCK_WAIT_S = 120.0
@@ -370,6 +385,9 @@ def generate(
     dataset = _layout_dataset(layout_root, cfg.layout_data is None, training_data,
                               int(unet_cfg.num_classes), int(unet_cfg.image_channels))
     source_spec = dataset.spec
+    judge = _judge(cfg, source_spec, pipeline.device)
+    if judge is not None:
+        record = record.model_copy(update={"filter": judge.record})
     model_size = int(unet_cfg.image_size)
     size = _output_size(pipeline, cfg.size)
     check_memory(memory_estimate(pipeline, size, min(cfg.batch_size, cfg.n)), pipeline.device)  # before any output
@@ -398,8 +416,8 @@ def generate(
             **_condition_inputs(block, draws, record, layout_source, text, pipeline),
         ).images
 
-    return _write_set(out, record, source_spec, layout_source, style_source, render,
-                      batch_size=cfg.batch_size, shard=shard, resume=resume, console=console, on_sample=on_sample)
+    return _write_set(out, record, source_spec, layout_source, style_source, render, batch_size=cfg.batch_size,
+                      shard=shard, resume=resume, console=console, on_sample=on_sample, judge=judge)
 
 
 def sampling_settings(record: GenerationRecord) -> SamplingSettings:
@@ -483,6 +501,9 @@ def _generate_with_controlnet(
         "prompt": cfg.prompt if cfg.prompt is not None else dataset.spec.prompt,
         "text_guidance": loaded.config.sampling.guidance_scale if cfg.text_guidance is None else cfg.text_guidance,
     })
+    judge = _judge(cfg, dataset.spec, device)
+    if judge is not None:
+        record = record.model_copy(update={"filter": judge.record})
     out_size = cfg.size if cfg.size is not None else loaded.config.data.image_size
     if out_size % 8:
         raise ValueError(f"size {out_size} must be a multiple of 8 (Stable Diffusion's latent grid)")
@@ -498,7 +519,7 @@ def _generate_with_controlnet(
                              seeds=[d["seed"] for d in draws])
 
     return _write_set(out, record, dataset.spec, layout_source, None, render, batch_size=cfg.batch_size, shard=shard,
-                      resume=resume, console=console, on_sample=on_sample)
+                      resume=resume, console=console, on_sample=on_sample, judge=judge)
 
 
 def _write_set(
@@ -514,10 +535,12 @@ def _write_set(
     resume: bool,
     console: Console | None,
     on_sample: Callable[[ManifestRecord], None] | None,
+    judge: LayoutJudge | None = None,
 ) -> GenerationResult:
     """Claim ``out``, then draw, ``render`` and commit this shard's samples block by block (resumably),
     and merge the set when every shard is done. ``render(block, draws)`` returns the block's images
-    ``(B, C, H, W)`` in [0, 1]; everything else is the same whatever model draws them."""
+    ``(B, C, H, W)`` in [0, 1]; everything else is the same whatever model draws them. With a
+    ``judge`` (``config.filter``) draws below its threshold are dropped (:func:`_write_filtered`)."""
     n = config.n
     indices = shard_range(n, shard)
     part = out / manifest_name(*shard)
@@ -530,6 +553,14 @@ def _write_set(
             _remove_stale_temporaries(out, indices)
         done = _done_indices(out, part, indices) if resume else set()
         generated = 0
+        if judge is not None:
+            generated = _write_filtered(out, config, judge, layout_source, style_source, render, batch_size=batch_size,
+                                        shard=shard, console=console, on_sample=on_sample,
+                                        prompt=config.prompt or source_spec.prompt)
+            complete = _filtered_parts_complete(out, config)
+            if complete:
+                merge_shards(out)
+            return GenerationResult(out, generated, len(done), len(indices), complete)
         with ManifestWriter(part) as writer, StepProgress("generate", len(indices), console, len(done)) as progress:
             for block in _blocks(indices, batch_size):
                 if all(i in done for i in block):
@@ -553,6 +584,122 @@ def _write_set(
         if complete:
             merge_shards(out)
         return GenerationResult(out, generated, len(done), len(indices), complete)
+
+
+def _judge(cfg: GenerationConfig, spec: DatasetSpec, device: str | torch.device | None) -> LayoutJudge | None:
+    """The frozen network of ``cfg.filter`` (None without a filter), checked against the layouts."""
+    if cfg.filter is None:
+        return None
+    from segsynth.synth.judge import LayoutJudge
+
+    return LayoutJudge(cfg.filter, spec.channels, spec.class_names, device)
+
+
+def filter_draws(config: GenerationRecord) -> int:
+    """Draws a filtered set may make in all: ``ceil(max_attempts_factor * n)`` (split over the shards
+    like the samples, :func:`shard_range`)."""
+    assert config.filter is not None
+    return math.ceil(round(config.filter.max_attempts_factor * config.n, 9))
+
+
+def _write_filtered(
+    out: Path,
+    config: GenerationRecord,
+    judge: LayoutJudge,
+    layout_source: LayoutSource,
+    style_source: StyleSource | None,
+    render: Callable[[range, list[dict[str, Any]]], torch.Tensor],
+    *,
+    batch_size: int,
+    shard: tuple[int, int],
+    console: Console | None,
+    on_sample: Callable[[ManifestRecord], None] | None,
+    prompt: str,
+) -> int:
+    """Fill this shard's samples from its draws in order, keeping a draw only if the judge passes it.
+
+    Draw ``d`` is drawn exactly as sample ``d`` of an unfiltered set (its seed is ``(seed, d)``), so a
+    threshold of 0 gives the unfiltered set. The k-th kept draw of a shard becomes its k-th sample;
+    a rejected draw gets a line in ``rejected.jsonl`` instead. Both files are appended in draw order
+    (each line fsynced), so after a kill the committed draws are a prefix of the shard's draws, and
+    the block that holds the first undecided draw is rendered whole again, in the same batches as
+    an uninterrupted run: the same decisions, the same set. Stops at the shard's sample count or when
+    its draws (:func:`filter_draws`) run out, then warns with the count kept.
+
+    Returns:
+        Samples written by this call.
+    """
+    slots = shard_range(config.n, shard)
+    draws = shard_range(filter_draws(config), shard)
+    part, rejected_part = out / manifest_name(*shard), out / rejected_name(*shard)
+    kept: dict[int, int] = {}  # draw -> slot of the samples on disk
+    for record in read_manifest(part):  # _done_indices has already dropped lines without files
+        if record.draw is None:
+            raise ValueError(f"{part}: sample {record.id} has no 'draw'; not a filtered set's manifest")
+        kept[record.draw] = record.index
+    rejected = {r.draw for r in read_manifest(rejected_part, repair=True, model=RejectedRecord) if r.draw in draws}
+    decided = set(kept) | rejected
+    generated = 0
+    with ManifestWriter(part) as writer, ManifestWriter(rejected_part) as rejects, \
+            StepProgress("generate", len(slots), console, len(kept)) as progress:
+        for block in _blocks(draws, batch_size):
+            if len(kept) >= len(slots):
+                break
+            todo = [d for d in block if d not in decided]
+            if not todo:
+                continue
+            block_draws = [_draw(d, config.seed, layout_source, style_source) for d in block]
+            images = render(block, block_draws)
+            check_images(images, block.start, f"generate {out}")
+            pixels = {d: _to_pixels(images[d - block.start]) for d in todo}
+            scores = judge.score([pixels[d] for d in todo], [block_draws[d - block.start]["layout"] for d in todo],
+                                 [out / IMAGES_DIR / f"draw_{d:07d}.png" for d in todo])
+            for d, dice in zip(todo, scores, strict=True):
+                if len(kept) >= len(slots):
+                    break
+                draw = block_draws[d - block.start]
+                if not judge.keeps(dice):
+                    rejects.append(RejectedRecord(draw=d, seed=draw["seed"], layout_id=draw["layout_id"],
+                                                  style_ids=draw["style_ids"], judge_dice=dice))
+                    decided.add(d)
+                    continue
+                slot = slots.start + sum(1 for k in kept if k < d)
+                if slot in kept.values():
+                    raise ValueError(f"{part}: sample {slot} is already taken by another draw; the set's files were "
+                                     "changed since it was written (generate it into a new folder)")
+                record = _write_sample(out, slot, draw, images[d - block.start], config, prompt)
+                record = record.model_copy(update={"draw": d, "judge_dice": dice})
+                writer.append(record)
+                kept[d] = slot
+                decided.add(d)
+                generated += 1
+                progress.advance()
+                if on_sample is not None:
+                    on_sample(record)
+    if len(kept) < len(slots):
+        message = (f"generate {out}: the filter (min_dice {judge.record.min_dice}) kept {len(kept)} of the "
+                   f"{len(slots)} samples of shard {shard[0]}/{shard[1]} after all its {len(draws)} draws "
+                   f"(max_attempts_factor {judge.record.max_attempts_factor}); the set is finished with fewer samples")
+        warnings.warn(message, stacklevel=2)
+        if console is not None:
+            console.print(f"[yellow]warning:[/] {message}", highlight=False)
+    return generated
+
+
+def _filtered_parts_complete(out: Path, config: GenerationRecord) -> bool:
+    """Cheap test whether every shard of a filtered set is done: all its samples kept, or all its
+    draws decided (kept or rejected)."""
+    total = filter_draws(config)
+    for index in range(config.num_shards):
+        shard = (index, config.num_shards)
+        kept, rejected = (_line_count(out / name(*shard)) for name in (manifest_name, rejected_name))
+        if kept != len(shard_range(config.n, shard)) and kept + rejected != len(shard_range(total, shard)):
+            return False
+    return True
+
+
+def _line_count(path: Path) -> int:
+    return path.read_bytes().count(b"\n") if path.is_file() else 0
 
 
 def memory_estimate(pipeline: SegSynthPipeline, size: int, batch_size: int) -> Estimate:
@@ -757,11 +904,19 @@ def _merge_locked(out: Path, record_path: Path) -> Path:
         raise ValueError(f"{record_path}: needs the objects 'config' and 'dataset'")
     config = parse_config(GenerationRecord, saved["config"], str(record_path))
     records: list[ManifestRecord] = []
+    rejected: list[RejectedRecord] = []
     incomplete = []
     for shard in range(config.num_shards):
         part = out / manifest_name(shard, config.num_shards)
         found = read_manifest(part)
-        if {r.index for r in found} != set(shard_range(config.n, (shard, config.num_shards))):
+        slots = shard_range(config.n, (shard, config.num_shards))
+        if config.filter is not None:
+            dropped = read_manifest(out / rejected_name(shard, config.num_shards), model=RejectedRecord)
+            rejected.extend(dropped)
+            # a filtered shard may end short, but only after all its draws were decided
+            short_but_done = len(found) + len(dropped) == len(shard_range(filter_draws(config), (shard, config.num_shards)))
+            slots = slots[:len(found)] if short_but_done else slots
+        if {r.index for r in found} != set(slots):
             incomplete.append(part.name)
         records.extend(found)
     if incomplete:
@@ -774,6 +929,25 @@ def _merge_locked(out: Path, record_path: Path) -> Path:
         raise ValueError(f"{out}: image or mask file missing for {len(missing)} sample(s), e.g. {missing[:3]}")
     if config.num_shards > 1:
         write_manifest(out / MANIFEST_JSONL, records)
+    if config.filter is not None:
+        _record_filter_outcome(out, record_path, saved, config, len(records), sorted(rejected, key=lambda r: r.draw))
     spec = DatasetSpec.model_validate({**saved["dataset"], "cases": {r.id: r.layout_id or r.id for r in records}})
     save_spec(out, spec)
     return out / MANIFEST_JSONL
+
+
+def _record_filter_outcome(out: Path, record_path: Path, saved: dict[str, Any], config: GenerationRecord, kept: int,
+                           rejected: list[RejectedRecord]) -> None:
+    """Write what the filter did into ``generation.json`` (key ``filtered``), and merge the shards'
+    rejected draws into ``rejected.jsonl``. Rewritten with the same bytes by every merge."""
+    assert config.filter is not None
+    if config.num_shards > 1:
+        write_manifest(out / REJECTED_JSONL, rejected)
+    attempts = kept + len(rejected)
+    outcome = FilterOutcome(
+        judge=config.filter.judge, min_dice=config.filter.min_dice, requested=config.n, attempts=attempts, kept=kept,
+        rejected=len(rejected), kept_fraction=kept / attempts if attempts else None, reached_cap=kept < config.n,
+    )
+    updated = {**saved, "filtered": outcome.model_dump(mode="json")}
+    if updated != saved:
+        atomic_write_json(record_path, updated)

@@ -15,10 +15,10 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import IO
+from typing import IO, Protocol, TypeVar
 
-from segsynth.artifacts.names import MANIFEST_JSONL
-from segsynth.artifacts.schemas import ManifestRecord, validate_record
+from segsynth.artifacts.names import MANIFEST_JSONL, REJECTED_JSONL
+from segsynth.artifacts.schemas import ManifestRecord, RejectedRecord, validate_record
 from segsynth.io.atomic import atomic_write_text
 from segsynth.io.json_file import parse_json_text
 from segsynth.io.oserror import naming
@@ -31,13 +31,29 @@ def manifest_name(shard: int = 0, num_shards: int = 1) -> str:
     return f"manifest.shard-{shard}-of-{num_shards}.jsonl"
 
 
-def read_manifest(path: str | Path, repair: bool = False) -> list[ManifestRecord]:
+def rejected_name(shard: int = 0, num_shards: int = 1) -> str:
+    """``rejected.jsonl`` (the draws a filter dropped), ``rejected.shard-I-of-N.jsonl`` for shard I of N."""
+    if num_shards == 1:
+        return REJECTED_JSONL
+    return f"rejected.shard-{shard}-of-{num_shards}.jsonl"
+
+
+class Line(Protocol):
+    def to_line(self) -> str: ...
+
+
+L = TypeVar("L", ManifestRecord, RejectedRecord)
+
+
+def read_manifest(path: str | Path, repair: bool = False, model: type[L] = ManifestRecord) -> list[L]:  # type: ignore[assignment]
     """Parse a manifest (missing file: no records).
 
     Args:
         path: the ``.jsonl`` file.
         repair: cut a torn last line (bytes after the last newline) off the file in place, as left
             by a kill during an append. Without it, such a line is an error.
+        model: the record of a line: :class:`ManifestRecord`, or :class:`RejectedRecord` for the
+            ``rejected.jsonl`` of a filtered set (written and repaired the same way).
 
     Raises:
         ValueError: a line that is not a valid record, naming the file and line number.
@@ -48,7 +64,7 @@ def read_manifest(path: str | Path, repair: bool = False) -> list[ManifestRecord
     data = path.read_bytes()
     lines = data.split(b"\n")
     complete, tail = lines[:-1], lines[-1]
-    records = [_parse_line(raw, f"{path}: line {number}") for number, raw in enumerate(complete, start=1)]
+    records = [_parse_line(raw, f"{path}: line {number}", model) for number, raw in enumerate(complete, start=1)]
     # A line is committed only with its newline (it is written in one call ending in one), so
     # bytes after the last newline are the remains of an interrupted append.
     if tail:
@@ -62,7 +78,7 @@ def read_manifest(path: str | Path, repair: bool = False) -> list[ManifestRecord
     return records
 
 
-def _parse_line(raw: bytes, where: str) -> ManifestRecord:
+def _parse_line(raw: bytes, where: str, model: type[L]) -> L:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -70,10 +86,10 @@ def _parse_line(raw: bytes, where: str) -> ManifestRecord:
     obj = parse_json_text(text, where)
     if not isinstance(obj, dict):
         raise ValueError(f"{where}: expected a JSON object")
-    return validate_record(ManifestRecord, obj, where)
+    return validate_record(model, obj, where)
 
 
-def write_manifest(path: str | Path, records: Iterable[ManifestRecord]) -> Path:
+def write_manifest(path: str | Path, records: Iterable[Line]) -> Path:
     """Write a whole manifest atomically (merging shards, dropping lines of missing samples)."""
     return atomic_write_text(path, "".join(record.to_line() for record in records))
 
@@ -99,7 +115,7 @@ class ManifestWriter:
             with naming(self.path):
                 handle.close()
 
-    def append(self, record: ManifestRecord) -> None:
+    def append(self, record: Line) -> None:
         """Commit ``record``: after this returns, a kill cannot lose or tear its line."""
         if self._handle is None:
             raise RuntimeError("ManifestWriter.append called outside its 'with' block")
