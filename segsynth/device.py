@@ -107,14 +107,19 @@ def configure_cpu_threads(processes: int | None = None) -> int:
     return torch.get_num_threads()
 
 
-def resolve_mixed_precision(choice: str) -> str:
+def resolve_mixed_precision(choice: str, cpu_bf16: bool = True) -> str:
     """``auto`` is bf16 on CUDA and on a CPU with native bf16, full precision elsewhere; fp16 needs CUDA.
+
+    Args:
+        choice: a ``mixed_precision`` setting.
+        cpu_bf16: False keeps ``auto`` at full precision on a CPU, for a stage whose bf16 means
+            more than autocast (the ControlNet trainer then also stores its frozen backbone in bf16).
 
     Raises:
         ConfigError: fp16 without a CUDA device.
     """
     if choice == "auto":
-        return "bf16" if torch.cuda.is_available() or cpu_has_native_bf16() else "no"
+        return "bf16" if torch.cuda.is_available() or (cpu_bf16 and cpu_has_native_bf16()) else "no"
     if choice == "fp16" and not torch.cuda.is_available():
         raise ConfigError("train.mixed_precision fp16 needs a CUDA device")
     return choice
