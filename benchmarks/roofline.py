@@ -18,7 +18,9 @@ attention kernel), divided by its measured time. The workloads call the library'
 
 Each workload runs as ``fp32`` (``mixed_precision: no``) and ``default`` (what ``auto`` resolves
 to here: bf16 autocast on a CPU with native bf16). Variants are timed in alternating rounds in one
-process, so load from other processes hits all of them; the median round is reported. Only
+process, so load from other processes hits all of them; the median round is reported. At one
+thread a step's time is the process's CPU time (what it computed, not what it waited for a
+core on a shared machine), at two threads its wall time. Only
 convolutions, matmuls and attention are counted (normalisations and elementwise ops are
 memory-bound and not FLOPs a matmul unit could run), so a fraction is of the compute the
 hardware's best kernel could do.
@@ -79,14 +81,16 @@ def best_rate(call: Callable[[], Any], flops: int, repeats: int) -> float:
     """The best of ``repeats`` single timed calls, in FLOP/s.
 
     The best, not the mean: on a shared machine most calls lose time to other processes; the
-    fastest is the closest to what the chip does undisturbed, and a peak is an upper bound.
+    fastest is the closest to what the chip does undisturbed, and a peak is an upper bound. At
+    one thread the clock is the process's CPU time, as for the workloads.
     """
+    clock = time.process_time if torch.get_num_threads() == 1 else time.perf_counter
     call()
     best = float("inf")
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = clock()
         call()
-        best = min(best, time.perf_counter() - start)
+        best = min(best, clock() - start)
     return flops / best
 
 
@@ -173,24 +177,29 @@ def build_workloads(data: Path, out: Path, names: list[str], sample_steps: int) 
 
 
 def time_workloads(built: dict[tuple[str, str], dict[str, Any]], threads: int, rounds: int,
-                   min_seconds: float) -> dict[tuple[str, str], float]:
-    """Seconds per unit of each workload: alternating rounds, each call repeated for ``min_seconds``, the median round."""
+                   min_seconds: float) -> dict[tuple[str, str], dict[str, float]]:
+    """Seconds per unit of each workload, wall and CPU: alternating rounds, each call repeated for
+    ``min_seconds`` of CPU time, the median round.
+
+    With one thread the process's CPU time is the robust measure on a shared machine (it leaves
+    out the time spent waiting for a core); with more, wall time is (CPU time adds the threads).
+    """
     torch.set_num_threads(threads)
     for w in built.values():
         w["call"]()  # warm-up (kernel selection, first allocations)
-    times: dict[tuple[str, str], list[float]] = {key: [] for key in built}
+    times: dict[tuple[str, str], dict[str, list[float]]] = {key: {"wall": [], "cpu": []} for key in built}
     for r in range(rounds):
         order = list(built) if r % 2 == 0 else list(reversed(built))
         for key in order:
-            w, n, start = built[key], 0, time.perf_counter()
+            w, n, start, start_cpu = built[key], 0, time.perf_counter(), time.process_time()
             while True:
                 w["call"]()
                 n += 1
-                elapsed = time.perf_counter() - start
-                if elapsed >= min_seconds:
+                if time.process_time() - start_cpu >= min_seconds:
                     break
-            times[key].append(elapsed / (n * w["per_call"]))
-    return {key: statistics.median(v) for key, v in times.items()}
+            times[key]["wall"].append((time.perf_counter() - start) / (n * w["per_call"]))
+            times[key]["cpu"].append((time.process_time() - start_cpu) / (n * w["per_call"]))
+    return {key: {k: statistics.median(v) for k, v in t.items()} for key, t in times.items()}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -234,12 +243,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rows = []
     for n in args.threads:
         seconds = time_workloads(built, n, args.rounds, args.min_seconds)
-        for (name, variant), sec in seconds.items():
+        for (name, variant), measured in seconds.items():
+            sec = measured["cpu"] if n == 1 else measured["wall"]
             dtype = "bfloat16" if variant == "default" and default_precision == "bf16" else "float32"
             rate = flops[name, variant] / sec
             rows.append({"workload": name, "variant": variant, "dtype": dtype, "threads": n,
                          "flops_per_unit": flops[name, variant], "unit": built[name, variant]["unit"],
-                         "seconds_per_unit": sec, "units_per_s": 1 / sec, "flop_per_s": rate,
+                         "seconds_per_unit": sec, "clock": "process CPU time" if n == 1 else "wall",
+                         "wall_seconds_per_unit": measured["wall"], "cpu_seconds_per_unit": measured["cpu"],
+                         "units_per_s": 1 / sec, "flop_per_s": rate,
                          "fraction_of_peak": rate / peak_of(dtype, n),
                          "fraction_of_fp32_peak": rate / peak_of("float32", n),
                          "fraction_of_conv_peak": rate / peak_of(dtype, n, "conv")})
@@ -285,7 +297,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "default_mixed_precision": default_precision,
         "counting": "torch.utils.flop_counter.FlopCounterMode (+ CPU flash attention): convolutions, matmuls, "
                     "attention; multiply-add = 2 FLOPs; a train step includes its backward",
-        "timing": {"rounds": args.rounds, "min_seconds_per_round": args.min_seconds, "statistic": "median round",
+        "timing": {"rounds": args.rounds, "min_cpu_seconds_per_round": args.min_seconds, "statistic": "median round",
+                   "clock": "process CPU time at 1 thread, wall time at more; peaks: fastest single call, same clocks",
                    "sample_steps": args.sample_steps, "sampling_images": 2},
         "peak": "the best rate of any measured kernel (matmul sizes, the UNet conv) of the same dtype and threads; "
                 "fraction_of_fp32_peak compares a bf16 run with what fp32 could reach",

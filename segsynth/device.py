@@ -107,17 +107,38 @@ def configure_cpu_threads(processes: int | None = None) -> int:
     return torch.get_num_threads()
 
 
-def resolve_mixed_precision(choice: str) -> str:
+def resolve_mixed_precision(choice: str, cpu_bf16: bool = True) -> str:
     """``auto`` is bf16 on CUDA and on a CPU with native bf16, full precision elsewhere; fp16 needs CUDA.
+
+    Args:
+        choice: a ``mixed_precision`` setting.
+        cpu_bf16: False keeps ``auto`` at full precision on a CPU, for a stage whose bf16 means
+            more than autocast (the ControlNet trainer then also stores its frozen backbone in bf16).
 
     Raises:
         ConfigError: fp16 without a CUDA device.
     """
     if choice == "auto":
-        return "bf16" if torch.cuda.is_available() or cpu_has_native_bf16() else "no"
+        return "bf16" if torch.cuda.is_available() or (cpu_bf16 and cpu_has_native_bf16()) else "no"
     if choice == "fp16" and not torch.cuda.is_available():
         raise ConfigError("train.mixed_precision fp16 needs a CUDA device")
     return choice
+
+
+def _allow_precision(precision: str) -> None:
+    """Let this process build an accelerator of ``precision`` after one of another precision.
+
+    accelerate keeps one mixed-precision setting per process and refuses a second; but one
+    process may run stages one after another whose ``auto`` and explicit settings differ (a
+    benchmark trains the denoiser in bf16 and a segmentation run with ``no``). A module prepared
+    earlier keeps the autocast wrapper it was prepared with, so only the precision record is
+    reset; the process group and device (``PartialState``) stay.
+    """
+    from accelerate.state import AcceleratorState
+
+    shared = AcceleratorState._shared_state
+    if shared and shared.get("_mixed_precision") != precision:
+        AcceleratorState._reset_state(reset_partial_state=False)
 
 
 def make_accelerator(mixed_precision: str, **kwargs: object) -> Accelerator:
@@ -136,7 +157,9 @@ def make_accelerator(mixed_precision: str, **kwargs: object) -> Accelerator:
     configure_cpu_threads()
     device_api = getattr(torch, "accelerator", None)  # torch >= 2.6 knows every device type
     has_device = device_api.is_available() if device_api is not None else torch.cuda.is_available()
-    accelerator = Accelerator(mixed_precision=resolve_mixed_precision(mixed_precision),
+    precision = resolve_mixed_precision(mixed_precision)
+    _allow_precision(precision)
+    accelerator = Accelerator(mixed_precision=precision,
                               cpu=world > 1 and not has_device, **kwargs)
     if world > 1 and accelerator.num_processes != world:
         raise ValueError(f"launched as {world} processes (WORLD_SIZE) but accelerate set up "

@@ -148,3 +148,9 @@ def test_without_native_bf16_the_trainer_runs_fp32(tmp_path: Path, monkeypatch: 
     task.train_step(batch, 0)
     hook.remove()
     assert seen == [torch.float32]
+
+
+def test_one_process_may_train_stages_of_different_precision() -> None:
+    """auto (bf16 here) after an explicit fp32 stage, and back: accelerate alone refuses the second."""
+    for precision in ("no", "bf16", "no"):
+        assert device.make_accelerator(precision).mixed_precision == precision

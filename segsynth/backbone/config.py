@@ -74,8 +74,8 @@ class BackboneTrainSection(OptimisationConfig):
     :class:`~segsynth.diffusion.config.OptimisationConfig` with ControlNet's defaults, plus these.
 
     Attributes:
-        mixed_precision: ``auto`` is bf16 on CUDA and on a CPU with native bf16 (the frozen
-            backbone is stored in bf16, the ControlNet stays float32 under autocast), else float32.
+        mixed_precision: ``auto`` is bf16 on CUDA (the frozen backbone is stored in bf16, the
+            ControlNet stays float32 under autocast) and float32 on the CPU.
         gradient_checkpointing: recompute the activations of ControlNet and UNet in the backward
             pass instead of storing them: much less GPU memory, about a third slower.
     """

@@ -90,7 +90,9 @@ def engine_settings(cfg: BackboneTrainConfig) -> EngineSettings:
     t = cfg.train
     return EngineSettings(label="train-diffusion --backbone", steps=t.steps, log_every=t.log_every,
                           checkpoint_every=t.checkpoint_every, keep_checkpoints=t.keep_checkpoints,
-                          mixed_precision=t.mixed_precision, log_with=t.log_with)
+                          # auto stays fp32 on a CPU: bf16 would also store the frozen backbone in bf16
+                          mixed_precision=resolve_mixed_precision(t.mixed_precision, cpu_bf16=False),
+                          log_with=t.log_with)
 
 
 class HintSamples(Dataset):
