@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import stat
 import tempfile
@@ -37,7 +38,8 @@ from typer.testing import CliRunner
 
 from segsynth.cli import app
 
-PROPERTY = settings(max_examples=40, deadline=None, derandomize=True, database=None,
+#: More examples for a longer search: SEGSYNTH_PROPERTY_EXAMPLES=500 pytest tests/test_property_cli.py
+PROPERTY = settings(max_examples=int(os.environ.get("SEGSYNTH_PROPERTY_EXAMPLES", "40")), deadline=None, derandomize=True, database=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
