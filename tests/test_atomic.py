@@ -31,3 +31,23 @@ def test_failed_write_keeps_the_old_file(tmp_path: Path) -> None:
         atomic_write_json(path, {"bad": object()})
     assert path.read_text() == '{\n  "a": 2,\n  "b": 1\n}\n'
     assert [p.name for p in tmp_path.iterdir()] == ["m.json"]
+
+
+def test_a_failed_folder_leaves_no_parent_behind_and_an_empty_folder_is_taken(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError), atomic_directory(tmp_path / "new" / "deeper" / "out") as tmp:
+        (tmp / "half.txt").write_text("x")
+        raise RuntimeError("refused half way")
+    assert list(tmp_path.iterdir()) == []  # the parents it made are gone again
+    (tmp_path / "empty").mkdir()
+    with atomic_directory(tmp_path / "empty") as tmp:  # an empty folder is no output to protect
+        (tmp / "f.txt").write_text("y")
+    assert [p.name for p in (tmp_path / "empty").iterdir()] == ["f.txt"]
+    with pytest.raises(FileExistsError), atomic_directory(tmp_path / "empty"):
+        pass
+
+
+def test_a_file_is_not_written_over_a_folder(tmp_path: Path) -> None:
+    (tmp_path / "out.json").mkdir()
+    with pytest.raises(FileExistsError, match="out.json is an existing folder"):
+        atomic_write_json(tmp_path / "out.json", {})
+    assert list((tmp_path / "out.json").iterdir()) == []

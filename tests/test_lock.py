@@ -140,6 +140,10 @@ def test_a_refused_writer_leaves_no_folder_behind(tmp_path: Path) -> None:
         with FolderLock(folder):
             raise RuntimeError("refused before writing")
     assert not folder.exists()
+    (tmp_path / "kept").mkdir()
+    with pytest.raises(RuntimeError), FolderLock(tmp_path / "kept" / "new" / "deeper" / "out"):
+        raise RuntimeError("refused before writing")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept"] and not any((tmp_path / "kept").iterdir())
 
 
 @pytest.mark.parametrize("command", [

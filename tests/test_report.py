@@ -139,3 +139,12 @@ def test_report_renders_in_headless_chromium(bench: Path, tmp_path: Path) -> Non
         assert picture.size == (1200, 3000)
         colours = picture.convert("RGB").resize((60, 150)).getcolors(9000)
     assert colours is not None and len(colours) > 20  # not a blank page
+
+
+def test_an_out_that_is_a_folder_is_refused_by_name(tmp_path: Path) -> None:
+    """``report -o FOLDER``: exit 2 naming the folder, not a crash writing a file over it."""
+    data = write_tiny_dataset(tmp_path / "data")
+    (tmp_path / "html").mkdir()
+    result = CliRunner().invoke(app, ["report", str(data), "-o", str(tmp_path / "html")])
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert "html is an existing folder" in result.output and list((tmp_path / "html").iterdir()) == []

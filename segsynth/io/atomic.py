@@ -40,8 +40,14 @@ def _umask() -> int:
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write ``data`` to ``path`` via a temporary sibling file, fsync and ``os.replace``."""
+    """Write ``data`` to ``path`` via a temporary sibling file, fsync and ``os.replace``.
+
+    Raises:
+        FileExistsError: ``path`` is an existing folder (``-o`` named a folder where a file goes).
+    """
     path = Path(path)
+    if path.is_dir():
+        raise FileExistsError(f"{path} is an existing folder, not a file; name a file to write")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -99,14 +105,17 @@ def atomic_directory(final: str | os.PathLike[str], *, overwrite: bool = False) 
     Args:
         final: where the finished directory must appear.
         overwrite: replace an existing ``final`` (it is removed only after the new one is complete).
+            An existing empty folder is replaced without it.
 
     Yields:
-        The temporary directory to fill. On an exception it is deleted and ``final`` is untouched.
+        The temporary directory to fill. On an exception it is deleted, ``final`` is untouched and
+        the parent folders this call created are removed again, so a refusal leaves nothing behind.
     """
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    if final.exists() and not overwrite:
+    if final.exists() and not overwrite and not (final.is_dir() and not any(final.iterdir())):
         raise FileExistsError(f"{final} already exists")
+    created = [parent for parent in reversed(final.parents) if not parent.exists()]
+    final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
     try:
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700 would hide the folder from collaborators
@@ -127,4 +136,7 @@ def atomic_directory(final: str | os.PathLike[str], *, overwrite: bool = False) 
         _fsync_dir(final.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        for parent in reversed(created):  # deepest first; one that now holds something stays
+            with contextlib.suppress(OSError):
+                parent.rmdir()
         raise

@@ -167,7 +167,7 @@ class FolderLock:
         self.path = self.folder / name
         self.wait = wait
         self._me: Owner | None = None
-        self._created = False
+        self._created: list[Path] = []
         self._restore_sigterm: Callable[[], None] = lambda: None
 
     def acquire(self) -> FolderLock:
@@ -176,7 +176,7 @@ class FolderLock:
         Raises:
             FolderInUseError: a live process (or one on another host) holds it.
         """
-        self._created = not self.folder.exists()
+        self._created = [f for f in (*reversed(self.folder.parents), self.folder) if not f.exists()]
         self.folder.mkdir(parents=True, exist_ok=True)
         me = Owner(pid=os.getpid(), host=socket.gethostname(), started=_start_time(os.getpid()),
                    token=uuid.uuid4().hex, since=time.time())
@@ -215,8 +215,9 @@ class FolderLock:
         return f"{self.folder}: in use by {owner.describe()}; wait for it to finish or choose another output folder{hint}"
 
     def release(self) -> None:
-        """Remove the lock file if it is still ours (never another owner's), and the folder if this
-        lock created it and the work left nothing in it (a command refused before writing)."""
+        """Remove the lock file if it is still ours (never another owner's), and the folder (with
+        the parents) this lock created if the work left nothing in it (a command refused before
+        writing)."""
         if self._me is None:
             return
         owner = _read_owner(self.path)
@@ -228,9 +229,11 @@ class FolderLock:
         self._restore_sigterm = lambda: None
 
     def _remove_if_created(self) -> None:
-        if self._created:
-            with contextlib.suppress(OSError):
-                self.folder.rmdir()  # fails, as it should, when anything is inside
+        for folder in reversed(self._created):  # deepest first
+            try:
+                folder.rmdir()  # fails, as it should, when anything is inside
+            except OSError:
+                break
 
     def __enter__(self) -> FolderLock:
         return self.acquire()
