@@ -45,7 +45,7 @@ def test_a_synthetic_row_must_beat_the_best_free_row(tmp_path: Path) -> None:
     # the synthetic row beat the baseline but not heavy augmentation: the final network is the control
     assert (choice.setting, choice.kind, choice.best_free, choice.best_synthetic) == (
         "baseline+heavy-aug", FREE, "baseline+heavy-aug", "ratio:0.5")
-    assert "no synthetic setting beat the best free control" in choice.why and "0.7500 vs" in choice.why
+    assert "no synthetic setting beat the best free control" in choice.why and "-0.0500 Dice" in choice.why
     assert choice.comparison["mean"] == pytest.approx(-0.05)
     assert choice.recipe_run == seg_run_dir(tmp_path / "a", 0, "baseline+heavy-aug", 0)
 
@@ -75,3 +75,25 @@ def test_the_choice_is_written_into_the_plan_once(tmp_path: Path) -> None:
     stamp = path.stat().st_mtime_ns
     record_choice(saved, path, choice)
     assert path.stat().st_mtime_ns == stamp
+
+
+def test_with_chosen_controls_the_choice_follows_the_benchmarks_headline(tmp_path: Path) -> None:
+    """A benchmark that chose each fold's better free control on validation cases: the final free
+    setting is that control (not the one with the better test Dice), and a synthetic row wins only
+    with a positive gain over it."""
+    rows = {"baseline": (0.70, False), "baseline+heavy-aug": (0.80, False), "self-training": (0.90, False),
+            "ratio:0.5": (0.85, True)}
+    results = _benchmark(tmp_path / "a", rows)
+    results["controls"] = ["baseline+heavy-aug", "self-training"]
+    results["best_control"] = {"0": {"chosen": "baseline+heavy-aug",
+                                     "val_dice": {"baseline+heavy-aug": 0.7, "self-training": 0.6}}}
+    gain = {"mean": 0.05, "ci_low": 0.01, "ci_high": 0.09, "p": 0.25, "n": 3}
+    results["paired"] = {"ratio:0.5": {"vs_best_control": gain}}
+    choice = choose_final(tmp_path / "a", results)
+    assert (choice.setting, choice.kind, choice.best_free) == ("ratio:0.5", SYNTHETIC, "baseline+heavy-aug")
+    assert choice.comparison == gain and "+0.0500 Dice" in choice.why
+
+    results["paired"]["ratio:0.5"]["vs_best_control"] = gain | {"mean": -0.01}
+    choice = choose_final(tmp_path / "a", results)
+    assert (choice.setting, choice.kind) == ("baseline+heavy-aug", FREE)
+    assert "no synthetic setting beat the best free control" in choice.why
