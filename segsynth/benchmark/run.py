@@ -8,8 +8,10 @@ rows and each synthetic setting with the same seeds, then scored on the fold's t
 Fairness is built in: every segmentation run trains the same number of optimiser steps (planned
 from the data unless set) with the same batch, schedule, augmentation, validation cases and
 validation schedule, and is scored at its best-validation step; one factor changes per row (the
-mixed-in synthetic data, heavy augmentation, or all labelled cases). ``merge`` settings get their
-own set of same-mask variants. Every sub-run is an ordinary run folder and is skipped (or resumed)
+mixed-in synthetic data, heavy augmentation, the baseline's own confident pseudo-labels of the
+unlabelled pool, or all labelled cases). ``merge`` settings get their own set of same-mask
+variants. The table leads with each synthetic setting's gain over the better free control (heavy
+augmentation or self-training) of its fold, chosen on the fold's validation cases. Every sub-run is an ordinary run folder and is skipped (or resumed)
 when the benchmark is run again, so a killed benchmark continues.
 """
 
@@ -168,8 +170,9 @@ def check_inputs(data: Path, config: BenchmarkConfig) -> None:
     if "self_training" in config.controls:
         for fold, split in enumerate(splits):
             if not pseudo_pool(unlabeled, split, {r.case_id for r in labelled})[0]:
-                raise ValueError(f"{data / UNLABELED_DIR}: every unlabelled image belongs to a validation or test case of "
-                                 f"fold {fold}, so the self_training control has nothing to pseudo-label; "
+                raise ValueError(f"{data / UNLABELED_DIR}: every unlabelled image belongs to a validation, test or "
+                                 f"left-out labelled case of fold {fold}, so the self_training control has nothing to "
+                                 "pseudo-label; "
                                  "remove self_training from controls or add unlabelled images of other cases")
     SegDataset(data, "unlabeled", refs=unlabeled, spec=spec).verify()
 
