@@ -26,6 +26,7 @@ from pydantic import Field
 
 from segsynth.artifacts.names import DATASET_JSON, PLAN_JSON, UNLABELED_DIR
 from segsynth.benchmark import BenchmarkConfig
+from segsynth.benchmark.foreground import benchmark_folds
 from segsynth.benchmark.plan import SEG_PASSES, SEG_STEP_FLOOR, fit_generator, image_side
 from segsynth.benchmark.recipes import segmentation_budget
 from segsynth.config import ConfigError, StrictModel, load_config, parse_config
@@ -34,7 +35,6 @@ from segsynth.data.loader import index_dataset
 from segsynth.diffusion.config import DiffusionTrainConfig
 from segsynth.io.atomic import atomic_write_text
 from segsynth.seg.config import SegTrainConfig
-from segsynth.seg.splits import make_folds
 from segsynth.synth.config import GenerationConfig
 
 #: Why a plan samples with generate's own defaults.
@@ -188,7 +188,7 @@ def plan_run(data: str | Path, device: Device | None = None) -> RunPlan:
 def _segmentation_budget(data: Path, plan: RunPlan) -> Choice:
 
     cfg = benchmark_config(plan)
-    splits = make_folds(index_dataset(data), cfg.folds, cfg.fold_seed, cfg.val_fraction, cfg.low_label)
+    splits = benchmark_folds(data, index_dataset(data), cfg)  # the folds the benchmark will make
     steps = segmentation_budget(data, splits, cfg)
     return Choice(value=steps, why=(
         f"every setting trains the same steps: {SEG_PASSES} passes over the largest real training set, "
