@@ -153,3 +153,17 @@ def test_config_reads_heavy_aug_settings_and_the_self_training_recipe() -> None:
         parse_config(BenchmarkConfig, {"settings": ["none+heavy-aug"]})
     with pytest.raises(ConfigError, match="self_training.mix"):
         parse_config(BenchmarkConfig, {"self_training": {"mix": "merge:0.6"}})
+
+
+def test_a_fold_with_nothing_to_pseudo_label_is_refused_before_any_work(tmp_path: Path) -> None:
+    data = write_tiny_dataset(tmp_path / "data", cases=CASES, per_case=1, size=16, unlabeled=2)
+    spec = load_spec(data)
+    save_spec(data, spec.model_copy(update={"unlabeled_cases": {"u1_0": "p1", "u1_1": "p1"}}))
+    cfg = parse_config(BenchmarkConfig, {"folds": 2, "low_label": 2, "val_fraction": 0.5})
+    with pytest.raises(ValueError, match="self_training control has nothing to pseudo-label"):
+        run_benchmark(data, tmp_path / "bench", cfg)
+    assert not (tmp_path / "bench").exists()
+    # without the control the same data is fine up to training (the styles still come from unlabeled/)
+    from segsynth.benchmark.run import check_inputs
+
+    check_inputs(data, cfg.model_copy(update={"controls": ["heavy_augmentation"]}))

@@ -16,8 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
+from segsynth.artifacts.names import DATASET_JSON
+from segsynth.benchmark.config import BenchmarkConfig
 from segsynth.data.loader import SampleRef, SegDataset
-from segsynth.seg.splits import Split
+from segsynth.seg.splits import Split, make_folds
 
 #: A case holds "almost none" of a class when the class's share of its pixels is below this
 #: fraction of the median share over the cases that hold the class.
@@ -42,6 +44,20 @@ def case_class_pixels(data: Path, refs: Sequence[SampleRef]) -> dict[str, dict[s
 def class_strata(pixels: Mapping[str, Mapping[str, int]]) -> dict[str, tuple[str, ...]]:
     """Each case's stratum: the foreground classes its masks hold (sorted names)."""
     return {case: tuple(sorted(c for c, n in row.items() if c != "_total" and n > 0)) for case, row in pixels.items()}
+
+
+def benchmark_folds(data: Path, refs: Sequence[SampleRef], config: BenchmarkConfig) -> list[Split]:
+    """The benchmark's folds of ``data``: by case, stratified by the classes each case holds (the
+    one place they are made, so a planned budget and the benchmark see the same folds).
+
+    Raises:
+        ValueError: too few cases for the folds or for validation, naming ``dataset.json``.
+    """
+    strata = class_strata(case_class_pixels(data, refs))
+    try:
+        return make_folds(refs, config.folds, config.fold_seed, config.val_fraction, config.low_label, strata)
+    except ValueError as exc:
+        raise ValueError(f"{data / DATASET_JSON}: {exc}") from None
 
 
 def scarce_classes(pixels: Mapping[str, Mapping[str, int]]) -> dict[str, dict[str, str]]:

@@ -8,8 +8,10 @@ rows and each synthetic setting with the same seeds, then scored on the fold's t
 Fairness is built in: every segmentation run trains the same number of optimiser steps (planned
 from the data unless set) with the same batch, schedule, augmentation, validation cases and
 validation schedule, and is scored at its best-validation step; one factor changes per row (the
-mixed-in synthetic data, heavy augmentation, or all labelled cases). ``merge`` settings get their
-own set of same-mask variants. Every sub-run is an ordinary run folder and is skipped (or resumed)
+mixed-in synthetic data, heavy augmentation, the baseline's own confident pseudo-labels of the
+unlabelled pool, or all labelled cases). ``merge`` settings get their own set of same-mask
+variants. The table leads with each synthetic setting's gain over the better free control (heavy
+augmentation or self-training) of its fold, chosen on the fold's validation cases. Every sub-run is an ordinary run folder and is skipped (or resumed)
 when the benchmark is run again, so a killed benchmark continues.
 """
 
@@ -44,7 +46,7 @@ from segsynth.artifacts.names import (
 from segsynth.artifacts.schemas import TrainingSummary, read_record
 from segsynth.benchmark.calibrate import calibrated_budget
 from segsynth.benchmark.config import BenchmarkConfig, split_setting
-from segsynth.benchmark.foreground import case_class_pixels, class_strata, fold_warnings
+from segsynth.benchmark.foreground import benchmark_folds, case_class_pixels, fold_warnings
 from segsynth.benchmark.recipes import (
     BASELINE,
     CONTROL_NAMES,
@@ -70,7 +72,7 @@ from segsynth.io.lock import owns_folder
 from segsynth.io.yaml_file import read_yaml
 from segsynth.seg.config import SegTrainConfig, parse_mix
 from segsynth.seg.evaluate import evaluate_seg
-from segsynth.seg.splits import Split, load_splits, make_folds, save_splits
+from segsynth.seg.splits import Split, load_splits, save_splits
 from segsynth.seg.train import train_seg
 from segsynth.synth.config import GenerationConfig
 from segsynth.synth.generate import generate
@@ -81,18 +83,9 @@ def _folds(data: Path, out: Path, cfg: BenchmarkConfig) -> list[Split]:
     path = out / SPLITS_JSON
     if path.is_file():
         return load_splits(path)
-    splits = _make_folds(data, index_dataset(data), cfg)
+    splits = benchmark_folds(data, index_dataset(data), cfg)
     save_splits(path, splits, cfg.fold_seed)
     return splits
-
-
-def _make_folds(data: Path, refs: list, cfg: BenchmarkConfig) -> list[Split]:
-    # stratified by the classes each case holds, so every fold's test cases hold every class they can
-    strata = class_strata(case_class_pixels(data, refs))
-    try:
-        return make_folds(refs, cfg.folds, cfg.fold_seed, cfg.val_fraction, cfg.low_label, strata)
-    except ValueError as exc:
-        raise ValueError(f"{data / DATASET_JSON}: {exc}") from None
 
 
 def _diffusion(data: Path, fold: Path, split: Split, cfg: BenchmarkConfig, console: Console) -> Path:
@@ -183,15 +176,16 @@ def check_inputs(data: Path, config: BenchmarkConfig) -> None:
     if not labelled:
         raise ValueError(f"{data / IMAGES_DIR}: no labelled images")
     SegDataset(data, refs=labelled, spec=spec).verify()  # before the masks are read for the folds
-    splits = _make_folds(data, labelled, config)
+    splits = benchmark_folds(data, labelled, config)
     unlabeled = index_dataset(data, "unlabeled", spec)
     if not unlabeled:
         raise ValueError(f"{data / UNLABELED_DIR}: no unlabelled images; the benchmark draws its style references from them")
     if "self_training" in config.controls:
         for fold, split in enumerate(splits):
             if not pseudo_pool(unlabeled, split, {r.case_id for r in labelled})[0]:
-                raise ValueError(f"{data / UNLABELED_DIR}: every unlabelled image belongs to a validation or test case of "
-                                 f"fold {fold}, so the self_training control has nothing to pseudo-label; "
+                raise ValueError(f"{data / UNLABELED_DIR}: every unlabelled image belongs to a validation, test or "
+                                 f"left-out labelled case of fold {fold}, so the self_training control has nothing to "
+                                 "pseudo-label; "
                                  "remove self_training from controls or add unlabelled images of other cases")
     SegDataset(data, "unlabeled", refs=unlabeled, spec=spec).verify()
 

@@ -46,7 +46,7 @@ def pseudo_labelled_set(data: Path, folder: Path, teacher: Path, split: Split, f
     labelled_cases = {r.case_id for r in index_dataset(data)}
     pool, excluded = pseudo_pool(index_dataset(data, "unlabeled"), split, labelled_cases)
     if not pool:
-        raise ValueError(f"{data / UNLABELED_DIR}: fold {fold} has no unlabelled image outside its validation and "
-                         f"test cases to pseudo-label (self_training control)")
+        raise ValueError(f"{data / UNLABELED_DIR}: fold {fold} has no unlabelled image outside its validation, test "
+                         "and left-out labelled cases to pseudo-label (self_training control)")
     return pseudo_label(teacher, data, pool, folder, cfg.self_training.threshold,
                         extra={"fold": fold, "seed": seed, "excluded": excluded})

@@ -40,7 +40,7 @@ def benchmark(
     overrides: SetOption = [],
     folds: int | None = typer.Option(None, help="k of the k-fold split by case."),
     seeds: str | None = typer.Option(None, help="Segmentation seeds, e.g. 0,1,2."),
-    settings: str | None = typer.Option(None, help="Synthetic settings, e.g. ratio:0.8,merge:0.6,concat."),
+    settings: str | None = typer.Option(None, help="Synthetic settings, e.g. ratio:0.8,merge:0.6,concat; NAME+heavy-aug adds heavy augmentation."),
     low_label: str | None = typer.Option(None, help="Labelled training cases kept per fold: a fraction (0.5) or a count (2)."),
     run_folds: str | None = typer.Option(None, help="Run only these folds, e.g. 0."),
     diffusion_config: Path | None = typer.Option(None, help="YAML for the per-fold diffusion models."),

@@ -26,6 +26,7 @@ from pydantic import Field
 
 from segsynth.artifacts.names import DATASET_JSON, PLAN_JSON, UNLABELED_DIR
 from segsynth.benchmark import BenchmarkConfig
+from segsynth.benchmark.foreground import benchmark_folds
 from segsynth.benchmark.plan import SEG_PASSES, SEG_STEP_FLOOR, fit_generator, image_side
 from segsynth.benchmark.recipes import segmentation_budget
 from segsynth.config import ConfigError, StrictModel, load_config, parse_config
@@ -34,7 +35,6 @@ from segsynth.data.loader import index_dataset
 from segsynth.diffusion.config import DiffusionTrainConfig
 from segsynth.io.atomic import atomic_write_text
 from segsynth.seg.config import SegTrainConfig
-from segsynth.seg.splits import make_folds
 from segsynth.synth.config import GenerationConfig
 
 #: Why a plan samples with generate's own defaults.
@@ -171,8 +171,10 @@ def plan_run(data: str | Path, device: Device | None = None) -> RunPlan:
         "settings": Choice(value=["ratio:0.8", "merge:0.6", "concat"], why=(
             "the three ways to use synthetic data: 80% of each batch synthetic, same-mask variants merged, "
             "and the two sets concatenated")),
-        "controls": Choice(value=["heavy_augmentation", "all_labelled"], why=(
-            "what a user gets without a generator: heavier augmentation, and every labelled case as the reference")),
+        "controls": Choice(value=["heavy_augmentation", "self_training", "all_labelled"], why=(
+            "what a user gets without a generator: heavier augmentation and self-training on the unlabelled pool "
+            "(the better of the two, chosen on validation cases, is what synthetic data must beat), and every "
+            "labelled case as the reference")),
         "generation.n": Choice(value=n, why=(
             f"{SYNTH_PER_IMAGE} per labelled image ({n_images}), within {low}-{high} on {device}")),
         "generation.per_mask": Choice(value=PER_MASK[device], why=(
@@ -188,7 +190,7 @@ def plan_run(data: str | Path, device: Device | None = None) -> RunPlan:
 def _segmentation_budget(data: Path, plan: RunPlan) -> Choice:
 
     cfg = benchmark_config(plan)
-    splits = make_folds(index_dataset(data), cfg.folds, cfg.fold_seed, cfg.val_fraction, cfg.low_label)
+    splits = benchmark_folds(data, index_dataset(data), cfg)  # the folds the benchmark will make
     steps = segmentation_budget(data, splits, cfg)
     return Choice(value=steps, why=(
         f"every setting trains the same steps: {SEG_PASSES} passes over the largest real training set, "
