@@ -10,7 +10,8 @@ The public API, stage by stage (each stage reads and writes plain folders):
   :class:`DiffusionTrainConfig`, :func:`train_diffusion`;
 - latent mode and backbones: :class:`AutoencoderTrainConfig`, :func:`train_autoencoder`,
   :class:`BackboneTrainConfig`, :func:`train_controlnet` (ControlNet on a frozen Stable Diffusion);
-- synthesis: :class:`GenerationConfig`, :func:`generate` (large images in blended tiles with ``size``);
+- synthesis: :class:`GenerationConfig`, :func:`generate` (large images in blended tiles with ``size``;
+  samples a frozen real-data network does not read as their layouts dropped with a :class:`FilterConfig`);
 - segmentation: :class:`SegTrainConfig`, :func:`train_seg`, :func:`evaluate_seg`, and :func:`predict`
   (a :class:`PredictConfig`) to segment new images with a trained network or a run's ``final/``;
 - experiment: :class:`BenchmarkConfig`, :func:`run_benchmark` (``reuse`` an earlier benchmark's unchanged
@@ -52,6 +53,7 @@ _EXPORTS = {
     "DoesNotFitError": "segsynth.fits",
     "EvaluationMetrics": "segsynth.artifacts.schemas",
     "Found": "segsynth.artifacts.detect",
+    "FilterConfig": "segsynth.synth.config",
     "GenerationConfig": "segsynth.synth.config",
     "ImageSplit": "segsynth.artifacts.schemas",
     "ManifestRecord": "segsynth.artifacts.schemas",

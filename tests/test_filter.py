@@ -196,3 +196,23 @@ def test_the_benchmark_judge_is_the_fold_baseline_trained_without_its_test_cases
     assert not (set(split["train_ids"]) | set(split["val_ids"])) & test_ids
     assert not {r.layout_id for r in read_manifest(synth / "manifest.jsonl")} & test_ids
     assert not test_ids & set(json.loads((synth / "dataset.json").read_text())["cases"].values())
+
+
+def test_cli_filter_from_set_options_reports_what_it_kept(pipe, toy, judge, tmp_path):
+    from typer.testing import CliRunner
+
+    from segsynth.cli import app
+
+    run = tmp_path / "run"
+    pipe.save_pretrained(run / "pipeline")
+    (run / "training_data.json").write_text(json.dumps({"data_root": str(toy), "num_refs": 2}))
+    out = tmp_path / "synth"
+    args = ["generate", str(run), "--out", str(out), "-n", "3", "--steps", "2", "--batch-size", "3",
+            "--set", f"filter.judge={judge}", "--set", f"filter.min_dice={HALF}"]
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    summary = outcome(out)
+    assert f"kept 3 of {summary['attempts']} draws (min_dice {HALF})" in result.output
+    missing = CliRunner().invoke(app, ["generate", str(run), "--out", str(tmp_path / "other"), "-n", "3",
+                                       "--set", f"filter.judge={tmp_path}", "--set", "filter.min_dice=0.5"])
+    assert missing.exit_code == 2 and "no segmentation network" in missing.output

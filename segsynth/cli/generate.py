@@ -129,4 +129,12 @@ def generate(
     table.add_row("already done", str(result.skipped))
     table.add_row("shard size", f"{result.shard_size} (shard {chosen[0]}/{chosen[1]})")
     table.add_row("set complete", "yes: manifest.jsonl + dataset.json written" if result.complete else "no: other shards pending")
+    if result.complete and cfg.filter is not None:
+        from segsynth.artifacts.names import GENERATION_JSON
+        from segsynth.artifacts.schemas import GenerationRecord, read_record
+
+        done = read_record(result.out / GENERATION_JSON, GenerationRecord).filtered
+        if done is not None:
+            table.add_row("filter", f"kept {done.kept} of {done.attempts} draws (min_dice {done.min_dice}); "
+                          f"{done.kept} of {done.requested} samples" + (", draw cap reached" if done.reached_cap else ""))
     console.print(table)
