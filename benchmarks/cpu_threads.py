@@ -1,0 +1,163 @@
+"""Two training processes on the same cores: does throughput collapse, and which thread setting avoids it.
+
+Each scenario starts one or two child processes that build the library's own ``train-diffusion``
+task (tiny recipe, 64 px, batch 4; :mod:`speed_tasks`), warm up, wait for a common start time,
+then call ``train_step`` for a fixed number of seconds and report their steps/s. A pair's
+throughput is the sum of its two processes; it is compared with the best single process of the
+same thread setting and with the best single process overall (the machine's capacity for this
+step). A shared OpenMP runtime spins idle threads while waiting for work; two processes that each
+start a thread per core then steal each other's cores.
+
+Scenarios (``threads`` per process; ``wait``: ``OMP_WAIT_POLICY``):
+
+- ``solo_cpus``: one process, as many threads as usable CPUs (torch's default here);
+- ``solo_cpus_passive``: the same with ``OMP_WAIT_POLICY=PASSIVE`` (what passive costs one run);
+- ``solo_1``: one process, 1 thread;
+- ``pair_cpus``: two processes, each with a thread per usable CPU (torch's default: oversubscribed);
+- ``pair_cpus_passive``: the same with ``OMP_WAIT_POLICY=PASSIVE`` (idle threads sleep);
+- ``pair_split``: two processes, usable CPUs / 2 threads each (what the library picks for a
+  launch of two processes on the machine, ``LOCAL_WORLD_SIZE=2``);
+- ``pair_library``: two processes, no thread setting at all: the library's default as a user gets it.
+
+The machine may be shared with other work: scenarios run in sequence, so their absolute numbers
+move with its load (recorded); repeat with ``--repeats`` and read the ratios.
+
+Run: ``.venv/bin/python benchmarks/cpu_threads.py --quick`` (~2 min). Writes
+``benchmarks/results/cpu_threads.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from profiles import fill_profile
+
+ROOT = Path(__file__).resolve().parents[1]
+HERE = Path(__file__).resolve().parent
+
+
+def child(seconds: float, start_at: float, out: Path, data: Path) -> None:
+    """One process: build the task, warm up, wait for ``start_at``, train for ``seconds``; print steps/s."""
+    import torch
+    from speed_tasks import diffusion_task
+
+    task, batch = diffusion_task(data, out, {"train.batch_size": 4})
+    task.train_step(batch, 0)
+    task.train_step(batch, 1)
+    time.sleep(max(0.0, start_at - time.time()))
+    steps, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        task.train_step(batch, steps + 2)
+        steps += 1
+    print(json.dumps({"steps_per_s": steps / (time.perf_counter() - start), "threads": torch.get_num_threads()}))
+
+
+def run_scenario(processes: int, env_extra: dict[str, str], seconds: float, data: Path, setup: float) -> list[dict[str, Any]]:
+    """Start ``processes`` children with ``env_extra``; their reports."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "LOCAL_WORLD_SIZE")}
+    env.update(env_extra)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(HERE), env.get("PYTHONPATH", "")])
+    start_at = time.time() + setup
+    procs = [subprocess.Popen([sys.executable, __file__, "--child", "--seconds", str(seconds), "--start-at",
+                               str(start_at), "--data", str(data), "--out", tempfile.mkdtemp(prefix="segsynth-thr-")],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+             for _ in range(processes)]
+    reports = []
+    for p in procs:
+        stdout, _ = p.communicate()
+        if p.returncode != 0:
+            raise RuntimeError(f"a child process failed (exit {p.returncode})")
+        reports.append(json.loads(stdout.strip().splitlines()[-1]))
+    return reports
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="8 s per scenario, one repeat (~2 min)")
+    parser.add_argument("--seconds", type=float, default=None, help="timed seconds per scenario")
+    parser.add_argument("--repeats", type=int, default=None, help="passes over all scenarios")
+    parser.add_argument("--setup", type=float, default=25.0, help="seconds the children get to build and warm up")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "cpu_threads.json")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--start-at", type=float, default=0.0, help=argparse.SUPPRESS)
+    parser.add_argument("--data", type=Path, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    return fill_profile(args, {"seconds": 8.0, "repeats": 1}, {"seconds": 15.0, "repeats": 2})
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    if args.child:
+        child(args.seconds, args.start_at, args.out, args.data)
+        return {}
+    from rich.console import Console
+    from rich.table import Table
+    from speed_tasks import builtin_data
+
+    from segsynth.device import usable_cpus
+    from segsynth.io.atomic import atomic_write_json
+
+    cpus = usable_cpus()
+    half = str(max(1, cpus // 2))
+    scenarios = {
+        "solo_cpus": (1, {"OMP_NUM_THREADS": str(cpus)}),
+        "solo_cpus_passive": (1, {"OMP_NUM_THREADS": str(cpus), "OMP_WAIT_POLICY": "PASSIVE"}),
+        "solo_1": (1, {"OMP_NUM_THREADS": "1"}),
+        "pair_cpus": (2, {"OMP_NUM_THREADS": str(cpus)}),
+        "pair_cpus_passive": (2, {"OMP_NUM_THREADS": str(cpus), "OMP_WAIT_POLICY": "PASSIVE"}),
+        "pair_split": (2, {"LOCAL_WORLD_SIZE": "2"}),
+        "pair_library": (2, {}),
+    }
+    data = builtin_data()
+    console = Console() if sys.stdout.isatty() else Console(width=132)
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in scenarios}
+    loads = []
+    for _ in range(args.repeats):
+        for name, (processes, env) in scenarios.items():
+            loads.append(os.getloadavg()[0])
+            reports = run_scenario(processes, env, args.seconds, data, args.setup)
+            runs[name].append({"total_steps_per_s": sum(r["steps_per_s"] for r in reports), "processes": reports})
+    best_solo = max(r["total_steps_per_s"] for name in scenarios if name.startswith("solo") for r in runs[name])
+    rows = []
+    for name, (processes, env) in scenarios.items():
+        total = statistics.median(r["total_steps_per_s"] for r in runs[name])
+        rows.append({"scenario": name, "processes": processes, "env": env,
+                     "threads_per_process": runs[name][0]["processes"][0]["threads"],
+                     "total_steps_per_s": total, "of_best_single_process": total / best_solo, "runs": runs[name]})
+    table = Table(title=f"train-diffusion steps/s of one or two processes on {cpus} usable CPUs (shared machine)")
+    for col in ("scenario", "processes", "threads each", "env", "total steps/s", "of best single process"):
+        table.add_column(col, justify="left" if col in ("scenario", "env") else "right")
+    for r in rows:
+        table.add_row(r["scenario"], str(r["processes"]), str(r["threads_per_process"]),
+                      " ".join(f"{k}={v}" for k, v in r["env"].items()) or "(none)", f"{r['total_steps_per_s']:.2f}",
+                      f"{r['of_best_single_process']:.0%}")
+    console.print(table)
+    result = {
+        "benchmark": "cpu_threads",
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(["benchmarks/cpu_threads.py", *(argv if argv is not None else sys.argv[1:])]),
+        "quick": args.quick, "seconds_per_scenario": args.seconds, "repeats": args.repeats,
+        "usable_cpus": cpus, "python": platform.python_version(),
+        "load_average_1min_per_scenario": loads,
+        "shared_machine": "other processes share these cores; scenarios run one after another",
+        "best_single_process_steps_per_s": best_solo,
+        "rows": rows,
+    }
+    atomic_write_json(args.out, result)
+    console.print(f"wrote {args.out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
