@@ -143,6 +143,17 @@ def test_cli_predicts_and_never_writes_into_the_image_folder(trained: dict, tmp_
     inside = CliRunner().invoke(app, ["predict", str(trained[8]), str(data / "images"), "-o", str(data / "images" / "m")])
     assert inside.exit_code == 2 and "sits inside the input" in " ".join(inside.output.split())
     assert not (data / "images" / "m").exists()
+    # nor into the dataset folder around it, nor into the model
+    for out in (data / "m", trained[8] / "m", data):
+        refused = CliRunner().invoke(app, ["predict", str(trained[8]), str(data), "-o", str(out)])
+        assert refused.exit_code == 2 and f"--out {out}" in refused.output, refused.output
+    assert not (data / "m").exists() and not (trained[8] / "m").exists()
+    # nor into a folder predict did not write: the user's own masks there would mix with ours
+    own = tmp_path / "own"
+    write_image(own / "p1_0.png", np.zeros((16, 16), np.uint8))
+    mixed = CliRunner().invoke(app, ["predict", str(trained[8]), str(data), "-o", str(own)])
+    assert mixed.exit_code == 2 and "no prediction.json (p1_0.png)" in mixed.output, mixed.output
+    assert [p.name for p in own.iterdir()] == ["p1_0.png"] and not read_image(own / "p1_0.png").any()
     result = CliRunner().invoke(app, ["predict", str(trained[8]), str(data), "-o", str(tmp_path / "m"), "--tta",
                                       "--overlap", "0.5"])
     assert result.exit_code == 0, result.output

@@ -52,9 +52,9 @@ from segsynth.data.io import (
     write_image,
 )
 from segsynth.data.loader import MAX_RASTER_CHANNELS, channels_first, list_stems
-from segsynth.io.guard import check_out_apart
 from segsynth.device import inference_device
 from segsynth.io.atomic import atomic_write_json
+from segsynth.io.guard import OutputPathError, check_out_apart
 from segsynth.io.json_file import read_json_object
 from segsynth.io.lock import owns_folder
 from segsynth.progress import StepProgress
@@ -173,9 +173,17 @@ def _open_folder(out: Path, record: dict[str, Any]) -> None:
     """Write ``prediction.json``, or check that the folder's masks were made the same way.
 
     Raises:
+        OutputPathError: the folder holds files but no ``prediction.json``.
         ValueError: the folder holds masks of another network or other settings.
     """
     path = out / PREDICTION_JSON
+    held = sorted(entry.name for entry in out.iterdir() if not entry.name.startswith(".")) if out.is_dir() else []
+    if held and not path.is_file():
+        # not a folder of predictions: its files (the user's own masks, say) would mix with ours
+        raise OutputPathError(
+            f"--out {out} holds {len(held)} entries but no {PREDICTION_JSON} ({', '.join(held[:5])}); "
+            "predictions go to a new or empty folder, or to one an earlier predict wrote"
+        )
     if path.is_file():
         saved = read_json_object(path)
         keys = ("network_sha256", "window", "overlap", "tta")
@@ -279,14 +287,15 @@ def predict(
     Raises:
         FileNotFoundError: no network or no image folder.
         DataReadError: an unreadable image, or one whose channels differ from the network's.
-        OutputPathError: ``out`` is, holds or sits inside the network or the image folder.
+        OutputPathError: ``out`` at, inside or around the images or the model, or a non-empty
+            folder that no earlier ``predict`` wrote.
         ValueError: ``out`` holds masks of another network or settings.
     """
     config = config or PredictConfig()
     console = console or Console(stderr=True)
     out = Path(out)
     folder = image_folder(images)
-    check_out_apart(out, [model, images])
+    check_out_apart(out, [images, model])
     files, others = list_images(folder)
     predictor = Predictor(Path(model), config)
     check_channels(files, predictor.channels, predictor.directory)
