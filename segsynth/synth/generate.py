@@ -26,8 +26,8 @@ import hashlib
 import importlib
 import math
 import os
-import warnings
 import tempfile
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -253,10 +253,10 @@ def load_run(path: str | Path) -> tuple[SegSynthPipeline, Path, dict[str, Any]]:
 
 
 def generation_inputs(run: str | Path | SegSynthPipeline, cfg: GenerationConfig) -> list[Path]:
-    """Every folder a generation reads: the run, the layout data and style pool given, and the data
+    """Every folder a generation reads: the run, the layout data, style pool and judge given, and the data
     the run's ``training_data.json`` records (the default layouts and styles). The synthetic set
     must be written apart from all of them (:func:`segsynth.io.guard.check_out_apart`)."""
-    inputs = [Path(p) for p in (cfg.layout_data, cfg.styles) if p is not None]
+    inputs = [Path(p) for p in (cfg.layout_data, cfg.styles, cfg.filter and cfg.filter.judge) if p is not None]
     if isinstance(run, SegSynthPipeline):
         return inputs
     inputs.append(Path(run))
