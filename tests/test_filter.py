@@ -218,5 +218,5 @@ def test_cli_filter_from_set_options_reports_what_it_kept(pipe, toy, judge, tmp_
     summary = outcome(out)
     assert f"kept 3 of {summary['attempts']} draws (min_dice {HALF})" in result.output
     missing = CliRunner().invoke(app, ["generate", str(run), "--out", str(tmp_path / "other"), "-n", "3",
-                                       "--set", f"filter.judge={tmp_path}", "--set", "filter.min_dice=0.5"])
+                                       "--set", f"filter.judge={tmp_path / 'no-judge'}", "--set", "filter.min_dice=0.5"])
     assert missing.exit_code == 2 and "no segmentation network" in missing.output

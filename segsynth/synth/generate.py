@@ -651,10 +651,12 @@ def _write_filtered(
             block_draws = [_draw(d, config.seed, layout_source, style_source) for d in block]
             images = render(block, block_draws)
             check_images(images, block.start, f"generate {out}")
-            pixels = {d: _to_pixels(images[d - block.start]) for d in todo}
-            scores = judge.score([pixels[d] for d in todo], [block_draws[d - block.start]["layout"] for d in todo],
-                                 [out / IMAGES_DIR / f"draw_{d:07d}.png" for d in todo])
-            for d, dice in zip(todo, scores, strict=True):
+            # the whole block is judged, as it was rendered: the judge's batches stay those of an
+            # uninterrupted run too, so no float in its decision can differ after a resume
+            scores = judge.score([_to_pixels(image) for image in images], [drawn["layout"] for drawn in block_draws],
+                                 [out / IMAGES_DIR / f"draw_{d:07d}.png" for d in block])
+            for d in todo:
+                dice = scores[d - block.start]
                 if len(kept) >= len(slots):
                     break
                 draw = block_draws[d - block.start]
