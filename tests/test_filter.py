@@ -15,6 +15,7 @@ from segsynth.artifacts.schemas import GenerationRecord, ManifestRecord, Rejecte
 from segsynth.data.loader import sample_seed
 from segsynth.diffusion.objective import ObjectiveConfig, make_train_scheduler
 from segsynth.diffusion.pipeline import SegSynthPipeline
+from segsynth.io.guard import OutputPathError
 from segsynth.models.config import ModelConfig
 from segsynth.models.model import SegSynthModel
 from segsynth.seg.config import NetworkConfig
@@ -154,7 +155,7 @@ def test_resume_after_a_kill_gives_the_identical_filtered_set(pipe, toy, judge, 
     assert files_of(out) == files_of(reference)
 
 
-def test_a_judge_that_reads_other_classes_is_refused_before_any_output(pipe, toy, tmp_path):
+def test_a_judge_that_reads_other_classes_is_refused_before_any_output(pipe, toy, judge, tmp_path):
     run = tmp_path / "other"
     cfg = NetworkConfig(name="unet", channels=(4, 8), strides=(2,), num_res_units=0)
     save_network(run / "best", build_network(cfg, 1, 3), cfg, 1, ["background", "a", "b"],
@@ -164,6 +165,9 @@ def test_a_judge_that_reads_other_classes_is_refused_before_any_output(pipe, toy
     with pytest.raises(FileNotFoundError, match="no segmentation network"):
         generate(pipe, tmp_path / "set", config(toy, tmp_path / "missing", 2, 0.5))
     assert not (tmp_path / "set").exists()
+    with pytest.raises(OutputPathError):  # the judge is an input: never written into
+        generate(pipe, judge / "set", config(toy, judge, 2, 0.5))
+    assert not (judge / "set").exists()
 
 
 def test_the_benchmark_judge_is_the_fold_baseline_trained_without_its_test_cases(tmp_path):
@@ -214,5 +218,5 @@ def test_cli_filter_from_set_options_reports_what_it_kept(pipe, toy, judge, tmp_
     summary = outcome(out)
     assert f"kept 3 of {summary['attempts']} draws (min_dice {HALF})" in result.output
     missing = CliRunner().invoke(app, ["generate", str(run), "--out", str(tmp_path / "other"), "-n", "3",
-                                       "--set", f"filter.judge={tmp_path}", "--set", "filter.min_dice=0.5"])
+                                       "--set", f"filter.judge={tmp_path / 'no-judge'}", "--set", "filter.min_dice=0.5"])
     assert missing.exit_code == 2 and "no segmentation network" in missing.output

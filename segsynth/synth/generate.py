@@ -26,8 +26,8 @@ import hashlib
 import importlib
 import math
 import os
-import warnings
 import tempfile
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -253,10 +253,10 @@ def load_run(path: str | Path) -> tuple[SegSynthPipeline, Path, dict[str, Any]]:
 
 
 def generation_inputs(run: str | Path | SegSynthPipeline, cfg: GenerationConfig) -> list[Path]:
-    """Every folder a generation reads: the run, the layout data and style pool given, and the data
+    """Every folder a generation reads: the run, the layout data, style pool and judge given, and the data
     the run's ``training_data.json`` records (the default layouts and styles). The synthetic set
     must be written apart from all of them (:func:`segsynth.io.guard.check_out_apart`)."""
-    inputs = [Path(p) for p in (cfg.layout_data, cfg.styles) if p is not None]
+    inputs = [Path(p) for p in (cfg.layout_data, cfg.styles, cfg.filter and cfg.filter.judge) if p is not None]
     if isinstance(run, SegSynthPipeline):
         return inputs
     inputs.append(Path(run))
@@ -651,10 +651,12 @@ def _write_filtered(
             block_draws = [_draw(d, config.seed, layout_source, style_source) for d in block]
             images = render(block, block_draws)
             check_images(images, block.start, f"generate {out}")
-            pixels = {d: _to_pixels(images[d - block.start]) for d in todo}
-            scores = judge.score([pixels[d] for d in todo], [block_draws[d - block.start]["layout"] for d in todo],
-                                 [out / IMAGES_DIR / f"draw_{d:07d}.png" for d in todo])
-            for d, dice in zip(todo, scores, strict=True):
+            # the whole block is judged, as it was rendered: the judge's batches stay those of an
+            # uninterrupted run too, so no float in its decision can differ after a resume
+            scores = judge.score([_to_pixels(image) for image in images], [drawn["layout"] for drawn in block_draws],
+                                 [out / IMAGES_DIR / f"draw_{d:07d}.png" for d in block])
+            for d in todo:
+                dice = scores[d - block.start]
                 if len(kept) >= len(slots):
                     break
                 draw = block_draws[d - block.start]
