@@ -311,6 +311,25 @@ def test_generate_writes_a_synthetic_set_from_a_controlnet_run(straight: Path, d
     assert not (tmp_path / "styled").exists() and not (tmp_path / "tiled").exists()
 
 
+def test_generate_from_a_controlnet_run_refuses_a_size_that_cannot_fit(straight: Path, tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import segsynth.fits as fits
+    import segsynth.synth.generate as generate_module
+
+    def never_reached(*args, **kwargs):
+        raise AssertionError("the run started although it cannot fit")
+
+    monkeypatch.setattr(fits, "available_memory", lambda device=None: (2**30, "test limit"))
+    monkeypatch.setattr(generate_module, "_draw", never_reached)  # were the check gone, no 25 GiB of layouts
+    out = tmp_path / "synth"
+    result = CliRunner().invoke(app, ["generate", str(straight), "--out", str(out), "-n", "2", "--steps", "1",
+                                      "--size", "40000"])
+    assert result.exit_code == 2, result.output
+    text = " ".join(result.output.split())
+    assert "error: generate needs at least" in text and "layouts (2 of 40000x40000)" in text  # after the weights' bar
+    assert "but only 1.0 GiB is available (test limit)" in text and not out.exists()
+
+
 def test_report_recognises_a_controlnet_run(straight: Path, tmp_path: Path) -> None:
     """A ControlNet run writes ``training_data.json`` like a diffusion run but has no ``pipeline/``:
     the report names it a ControlNet run and reads its log and config without error."""

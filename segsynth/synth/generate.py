@@ -390,7 +390,9 @@ def generate(
         record = record.model_copy(update={"filter": judge.record})
     model_size = int(unet_cfg.image_size)
     size = _output_size(pipeline, cfg.size)
-    check_memory(memory_estimate(pipeline, size, min(cfg.batch_size, cfg.n)), pipeline.device)  # before any output
+    unet = pipeline.unet
+    check_memory(memory_estimate(size, min(cfg.batch_size, cfg.n), int(unet_cfg.image_channels), int(unet.sample_channels),
+                                 int(unet.latent_factor)), pipeline.device)  # before any output
     if cfg.tile_overlap is not None and cfg.tile_overlap >= model_size:
         raise ValueError(f"tile_overlap {cfg.tile_overlap} must be smaller than the tile, the model's size {model_size}")
     layout_source = make_layout_source(cfg.layouts, dataset, size, per_mask=cfg.per_mask, class_prior=cfg.class_prior)
@@ -507,6 +509,9 @@ def _generate_with_controlnet(
     out_size = cfg.size if cfg.size is not None else loaded.config.data.image_size
     if out_size % 8:
         raise ValueError(f"size {out_size} must be a multiple of 8 (Stable Diffusion's latent grid)")
+    vae = loaded.pipeline.vae.config
+    check_memory(memory_estimate(out_size, min(cfg.batch_size, cfg.n), int(vae.out_channels), int(vae.latent_channels),
+                                 2 ** (len(vae.block_out_channels) - 1)), loaded.pipeline.device)  # before any output
     layout_source = make_layout_source(cfg.layouts, dataset, out_size, per_mask=cfg.per_mask, class_prior=cfg.class_prior)
     dataset.verify()
 
@@ -704,19 +709,19 @@ def _line_count(path: Path) -> int:
     return path.read_bytes().count(b"\n") if path.is_file() else 0
 
 
-def memory_estimate(pipeline: SegSynthPipeline, size: int, batch_size: int) -> Estimate:
+def memory_estimate(size: int, batch_size: int, image_channels: int, sample_channels: int,
+                    latent_factor: int) -> Estimate:
     """What one pipeline call of ``batch_size`` images of ``size`` px holds at least, whatever the
-    tiling: the layouts (int64, as drawn and as a tensor), the noisy sample and the tiles' blended
-    sum on the denoiser's grid, and the decoded float32 images. The denoiser's activations on a tile
-    are not counted (a tile is the model's own size), so this is a lower bound (see :mod:`segsynth.fits`)."""
-    unet = pipeline.unet
+    model and the tiling: the layouts (int64, as drawn and as a tensor), the noisy sample and the
+    tiles' blended sum on the denoiser's grid (``sample_channels``, ``latent_factor`` times smaller
+    per side), and the decoded float32 images. The denoiser's activations are not counted, so this
+    is a lower bound (see :mod:`segsynth.fits`)."""
     pixels = size * size
-    grid = pixels // (unet.latent_factor ** 2)
-    channels = int(unet.config.image_channels)
+    grid = pixels // (latent_factor ** 2)
     parts = {
         f"layouts ({batch_size} of {size}x{size})": batch_size * pixels * 8 * 2,
-        "sample and tile sum": batch_size * int(unet.sample_channels) * grid * 4 * 2,
-        "decoded images": batch_size * pixels * channels * 4,
+        "sample and tile sum": batch_size * sample_channels * grid * 4 * 2,
+        "decoded images": batch_size * pixels * image_channels * 4,
     }
     return Estimate("generate", parts, lower=f"--size ({size}) or --batch-size ({batch_size})")
 
