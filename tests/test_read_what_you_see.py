@@ -237,13 +237,13 @@ def test_duplicate_yaml_keys_are_refused_naming_file_key_and_both_lines(tmp_path
     assert load_config(SegTrainConfig, path).train.steps == 4  # a merge key still overrides, as YAML intends
 
     path.write_text("train:\n  steps: 5\ntrain:\n  steps: 6\n", encoding="utf-8")
-    result = CliRunner().invoke(app, ["train-seg", str(tmp_path), "--out", str(tmp_path / "run"), "--config", str(path)])
+    result = CliRunner().invoke(app, ["train-seg", str(tmp_path), "--out", str(tmp_path.parent / f"{tmp_path.name}-run"), "--config", str(path)])
     assert result.exit_code == 2 and "Traceback" not in result.output
     flat = " ".join(result.output.split())
     assert "seg.yaml" in flat and "'train' appears twice" in flat and "lines 1 and 3" in flat
-    assert not (tmp_path / "run").exists()
+    assert not (tmp_path.parent / f"{tmp_path.name}-run").exists()
 
-    result = CliRunner().invoke(app, ["train-seg", str(tmp_path), "--out", str(tmp_path / "run"),
+    result = CliRunner().invoke(app, ["train-seg", str(tmp_path), "--out", str(tmp_path.parent / f"{tmp_path.name}-run"),
                                       "--set", "train={steps: 1, steps: 2}"])
     assert result.exit_code == 2 and "'steps' appears twice" in " ".join(result.output.split())
 

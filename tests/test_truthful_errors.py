@@ -43,10 +43,10 @@ def test_a_command_without_resume_never_advises_it(tiny_dataset: Path, tmp_path:
     def read_only(*args, dir=None, **kwargs):
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(dir))
 
-    monkeypatch.setattr(atomic.tempfile, "mkstemp", read_only)  # the dataset folder is not writable
-    result = CliRunner().invoke(app, ["data", "info", str(tiny_dataset)])
+    monkeypatch.setattr(atomic.tempfile, "mkstemp", read_only)  # the folder of -o FILE is not writable
+    result = CliRunner().invoke(app, ["data", "info", str(tiny_dataset), "-o", str(tmp_path / "info.json")])
     assert result.exit_code == 2, result.output
-    assert message(result) == f"error: {tiny_dataset}: Permission denied; fix this and run the command again"
+    assert message(result) == f"error: {tmp_path}: Permission denied; fix this and run the command again"
 
 
 def test_export_on_a_full_disk_names_the_file_and_does_not_advise_resume(tiny_dataset: Path, tmp_path: Path,

@@ -77,7 +77,9 @@ def benchmark(
         cleared = {key: None for key, value in named.items() if value is None and key not in _set_keys(overrides)}
         if cleared:
             cfg = BenchmarkConfig.model_validate({**cfg.model_dump(), **cleared})
-        check_out_apart(out, [data, reuse, cfg.diffusion_config, cfg.segmentation_config])
+        # a stage config given as a file is an input too (a shipped recipe named by name is not a path)
+        configs = [c for c in (cfg.diffusion_config, cfg.segmentation_config) if c and Path(c).exists()]
+        check_out_apart(out, [data, reuse, *configs])
         results = run_benchmark(data, out, cfg, console=console, reuse=reuse)
         console.print(rich_table(results))
         console.print(f"results: {out / RESULTS_JSON} and {out / RESULTS_MD}")

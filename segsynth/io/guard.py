@@ -55,8 +55,7 @@ def check_out_apart(
     Args:
         out: the path the command writes (a folder or a file).
         inputs: every path the command reads: data folders, run folders, reference folders,
-            files. ``None`` entries (options not given) and paths that do not exist (a shipped
-            recipe named by name) are skipped: there is nothing there to protect.
+            files. ``None`` entries (options not given) are skipped.
         out_flag: how the output is spelled on the command line, for the message.
         allowed: exact output paths inside an input that are the command's own documented
             output place (never the input itself).
@@ -67,8 +66,8 @@ def check_out_apart(
     target = _resolved(out)
     exempt = {_resolved(path) for path in allowed}
     for given in inputs:
-        if given is None or not os.path.lexists(given):
-            continue  # an option not given, or a recipe named by name rather than a path
+        if given is None:
+            continue
         source = _resolved(given)
         if target == source:
             relation = "is the input"

@@ -48,7 +48,11 @@ class StrictSafeLoader(yaml.SafeLoader):
 def parse_yaml_text(text: str, where: str, error: type[Exception] = ValueError) -> Any:
     """``yaml.safe_load`` with a duplicate key, invalid YAML or runaway nesting raised as ``error`` naming ``where``."""
     try:
-        return yaml.load(text, Loader=StrictSafeLoader)  # noqa: S506 - a SafeLoader subclass
+        loader = StrictSafeLoader(text)  # what yaml.safe_load does, with the strict loader
+        try:
+            return loader.get_single_data()
+        finally:
+            loader.dispose()
     except DuplicateKeyError as exc:
         raise error(f"{where}: {exc}") from None
     except yaml.YAMLError as exc:
