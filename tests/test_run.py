@@ -71,6 +71,7 @@ def test_run_plans_runs_every_stage_and_resumes(tmp_path: Path, name: str) -> No
     assert plan["final"]["value"] == card["setting"] in results["order"] and plan["final"]["why"] == card["why"]
     assert (card["kind"] == "synthetic") == (card["setting"] == "ratio:0.5") == bool(card["labels"]["synthetic"])
     assert (final / "diffusion" / "pipeline" / "model_index.json").is_file() == (card["kind"] == "synthetic")
+    assert (card["nnunet_raw"] is not None) == (card["kind"] == "synthetic")
     labelled = plan["fingerprint"]["num_images"]
     assert card["labels"]["real"]["images"] + card["labels"]["real"]["validation_images"] == labelled
     assert card["training"]["steps"] == 4 and card["recipe"]["train"]["steps"] == 4
@@ -105,6 +106,10 @@ def test_run_plans_runs_every_stage_and_resumes(tmp_path: Path, name: str) -> No
         trained_on = json.loads((final / "diffusion" / "training_data.json").read_text())["train_ids"]
         assert len(trained_on) == labelled and (final / "synth" / "manifest.jsonl").is_file()
         assert card["labels"]["synthetic"][0]["set"] == "synth" and card["labels"]["synthetic"][0]["images_used"] > 0
+        # and real + synthetic as nnU-Net raw data whose folds keep each synthetic case with its layout's real case
+        nnunet = final / card["nnunet_raw"]
+        assert json.loads((nnunet / "dataset.json").read_text())["numTraining"] > labelled
+        assert (nnunet / "splits_final.json").is_file()
         assert json.loads((out / "plan.json").read_text())["final"]["value"] == "ratio:0.5"
         assert "ratio:0.5" in (out / "report.html").read_text(encoding="utf-8")
         again = CliRunner().invoke(app, ["predict", str(final), str(data), "-o", str(out.parent / "masks2")])

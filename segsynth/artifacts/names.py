@@ -88,5 +88,7 @@ REPORT_HTML = "report.html"
 FINAL_DIR = "final"  # the deliverables: the final network, its model card, the generator and set it used
 NETWORK_DIR = "network"  # inside FINAL_DIR: model.json + model.safetensors, what `segsynth predict` loads
 FINAL_SEG_DIR = "segmentation"  # inside FINAL_DIR: the train-seg run of the final network
+#: inside FINAL_DIR, for a synthetic winner: real + synthetic as an nnU-Net v2 raw dataset (leak-free splits)
+FINAL_NNUNET_DIR = "Dataset900_segsynth"
 MODEL_CARD_MD = "model_card.md"  # inside FINAL_DIR: what the network is, how it was made, what it scored
 MODEL_CARD_JSON = "model_card.json"  # the same as a record; written last, so it marks a finished final stage

@@ -26,7 +26,9 @@ Every stage is an ordinary run folder that resumes, so a killed run continues; `
 is written last and marks the stage done.
 
 ``RUN/final/`` then holds ``network/`` (``model.json`` + ``model.safetensors``), ``model_card.md``,
-``model_card.json``, the ``segmentation/`` run, and for a synthetic winner ``diffusion/`` and the set.
+``model_card.json``, the ``segmentation/`` run, and for a synthetic winner ``diffusion/``, the set and
+the set with the real cases as an nnU-Net v2 raw dataset (``Dataset900_segsynth``, leak-free
+``splits_final.json``).
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from segsynth.artifacts.names import (
     DATASET_JSON,
     DIFFUSION_DIR,
     FINAL_DIR,
+    FINAL_NNUNET_DIR,
     FINAL_SEG_DIR,
     GENERATION_JSON,
     MANIFEST_JSONL,
@@ -229,6 +232,17 @@ def _synthetic_set(run: Path, out: Path, n: int, layouts: str, cfg: BenchmarkCon
     return out
 
 
+def _nnunet_export(synthetic: Path, data: Path, out: Path) -> None:
+    """Real + synthetic as an nnU-Net v2 raw dataset, for users who train nnU-Net on them: its
+    ``splits_final.json`` folds the real cases and trains a synthetic case only in folds where the
+    real case its layout came from trains (:func:`segsynth.data.nnunet.export_nnunet`)."""
+    if (out / DATASET_JSON).is_file():
+        return
+    from segsynth.data.nnunet import export_nnunet
+
+    export_nnunet(synthetic, out, merge_real=data)
+
+
 def _copy_network(best: Path, target: Path) -> None:
     with atomic_directory(target, overwrite=True) as tmp:
         for name in (MODEL_JSON, MODEL_WEIGHTS):
@@ -264,6 +278,7 @@ def train_final(data: Path, out: Path, plan: RunPlan, cfg: BenchmarkConfig, cons
             else:
                 synthetic.append(_synthetic_set(generator, final / SYNTH_DIR, cfg.generation.n, cfg.generation.layouts,
                                                 cfg, console))
+            _nnunet_export(synthetic[0], data, final / FINAL_NNUNET_DIR)
         seg = final / FINAL_SEG_DIR
         if not (seg / TRAINING_JSON).is_file():
             train_seg(data, seg, seg_cfg, synthetic=synthetic, train_ids=ids, resume=(seg / CONFIG_YAML).is_file(),
@@ -310,6 +325,8 @@ def model_card(data: Path, out: Path, plan: RunPlan, choice: FinalChoice, result
                      "provenance": spec.label_provenance, "derivation": spec.derivation, "licence": spec.licence},
             "synthetic": synthetic,
         },
+        # real + synthetic for nnU-Net (its splits_final.json keeps each synthetic case with its layout's real case)
+        "nnunet_raw": FINAL_NNUNET_DIR if (final / FINAL_NNUNET_DIR / DATASET_JSON).is_file() else None,
         "training": {"steps": training.steps, "planned_steps": training.planned_steps,
                      "batch_size": training.batch_size, "best_step": training.best_step,
                      "best_val_dice": training.best_val_dice, "still_rising": training.still_rising,
