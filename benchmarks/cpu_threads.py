@@ -1,7 +1,7 @@
 """Two training processes on the same cores: does throughput collapse, and which thread setting avoids it.
 
 Each scenario starts one or two child processes that build the library's own ``train-diffusion``
-task (tiny recipe, 64 px, batch 4; :mod:`speed_tasks`), warm up, wait for a common start time,
+task (tiny recipe, 64 px, batch 4; :mod:`speed_tasks`), warm up, wait until every child is warm,
 then call ``train_step`` for a fixed number of seconds and report their steps/s. A pair's
 throughput is the sum of its two processes; it is compared with the best single process of the
 same thread setting and with the best single process overall (the machine's capacity for this
@@ -17,7 +17,8 @@ Scenarios (``threads`` per process; ``wait``: ``OMP_WAIT_POLICY``):
 - ``pair_cpus_passive``: the same with ``OMP_WAIT_POLICY=PASSIVE`` (idle threads sleep);
 - ``pair_split``: two processes, usable CPUs / 2 threads each (what the library picks for a
   launch of two processes on the machine, ``LOCAL_WORLD_SIZE=2``);
-- ``pair_library``: two processes, no thread setting at all: the library's default as a user gets it.
+- ``pair_library``: two processes, no thread setting at all: the library's default as a user gets it
+  (``import segsynth`` first, which makes idle OpenMP threads sleep).
 
 The machine may be shared with other work: scenarios run in sequence, so their absolute numbers
 move with its load (recorded); repeat with ``--repeats`` and read the ratios.
@@ -47,15 +48,18 @@ ROOT = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve().parent
 
 
-def child(seconds: float, start_at: float, out: Path, data: Path) -> None:
-    """One process: build the task, warm up, wait for ``start_at``, train for ``seconds``; print steps/s."""
+def child(seconds: float, barrier: Path, out: Path, data: Path) -> None:
+    """One process: build the task, warm up, say so, wait for the go, train for ``seconds``; print steps/s."""
+    import segsynth  # noqa: F401  - first, as in a user's run: it sets the library's OpenMP defaults before torch loads
     import torch
     from speed_tasks import diffusion_task
 
     task, batch = diffusion_task(data, out, {"train.batch_size": 4})
     task.train_step(batch, 0)
     task.train_step(batch, 1)
-    time.sleep(max(0.0, start_at - time.time()))
+    (barrier / f"ready-{os.getpid()}").touch()
+    while not (barrier / "go").exists():
+        time.sleep(0.05)
     steps, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
         task.train_step(batch, steps + 2)
@@ -63,16 +67,21 @@ def child(seconds: float, start_at: float, out: Path, data: Path) -> None:
     print(json.dumps({"steps_per_s": steps / (time.perf_counter() - start), "threads": torch.get_num_threads()}))
 
 
-def run_scenario(processes: int, env_extra: dict[str, str], seconds: float, data: Path, setup: float) -> list[dict[str, Any]]:
-    """Start ``processes`` children with ``env_extra``; their reports."""
+def run_scenario(processes: int, env_extra: dict[str, str], seconds: float, data: Path) -> list[dict[str, Any]]:
+    """Start ``processes`` children with ``env_extra``, let them train together once all are warm; their reports."""
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "LOCAL_WORLD_SIZE")}
     env.update(env_extra)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(HERE), env.get("PYTHONPATH", "")])
-    start_at = time.time() + setup
-    procs = [subprocess.Popen([sys.executable, __file__, "--child", "--seconds", str(seconds), "--start-at",
-                               str(start_at), "--data", str(data), "--out", tempfile.mkdtemp(prefix="segsynth-thr-")],
+    barrier = Path(tempfile.mkdtemp(prefix="segsynth-thr-barrier-"))
+    procs = [subprocess.Popen([sys.executable, __file__, "--child", "--seconds", str(seconds), "--barrier",
+                               str(barrier), "--data", str(data), "--out", tempfile.mkdtemp(prefix="segsynth-thr-")],
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
              for _ in range(processes)]
+    while len(list(barrier.glob("ready-*"))) < processes:
+        if any(p.poll() not in (None, 0) for p in procs):
+            raise RuntimeError("a child process failed while starting")
+        time.sleep(0.1)
+    (barrier / "go").touch()
     reports = []
     for p in procs:
         stdout, _ = p.communicate()
@@ -87,10 +96,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="8 s per scenario, one repeat (~2 min)")
     parser.add_argument("--seconds", type=float, default=None, help="timed seconds per scenario")
     parser.add_argument("--repeats", type=int, default=None, help="passes over all scenarios")
-    parser.add_argument("--setup", type=float, default=25.0, help="seconds the children get to build and warm up")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "cpu_threads.json")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--start-at", type=float, default=0.0, help=argparse.SUPPRESS)
+    parser.add_argument("--barrier", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--data", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     return fill_profile(args, {"seconds": 8.0, "repeats": 1}, {"seconds": 15.0, "repeats": 2})
@@ -99,7 +107,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     if args.child:
-        child(args.seconds, args.start_at, args.out, args.data)
+        child(args.seconds, args.barrier, args.out, args.data)
         return {}
     from rich.console import Console
     from rich.table import Table
@@ -126,7 +134,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for _ in range(args.repeats):
         for name, (processes, env) in scenarios.items():
             loads.append(os.getloadavg()[0])
-            reports = run_scenario(processes, env, args.seconds, data, args.setup)
+            reports = run_scenario(processes, env, args.seconds, data)
             runs[name].append({"total_steps_per_s": sum(r["steps_per_s"] for r in reports), "processes": reports})
     best_solo = max(r["total_steps_per_s"] for name in scenarios if name.startswith("solo") for r in runs[name])
     rows = []
