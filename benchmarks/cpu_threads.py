@@ -1,23 +1,26 @@
 """Two training processes on the same cores: does throughput collapse, and which thread setting avoids it.
 
 Each scenario starts one or two child processes that build the library's own ``train-diffusion``
-task (tiny recipe, 64 px, batch 4; :mod:`speed_tasks`), warm up, wait for a common start time,
+task (tiny recipe, 64 px, batch 4; :mod:`speed_tasks`), warm up, wait until every child is warm,
 then call ``train_step`` for a fixed number of seconds and report their steps/s. A pair's
 throughput is the sum of its two processes; it is compared with the best single process of the
 same thread setting and with the best single process overall (the machine's capacity for this
 step). A shared OpenMP runtime spins idle threads while waiting for work; two processes that each
 start a thread per core then steal each other's cores.
 
-Scenarios (``threads`` per process; ``wait``: ``OMP_WAIT_POLICY``):
+Scenarios (every one but the ``*_library`` ones loads torch before segsynth, so OpenMP keeps its own
+defaults there):
 
 - ``solo_cpus``: one process, as many threads as usable CPUs (torch's default here);
 - ``solo_cpus_passive``: the same with ``OMP_WAIT_POLICY=PASSIVE`` (what passive costs one run);
 - ``solo_1``: one process, 1 thread;
+- ``solo_library``: one process, no setting: the library's default (what the passive wait costs alone);
 - ``pair_cpus``: two processes, each with a thread per usable CPU (torch's default: oversubscribed);
 - ``pair_cpus_passive``: the same with ``OMP_WAIT_POLICY=PASSIVE`` (idle threads sleep);
 - ``pair_split``: two processes, usable CPUs / 2 threads each (what the library picks for a
   launch of two processes on the machine, ``LOCAL_WORLD_SIZE=2``);
-- ``pair_library``: two processes, no thread setting at all: the library's default as a user gets it.
+- ``pair_library``: two processes, no thread setting at all: the library's default as a user gets it
+  (``import segsynth`` first, which makes idle OpenMP threads sleep).
 
 The machine may be shared with other work: scenarios run in sequence, so their absolute numbers
 move with its load (recorded); repeat with ``--repeats`` and read the ratios.
@@ -47,15 +50,24 @@ ROOT = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve().parent
 
 
-def child(seconds: float, start_at: float, out: Path, data: Path) -> None:
-    """One process: build the task, warm up, wait for ``start_at``, train for ``seconds``; print steps/s."""
+def child(seconds: float, barrier: Path, out: Path, data: Path, torch_first: bool) -> None:
+    """One process: build the task, warm up, say so, wait for the go, train for ``seconds``; print steps/s.
+
+    ``torch_first``: torch loads before segsynth, so OpenMP keeps its own defaults (the library's
+    OpenMP setting only applies when segsynth is imported first, as the command line does).
+    """
+    if torch_first:
+        import torch
+    import segsynth  # noqa: F401
     import torch
     from speed_tasks import diffusion_task
 
     task, batch = diffusion_task(data, out, {"train.batch_size": 4})
     task.train_step(batch, 0)
     task.train_step(batch, 1)
-    time.sleep(max(0.0, start_at - time.time()))
+    (barrier / f"ready-{os.getpid()}").touch()
+    while not (barrier / "go").exists():
+        time.sleep(0.05)
     steps, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
         task.train_step(batch, steps + 2)
@@ -63,16 +75,23 @@ def child(seconds: float, start_at: float, out: Path, data: Path) -> None:
     print(json.dumps({"steps_per_s": steps / (time.perf_counter() - start), "threads": torch.get_num_threads()}))
 
 
-def run_scenario(processes: int, env_extra: dict[str, str], seconds: float, data: Path, setup: float) -> list[dict[str, Any]]:
-    """Start ``processes`` children with ``env_extra``; their reports."""
+def run_scenario(processes: int, env_extra: dict[str, str], seconds: float, data: Path,
+                 torch_first: bool) -> list[dict[str, Any]]:
+    """Start ``processes`` children with ``env_extra``, let them train together once all are warm; their reports."""
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "LOCAL_WORLD_SIZE")}
     env.update(env_extra)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(HERE), env.get("PYTHONPATH", "")])
-    start_at = time.time() + setup
-    procs = [subprocess.Popen([sys.executable, __file__, "--child", "--seconds", str(seconds), "--start-at",
-                               str(start_at), "--data", str(data), "--out", tempfile.mkdtemp(prefix="segsynth-thr-")],
+    barrier = Path(tempfile.mkdtemp(prefix="segsynth-thr-barrier-"))
+    procs = [subprocess.Popen([sys.executable, __file__, "--child", "--seconds", str(seconds), "--barrier",
+                               str(barrier), "--data", str(data), "--out", tempfile.mkdtemp(prefix="segsynth-thr-"),
+                              *(["--torch-first"] if torch_first else [])],
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
              for _ in range(processes)]
+    while len(list(barrier.glob("ready-*"))) < processes:
+        if any(p.poll() not in (None, 0) for p in procs):
+            raise RuntimeError("a child process failed while starting")
+        time.sleep(0.1)
+    (barrier / "go").touch()
     reports = []
     for p in procs:
         stdout, _ = p.communicate()
@@ -87,10 +106,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="8 s per scenario, one repeat (~2 min)")
     parser.add_argument("--seconds", type=float, default=None, help="timed seconds per scenario")
     parser.add_argument("--repeats", type=int, default=None, help="passes over all scenarios")
-    parser.add_argument("--setup", type=float, default=25.0, help="seconds the children get to build and warm up")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "cpu_threads.json")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--start-at", type=float, default=0.0, help=argparse.SUPPRESS)
+    parser.add_argument("--barrier", type=Path, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--torch-first", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--data", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     return fill_profile(args, {"seconds": 8.0, "repeats": 1}, {"seconds": 15.0, "repeats": 2})
@@ -99,7 +118,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     if args.child:
-        child(args.seconds, args.start_at, args.out, args.data)
+        child(args.seconds, args.barrier, args.out, args.data, args.torch_first)
         return {}
     from rich.console import Console
     from rich.table import Table
@@ -110,29 +129,31 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     cpus = usable_cpus()
     half = str(max(1, cpus // 2))
+    #: name -> (processes, environment, torch loaded before segsynth)
     scenarios = {
-        "solo_cpus": (1, {"OMP_NUM_THREADS": str(cpus)}),
-        "solo_cpus_passive": (1, {"OMP_NUM_THREADS": str(cpus), "OMP_WAIT_POLICY": "PASSIVE"}),
-        "solo_1": (1, {"OMP_NUM_THREADS": "1"}),
-        "pair_cpus": (2, {"OMP_NUM_THREADS": str(cpus)}),
-        "pair_cpus_passive": (2, {"OMP_NUM_THREADS": str(cpus), "OMP_WAIT_POLICY": "PASSIVE"}),
-        "pair_split": (2, {"LOCAL_WORLD_SIZE": "2"}),
-        "pair_library": (2, {}),
+        "solo_cpus": (1, {"OMP_NUM_THREADS": str(cpus)}, True),
+        "solo_cpus_passive": (1, {"OMP_NUM_THREADS": str(cpus), "OMP_WAIT_POLICY": "PASSIVE"}, True),
+        "solo_1": (1, {"OMP_NUM_THREADS": "1"}, True),
+        "solo_library": (1, {}, False),
+        "pair_cpus": (2, {"OMP_NUM_THREADS": str(cpus)}, True),
+        "pair_cpus_passive": (2, {"OMP_NUM_THREADS": str(cpus), "OMP_WAIT_POLICY": "PASSIVE"}, True),
+        "pair_split": (2, {"LOCAL_WORLD_SIZE": "2"}, True),
+        "pair_library": (2, {}, False),
     }
     data = builtin_data()
     console = Console() if sys.stdout.isatty() else Console(width=132)
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in scenarios}
     loads = []
     for _ in range(args.repeats):
-        for name, (processes, env) in scenarios.items():
+        for name, (processes, env, torch_first) in scenarios.items():
             loads.append(os.getloadavg()[0])
-            reports = run_scenario(processes, env, args.seconds, data, args.setup)
+            reports = run_scenario(processes, env, args.seconds, data, torch_first)
             runs[name].append({"total_steps_per_s": sum(r["steps_per_s"] for r in reports), "processes": reports})
     best_solo = max(r["total_steps_per_s"] for name in scenarios if name.startswith("solo") for r in runs[name])
     rows = []
-    for name, (processes, env) in scenarios.items():
+    for name, (processes, env, torch_first) in scenarios.items():
         total = statistics.median(r["total_steps_per_s"] for r in runs[name])
-        rows.append({"scenario": name, "processes": processes, "env": env,
+        rows.append({"scenario": name, "processes": processes, "env": env, "torch_imported_first": torch_first,
                      "threads_per_process": runs[name][0]["processes"][0]["threads"],
                      "total_steps_per_s": total, "of_best_single_process": total / best_solo, "runs": runs[name]})
     table = Table(title=f"train-diffusion steps/s of one or two processes on {cpus} usable CPUs (shared machine)")
