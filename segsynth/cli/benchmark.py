@@ -47,7 +47,7 @@ def benchmark(
     """Train diffusion per fold, generate, train segmentation with and without synthetic data, compare."""
     with user_errors():
         from segsynth.benchmark import BenchmarkConfig, quick_profile, rich_table, run_benchmark
-        from segsynth.io.guard import check_out_apart
+        from segsynth.io.guard import check_continuable, check_out_apart
 
         # The profile applies in full; a flag given explicitly (not None) replaces its one value.
         given = {
@@ -62,6 +62,7 @@ def benchmark(
         named |= {key: value for key, value in given.items() if value is not None}
         cfg = command_config(BenchmarkConfig, config, overrides, named)
         check_out_apart(out, [data, reuse, cfg.diffusion_config, cfg.segmentation_config])
+        check_continuable(out, "benchmark")
         results = run_benchmark(data, out, cfg, console=console, reuse=reuse)
         console.print(rich_table(results))
         console.print(f"results: {out / RESULTS_JSON} and {out / RESULTS_MD}")

@@ -31,10 +31,11 @@ def train_seg_command(
     """Train a MONAI segmentation network, optionally mixing in synthetic sets."""
     with user_errors():
         from segsynth.seg.config import SegTrainConfig, parse_mix
-        from segsynth.io.guard import check_out_apart
+        from segsynth.io.guard import check_continuable, check_out_apart
         from segsynth.seg.train import train_seg
 
         check_out_apart(out, [data, *synthetic])
+        check_continuable(out, "seg_run")
         saved = out / CONFIG_YAML
         base = config if config is not None else (saved if resume and saved.is_file() else None)
         named = {**(parse_mix(mix) if mix else {}), "train.seed": seed, "mix.layouts_independent": layouts_independent}
