@@ -15,6 +15,7 @@ from segsynth.io.run_log import changed_keys
 from segsynth.latent.config import AutoencoderTrainConfig
 from segsynth.models import SegSynthModel
 from segsynth.recipes import recipe_names
+from segsynth.seg.config import SegTrainConfig
 
 torch.set_num_threads(1)
 
@@ -209,3 +210,16 @@ def test_resume_names_the_exact_changed_key() -> None:
     new = {"model": {"style": {"dim": 32, "num_refs": 2}}, "train": {"lr": 1e-3, "extra": 1}}
     assert changed_keys(old, new) == ["model.style.dim", "train.extra"]
     assert changed_keys(old, old) == []
+
+
+@pytest.mark.parametrize("cls, data, key", [
+    (SegTrainConfig, {"train": {"seed": -1}}, "train.seed"),
+    (SegTrainConfig, {"split": {"seed": -1}}, "split.seed"),
+    (BenchmarkConfig, {"seeds": [0, -1]}, "seeds.1"),
+], ids=["seg train.seed", "seg split.seed", "benchmark seeds"])
+def test_a_negative_seed_is_refused_naming_its_key(tmp_path, cls, data, key):
+    """A seed is a non-negative integer (numpy's generators take no other): refused at the config,
+    not after a benchmark has trained its diffusion models."""
+    with pytest.raises(ConfigError) as info:
+        load_config(cls, write_yaml(tmp_path, data))
+    assert f": {key}: " in str(info.value)

@@ -4,7 +4,7 @@ is pointed, the command succeeds or refuses cleanly, and it never writes to what
 Hypothesis draws a command that reads a dataset or run folder, where its ``--out`` goes (a fresh
 path, an empty folder, the input itself, a folder inside the input, the folder holding the input,
 an existing folder of another kind), ``--overwrite`` on or off, a small or absurd ``--set`` value,
-and an odd file in the dataset (an empty file, text named ``.png``, a folder where a file belongs).
+and an odd file in an input (an empty file, text named ``.png``, a folder where a file belongs).
 Every command line then holds the promises every command makes:
 
 - exit code 0 or 2 (``data check``: 0, or 1 for a dataset with errors), no traceback;
@@ -70,7 +70,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, one_torch_thread: None) -> P
     runner = CliRunner()
     for args in (
         ["train-seg", str(data), "-o", str(root / "seg_run"), "-c", str(configs / "seg.yaml")],
-        ["generate", str(root / "diffusion_run"), "-o", str(root / "synth"), "-n", "2", "--steps", "1",
+        ["generate", str(root / "diffusion_run"), "-o", str(root / "synth"), "-n", "8", "--steps", "1",
          "--layouts", "variants", "--per-mask", "1"],
         ["export", str(data), "--format", "nnunet", "-o", str(root / "nnunet")],
     ):
@@ -182,11 +182,20 @@ SLOW = {"benchmark"}
 
 PLACES = ("fresh", "empty", "at", "inside", "around", "configs", "unknown", "file", "dataset", "diffusion_run")
 ODD = ("none", "empty", "text", "folder")
+#: The files of each input folder that may be made odd: images, masks and every record a command reads.
+ODD_TARGETS = {
+    "data": ("images/p1_0.png", "masks/p2_1.png", "unlabeled/u1_0.png", "dataset.json"),
+    "seg_run": ("best/model.json", "best/model.safetensors", "split.json", "config.yaml"),
+    "diffusion_run": ("training_data.json", "pipeline/model_index.json", "pipeline/unet/config.json",
+                      "pipeline/unet/diffusion_pytorch_model.safetensors"),
+    "synth": ("manifest.jsonl", "generation.json", "dataset.json"),
+    "nnunet": ("dataset.json", "imagesTr/p1_0_0000.png", "labelsTr/p2_1.png"),
+}
 
 
-def odd_file(data: Path, odd: str, target: str) -> None:
-    """Make ``data/target`` an empty file, text named like an image, or a folder."""
-    path = data / target
+def odd_file(root: Path, odd: str, target: str) -> None:
+    """Make ``root/target`` an empty file, text where an image or a record belongs, or a folder."""
+    path = root / target
     if odd == "empty":
         path.write_bytes(b"")
     elif odd == "text":
@@ -210,10 +219,10 @@ def build_case(root: Path, command: Command, draw: Callable) -> Case:
     """Draw where the output goes and which values are odd, and write the world to match."""
     argv = [str(root / w[1:w.index("}")]) + w[w.index("}") + 1:] if w.startswith("{") else w for w in command.words]
     clean = True
-    odd = draw(st.sampled_from(ODD if "data" in command.reads else ("none",)), label="odd file")
+    targets = [f"{folder}/{name}" for folder in command.reads for name in ODD_TARGETS.get(folder, ())]
+    odd = draw(st.sampled_from(ODD if targets else ("none",)), label="odd file")
     if odd != "none":
-        target = draw(st.sampled_from(["images/p1_0.png", "masks/p2_1.png", "unlabeled/u1_0.png"]), label="target")
-        odd_file(root / "data", odd, target)
+        odd_file(root, odd, draw(st.sampled_from(targets), label="target"))
         clean = False
     for key, values in command.sets:
         if draw(st.booleans(), label=f"set {key}"):
@@ -250,7 +259,9 @@ def build_case(root: Path, command: Command, draw: Callable) -> Case:
         # An existing non-empty folder (or file) that is not the command's kind is never written to;
         # a file output replaces an existing file (as any -o FILE does) but never a folder.
         foreign = place in {"dataset", "diffusion_run"} or (place == "unknown" and not command.resumable)
-        refusal = place in {"at", "inside", "around", "configs"} or (foreign and place != command.kind)
+        refusal = place in {"at", "inside", "around"} or (foreign and place != command.kind)
+        if place == "configs":
+            clean = False  # the folder of its --config file: allowed, the file itself stays as it is
         if command.out == "file":
             refusal = refusal or place == "empty"
             clean = clean and place != "empty"
@@ -283,7 +294,10 @@ def run_case(root: Path, command: Command, case: Case) -> None:
     assert "Traceback" not in result.output, shown
     assert result.exit_code in command.codes, shown
     for name, before in inputs.items():
-        assert snapshot(root / name) == before, f"{name} changed:\n{shown}"
+        after = snapshot(root / name)
+        if name == "configs":  # the config files are the inputs; a run may sit next to them
+            after = {key: value for key, value in after.items() if key in before}
+        assert after == before, f"{name} changed:\n{shown}"
     if result.exit_code != 0:
         assert snapshot(root) == outside, f"a refused command wrote something:\n{shown}"
     if case.refusal_expected:
@@ -303,3 +317,68 @@ def test_every_command_succeeds_or_refuses_and_never_touches_its_inputs(world: P
         if command.name in SLOW and not case.refusal_expected and case.clean:
             return  # a whole benchmark: tested in test_benchmark*.py
         run_case(root, command, case)
+
+
+@pytest.mark.parametrize("argv", [
+    ["train-diffusion", "{data}", "-c", "{configs}/diffusion.yaml"],
+    ["train-seg", "{data}", "-c", "{configs}/seg.yaml"],
+    ["generate", "{diffusion_run}", "-n", "1", "--steps", "1"],
+    ["evaluate-synth", "{synth}", "--real", "{data}", "--seg-run", "{seg_run}"],
+    ["run", "{data}", "--plan-only"],
+], ids=lambda argv: argv[0])
+def test_a_continuing_command_never_writes_into_a_folder_of_another_kind(world: Path, tmp_path: Path, argv) -> None:
+    """Commands that continue into an existing --out refuse a dataset or another stage's run there."""
+    shutil.copytree(world, tmp_path / "world", symlinks=True)
+    root = tmp_path / "world"
+    relocate(root, world)
+    for kind in ("dataset", "diffusion_run"):
+        out = _foreign(root, kind)
+        if argv[0] == "train-diffusion" and kind == "diffusion_run":
+            continue  # its own kind: continued with --resume
+        before = snapshot(out)
+        words = [str(root / w[1:w.index("}")]) + w[w.index("}") + 1:] if w.startswith("{") else w for w in argv]
+        result = CliRunner().invoke(app, [*words, "--out", str(out)])
+        assert result.exit_code == 2, result.output
+        assert f"holds a {kind} folder" in result.output, result.output
+        assert snapshot(out) == before
+
+
+# --- sizes that cannot fit: refused before start, not a crash or a run that never ends -------------
+
+#: Each a real ``segsynth`` process under a 5 GiB address-space limit: the estimate has to refuse
+#: before allocating. The limit and the timeout keep the test from taking the machine down.
+HUGE = [
+    ["train-diffusion", "{data}", "-c", "{configs}/diffusion.yaml", "--set", "model.image_size=65536"],
+    ["train-diffusion", "{data}", "-c", "{configs}/diffusion.yaml", "--set", "train.batch_size=1000000"],
+    ["train-seg", "{data}", "-c", "{configs}/seg.yaml", "--set", "train.batch_size=1000000"],
+    ["train-seg", "{data}", "-c", "{configs}/seg.yaml", "--set", "train.patch_size=100000"],
+    ["generate", "{diffusion_run}", "-n", "1", "--steps", "1", "--size", "100000"],
+    ["predict", "{seg_run}", "{data}", "--window", "100000"],
+]
+
+
+def _limit_memory() -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (5 << 30, 5 << 30))
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="no fits-before-start estimate yet: these crash (exit 1, MemoryError or "
+                                       "allocator error) or run on without end; the estimate is being added elsewhere")
+@pytest.mark.parametrize("argv", HUGE, ids=[" ".join(a[i] for i in (0, -1)) for a in HUGE])
+def test_a_size_that_cannot_fit_is_refused_before_start(world: Path, tmp_path: Path, argv: list[str]) -> None:
+    import subprocess
+    import sys
+
+    words = [str(world / w[1:w.index("}")]) + w[w.index("}") + 1:] if w.startswith("{") else w for w in argv]
+    out = tmp_path / "out"
+    command = [sys.executable, "-c", "import sys; from segsynth.cli import main; sys.argv[0] = 'segsynth'; main()",
+               *words, "--out", str(out)]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=30, preexec_fn=_limit_memory,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"still running after 30 s: segsynth {' '.join(words)}")
+    assert done.returncode == 2 and "unexpected" not in done.stderr, done.stderr
+    assert not out.exists()

@@ -12,7 +12,7 @@ from rich.console import Console
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from segsynth.data.format import DatasetSpec, save_spec
+from segsynth.data.format import DatasetFormatError, DatasetSpec, save_spec
 from segsynth.data.io import read_image, write_image
 from segsynth.data.loader import SegDataset, index_dataset
 from segsynth.io.checkpoint import CheckpointManager
@@ -174,6 +174,17 @@ def test_synthetic_from_held_out_layouts_never_trains_and_real_images_are_refuse
     leaky = SyntheticSet(synth, SegDataset(synth), [split_obj.val_ids[0]] * n, True, ["variants"] * n)
     with pytest.raises(ValueError, match="use validation/test layouts"):
         check_no_leakage(split_obj, refs, [leaky])
+
+
+def test_a_synthetic_set_made_only_from_held_out_layouts_is_refused_by_name(toy: Path, tmp_path: Path) -> None:
+    """Every sample dropped as held out leaves nothing to mix in: a clear refusal, not an IndexError."""
+    split = resolve_split(index_dataset(toy), tiny_config(steps=2, val_every=2))
+    held = [*split.val_ids, *split.test_ids]
+    synth = make_synthetic_set(tmp_path / "synth", toy, variants=1, layout_ids=held)
+    with pytest.raises(DatasetFormatError, match=rf"synth: all {len(held)} synthetic samples were drawn from layouts "
+                                                 "of validation or test cases"):
+        train_seg(toy, tmp_path / "run", tiny_config(steps=2, val_every=2), synthetic=[synth], console=QUIET)
+    assert not (tmp_path / "run").exists()
 
 
 def _tensors(path: Path) -> dict[str, torch.Tensor]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, NonNegativeInt, field_validator
 
 from segsynth.config import StrictModel
 from segsynth.seg.config import parse_mix
@@ -115,7 +115,7 @@ class BenchmarkConfig(StrictModel):
     folds: int = Field(default=3, ge=2)
     fold_seed: int = 0
     run_folds: list[int] | None = None
-    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+    seeds: list[NonNegativeInt] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
     settings: list[str] = Field(default_factory=lambda: ["ratio:0.8", "merge:0.6", "concat"], min_length=1)
     controls: list[Literal["heavy_augmentation", "self_training", "all_labelled"]] = Field(
         default_factory=lambda: list(CONTROLS))

@@ -25,10 +25,11 @@ def train_autoencoder_command(
         from segsynth.artifacts.names import RECONSTRUCTION_JSON
         from segsynth.artifacts.schemas import Reconstruction, read_record
         from segsynth.latent.config import AutoencoderTrainConfig
-        from segsynth.io.guard import check_out_apart
+        from segsynth.io.guard import check_continuable, check_out_apart
         from segsynth.latent.train import train_autoencoder
 
         check_out_apart(out, data)
+        check_continuable(out, "autoencoder_run")
         cfg = command_config(AutoencoderTrainConfig, config, overrides, {"train.seed": seed})
         run = train_autoencoder(data, cfg, out, resume=resume, console=console)
         quality = read_record(run / RECONSTRUCTION_JSON, Reconstruction)

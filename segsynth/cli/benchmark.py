@@ -54,7 +54,7 @@ def benchmark(
     with user_errors():
         from segsynth.benchmark import BenchmarkConfig, rich_table, run_benchmark
         from segsynth.benchmark.config import profile_overrides
-        from segsynth.io.guard import check_out_apart
+        from segsynth.io.guard import check_continuable, check_out_apart
 
         if quick and profile not in (None, "quick"):
             raise ValueError(f"--quick is --profile quick; it cannot be combined with --profile {profile}")
@@ -80,6 +80,7 @@ def benchmark(
         # a stage config given as a file is an input too (a shipped recipe named by name is not a path)
         configs = [c for c in (cfg.diffusion_config, cfg.segmentation_config) if c and Path(c).exists()]
         check_out_apart(out, [data, reuse, *configs])
+        check_continuable(out, "benchmark")
         results = run_benchmark(data, out, cfg, console=console, reuse=reuse)
         console.print(rich_table(results))
         console.print(f"results: {out / RESULTS_JSON} and {out / RESULTS_MD}")

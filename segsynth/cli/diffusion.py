@@ -35,9 +35,10 @@ def train_diffusion_command(
 ) -> None:
     """Train the layout- and style-conditioned diffusion model; resumable with --resume."""
     with user_errors():
-        from segsynth.io.guard import check_out_apart
+        from segsynth.io.guard import check_continuable, check_out_apart
 
         check_out_apart(out, [*data, autoencoder, backbone])
+        check_continuable(out, "controlnet_run" if backbone is not None else "diffusion_run")
     if backbone is not None:
         train_backbone_command(data, backbone, config, out, resume, overrides, autoencoder, seed)
         return

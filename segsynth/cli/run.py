@@ -23,10 +23,11 @@ def run_command(
 ) -> None:
     """Plan recipes from the dataset fingerprint, then train, generate, benchmark, evaluate and report."""
     with user_errors():
-        from segsynth.io.guard import check_out_apart
+        from segsynth.io.guard import check_continuable, check_out_apart
         from segsynth.run import run_all
 
         check_out_apart(out, [data])
+        check_continuable(out, "run")
         if plan_for not in (None, "cpu", "cuda"):
             raise ValueError(f"--plan-for {plan_for!r}: plan for cpu or cuda")
         paths = run_all(data, out, plan_only=plan_only, device=plan_for, console=console)

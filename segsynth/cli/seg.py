@@ -31,10 +31,11 @@ def train_seg_command(
     """Train a MONAI segmentation network, optionally mixing in synthetic sets."""
     with user_errors(resumable=True):
         from segsynth.seg.config import SegTrainConfig, parse_mix
-        from segsynth.io.guard import check_out_apart
+        from segsynth.io.guard import check_continuable, check_out_apart
         from segsynth.seg.train import train_seg
 
         check_out_apart(out, [data, *synthetic])
+        check_continuable(out, "seg_run")
         saved = out / CONFIG_YAML
         base = config if config is not None else (saved if resume and saved.is_file() else None)
         named = {**(parse_mix(mix) if mix else {}), "train.seed": seed, "mix.layouts_independent": layouts_independent}
@@ -86,7 +87,7 @@ def evaluate_seg_command(
 def predict_command(
     model: Path = typer.Argument(..., help="A train-seg run folder, a segsynth run's RUN/final, or a saved network folder."),
     images: Path = typer.Argument(..., help="Folder of images (PNG, TIFF, JPEG, NIfTI), or a dataset folder (its images/)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Masks folder (outside IMAGES); re-run the same command to continue."),
+    out: Path = typer.Option(..., "--out", "-o", help="Masks folder: new, empty or an earlier predict's (outside IMAGES and MODEL); re-run the same command to continue."),
     overlap: float = typer.Option(0.25, "--overlap", help="Overlap of neighbouring sliding windows, in [0, 1)."),
     window: int | None = typer.Option(None, "--window", help="Sliding-window side (default: the network's training patch)."),
     tta: bool = typer.Option(False, "--tta/--no-tta", metavar="", help="Average over the image and its flips (4 passes)."),

@@ -33,7 +33,7 @@ from segsynth.evaluation.layout_fidelity import layout_fidelity
 from segsynth.evaluation.sets import load_style_references, load_synthetic, real_tiles
 from segsynth.evaluation.style_retrieval import style_retrieval
 from segsynth.io.atomic import atomic_write_json
-from segsynth.io.guard import check_out_apart
+from segsynth.io.guard import check_continuable, check_out_apart
 from segsynth.seg.config import SegTrainConfig
 from segsynth.seg.networks import load_network, size_divisor
 from segsynth.seg.train import train_seg
@@ -121,6 +121,7 @@ def evaluate_synth(
     out = Path(out) if out is not None else synth / EVALUATION_DIR
     # SYNTH/evaluation is where a synthetic set keeps its own evaluation; nothing else inside an input.
     check_out_apart(out, [synth, real, seg_run], allowed=[synth / EVALUATION_DIR])
+    check_continuable(out, "evaluation")
     real_spec = load_spec(real)
     synthetic = load_synthetic(synth, max_samples, seed)
     spec = synthetic.spec

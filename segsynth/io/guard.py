@@ -134,3 +134,26 @@ def check_replaceable(out: str | os.PathLike[str], kind: str, overwrite: bool, *
         f"{out_flag} {out} {what}; --overwrite replaces only a {kind} folder: "
         "choose another output path (or remove it yourself)"
     )
+
+
+def check_continuable(out: str | os.PathLike[str], kind: str, *, out_flag: str = "--out") -> None:
+    """Refuse to write into an existing folder that segsynth recognises as another kind of output.
+
+    Commands that continue an interrupted run write into an existing ``out`` (no ``--overwrite``
+    there: nothing is removed). Their files must not be mixed into a dataset, a synthetic set or
+    another stage's run, which would then hold files of two kinds and no longer read as either. A
+    folder segsynth does not recognise (empty, or a run killed before its first record) is fine.
+
+    Raises:
+        OutputPathError: naming the folder and the kind it holds.
+    """
+    path = Path(out)
+    if not path.is_dir():
+        return
+    found = output_kind(path)
+    if found is None or found == kind:
+        return
+    raise OutputPathError(
+        f"{out_flag} {out} holds a {found} folder, not a {kind} folder; its files are never mixed with "
+        "another output: choose another output folder"
+    )

@@ -103,7 +103,7 @@ class TrainConfig(StrictModel):
         default="auto", description="auto: bf16 autocast on CUDA and on a CPU with native bf16 (AVX512-BF16/AMX), full precision elsewhere"
     )
     log_with: LogWith = Field(default="none", description="training curves to RUN/tracking/ (accelerate trackers)")
-    seed: int = 0
+    seed: int = Field(default=0, ge=0)
 
 
 class SplitConfig(StrictModel):
@@ -118,7 +118,7 @@ class SplitConfig(StrictModel):
     low_label: float | int | None = Field(
         default=None, description="keep only this fraction (float) or number (int) of the non-test cases labelled"
     )
-    seed: int = 0
+    seed: int = Field(default=0, ge=0)
 
 
 class MixConfig(StrictModel):

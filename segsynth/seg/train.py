@@ -468,6 +468,13 @@ def train_seg(
     for s in loaded:
         s.dataset.verify()
     synthetic_sets = [s.without_layouts(held) for s in loaded]
+    for whole, kept in zip(loaded, synthetic_sets):
+        if len(whole) and not len(kept):
+            cases = sorted({by_id[i].case_id for i in set(whole.layout_ids) & held})
+            raise DatasetFormatError(
+                f"{whole.root}: all {len(whole)} synthetic samples were drawn from layouts of validation or test "
+                f"cases ({', '.join(cases)}), which never train; generate from the training cases' masks"
+            )
     check_no_leakage(split, refs, synthetic_sets)
     pseudo_sets = [load_pseudo_set(root, data) for root in pseudo_labelled]
     check_pseudo_leakage(split, pseudo_sets)

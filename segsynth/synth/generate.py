@@ -70,7 +70,7 @@ from segsynth.diffusion.pipeline import SamplingSettings, SegSynthPipeline
 from segsynth.fits import Estimate, check_memory
 from segsynth.io.atomic import atomic_write_json
 from segsynth.io.finite import check_images
-from segsynth.io.guard import check_out_apart
+from segsynth.io.guard import check_continuable, check_out_apart
 from segsynth.io.hashing import model_hash
 from segsynth.io.json_file import read_json_object
 from segsynth.io.lock import FolderLock
@@ -346,6 +346,7 @@ def generate(
     check_shard(shard)
     out = Path(out)
     check_out_apart(out, generation_inputs(run, cfg))
+    check_continuable(out, "synthetic_set")
     if not isinstance(run, SegSynthPipeline):
         from segsynth.backbone.sample import is_controlnet_run
 
