@@ -364,8 +364,6 @@ def _limit_memory() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="no fits-before-start estimate yet: these crash (exit 1, MemoryError or "
-                                       "allocator error) or run on without end; the estimate is being added elsewhere")
 @pytest.mark.parametrize("argv", HUGE, ids=[" ".join(a[i] for i in (0, -1)) for a in HUGE])
 def test_a_size_that_cannot_fit_is_refused_before_start(world: Path, tmp_path: Path, argv: list[str]) -> None:
     import subprocess

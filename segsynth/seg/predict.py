@@ -53,6 +53,7 @@ from segsynth.data.io import (
 )
 from segsynth.data.loader import MAX_RASTER_CHANNELS, channels_first, list_stems
 from segsynth.device import inference_device
+from segsynth.fits import Estimate, check_memory
 from segsynth.io.atomic import atomic_write_json
 from segsynth.io.guard import OutputPathError, check_out_apart
 from segsynth.io.json_file import read_json_object
@@ -209,6 +210,17 @@ class Predictor:
         divisor = int(self.meta["divisor"])
         if self.window is not None and self.window % divisor:
             raise ValueError(f"window {self.window}: the network in {self.directory} needs a multiple of {divisor}")
+        if self.window is not None:
+            check_memory(self._window_estimate(), inference_device())  # before any mask is written
+
+    def _window_estimate(self) -> Estimate:
+        """What one window holds at least: its input, and the logits, the blending weights and the
+        blended sum MONAI keeps per class (the network's own activations not counted: a lower bound)."""
+        pixels = int(self.window) ** 2
+        classes = len(self.meta["class_names"])
+        parts = {f"window input ({self.window}x{self.window})": pixels * self.channels * 4,
+                 "logits, blending weights and sum": pixels * (2 * classes + 1) * 4}
+        return Estimate("predict", parts, lower=f"--window ({self.window})")
 
     @property
     def channels(self) -> int:
