@@ -80,8 +80,8 @@ from segsynth.models.text import encode_prompts
 from segsynth.progress import StepProgress
 from segsynth.synth.config import TEXT_GUIDANCE, GenerationConfig, GenerationRecord
 from segsynth.synth.layouts import LayoutSource, VariantLayouts, make_layout_source
-from segsynth.synth.manifest import ManifestWriter, manifest_name, read_manifest, rejected_name, write_manifest
-from segsynth.synth.styles import StyleSource, open_style_pool
+from segsynth.artifacts.manifest import ManifestWriter, manifest_name, read_manifest, rejected_name, write_manifest
+from segsynth.data.styles import StyleSource, open_style_pool
 
 if TYPE_CHECKING:
     from segsynth.synth.judge import LayoutJudge
