@@ -314,13 +314,13 @@ def test_generate_writes_a_synthetic_set_from_a_controlnet_run(straight: Path, d
 def test_generate_from_a_controlnet_run_refuses_a_size_that_cannot_fit(straight: Path, tmp_path: Path,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     import segsynth.fits as fits
-    import segsynth.synth.generate as generate_module
+    import segsynth.synth.writer as writer_module  # the writer draws the samples
 
     def never_reached(*args, **kwargs):
         raise AssertionError("the run started although it cannot fit")
 
     monkeypatch.setattr(fits, "available_memory", lambda device=None: (2**30, "test limit"))
-    monkeypatch.setattr(generate_module, "_draw", never_reached)  # were the check gone, no 25 GiB of layouts
+    monkeypatch.setattr(writer_module, "_draw", never_reached)  # were the check gone, no 25 GiB of layouts
     out = tmp_path / "synth"
     result = CliRunner().invoke(app, ["generate", str(straight), "--out", str(out), "-n", "2", "--steps", "1",
                                       "--size", "40000"])

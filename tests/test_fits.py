@@ -138,11 +138,11 @@ def test_the_diffusion_estimate_scales_its_probe_to_what_a_full_size_step_saves(
 def test_generate_refuses_a_size_that_cannot_fit_before_writing(
         d32: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # the report's case: --size 100000 died in a 74.5 GiB allocation after generation.json was written
-    import segsynth.synth.generate as generate_module
+    import segsynth.synth.writer as writer_module  # the writer draws the samples
 
     run = write_untrained_run(tmp_path / "run", d32)
     limit_memory(monkeypatch, 64 * GIB)
-    monkeypatch.setattr(generate_module, "_draw", never_reached)  # were the check gone, no 74.5 GiB layout
+    monkeypatch.setattr(writer_module, "_draw", never_reached)  # were the check gone, no 74.5 GiB layout
     out = tmp_path / "synth"
     result = CliRunner().invoke(app, ["generate", str(run), "--out", str(out), "-n", "2", "--steps", "1",
                                       "--size", "100000", "--device", "cpu"])

@@ -8,6 +8,8 @@ records (the autoencoder's image split is ``image_split.json``, the segmentation
 
 from __future__ import annotations
 
+import unicodedata
+
 # --- every training run (diffusion, ControlNet, autoencoder, segmentation) ---------------------
 CONFIG_YAML = "config.yaml"  # resolved config of the run
 TRAIN_LOG = "train_log.jsonl"  # one JSON object per log interval (key "step" first-class)
@@ -92,3 +94,14 @@ FINAL_SEG_DIR = "segmentation"  # inside FINAL_DIR: the train-seg run of the fin
 FINAL_NNUNET_DIR = "Dataset900_segsynth"
 MODEL_CARD_MD = "model_card.md"  # inside FINAL_DIR: what the network is, how it was made, what it scored
 MODEL_CARD_JSON = "model_card.json"  # the same as a record; written last, so it marks a finished final stage
+
+
+# --- how names are compared ----------------------------------------------------------------------
+def name_key(name: str) -> str:
+    """The form in which file stems, sample ids and ``dataset.json`` keys are compared: Unicode NFC.
+
+    One name can be spelled by two code-point sequences ("é" as one character, or "e" plus a
+    combining accent); macOS writes file names decomposed (NFD) while editors type JSON keys
+    composed (NFC). Compared raw, ``café_01.png`` would have "no case id" although both look the same.
+    """
+    return unicodedata.normalize("NFC", name)

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from segsynth.artifacts.names import IMAGE_SPLIT_JSON, SPLIT_JSON
 from segsynth.config import StrictModel, format_validation_error
-from segsynth.data.format import DatasetSpec
+from segsynth.artifacts.dataset_format import DatasetSpec
 from segsynth.io.json_file import read_json_object
 
 R = TypeVar("R", bound=BaseModel)
@@ -196,7 +196,7 @@ OPTIONAL_MANIFEST_KEYS = ("edge_source", "edge_guidance", "text_guidance", "draw
 
 class ManifestRecord(StrictModel):
     """How one synthetic sample was made (one line of ``manifest.jsonl``); paths are relative to the
-    synthetic set's folder. Read through :func:`segsynth.synth.manifest.read_manifest`, the one
+    synthetic set's folder. Read through :func:`segsynth.artifacts.manifest.read_manifest`, the one
     parser of the file."""
 
     id: str = Field(min_length=1)

@@ -9,15 +9,15 @@ from segsynth.lazy import lazy_exports
 
 _EXPORTS = {
     "DataReadError": "segsynth.data.io",
-    "DatasetFormatError": "segsynth.data.format",
-    "DatasetSpec": "segsynth.data.format",
+    "DatasetFormatError": "segsynth.artifacts.dataset_format",
+    "DatasetSpec": "segsynth.artifacts.dataset_format",
     "SampleRef": "segsynth.data.loader",
     "SegDataset": "segsynth.data.loader",
     "index_dataset": "segsynth.data.loader",
-    "load_spec": "segsynth.data.format",
+    "load_spec": "segsynth.artifacts.dataset_format",
     "paired_augmentation": "segsynth.data.augment",
     "read_image": "segsynth.data.io",
-    "save_spec": "segsynth.data.format",
+    "save_spec": "segsynth.artifacts.dataset_format",
     "write_image": "segsynth.data.io",
 }
 

@@ -22,13 +22,13 @@ import contextlib
 import io
 import os
 import stat
-import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from segsynth.artifacts.names import name_key as name_key  # re-exported: its home is the contracts layer
 from segsynth.io.atomic import atomic_write_bytes
 
 NIFTI_EXTENSIONS = (".nii.gz", ".nii")
@@ -239,16 +239,6 @@ def check_shape(path: Path, shape: tuple[int, ...], max_pixels: int = MAX_PIXELS
             path, f"image of shape {shape} exceeds the safe load limit of {max_pixels} pixels; tile it first",
             kind="too_large",
         )
-
-
-def name_key(name: str) -> str:
-    """The form in which file stems, sample ids and ``dataset.json`` keys are compared: Unicode NFC.
-
-    One name can be spelled by two code-point sequences ("é" as one character, or "e" plus a
-    combining accent); macOS writes file names decomposed (NFD) while editors type JSON keys
-    composed (NFC). Compared raw, ``café_01.png`` would have "no case id" although both look the same.
-    """
-    return unicodedata.normalize("NFC", name)
 
 
 def split_ext(path: str | Path) -> tuple[str, str]:

@@ -247,7 +247,7 @@ def layout_cases(synthetic: Path, real: Path, real_spec: DatasetSpec) -> dict[st
     """
     # Imported here: the segsynth.synth package loads the generator (diffusers), which import-nnunet
     # and plain exports never need.
-    from segsynth.synth.manifest import read_manifest
+    from segsynth.artifacts.manifest import read_manifest
 
     path = synthetic / MANIFEST_JSONL
     if not path.is_file():

@@ -19,8 +19,8 @@ from segsynth.artifacts.names import MANIFEST_JSONL
 from segsynth.artifacts.schemas import ManifestRecord
 from segsynth.data.format import DatasetSpec, load_spec
 from segsynth.data.loader import SegDataset, index_dataset
-from segsynth.synth.manifest import read_manifest
-from segsynth.synth.styles import open_style_pool
+from segsynth.artifacts.manifest import read_manifest
+from segsynth.data.styles import open_style_pool
 
 REAL_SPLITS = ("labeled", "unlabeled", "all")
 

@@ -18,7 +18,7 @@ import torch
 from segsynth.artifacts.names import UNLABELED_DIR
 from segsynth.diffusion.sample_grid import MIN_TILE, sample_grid
 from segsynth.evaluation.sets import SyntheticSet
-from segsynth.synth.styles import open_style_pool
+from segsynth.data.styles import open_style_pool
 
 
 @dataclass

@@ -40,7 +40,7 @@ from segsynth.data.format import DatasetFormatError
 from segsynth.data.io import name_key, split_ext
 from segsynth.data.loader import SegDataset, sample_seed
 from segsynth.seg.config import MixConfig
-from segsynth.synth.manifest import read_manifest
+from segsynth.artifacts.manifest import read_manifest
 
 #: ``(source, index)``: source 0 is the real training set, ``s >= 1`` the s-th synthetic set.
 SampleKey = tuple[int, int]
@@ -90,7 +90,7 @@ class SyntheticSet:
 def records_by_image(root: Path) -> dict[str, ManifestRecord] | None:
     """Records of ``root/manifest.jsonl`` keyed by the stem of their ``image`` path (None if absent).
 
-    Parsed by the one manifest parser (:func:`segsynth.synth.manifest.read_manifest`), so a manifest
+    Parsed by the one manifest parser (:func:`segsynth.artifacts.manifest.read_manifest`), so a manifest
     train-seg accepts is exactly one ``generate`` could have written; this adds what pairing images
     with their records needs: each id and each image appears once.
 

@@ -19,17 +19,17 @@ _EXPORTS = {
     "GenerationConfig": "segsynth.synth.config",
     "GenerationRecord": "segsynth.synth.config",
     "GenerationResult": "segsynth.synth.generate",
-    "ImageFolderPool": "segsynth.synth.styles",
+    "ImageFolderPool": "segsynth.data.styles",
     "LayoutJudge": "segsynth.synth.judge",
     "LayoutSource": "segsynth.synth.layouts",
-    "ManifestRecord": "segsynth.synth.manifest",
-    "StyleSource": "segsynth.synth.styles",
+    "ManifestRecord": "segsynth.artifacts.schemas",
+    "StyleSource": "segsynth.data.styles",
     "VariantLayouts": "segsynth.synth.layouts",
     "make_layout_source": "segsynth.synth.layouts",
     "merge_shards": "segsynth.synth.generate",
     "model_hash": "segsynth.synth.generate",
-    "open_style_pool": "segsynth.synth.styles",
-    "read_manifest": "segsynth.synth.manifest",
+    "open_style_pool": "segsynth.data.styles",
+    "read_manifest": "segsynth.artifacts.manifest",
 }
 
 __all__ = sorted(_EXPORTS)
