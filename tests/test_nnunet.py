@@ -161,6 +161,17 @@ def test_import_refuses_missing_label(tmp_path: Path, dataset_factory) -> None:
         import_nnunet(tmp_path / "raw", tmp_path / "out")
 
 
+@pytest.mark.parametrize("where", ["labelsTr/p2_1.png", "imagesTr/p2_1_0000.png"])
+def test_import_refuses_a_folder_named_like_an_image(tmp_path: Path, dataset_factory, where: str) -> None:
+    export_nnunet(dataset_factory(), tmp_path / "raw")
+    path = tmp_path / "raw" / where
+    path.unlink()
+    path.mkdir()
+    with pytest.raises(DataReadError, match=rf"{where}: is a folder, not an image file"):
+        import_nnunet(tmp_path / "raw", tmp_path / "new" / "out")
+    assert not (tmp_path / "new").exists()
+
+
 def test_export_dataset_png_to_nifti_and_back(tmp_path: Path, dataset_factory) -> None:
     src = dataset_factory()
     export_dataset(src, tmp_path / "nii", fmt="nifti")

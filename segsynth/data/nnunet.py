@@ -24,6 +24,7 @@ from segsynth.data.export import Unit, iter_units, write_unit_image
 from segsynth.data.format import DatasetFormatError, DatasetSpec, load_spec, save_spec
 from segsynth.data.io import (
     NIFTI_EXTENSIONS,
+    DataReadError,
     image_shape,
     is_nifti,
     name_key,
@@ -84,6 +85,13 @@ def read_nnunet_json(src: Path) -> dict[str, Any]:
     return meta
 
 
+def _require_file(path: Path) -> None:
+    """Refuse a folder, FIFO or device named like an image before the copy opens it."""
+    if path.is_dir():
+        raise DataReadError(path, "is a folder, not an image file; move it out of the folder", kind="unexpected_entry")
+    require_regular_file(path)  # a FIFO would block the copy forever
+
+
 def _channel_files(src: Path, ending: str) -> dict[str, dict[int, Path]]:
     """Identifier -> {channel index: file} for every image in ``imagesTr``."""
     folder = src / NNUNET_IMAGES
@@ -93,7 +101,7 @@ def _channel_files(src: Path, ending: str) -> dict[str, dict[int, Path]]:
     for path in sorted(folder.iterdir()):
         if path.name.startswith(".") or not path.name.endswith(ending):
             continue
-        require_regular_file(path)  # a FIFO would block the copy forever
+        _require_file(path)
         match = _CHANNEL_FILE.match(name_key(path.name[: -len(ending)]))
         if match is None:
             raise DatasetFormatError(f"{path}: image names must end in _<4-digit channel>{ending}, e.g. case_0000{ending}")
@@ -182,7 +190,7 @@ def import_nnunet(
     labels_dir = src / NNUNET_LABELS
     labels = {name_key(p.name[: -len(ending)]): p for p in sorted(labels_dir.glob(f"*{ending}"))} if labels_dir.is_dir() else {}
     for label_path in labels.values():
-        require_regular_file(label_path)
+        _require_file(label_path)
     if not images:
         raise DatasetFormatError(f"{src / NNUNET_IMAGES}: no *_0000{ending} images")
     if missing := sorted(set(images) - set(labels)):
