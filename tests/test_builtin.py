@@ -118,11 +118,7 @@ def test_bad_arguments_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="tile_size must be an integer in"):
         build_builtin("brain-mri", tmp_path / "a", tile_size=8)
     (tmp_path / "exists").mkdir()
-<<<<<<< HEAD
     (tmp_path / "exists" / "notes.txt").write_text("the user's\n")  # an empty folder is simply filled
-=======
-    (tmp_path / "exists" / "notes.txt").write_text("x")  # an empty folder is no output to protect: it is taken
->>>>>>> property
     with pytest.raises(FileExistsError, match="already exists"):
         build_builtin("brain-mri", tmp_path / "exists")
     with pytest.raises(ValueError, match="exceeds the source region of 20x40"):
