@@ -23,8 +23,7 @@ def test_demo_runs_every_stage_and_prints_a_fair_table(tmp_path: Path) -> None:
     # the table names what it rests on, and every setting trained the same steps
     assert "real test cases from 1 fold" in result.output and "4 optimiser steps of batch 8" in result.output
     results = json.loads((out / "benchmark" / "results.json").read_text())
-    assert results["order"] == ["baseline", "baseline+heavy-aug", "self-training", "all-labelled", "ratio:0.5",
-                                "merge:0.6"]
+    assert results["order"] == ["baseline", "baseline+heavy-aug", "self-training", "ratio:0.5", "merge:0.6"]
     assert {r["steps"] for r in results["runs"]} == {4}
     assert (out / "benchmark" / "fold_0" / "synth_variants" / "manifest.jsonl").is_file()
     assert (out / "nnUNet_raw" / "Dataset501_NucleiFluoSyn" / "dataset.json").is_file()
