@@ -32,14 +32,14 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import TINY_DIFFUSION_MODEL, write_tiny_dataset, write_untrained_run
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from segsynth.cli import app
 
-#: More examples for a longer search: SEGSYNTH_PROPERTY_EXAMPLES=500 pytest tests/test_property_cli.py
-PROPERTY = settings(max_examples=int(os.environ.get("SEGSYNTH_PROPERTY_EXAMPLES", "40")), deadline=None, derandomize=True, database=None,
+#: Examples per command; more for a longer search: SEGSYNTH_PROPERTY_EXAMPLES=50 pytest tests/test_property_cli.py
+PROPERTY = settings(max_examples=int(os.environ.get("SEGSYNTH_PROPERTY_EXAMPLES", "6")), deadline=None, derandomize=True, database=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -123,8 +123,8 @@ def snapshot(root: Path) -> dict[str, tuple[int, str]]:
 
 @dataclass(frozen=True)
 class Command:
-    """A command line over the world: its words (``{out}`` is replaced by the output path), the
-    world folders it reads, how its output is placed, and what it may exit with."""
+    """A command line over the world: its words (``{data}`` stands for the world's ``data`` folder,
+    and so on), the world folders it reads, how its output is placed, and what it may exit with."""
 
     words: tuple[str, ...]
     reads: tuple[str, ...]
@@ -308,14 +308,16 @@ def run_case(root: Path, command: Command, case: Case) -> None:
         assert result.exit_code == 0, f"a valid command line failed:\n{shown}"
 
 
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda command: " ".join(command.words[:4]))
 @PROPERTY
-@given(command=st.sampled_from(COMMANDS), data=st.data())
+@given(data=st.data())
 def test_every_command_succeeds_or_refuses_and_never_touches_its_inputs(world: Path, command: Command, data) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "world"
         shutil.copytree(world, root, symlinks=True)
         relocate(root, world)
         case = build_case(root, command, data.draw)
+        event(f"--out {case.place}")  # --hypothesis-show-statistics: where the output went
         if command.name in SLOW and not case.refusal_expected and case.clean:
             return  # a whole benchmark: tested in test_benchmark*.py
         run_case(root, command, case)
