@@ -32,15 +32,8 @@ line start without loading torch, diffusers or MONAI; ``from segsynth import X``
 
 from __future__ import annotations
 
-import os
 
 from segsynth.lazy import lazy_exports
-
-# Idle OpenMP threads sleep instead of spinning (unless the user chose otherwise). OpenMP reads
-# this once, when torch loads, so it is set here, before segsynth imports torch. Why: a training
-# process whose threads spin steals the cores of any other process on them (another run, a data
-# loader); on 2 shared cores one step took 8x longer (benchmarks/cpu_threads.py).
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __version__ = "0.1.0"
 

@@ -154,17 +154,3 @@ def test_one_process_may_train_stages_of_different_precision() -> None:
     """auto (bf16 here) after an explicit fp32 stage, and back: accelerate alone refuses the second."""
     for precision in ("no", "bf16", "no"):
         assert device.make_accelerator(precision).mixed_precision == precision
-
-
-@pytest.mark.parametrize("preset, expected", [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
-def test_importing_segsynth_makes_idle_openmp_threads_sleep_unless_told(preset: str | None, expected: str) -> None:
-    import os
-    import subprocess
-    import sys
-
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    if preset:
-        env["OMP_WAIT_POLICY"] = preset
-    out = subprocess.run([sys.executable, "-c", "import os, segsynth; print(os.environ['OMP_WAIT_POLICY'])"],
-                         env=env, capture_output=True, text=True, check=True).stdout.strip()
-    assert out == expected
