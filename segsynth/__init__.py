@@ -32,7 +32,6 @@ line start without loading torch, diffusers or MONAI; ``from segsynth import X``
 
 from __future__ import annotations
 
-
 from segsynth.lazy import lazy_exports
 
 __version__ = "0.1.0"
