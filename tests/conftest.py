@@ -29,6 +29,10 @@ TINY_DIFFUSION_MODEL = {
     "style": {"encoder_channels": [8, 16], "dim": 16, "num_refs": 2},
 }
 
+#: A benchmark's segmentation runs at their smallest: 6 steps of a two-level network.
+TINY_SEG_OVERRIDES = {"train.steps": 6, "train.val_every": 2, "train.batch_size": 2,
+                      "network.channels": [8, 16], "network.strides": [2]}
+
 def make_fifo(path: Path, watch_s: float = 120.0) -> Path:
     """Create a FIFO at ``path`` that cannot hang the test reading it.
 

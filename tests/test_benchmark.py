@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from conftest import write_tiny_dataset
+from conftest import TINY_SEG_OVERRIDES, write_tiny_dataset
 from test_train_diffusion import TINY
 
 import yaml
@@ -100,8 +100,7 @@ def test_tiny_benchmark_trains_every_setting_for_the_same_steps(tmp_path: Path) 
         "folds": 2, "run_folds": [0], "seeds": [0, 1], "settings": ["ratio:0.5", "merge:0.6", "concat"],
         "low_label": 2, "val_fraction": 0.5,
         "diffusion_overrides": {**TINY, "train.steps": 2},
-        "segmentation_overrides": {"train.steps": 6, "train.val_every": 2, "train.batch_size": 2,
-                                   "network.channels": [8, 16], "network.strides": [2]},
+        "segmentation_overrides": TINY_SEG_OVERRIDES,
         "generation": {"n": 4, "steps": 2, "batch_size": 4, "per_mask": 2},
     })
     out = tmp_path / "bench"

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import torch
 import yaml
-from conftest import write_tiny_dataset
+from conftest import TINY_SEG_OVERRIDES, write_tiny_dataset
 from monai.losses import DiceCELoss
 from test_train_diffusion import TINY
 
@@ -41,8 +41,7 @@ def test_synthetic_with_heavy_aug_and_self_training_train_the_baselines_budget(t
         "controls": ["heavy_augmentation", "self_training"], "low_label": 2, "val_fraction": 0.5,
         "self_training": {"threshold": 0.55, "mix": "concat"},
         "diffusion_overrides": {**TINY, "train.steps": 2},
-        "segmentation_overrides": {"train.steps": 6, "train.val_every": 2, "train.batch_size": 2,
-                                   "network.channels": [8, 16], "network.strides": [2]},
+        "segmentation_overrides": TINY_SEG_OVERRIDES,
         "generation": {"n": 4, "steps": 2, "batch_size": 4, "per_mask": 2},
     })
     out = tmp_path / "bench"
