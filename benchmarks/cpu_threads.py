@@ -8,19 +8,19 @@ same thread setting and with the best single process overall (the machine's capa
 step). A shared OpenMP runtime spins idle threads while waiting for work; two processes that each
 start a thread per core then steal each other's cores.
 
-Scenarios (every one but the ``*_library`` ones loads torch before segsynth, so OpenMP keeps its own
-defaults there):
+Scenarios (the ``*_library`` ones and ``pair_split`` let the library choose the threads, as the
+``segsynth`` command does before torch starts; the others set ``OMP_NUM_THREADS`` themselves):
 
-- ``solo_cpus``: one process, as many threads as usable CPUs (torch's default here);
+- ``solo_cpus``: one process, as many threads as usable CPUs;
 - ``solo_cpus_passive``: the same with ``OMP_WAIT_POLICY=PASSIVE`` (what passive costs one run);
 - ``solo_1``: one process, 1 thread;
-- ``solo_library``: one process, no setting: the library's default (what the passive wait costs alone);
-- ``pair_cpus``: two processes, each with a thread per usable CPU (torch's default: oversubscribed);
+- ``solo_library``: one process, the library's choice (a thread per usable CPU);
+- ``pair_cpus``: two processes, each with a thread per usable CPU (oversubscribed);
 - ``pair_cpus_passive``: the same with ``OMP_WAIT_POLICY=PASSIVE`` (idle threads sleep);
-- ``pair_split``: two processes, usable CPUs / 2 threads each (what the library picks for a
-  launch of two processes on the machine, ``LOCAL_WORLD_SIZE=2``);
-- ``pair_library``: two processes, no thread setting at all: the library's default as a user gets it
-  (``import segsynth`` first, which makes idle OpenMP threads sleep).
+- ``pair_split``: two processes of one launch (``LOCAL_WORLD_SIZE=2``), the library's choice:
+  usable CPUs / 2 threads each;
+- ``pair_library``: two independent processes, the library's choice for each (what two users
+  starting ``segsynth`` on the same machine get).
 
 The machine may be shared with other work: scenarios run in sequence, so their absolute numbers
 move with its load (recorded); repeat with ``--repeats`` and read the ratios.
@@ -50,15 +50,15 @@ ROOT = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve().parent
 
 
-def child(seconds: float, barrier: Path, out: Path, data: Path, torch_first: bool) -> None:
+def child(seconds: float, barrier: Path, out: Path, data: Path, library_threads: bool) -> None:
     """One process: build the task, warm up, say so, wait for the go, train for ``seconds``; print steps/s.
 
-    ``torch_first``: torch loads before segsynth, so OpenMP keeps its own defaults (the library's
-    OpenMP setting only applies when segsynth is imported first, as the command line does).
+    ``library_threads``: choose the thread count as the ``segsynth`` command does, before torch loads.
     """
-    if torch_first:
-        import torch
-    import segsynth  # noqa: F401
+    if library_threads:
+        from segsynth.cpus import default_thread_count
+
+        default_thread_count()
     import torch
     from speed_tasks import diffusion_task
 
@@ -76,7 +76,7 @@ def child(seconds: float, barrier: Path, out: Path, data: Path, torch_first: boo
 
 
 def run_scenario(processes: int, env_extra: dict[str, str], seconds: float, data: Path,
-                 torch_first: bool) -> list[dict[str, Any]]:
+                 library_threads: bool) -> list[dict[str, Any]]:
     """Start ``processes`` children with ``env_extra``, let them train together once all are warm; their reports."""
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "LOCAL_WORLD_SIZE")}
     env.update(env_extra)
@@ -84,7 +84,7 @@ def run_scenario(processes: int, env_extra: dict[str, str], seconds: float, data
     barrier = Path(tempfile.mkdtemp(prefix="segsynth-thr-barrier-"))
     procs = [subprocess.Popen([sys.executable, __file__, "--child", "--seconds", str(seconds), "--barrier",
                                str(barrier), "--data", str(data), "--out", tempfile.mkdtemp(prefix="segsynth-thr-"),
-                              *(["--torch-first"] if torch_first else [])],
+                              *(["--library-threads"] if library_threads else [])],
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
              for _ in range(processes)]
     while len(list(barrier.glob("ready-*"))) < processes:
@@ -109,7 +109,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "cpu_threads.json")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--barrier", type=Path, default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--torch-first", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--library-threads", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--data", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     return fill_profile(args, {"seconds": 8.0, "repeats": 1}, {"seconds": 15.0, "repeats": 2})
@@ -118,42 +118,41 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     if args.child:
-        child(args.seconds, args.barrier, args.out, args.data, args.torch_first)
+        child(args.seconds, args.barrier, args.out, args.data, args.library_threads)
         return {}
     from rich.console import Console
     from rich.table import Table
     from speed_tasks import builtin_data
 
-    from segsynth.device import usable_cpus
+    from segsynth.cpus import usable_cpus
     from segsynth.io.atomic import atomic_write_json
 
     cpus = usable_cpus()
-    half = str(max(1, cpus // 2))
-    #: name -> (processes, environment, torch loaded before segsynth)
+    #: name -> (processes, environment, threads chosen by the library)
     scenarios = {
-        "solo_cpus": (1, {"OMP_NUM_THREADS": str(cpus)}, True),
-        "solo_cpus_passive": (1, {"OMP_NUM_THREADS": str(cpus), "OMP_WAIT_POLICY": "PASSIVE"}, True),
-        "solo_1": (1, {"OMP_NUM_THREADS": "1"}, True),
-        "solo_library": (1, {}, False),
-        "pair_cpus": (2, {"OMP_NUM_THREADS": str(cpus)}, True),
-        "pair_cpus_passive": (2, {"OMP_NUM_THREADS": str(cpus), "OMP_WAIT_POLICY": "PASSIVE"}, True),
+        "solo_cpus": (1, {"OMP_NUM_THREADS": str(cpus)}, False),
+        "solo_cpus_passive": (1, {"OMP_NUM_THREADS": str(cpus), "OMP_WAIT_POLICY": "PASSIVE"}, False),
+        "solo_1": (1, {"OMP_NUM_THREADS": "1"}, False),
+        "solo_library": (1, {}, True),
+        "pair_cpus": (2, {"OMP_NUM_THREADS": str(cpus)}, False),
+        "pair_cpus_passive": (2, {"OMP_NUM_THREADS": str(cpus), "OMP_WAIT_POLICY": "PASSIVE"}, False),
         "pair_split": (2, {"LOCAL_WORLD_SIZE": "2"}, True),
-        "pair_library": (2, {}, False),
+        "pair_library": (2, {}, True),
     }
     data = builtin_data()
     console = Console() if sys.stdout.isatty() else Console(width=132)
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in scenarios}
     loads = []
     for _ in range(args.repeats):
-        for name, (processes, env, torch_first) in scenarios.items():
+        for name, (processes, env, library_threads) in scenarios.items():
             loads.append(os.getloadavg()[0])
-            reports = run_scenario(processes, env, args.seconds, data, torch_first)
+            reports = run_scenario(processes, env, args.seconds, data, library_threads)
             runs[name].append({"total_steps_per_s": sum(r["steps_per_s"] for r in reports), "processes": reports})
     best_solo = max(r["total_steps_per_s"] for name in scenarios if name.startswith("solo") for r in runs[name])
     rows = []
-    for name, (processes, env, torch_first) in scenarios.items():
+    for name, (processes, env, library_threads) in scenarios.items():
         total = statistics.median(r["total_steps_per_s"] for r in runs[name])
-        rows.append({"scenario": name, "processes": processes, "env": env, "torch_imported_first": torch_first,
+        rows.append({"scenario": name, "processes": processes, "env": env, "library_threads": library_threads,
                      "threads_per_process": runs[name][0]["processes"][0]["threads"],
                      "total_steps_per_s": total, "of_best_single_process": total / best_solo, "runs": runs[name]})
     table = Table(title=f"train-diffusion steps/s of one or two processes on {cpus} usable CPUs (shared machine)")

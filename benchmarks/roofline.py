@@ -52,7 +52,8 @@ from rich.console import Console
 from rich.table import Table
 from speed_tasks import autoencoder_task, builtin_data, diffusion_task, seg_task
 
-from segsynth.device import BF16_CPU_FLAGS, cpu_flags, resolve_mixed_precision, usable_cpus
+from segsynth.cpus import usable_cpus
+from segsynth.device import BF16_CPU_FLAGS, cpu_flags, resolve_mixed_precision
 from segsynth.diffusion.performance import flop_counter_mode
 from segsynth.diffusion.pipeline import SegSynthPipeline
 from segsynth.io.atomic import atomic_write_json

@@ -3,14 +3,13 @@
 A run is placed by :class:`accelerate.Accelerator` (CUDA, MPS or CPU; one process or a
 ``torchrun`` / ``accelerate launch`` process group), with bf16 autocast where the device has it:
 on CUDA, and on a CPU with native bf16 instructions (AVX512-BF16 or AMX-BF16), where
-``benchmarks/cpu_defaults.py`` measured it faster than fp32. On a CPU the run also takes as
-many threads as the CPUs it may use (affinity and cgroup quota), shared among the processes of
-a launch on this machine.
+``benchmarks/cpu_defaults.py`` measured it faster than fp32. CPU threads are not chosen here:
+the console entry point picks them once, before torch starts (:mod:`segsynth.cpus`), and a
+Python caller keeps whatever ``torch.set_num_threads`` it chose.
 """
 
 from __future__ import annotations
 
-import math
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -46,65 +45,6 @@ def cpu_has_native_bf16() -> bool:
         return True
     # where /proc/cpuinfo is missing, torch's own dispatch level tells AMX (AVX512 alone does not mean bf16)
     return torch.backends.cpu.get_cpu_capability().startswith("AMX")
-
-
-def cgroup_cpu_limit(root: Path = Path("/sys/fs/cgroup")) -> float | None:
-    """The CPUs a cgroup quota grants this process (``cpu.max`` or cgroup v1's cfs files), None if unlimited."""
-    try:
-        quota, period = (root / "cpu.max").read_text().split()[:2]
-        if quota != "max":
-            return int(quota) / int(period)
-        return None
-    except (OSError, ValueError):
-        pass
-    try:
-        quota_us = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
-        period_us = int((root / "cpu" / "cpu.cfs_period_us").read_text())
-        return quota_us / period_us if quota_us > 0 and period_us > 0 else None
-    except (OSError, ValueError):
-        return None
-
-
-def usable_cpus() -> int:
-    """The CPUs this process may actually run on: its affinity mask, capped by its cgroup quota.
-
-    Why not ``os.cpu_count()``: in a container or under ``taskset`` it counts the host, and a
-    process that starts one spinning thread per host core on two granted CPUs runs far slower
-    than one with two threads.
-    """
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cpus = os.cpu_count() or 1
-    limit = cgroup_cpu_limit()
-    if limit is not None:
-        cpus = min(cpus, max(1, math.ceil(limit)))
-    return max(1, cpus)
-
-
-def cpu_threads(processes: int | None = None) -> int:
-    """Threads for one process: the usable CPUs shared among the ``processes`` on this machine.
-
-    Args:
-        processes: processes of this launch on this machine (default: ``LOCAL_WORLD_SIZE``, set by
-            ``torchrun`` / ``accelerate launch``; 1 otherwise).
-    """
-    if processes is None:
-        processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
-    return max(1, usable_cpus() // max(1, processes))
-
-
-def configure_cpu_threads(processes: int | None = None) -> int:
-    """Set torch's intra-op threads to :func:`cpu_threads` unless ``OMP_NUM_THREADS`` says otherwise.
-
-    An explicit ``OMP_NUM_THREADS`` (the user's or a launcher's choice) wins; torch already reads it.
-
-    Returns:
-        The thread count in effect.
-    """
-    if not os.environ.get("OMP_NUM_THREADS"):
-        torch.set_num_threads(cpu_threads(processes))
-    return torch.get_num_threads()
 
 
 def resolve_mixed_precision(choice: str, cpu_bf16: bool = True) -> str:
@@ -154,7 +94,6 @@ def make_accelerator(mixed_precision: str, **kwargs: object) -> Accelerator:
         kwargs: further :class:`Accelerator` arguments (e.g. ``log_with``).
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    configure_cpu_threads()
     device_api = getattr(torch, "accelerator", None)  # torch >= 2.6 knows every device type
     has_device = device_api.is_available() if device_api is not None else torch.cuda.is_available()
     precision = resolve_mixed_precision(mixed_precision)

@@ -12,9 +12,18 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-import numpy as np
-import pytest
-import torch
+# One intra-op thread for the whole suite, set before torch starts: tests compare tensors bit for
+# bit (a resumed run with an uninterrupted one, a sample drawn alone with the same sample in a
+# batch), which a multi-threaded reduction does not promise; the kill tests fork this process,
+# and a forked child of a multi-threaded OpenMP runtime can hang; and child ``segsynth``
+# processes inherit the setting.
+os.environ["OMP_NUM_THREADS"] = "1"
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
 
 from segsynth.artifacts.names import IMAGES_DIR, MASKS_DIR, UNLABELED_DIR
 from segsynth.data.format import DatasetSpec, save_spec

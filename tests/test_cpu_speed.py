@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
+import segsynth.cpus as cpus
 import segsynth.device as device
 from segsynth.diffusion.performance import flop_counter_mode, fused_optimizer_options
 
@@ -54,41 +58,64 @@ def test_auto_precision_is_bf16_only_on_a_cpu_with_native_bf16(monkeypatch: pyte
 
 
 def test_usable_cpus_follow_affinity_and_cgroup_quota(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(device.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
-    monkeypatch.setattr(device.os, "cpu_count", lambda: 64)
-    monkeypatch.setattr(device, "cgroup_cpu_limit", lambda: None)
-    assert device.usable_cpus() == 4
-    monkeypatch.setattr(device, "cgroup_cpu_limit", lambda: 1.5)
-    assert device.usable_cpus() == 2
-    assert device.cpu_threads(processes=2) == 1
+    monkeypatch.setattr(cpus.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    monkeypatch.setattr(cpus.os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(cpus, "cgroup_cpu_limit", lambda: None)
+    assert cpus.usable_cpus() == 4
+    monkeypatch.setattr(cpus, "cgroup_cpu_limit", lambda: 1.5)
+    assert cpus.usable_cpus() == 2
+    assert cpus.cpu_threads(processes=2) == 1
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
-    assert device.cpu_threads() == 1
+    assert cpus.cpu_threads() == 1
 
 
 def test_cgroup_quota_files(tmp_path: Path) -> None:
     (tmp_path / "cpu.max").write_text("150000 100000\n")
-    assert device.cgroup_cpu_limit(tmp_path) == 1.5
+    assert cpus.cgroup_cpu_limit(tmp_path) == 1.5
     (tmp_path / "cpu.max").write_text("max 100000\n")
-    assert device.cgroup_cpu_limit(tmp_path) is None
+    assert cpus.cgroup_cpu_limit(tmp_path) is None
     (tmp_path / "cpu.max").unlink()
     (tmp_path / "cpu").mkdir()
     (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("200000\n")
     (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
-    assert device.cgroup_cpu_limit(tmp_path) == 2.0
+    assert cpus.cgroup_cpu_limit(tmp_path) == 2.0
 
 
 def test_explicit_omp_num_threads_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cpus, "usable_cpus", lambda: 2)
+    assert cpus.default_thread_count({"OMP_NUM_THREADS": "1"}) == 1
+    environ: dict[str, str] = {}
+    assert cpus.default_thread_count(environ) == 2 and environ == {"OMP_NUM_THREADS": "2"}
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert cpus.default_thread_count({"OMP_NUM_THREADS": " "}) == 1
+
+
+def test_training_keeps_the_callers_thread_count(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A library caller's ``torch.set_num_threads`` survives building a trainer's accelerator."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(cpus, "usable_cpus", lambda: 4)
     before = torch.get_num_threads()
-    monkeypatch.setattr(device, "usable_cpus", lambda: 2)
+    torch.set_num_threads(1)
     try:
-        monkeypatch.setenv("OMP_NUM_THREADS", "1")
-        torch.set_num_threads(1)
-        assert device.configure_cpu_threads(processes=1) == 1
-        monkeypatch.delenv("OMP_NUM_THREADS")
-        assert device.configure_cpu_threads(processes=1) == 2
-        assert device.configure_cpu_threads(processes=2) == 1
+        device.make_accelerator("no")
+        assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_console_entry_chooses_threads_before_torch_starts(tmp_path: Path) -> None:
+    """``segsynth`` sets ``OMP_NUM_THREADS`` from the usable CPUs when the environment leaves it unset.
+
+    As one of a launch of two processes it takes half of them, which torch alone would not do."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"} | {"LOCAL_WORLD_SIZE": "2"}
+    code = ("import os, sys; sys.argv = ['segsynth', '--version']\n"
+            "from segsynth.cli import main\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\n"
+            "import torch; from segsynth.cpus import cpu_threads\n"
+            "print(os.environ['OMP_NUM_THREADS'], torch.get_num_threads(), cpu_threads())")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    env_threads, torch_threads, expected = out.stdout.split()[-3:]
+    assert env_threads == torch_threads == expected
 
 
 def test_fused_optimizer_on_cpu() -> None:
