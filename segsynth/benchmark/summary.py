@@ -278,22 +278,28 @@ def caveats(results: dict[str, Any]) -> list[str]:
     return notes
 
 
+def table_rows(results: dict[str, Any]) -> list[list[str]]:
+    """The benchmark table's formatted cells, one list per row in :data:`HEADERS` order: built once,
+    then rendered for the terminal (:func:`rich_table`), as Markdown (:func:`markdown_table`) and in
+    the HTML report."""
+    return [_row_cells(results, name) for name in setting_order(results)]
+
+
 def rich_table(results: dict[str, Any]) -> Table:
     """The benchmark table for the terminal."""
     table = Table(title=f"segsynth benchmark: {headline(results)}",
                   caption="\n".join([LEGEND, *(f"warning: {note}" for note in caveats(results))]))
     for header in HEADERS:
         table.add_column(header, justify="left" if header == "setting" else "right", no_wrap="CI" not in header)
-    for name in setting_order(results):
-        table.add_row(*_row_cells(results, name))
+    for row in table_rows(results):
+        table.add_row(*row)
     return table
 
 
 def markdown_table(results: dict[str, Any]) -> str:
     """The same table as GitHub Markdown (written to ``results.md``), under its headline."""
     lines = [headline(results) + ".", "", "| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
-    for name in setting_order(results):
-        lines.append("| " + " | ".join(_row_cells(results, name)) + " |")
+    lines += ["| " + " | ".join(row) + " |" for row in table_rows(results)]
     lines.append("")
     lines.append(LEGEND)
     notes = caveats(results)

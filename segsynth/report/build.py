@@ -65,7 +65,7 @@ from segsynth.artifacts.schemas import (
     read_metrics,
     read_record,
 )
-from segsynth.benchmark.summary import LEGEND, headline, markdown_table
+from segsynth.benchmark.summary import HEADERS, LEGEND, headline, table_rows
 from segsynth.data.format import load_spec
 from segsynth.evaluation.sets import load_synthetic
 from segsynth.io.atomic import atomic_write_text
@@ -106,13 +106,6 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
 #: Columns of the benchmark table shown on the report's first screen.
 ANSWER_COLUMNS = ("setting", "cases", "runs", "Dice", "Δ vs best control", "CI (control)", "ΔDice", "95% CI", "p",
                   "rel. gain", "Δ case std", "gap closed", "still rising")
-
-
-def _markdown_rows(markdown: str) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of the first GitHub table in ``markdown``."""
-    lines = [ln for ln in markdown.splitlines() if ln.startswith("|")]
-    cells = [[c.strip() for c in ln.strip("|").split("|")] for ln in lines]
-    return cells[0], cells[2:]
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
@@ -285,8 +278,7 @@ class _Report:
             record = read_record(results_path, BenchmarkResults)
             results = record.model_dump()
             self.dataset(record.data, "benchmark data (real)")
-            header, rows = _markdown_rows(markdown_table(results))
-            section.add(paragraph(headline(results)), table(header, rows), paragraph(LEGEND))
+            section.add(paragraph(headline(results)), table(HEADERS, table_rows(results)), paragraph(LEGEND))
             for run in record.runs:
                 per_setting.setdefault(run["setting"], []).extend(run.get("case_dice", {}).values())
         else:
@@ -325,13 +317,13 @@ class _Report:
         results = record.model_dump()
         for run in record.runs:
             self.setting_of[Path(run["run"]).resolve()] = run["setting"]
-        header, rows = _markdown_rows(markdown_table(results))
-        keep = [header.index(c) for c in ANSWER_COLUMNS]
+        rows = table_rows(results)
+        keep = [HEADERS.index(c) for c in ANSWER_COLUMNS]
         data = Path(record.data or bench).name
         self.sections["answer"].add(
             heading(f"{data} ({self.rel(bench)})"),
             paragraph(headline(results) + "."),
-            table([header[i] for i in keep], [[row[i] for i in keep] for row in rows]),
+            table([HEADERS[i] for i in keep], [[row[i] for i in keep] for row in rows]),
         )
 
     def final(self, run: Path) -> None:
