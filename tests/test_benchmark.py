@@ -173,3 +173,31 @@ def test_generator_takes_the_data_size_and_a_misfit_is_refused(tmp_path: Path) -
     with pytest.raises(ConfigError, match="differs from the data's 16 px"):
         run_benchmark(data, tmp_path / "bench", cfg)
     assert not (tmp_path / "bench").exists()
+
+
+def test_a_generator_killed_before_its_first_checkpoint_is_continued(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Killed after its config and log were written but before any checkpoint, the fold's generator
+    trains again from the start when the benchmark (or ``segsynth run``) is re-run, instead of being
+    refused as a foreign run."""
+    from segsynth.benchmark.run import train_generator
+    from segsynth.data.loader import index_dataset
+    from segsynth.engine.loop import Engine
+
+    torch.set_num_threads(1)
+    data = write_tiny_dataset(tmp_path / "data", cases=("p1", "p2"), per_case=2, size=16, unlabeled=2)
+    cfg = parse_config(BenchmarkConfig, {"diffusion_overrides": {**TINY, "train.steps": 2}})
+    run = tmp_path / "fold_0" / "diffusion"
+    ids = [ref.id for ref in index_dataset(data)]
+
+    def killed(self: Engine, task: object) -> None:
+        raise KeyboardInterrupt  # stands in for the SIGKILL: nothing of the checkpoint is written
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Engine, "save_checkpoint", killed)
+        with pytest.raises(KeyboardInterrupt):
+            train_generator(data, run, cfg, ids, None)
+    assert (run / "config.yaml").is_file() and not (run / "checkpoints").exists()
+    assert train_generator(data, run, cfg, ids, None) == run
+    assert (run / "pipeline" / "model_index.json").is_file()
+    assert [json.loads(line)["step"] for line in (run / "train_log.jsonl").read_text().splitlines()][-1] == 2

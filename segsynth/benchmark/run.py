@@ -26,7 +26,6 @@ from rich.console import Console
 
 from segsynth.artifacts.names import (
     BENCHMARK_YAML,
-    CHECKPOINTS_DIR,
     CONFIG_YAML,
     DATASET_JSON,
     DIFFUSION_DIR,
@@ -88,16 +87,13 @@ def _folds(data: Path, out: Path, cfg: BenchmarkConfig) -> list[Split]:
     return splits
 
 
-def _diffusion(data: Path, fold: Path, split: Split, cfg: BenchmarkConfig, console: Console) -> Path:
-    run = fold / DIFFUSION_DIR
+def train_generator(data: Path, run: Path, cfg: BenchmarkConfig, train_ids: list[str], console: Console) -> Path:
+    """The benchmark's generator in ``run``, trained on ``train_ids``: found finished, continued from
+    where a kill left it (even before its first checkpoint), or trained from the start."""
     if (run / PIPELINE_DIR / "model_index.json").is_file():
         return run
-    resume = (run / CHECKPOINTS_DIR).is_dir()
-    # Validation cases are labelled data the study has, so the generator may learn from them too;
-    # test cases never reach it.
-    return train_diffusion(
-        data, diffusion_recipe(data, cfg), run, resume=resume, train_ids=split.train_ids + split.val_ids, console=console
-    )
+    return train_diffusion(data, diffusion_recipe(data, cfg), run, resume=(run / CONFIG_YAML).is_file(),
+                           train_ids=train_ids, console=console)
 
 
 def _synthetic(run: Path, out: Path, n: int, layouts: str, cfg: BenchmarkConfig, console: Console,
@@ -236,7 +232,9 @@ def fold_generator(
         raise ValueError(f"fold {fold} is not among the {len(splits)} folds of {Path(out) / SPLITS_JSON}")
     folder = fold_dir(Path(out), fold)
     split = splits[fold]
-    run = _diffusion(Path(data), folder, split, config, console)
+    # Validation cases are labelled data the study has, so the generator may learn from them too;
+    # test cases never reach it.
+    run = train_generator(Path(data), folder / DIFFUSION_DIR, config, split.train_ids + split.val_ids, console)
     judge = fold_judge(Path(data), Path(out), config, splits, fold, console)
     synth = _synthetic(run, folder / SYNTH_DIR, config.generation.n, config.generation.layouts, config, console, judge)
     variants = None

@@ -46,7 +46,6 @@ from rich.console import Console
 from segsynth.artifacts.names import (
     BENCHMARK_DIR,
     BEST_DIR,
-    CHECKPOINTS_DIR,
     CONFIG_YAML,
     DATASET_JSON,
     DIFFUSION_DIR,
@@ -60,7 +59,6 @@ from segsynth.artifacts.names import (
     MODEL_JSON,
     MODEL_WEIGHTS,
     NETWORK_DIR,
-    PIPELINE_DIR,
     PLAN_JSON,
     RESULTS_JSON,
     SPLIT_JSON,
@@ -70,7 +68,8 @@ from segsynth.artifacts.names import (
 )
 from segsynth.artifacts.schemas import SegRunSplit, TrainingSummary, read_record
 from segsynth.benchmark import BenchmarkConfig
-from segsynth.benchmark.recipes import diffusion_recipe, seg_run_dir
+from segsynth.benchmark.recipes import seg_run_dir
+from segsynth.benchmark.run import train_generator
 from segsynth.benchmark.stats import paired_difference
 from segsynth.config import load_config
 from segsynth.data.format import load_spec
@@ -210,16 +209,6 @@ def record_choice(plan: RunPlan, plan_path: Path, choice: FinalChoice) -> None:
         save_plan(plan, plan_path)
 
 
-def _generator(data: Path, final: Path, cfg: BenchmarkConfig, ids: list[str], console: Console) -> Path:
-    run = final / DIFFUSION_DIR
-    if (run / PIPELINE_DIR / "model_index.json").is_file():
-        return run
-    from segsynth.diffusion.train import train_diffusion
-
-    return train_diffusion(data, diffusion_recipe(data, cfg), run, resume=(run / CHECKPOINTS_DIR).is_dir(),
-                           train_ids=ids, console=console)
-
-
 def _synthetic_set(run: Path, out: Path, n: int, layouts: str, cfg: BenchmarkConfig, console: Console) -> Path:
     if (out / MANIFEST_JSONL).is_file() and (out / DATASET_JSON).is_file():
         return out
@@ -271,7 +260,7 @@ def train_final(data: Path, out: Path, plan: RunPlan, cfg: BenchmarkConfig, cons
         ids = [r.id for r in index_dataset(data)]
         synthetic: list[Path] = []
         if choice.kind == SYNTHETIC:
-            generator = _generator(data, final, cfg, ids, console)
+            generator = train_generator(data, final / DIFFUSION_DIR, cfg, ids, console)
             if seg_cfg.mix.strategy == "merge":  # merging pairs each real image with its own mask's variants
                 synthetic.append(_synthetic_set(generator, final / VARIANTS_DIR, cfg.generation.per_mask * len(ids),
                                                 "variants", cfg, console))
