@@ -37,7 +37,7 @@ from segsynth.config import load_config
 from segsynth.diffusion.config import DiffusionTrainConfig
 from segsynth.diffusion.pipeline import SegSynthPipeline
 from segsynth.diffusion.train import train_diffusion
-from segsynth.evaluation.evaluate_synth import evaluate_synth
+from segsynth.evaluation import evaluate_synth
 from segsynth.synth.config import GenerationConfig
 from segsynth.synth.generate import generate
 

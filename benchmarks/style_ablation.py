@@ -50,7 +50,7 @@ from segsynth.data.io import read_image, write_image
 from segsynth.data.loader import SegDataset
 from segsynth.diffusion.config import DiffusionTrainConfig
 from segsynth.diffusion.train import train_diffusion
-from segsynth.evaluation.evaluate_synth import evaluate_synth
+from segsynth.evaluation import EvaluationConfig, evaluate_synth
 from segsynth.evaluation.sets import load_style_references, load_synthetic
 from segsynth.evaluation.style_retrieval import style_retrieval
 from segsynth.synth.config import GenerationConfig
@@ -165,7 +165,7 @@ def evaluate(synth: Path, data: Path, seg_run: str | None, seed: int) -> dict[st
     """``metrics.json`` of ``synth`` (computed unless there); ``evaluate_s`` is the seconds it recorded."""
     out = synth / "evaluation"
     if not (out / "metrics.json").is_file():
-        evaluate_synth(synth, data, seg_run, out=out, seed=seed, console=Console(stderr=True))
+        evaluate_synth(synth, data, seg_run, config=EvaluationConfig(seed=seed), out=out, console=Console(stderr=True))
     metrics = json.loads((out / "metrics.json").read_text())
     return {"evaluate_s": metrics["seconds"], "metrics": metrics}
 

@@ -37,7 +37,7 @@ from segsynth.data.builtin import build_builtin
 from segsynth.data.format import load_spec, save_spec
 from segsynth.diffusion.config import DiffusionTrainConfig
 from segsynth.diffusion.train import train_diffusion
-from segsynth.evaluation.evaluate_synth import evaluate_synth
+from segsynth.evaluation import EvaluationConfig, evaluate_synth
 from segsynth.synth.config import GenerationConfig
 from segsynth.synth.generate import generate
 from style_ablation import TRAIN_SECONDS, summarise  # the numbers the style ablation reports, the same way
@@ -96,7 +96,7 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict[str, Any]:
             shutil.rmtree(synth, ignore_errors=True)
             generate(run, synth, GenerationConfig(n=args.n, layouts="variants", per_mask=args.per_mask,
                                                   styles=reference_copy / UNLABELED_DIR, seed=args.seed, batch_size=16))
-        metrics = evaluate_synth(synth, data, seg_run, out=synth / "evaluation", seed=args.seed,
+        metrics = evaluate_synth(synth, data, seg_run, config=EvaluationConfig(seed=args.seed), out=synth / "evaluation",
                                  console=Console(stderr=True))
         seg_run = seg_run or metrics["seg_run"]["path"]
         rows[label] = {"include_unlabeled": pooled, "run": str(run), "train_s": train_s, **summarise(metrics)}

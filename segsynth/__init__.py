@@ -17,7 +17,7 @@ The public API, stage by stage (each stage reads and writes plain folders):
 - experiment: :class:`BenchmarkConfig`, :func:`run_benchmark` (``reuse`` an earlier benchmark's unchanged
   runs), :func:`compare_generators` (two generators on the same benchmark, paired by case);
 - the whole loop on a folder: :func:`plan_run` (a :class:`RunPlan` from the fingerprint), :func:`run_all`;
-- evaluation and reporting: :func:`evaluate_synth`, :func:`build_report`;
+- evaluation and reporting: :func:`evaluate_synth` (an :class:`EvaluationConfig`), :func:`build_report`;
 - run folders: :func:`detect` and :func:`discover` say what a folder is; :func:`read_record` reads
   one of its JSON records through its schema (:class:`TrainingData`, :class:`ImageSplit`,
   :class:`ManifestRecord`, :class:`SegRunSplit`, :class:`EvaluationMetrics`,
@@ -51,6 +51,7 @@ _EXPORTS = {
     "DatasetSpec": "segsynth.data",
     "DiffusionTrainConfig": "segsynth.diffusion.config",
     "DoesNotFitError": "segsynth.fits",
+    "EvaluationConfig": "segsynth.evaluation",
     "EvaluationMetrics": "segsynth.artifacts.schemas",
     "Found": "segsynth.artifacts.detect",
     "FilterConfig": "segsynth.synth.config",

@@ -18,7 +18,7 @@ from segsynth.cli.options import command_config
 
 #: Commands that write nothing, or write only inside the folder they read (so need no --out).
 NO_OUT = {"data check": "reads only", "recipes": "lists the shipped recipes"}
-CONFIG_COMMANDS = {"train-diffusion", "train-autoencoder", "train-seg", "benchmark", "generate"}
+CONFIG_COMMANDS = {"train-diffusion", "train-autoencoder", "train-seg", "benchmark", "generate", "evaluate-synth"}
 SEED_COMMANDS = {"train-diffusion", "train-autoencoder", "train-seg", "generate", "data builtin", "export", "evaluate-synth"}
 RESUME_COMMANDS = {"train-diffusion", "train-autoencoder", "train-seg", "generate"}
 DEVICE_COMMANDS = {"generate"}

@@ -19,6 +19,7 @@ from segsynth.cli import app
 from segsynth.data.format import DatasetSpec, load_spec, save_spec
 from segsynth.data.io import write_image
 from segsynth.evaluation import (
+    EvaluationConfig,
     SegEncoderFeatures,
     StainTextureFeatures,
     default_seg_config,
@@ -242,7 +243,7 @@ def evaluated(tmp_path_factory: pytest.TempPathFactory):
                               seed=2)
     synth = write_synthetic_set(tmp / "synth", *real_copies(real))
     seg_config = default_seg_config(16, steps=4)
-    result = evaluate_synth(synth, real, seg_config=seg_config, max_real_tiles=200)
+    result = evaluate_synth(synth, real, seg_config=seg_config, config=EvaluationConfig(max_real_tiles=200))
     return real, synth, result
 
 
@@ -285,6 +286,7 @@ def test_evaluate_synth_writes_every_section(evaluated) -> None:
     assert same_layout["stain_texture"] == pytest.approx(0, abs=1e-9) and result["diversity"]["ratio_to_real"]["pixel_rmse"] == 0
     assert result["provenance"]["real"]["label_provenance"] == "human"
     assert result["real_tiles"] == {"split": "all", "num_tiles": 19, "num_images": 19, "num_cases": 6, "tile_size": [16, 16]}
+    assert result["config"] == EvaluationConfig(max_real_tiles=200).model_dump(mode="json")
 
 
 def test_real_copies_sit_far_closer_to_the_real_data_than_perturbed_copies(evaluated, tmp_path) -> None:
@@ -294,7 +296,7 @@ def test_real_copies_sit_far_closer_to_the_real_data_than_perturbed_copies(evalu
     images, masks, layout_ids, styles = real_copies(real)
     noisy = np.clip(images + np.random.default_rng(0).normal(0, 0.15, images.shape), 0, 1).astype(np.float32)
     perturbed = write_synthetic_set(tmp_path / "noisy", noisy, masks, layout_ids, styles)
-    other = evaluate_synth(perturbed, real, synth / "evaluation" / "seg_real", max_real_tiles=200)
+    other = evaluate_synth(perturbed, real, synth / "evaluation" / "seg_real", config=EvaluationConfig(max_real_tiles=200))
     for key in ("seg_encoder", "stain_texture"):
         copies, noised = result["distribution"][key]["synthetic_vs_real"], other["distribution"][key]["synthetic_vs_real"]
         assert copies["fid"] < 0.25 * noised["fid"], (key, copies, noised)
@@ -310,6 +312,27 @@ def test_cli_evaluate_synth_reuses_a_run_and_refuses_mismatched_data(evaluated, 
     assert "layout dice lesion" in result.output and "style retrieval top-1" in result.output
     assert "seg encoder" in result.output and (out / "metrics.json").is_file()
     assert not (out / "seg_real").exists()
+    # the named options and --set build one EvaluationConfig, recorded with the numbers
+    capped = CliRunner().invoke(app, ["evaluate-synth", str(synth), "--real", str(real), "--seg-run", str(run), "--out",
+                                      str(tmp_path / "capped"), "--max-samples", "6", "--set", "max_real_tiles=3",
+                                      "--set", "real_split=unlabeled"])
+    assert capped.exit_code == 0, capped.output
+    saved = json.loads((tmp_path / "capped" / "metrics.json").read_text())
+    assert saved["num_synthetic"] == 6 and saved["real_tiles"]["num_tiles"] == 3 and saved["real_tiles"]["split"] == "unlabeled"
+    assert saved["config"] == {"real_split": "unlabeled", "max_samples": 6, "max_real_tiles": 3, "kid_subsets": 50, "seed": 0}
+    bad = CliRunner().invoke(app, ["evaluate-synth", str(synth), "--real", str(real), "--out", str(tmp_path / "bad"),
+                                   "--real-split", "everything"])
+    assert bad.exit_code == 2 and "real_split" in bad.output and not (tmp_path / "bad").exists()
     other = write_tiny_dataset(tmp_path / "other", labels=("background", "a", "b"))
     refused = CliRunner().invoke(app, ["evaluate-synth", str(synth), "--real", str(other), "--seg-run", str(run), "--out", str(out)])
     assert refused.exit_code == 2 and "differ" in refused.output
+
+
+def test_former_keywords_still_work_with_a_deprecation_warning(evaluated, tmp_path) -> None:
+    real, synth, _ = evaluated
+    run = synth / "evaluation" / "seg_real"
+    with pytest.warns(DeprecationWarning, match="EvaluationConfig"):
+        result = evaluate_synth(synth, real, run, out=tmp_path / "old", max_samples=4, seed=3)
+    assert result["num_synthetic"] == 4 and result["config"]["seed"] == 3
+    with pytest.raises(TypeError, match="max_tiles"):
+        evaluate_synth(synth, real, run, out=tmp_path / "typo", max_tiles=4)

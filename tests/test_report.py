@@ -20,7 +20,7 @@ from segsynth.config import load_config, save_resolved_config
 from segsynth.data.format import load_spec, save_spec
 from segsynth.diffusion.config import DiffusionTrainConfig
 from segsynth.diffusion.train import train_diffusion
-from segsynth.evaluation import default_seg_config, evaluate_synth
+from segsynth.evaluation import EvaluationConfig, default_seg_config, evaluate_synth
 from segsynth.io.atomic import atomic_write_json
 from segsynth.report import build_report
 from segsynth.seg.evaluate import evaluate_seg
@@ -60,7 +60,7 @@ def bench(tmp_path_factory: pytest.TempPathFactory) -> Path:
         runs.append({"fold": 0, "seed": 0, "setting": setting.replace("_", ":"), "run": str(seg), "metrics": metrics})
     results = summarise(runs, ["baseline", "ratio:0.5"], baseline="baseline")
     atomic_write_json(bench / "results.json", {**results, "data": str(data.resolve()), "config": config.model_dump(mode="json")})
-    evaluate_synth(fold / "synth", data, fold / "seg" / "baseline" / "seed_0", max_real_tiles=100)
+    evaluate_synth(fold / "synth", data, fold / "seg" / "baseline" / "seed_0", config=EvaluationConfig(max_real_tiles=100))
     return bench
 
 

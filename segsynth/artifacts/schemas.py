@@ -340,6 +340,7 @@ class EvaluationMetrics(Record):
     distribution: dict[str, Any]
     diversity: dict[str, Any]
     real_tiles: dict[str, Any] = Field(default_factory=dict)
+    config: dict[str, Any] = Field(default_factory=dict)  # the EvaluationConfig (absent in older files)
 
 
 def is_evaluation_metrics(path: Path) -> bool:

@@ -1,4 +1,10 @@
-"""``segsynth evaluate-synth``: layout fidelity, style retrieval, FID/KID and diversity of a synthetic set."""
+"""``segsynth evaluate-synth``: layout fidelity, style retrieval, FID/KID and diversity of a synthetic set.
+
+What is sampled is an :class:`~segsynth.evaluation.config.EvaluationConfig`: ``-c eval.yaml`` (or
+its defaults), then the named options below, then ``--set``. The options name no default of their
+own: an option left out keeps the config's value (importing the config here would load torch
+through the evaluation package before ``--help`` could print).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,7 @@ from rich.markup import escape
 
 from segsynth.cli.app import app
 from segsynth.cli.errors import console, user_errors
+from segsynth.cli.options import ConfigOption, SetOption, command_config
 
 
 @app.command("evaluate-synth")
@@ -17,19 +24,23 @@ def evaluate_synth_command(
     real: Path = typer.Option(..., "--real", help="The real labelled dataset folder."),
     seg_run: Path | None = typer.Option(None, "--seg-run", help="A train-seg run trained on real data only (default: train a small one into OUT/seg_real)."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Output folder for metrics.json (default: SYNTH/evaluation)."),
-    real_split: str = typer.Option("all", "--real-split", help="Real images for FID/KID and diversity: all, labeled or unlabeled."),
-    max_samples: int = typer.Option(2000, "--max-samples", help="Synthetic samples evaluated (seeded subset of larger sets)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of subsets and of the random style/texture network."),
+    config: ConfigOption = None,
+    overrides: SetOption = [],
+    real_split: str | None = typer.Option(None, "--real-split", help="Real images for FID/KID and diversity: all, labeled or unlabeled (sets real_split)."),
+    max_samples: int | None = typer.Option(None, "--max-samples", help="Synthetic samples evaluated, a seeded subset of larger sets (sets max_samples)."),
+    seed: int | None = typer.Option(None, "--seed", help="Seed of subsets and of the random style/texture network (sets seed)."),
 ) -> None:
     """Measure a synthetic set: layout fidelity, zero-shot style retrieval, FID/KID, diversity."""
     with user_errors():
         from segsynth.artifacts.names import EVALUATION_DIR, METRICS_JSON
+        from segsynth.evaluation.config import EvaluationConfig
         from segsynth.evaluation.evaluate_synth import evaluate_synth
         from segsynth.evaluation.table import metrics_table
 
-        result = evaluate_synth(
-            synth, real, seg_run, out=out, real_split=real_split, max_samples=max_samples, seed=seed, console=console
-        )
+        cfg = command_config(EvaluationConfig, config, overrides,
+                             {"real_split": real_split, "max_samples": max_samples, "seed": seed})
+
+        result = evaluate_synth(synth, real, seg_run, config=cfg, out=out, console=console)
         console.print(metrics_table(result))
         if "skipped" not in result["distribution"]:
             for key, entry in result["distribution"].items():

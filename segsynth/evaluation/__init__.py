@@ -6,6 +6,7 @@ Every measure runs without a downloaded network (segsynth fetches nothing at run
 usual Inception / LPIPS features are replaced by descriptors built here, and every number is
 written next to the name of the features it was computed on."""
 
+from segsynth.evaluation.config import EvaluationConfig
 from segsynth.evaluation.distribution import distribution_distance, fid_kid, split_by_case
 from segsynth.evaluation.diversity import diversity, layout_groups
 from segsynth.evaluation.evaluate_synth import default_seg_config, evaluate_synth
@@ -21,6 +22,7 @@ from segsynth.evaluation.sets import load_style_references, load_synthetic, real
 from segsynth.evaluation.style_retrieval import StyleDescriptor, retrieval_accuracy, style_retrieval
 
 __all__ = [
+    "EvaluationConfig",
     "RandomConvNet",
     "SegEncoderFeatures",
     "StainStatistics",

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from segsynth.artifacts.names import BEST_DIR, CONFIG_YAML, EVALUATION_DIR, METR
 from segsynth.artifacts.schemas import EVALUATION_FORMAT_VERSION, EVALUATION_KIND
 from segsynth.config import load_config
 from segsynth.data.format import load_spec
+from segsynth.evaluation.config import EvaluationConfig
 from segsynth.evaluation.distribution import distribution_distance
 from segsynth.evaluation.diversity import diversity
 from segsynth.evaluation.features import SegEncoderFeatures, StainTextureFeatures
@@ -83,14 +85,11 @@ def evaluate_synth(
     real: str | Path,
     seg_run: str | Path | None = None,
     *,
+    config: EvaluationConfig | None = None,
     out: str | Path | None = None,
     seg_config: SegTrainConfig | str | Path | None = None,
-    real_split: str = "all",
-    max_samples: int | None = 2000,
-    max_real_tiles: int | None = 1000,
-    kid_subsets: int = 50,
-    seed: int = 0,
     console: Console | None = None,
+    **legacy: Any,
 ) -> dict[str, Any]:
     """Measure a synthetic set against the real data and write ``OUT/metrics.json``.
 
@@ -98,23 +97,23 @@ def evaluate_synth(
         synth: synthetic set folder (dataset format + ``manifest.jsonl``).
         real: the real labelled dataset folder the generator learnt from (same labels and channels).
         seg_run: a ``train_seg`` run trained on real data only; None trains one into ``OUT/seg_real``.
+        config: what is sampled and measured (default :class:`EvaluationConfig`).
         out: output folder (default ``synth/evaluation``).
         seg_config: recipe of that training (default :func:`default_seg_config`).
-        real_split: real images used for FID/KID and diversity: ``all``, ``labeled`` or ``unlabeled``
-            (cut into tiles of the synthetic size; layout fidelity always uses labelled images).
-        max_samples: synthetic samples evaluated (a seeded subset of larger sets).
-        max_real_tiles: real tiles used (a seeded subset).
-        kid_subsets: random subsets KID is averaged over.
-        seed: seed of every subset and of the random style / texture network.
         console: progress messages (default: stderr).
+        legacy: the former keyword arguments (``real_split``, ``max_samples``, ``max_real_tiles``,
+            ``kid_subsets``, ``seed``), still accepted for one release with a DeprecationWarning.
 
     Returns:
-        The contents of ``metrics.json``: ``kind``, paths, sizes, provenance, and the sections
-        ``layout_fidelity``, ``style_retrieval``, ``distribution``, ``diversity``.
+        The contents of ``metrics.json``: ``kind``, paths, sizes, provenance, ``config``, and the
+        sections ``layout_fidelity``, ``style_retrieval``, ``distribution``, ``diversity``.
 
     Raises:
         ValueError: the synthetic and real data disagree on labels or channels, or a set is empty.
+        TypeError: an unknown keyword argument.
     """
+    config = _with_legacy(config or EvaluationConfig(), legacy)
+    seed = config.seed
     console = console or Console(stderr=True)
     started = time.perf_counter()
     synth, real = Path(synth), Path(real)
@@ -123,7 +122,7 @@ def evaluate_synth(
     check_out_apart(out, [synth, real, seg_run], allowed=[synth / EVALUATION_DIR])
     check_continuable(out, "evaluation")
     real_spec = load_spec(real)
-    synthetic = load_synthetic(synth, max_samples, seed)
+    synthetic = load_synthetic(synth, config.max_samples, seed)
     spec = synthetic.spec
     if spec.labels != real_spec.labels or spec.channels != real_spec.channels:
         raise ValueError(
@@ -141,6 +140,7 @@ def evaluate_synth(
         "image_size": list(size),
         "num_synthetic": len(synthetic.ids),
         "seed": seed,
+        "config": config.model_dump(mode="json"),
         "provenance": {
             "synthetic": {"label_provenance": spec.label_provenance, "derivation": spec.derivation},
             "real": {"label_provenance": real_spec.label_provenance, "derivation": real_spec.derivation},
@@ -156,7 +156,7 @@ def evaluate_synth(
     result["style_retrieval"] = _style_section(synthetic, seed)
 
     console.print("distribution distance (FID / KID) and diversity")
-    tiles = real_tiles(real, size, real_split, max_real_tiles, seed)
+    tiles = real_tiles(real, size, config.real_split, config.max_real_tiles, seed)
     result["real_tiles"] = {"split": tiles.split, "num_tiles": len(tiles.case_ids), "num_images": tiles.num_images,
                             "num_cases": len(set(tiles.case_ids)), "tile_size": list(size)}
     model, network_cfg, meta = load_network(run / BEST_DIR)
@@ -165,7 +165,7 @@ def evaluate_synth(
         "stain_texture": StainTextureFeatures(spec.channels, seed),
     }
     if len(synthetic.ids) >= 2 and len(tiles.case_ids) >= 2:
-        result["distribution"] = distribution_distance(extractors, tiles.images, synthetic.images, tiles.case_ids, kid_subsets, seed)
+        result["distribution"] = distribution_distance(extractors, tiles.images, synthetic.images, tiles.case_ids, config.kid_subsets, seed)
     else:
         result["distribution"] = _skip("FID/KID need at least 2 synthetic and 2 real images")
     layout_ids = [r.layout_id if r is not None else None for r in synthetic.records]
@@ -177,6 +177,18 @@ def evaluate_synth(
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / METRICS_JSON, _jsonable(result))
     return json.loads(json.dumps(_jsonable(result)))
+
+
+def _with_legacy(config: EvaluationConfig, legacy: dict[str, Any]) -> EvaluationConfig:
+    """``config`` with the former keyword arguments applied, each with a DeprecationWarning."""
+    unknown = sorted(set(legacy) - set(EvaluationConfig.model_fields))
+    if unknown:
+        raise TypeError(f"evaluate_synth() got unexpected keyword argument(s): {', '.join(unknown)}")
+    if not legacy:
+        return config
+    warnings.warn(f"evaluate_synth({', '.join(f'{k}=' for k in legacy)}...) is deprecated: pass "
+                  "config=EvaluationConfig(...) instead", DeprecationWarning, stacklevel=3)
+    return EvaluationConfig.model_validate({**config.model_dump(), **legacy})
 
 
 def _style_section(synthetic, seed: int) -> dict[str, Any]:
