@@ -21,6 +21,8 @@ from segsynth.synth.conditions import _layout_dataset, memory_estimate
 from segsynth.synth.config import GenerationConfig
 from segsynth.synth.filtered import _judge
 from segsynth.synth.layouts import VariantLayouts, make_layout_source
+from segsynth.synth.draws import SetDraws
+from segsynth.synth.shards import ShardJob
 from segsynth.synth.writer import GenerationResult, _write_set
 
 
@@ -90,5 +92,5 @@ def _generate_with_controlnet(
                              steps=record.steps, guidance_scale=record.text_guidance, sampler=record.sampler,
                              seeds=[d["seed"] for d in draws])
 
-    return _write_set(out, record, dataset.spec, layout_source, None, render, batch_size=cfg.batch_size, shard=shard,
-                      resume=resume, console=console, on_sample=on_sample, judge=judge)
+    return _write_set(out, record, dataset.spec, SetDraws(layout_source, None, render, cfg.batch_size),
+                      ShardJob(shard, resume, console, on_sample), judge)

@@ -5,6 +5,8 @@ image, mask and manifest record."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,29 @@ from segsynth.data.loader import sample_seed
 from segsynth.data.styles import StyleSource
 from segsynth.synth.config import GenerationRecord
 from segsynth.synth.layouts import LayoutSource
+
+
+#: ``render(block, draws)``: the block's images ``(B, C, H, W)`` in [0, 1], from its draws.
+Render = Callable[[range, list[dict[str, Any]]], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class SetDraws:
+    """Where a set's samples come from and how a block of them becomes images: everything the
+    writer needs from the model side, the same for every renderer (the layout- and style-conditioned
+    denoiser, the ControlNet).
+
+    Attributes:
+        layouts: the layout of each draw.
+        styles: the style references of each draw (None: a model without references).
+        render: the renderer (:data:`Render`).
+        batch_size: draws rendered together (blocks aligned to its multiples, see :func:`_blocks`).
+    """
+
+    layouts: LayoutSource
+    styles: StyleSource | None
+    render: Render
+    batch_size: int
 
 
 def _blocks(indices: range, batch_size: int) -> list[range]:

@@ -6,24 +6,20 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
-from rich.console import Console
 
 from segsynth.artifacts.dataset_format import DatasetSpec
 from segsynth.artifacts.manifest import ManifestWriter, manifest_name, read_manifest, rejected_name
 from segsynth.artifacts.names import IMAGES_DIR
-from segsynth.artifacts.schemas import ManifestRecord, RejectedRecord
-from segsynth.data.styles import StyleSource
+from segsynth.artifacts.schemas import RejectedRecord
 from segsynth.io.finite import check_images
 from segsynth.progress import StepProgress
 from segsynth.synth.config import GenerationConfig, GenerationRecord
-from segsynth.synth.draws import _blocks, _draw, _to_pixels, _write_sample
-from segsynth.synth.layouts import LayoutSource
-from segsynth.synth.shards import shard_range
+from segsynth.synth.draws import SetDraws, _blocks, _draw, _to_pixels, _write_sample
+from segsynth.synth.shards import ShardJob, shard_range
 
 if TYPE_CHECKING:
     from segsynth.synth.judge import LayoutJudge
@@ -46,20 +42,8 @@ def filter_draws(config: GenerationRecord) -> int:
     return math.ceil(round(config.filter.max_attempts_factor * config.n, 9))
 
 
-def _write_filtered(
-    out: Path,
-    config: GenerationRecord,
-    judge: LayoutJudge,
-    layout_source: LayoutSource,
-    style_source: StyleSource | None,
-    render: Callable[[range, list[dict[str, Any]]], torch.Tensor],
-    *,
-    batch_size: int,
-    shard: tuple[int, int],
-    console: Console | None,
-    on_sample: Callable[[ManifestRecord], None] | None,
-    prompt: str,
-) -> int:
+def _write_filtered(out: Path, config: GenerationRecord, judge: LayoutJudge, sources: SetDraws, job: ShardJob,
+                    prompt: str) -> int:
     """Fill this shard's samples from its draws in order, keeping a draw only if the judge passes it.
 
     Draw ``d`` is drawn exactly as sample ``d`` of an unfiltered set (its seed is ``(seed, d)``), so a
@@ -73,6 +57,7 @@ def _write_filtered(
     Returns:
         Samples written by this call.
     """
+    shard, console = job.shard, job.console
     slots = shard_range(config.n, shard)
     draws = shard_range(filter_draws(config), shard)
     part, rejected_part = out / manifest_name(*shard), out / rejected_name(*shard)
@@ -86,14 +71,14 @@ def _write_filtered(
     generated = 0
     with ManifestWriter(part) as writer, ManifestWriter(rejected_part) as rejects, \
             StepProgress("generate", len(slots), console, len(kept)) as progress:
-        for block in _blocks(draws, batch_size):
+        for block in _blocks(draws, sources.batch_size):
             if len(kept) >= len(slots):
                 break
             todo = [d for d in block if d not in decided]
             if not todo:
                 continue
-            block_draws = [_draw(d, config.seed, layout_source, style_source) for d in block]
-            images = render(block, block_draws)
+            block_draws = [_draw(d, config.seed, sources.layouts, sources.styles) for d in block]
+            images = sources.render(block, block_draws)
             check_images(images, block.start, f"generate {out}")
             # the whole block is judged, as it was rendered: the judge's batches stay those of an
             # uninterrupted run too, so no float in its decision can differ after a resume
@@ -120,8 +105,8 @@ def _write_filtered(
                 decided.add(d)
                 generated += 1
                 progress.advance()
-                if on_sample is not None:
-                    on_sample(record)
+                if job.on_sample is not None:
+                    job.on_sample(record)
     if len(kept) < len(slots):
         message = (f"generate {out}: the filter (min_dice {judge.record.min_dice}) kept {len(kept)} of the "
                    f"{len(slots)} samples of shard {shard[0]}/{shard[1]} after all its {len(draws)} draws "

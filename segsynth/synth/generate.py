@@ -55,11 +55,13 @@ from segsynth.synth.conditions import (
 )
 from segsynth.synth.config import GenerationConfig
 from segsynth.synth.controlnet import CONTROLNET_UNUSED, _generate_with_controlnet
+from segsynth.synth.draws import SetDraws
 from segsynth.synth.filtered import _judge, filter_draws
 from segsynth.synth.layouts import make_layout_source
 from segsynth.synth.loading import SAFE_LIBRARIES, check_pipeline_folder, generation_inputs, load_run, pipeline_hash
 from segsynth.synth.shards import (
     SET_LOCK_WAIT_S,
+    ShardJob,
     check_shard,
     default_device,
     launched_shard,
@@ -215,5 +217,5 @@ def generate(
             **_condition_inputs(block, draws, record, layout_source, text, pipeline),
         ).images
 
-    return _write_set(out, record, source_spec, layout_source, style_source, render, batch_size=cfg.batch_size,
-                      shard=shard, resume=resume, console=console, on_sample=on_sample, judge=judge)
+    return _write_set(out, record, source_spec, SetDraws(layout_source, style_source, render, cfg.batch_size),
+                      ShardJob(shard, resume, console, on_sample), judge)

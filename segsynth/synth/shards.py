@@ -6,9 +6,30 @@ environment)."""
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import torch
+from rich.console import Console
+
+from segsynth.artifacts.schemas import ManifestRecord
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """What one call of the writer does: which shard, whether it continues one, and who hears of it.
+
+    Attributes:
+        shard: ``(index, count)``.
+        resume: continue the shard's samples already on disk (else a shard with output is refused).
+        console: where progress shows (None: quietly).
+        on_sample: called with each sample's record as it is committed.
+    """
+
+    shard: tuple[int, int]
+    resume: bool
+    console: Console | None = None
+    on_sample: Callable[[ManifestRecord], None] | None = None
 
 
 #: How long a shard waits for another to finish claiming or merging the set (each takes moments).

@@ -5,30 +5,24 @@ See :mod:`segsynth.synth.generate` for the crash-safety and sharding rules."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-import torch
-from rich.console import Console
 
 from segsynth.artifacts.dataset_format import DatasetSpec, save_spec
 from segsynth.artifacts.manifest import ManifestWriter, manifest_name, read_manifest, rejected_name, write_manifest
 from segsynth.artifacts.names import GENERATION_JSON, IMAGES_DIR, MANIFEST_JSONL, MASKS_DIR, REJECTED_JSONL
 from segsynth.artifacts.schemas import FilterOutcome, ManifestRecord, RejectedRecord
 from segsynth.config import parse_config
-from segsynth.data.styles import StyleSource
 from segsynth.io.atomic import atomic_write_json
 from segsynth.io.finite import check_images
 from segsynth.io.json_file import read_json_object
 from segsynth.io.lock import FolderLock
 from segsynth.progress import StepProgress
 from segsynth.synth.config import GenerationRecord
-from segsynth.synth.draws import _blocks, _draw, _write_sample
+from segsynth.synth.draws import SetDraws, _blocks, _draw, _write_sample
 from segsynth.synth.filtered import _filtered_parts_complete, _write_filtered, filter_draws
-from segsynth.synth.layouts import LayoutSource
-from segsynth.synth.shards import SET_LOCK_WAIT_S, shard_lock_name, shard_range
+from segsynth.synth.shards import SET_LOCK_WAIT_S, ShardJob, shard_lock_name, shard_range
 
 if TYPE_CHECKING:
     from segsynth.synth.judge import LayoutJudge
@@ -89,26 +83,13 @@ def synthetic_spec(source: DatasetSpec, config: GenerationRecord) -> DatasetSpec
     )
 
 
-def _write_set(
-    out: Path,
-    config: GenerationRecord,
-    source_spec: DatasetSpec,
-    layout_source: LayoutSource,
-    style_source: StyleSource | None,
-    render: Callable[[range, list[dict[str, Any]]], torch.Tensor],
-    *,
-    batch_size: int,
-    shard: tuple[int, int],
-    resume: bool,
-    console: Console | None,
-    on_sample: Callable[[ManifestRecord], None] | None,
-    judge: LayoutJudge | None = None,
-) -> GenerationResult:
-    """Claim ``out``, then draw, ``render`` and commit this shard's samples block by block (resumably),
-    and merge the set when every shard is done. ``render(block, draws)`` returns the block's images
-    ``(B, C, H, W)`` in [0, 1]; everything else is the same whatever model draws them. With a
+def _write_set(out: Path, config: GenerationRecord, source_spec: DatasetSpec, sources: SetDraws, job: ShardJob,
+               judge: LayoutJudge | None = None) -> GenerationResult:
+    """Claim ``out``, then draw, render and commit the job's shard block by block (resumably), and
+    merge the set when every shard is done. Only ``sources.render`` depends on the model. With a
     ``judge`` (``config.filter``) draws below its threshold are dropped (:func:`_write_filtered`)."""
-    n = config.n
+    n, shard, resume, console = config.n, job.shard, job.resume, job.console
+    prompt = config.prompt or source_spec.prompt
     indices = shard_range(n, shard)
     part = out / manifest_name(*shard)
     # The shard's lock is held throughout (a second writer of it fails at once); the set's lock
@@ -121,29 +102,27 @@ def _write_set(
         done = _done_indices(out, part, indices) if resume else set()
         generated = 0
         if judge is not None:
-            generated = _write_filtered(out, config, judge, layout_source, style_source, render, batch_size=batch_size,
-                                        shard=shard, console=console, on_sample=on_sample,
-                                        prompt=config.prompt or source_spec.prompt)
+            generated = _write_filtered(out, config, judge, sources, job, prompt)
             complete = _filtered_parts_complete(out, config)
             if complete:
                 merge_shards(out)
             return GenerationResult(out, generated, len(done), len(indices), complete)
         with ManifestWriter(part) as writer, StepProgress("generate", len(indices), console, len(done)) as progress:
-            for block in _blocks(indices, batch_size):
+            for block in _blocks(indices, sources.batch_size):
                 if all(i in done for i in block):
                     continue
-                draws = [_draw(i, config.seed, layout_source, style_source) for i in block]
-                images = render(block, draws)
+                draws = [_draw(i, config.seed, sources.layouts, sources.styles) for i in block]
+                images = sources.render(block, draws)
                 check_images(images, block.start, f"generate {out}")
                 for index, draw, image in zip(block, draws, images):
                     if index in done:
                         continue
-                    record = _write_sample(out, index, draw, image, config, config.prompt or source_spec.prompt)
+                    record = _write_sample(out, index, draw, image, config, prompt)
                     writer.append(record)
                     generated += 1
                     progress.advance()
-                    if on_sample is not None:
-                        on_sample(record)
+                    if job.on_sample is not None:
+                        job.on_sample(record)
         # Every shard appends its last line before this test, so the last to finish sees all parts
         # complete. Shards finishing together both merge, one after the other (merge_shards holds
         # the set's lock), and write the same bytes.
