@@ -29,6 +29,14 @@ lead with the gain over the best free control.
 
 ``--set`` changes one value of the config, e.g. only the sampler
 (``--set generation.sampler=unipc --set generation.steps=5 --name unipc5``).
+
+A generator that also trains on pseudo-labelled unlabelled images (``generator.pseudo_labels``; the
+real-only rows are reused, the generator and the synthetic rows are made again). Its pool is split by
+case, so each fold needs unlabelled images of two usable cases: in the recipe's low-label folds only
+histo-he has them (brain-mri and nuclei-fluo are refused before anything trains, naming the folder)::
+
+    .venv/bin/python benchmarks/downstream.py --dataset histo-he --work runs/downstream --profile screening \
+        --set generator.pseudo_labels=true --name pseudogen --reuse runs/downstream/histo-he-screening
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ before/after comparison refuses anything but the same experiment."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -88,6 +89,19 @@ def test_only_what_is_unchanged_is_reused(finished: tuple[Path, Path, dict], tmp
         reuse_unchanged_runs(before, data, tmp_path / "f", _config())
     with pytest.raises(ValueError, match="not a benchmark folder"):
         reuse_unchanged_runs(tmp_path, data, tmp_path / "e", _config())
+
+
+def test_a_generator_trained_on_other_data_is_never_lent(finished: tuple[Path, Path, dict], tmp_path: Path) -> None:
+    data, before, _ = finished
+    # a labelled-only generator is not what a pseudo-label benchmark trains: only the real-only rows come
+    pseudo = _config(generator={"pseudo_labels": True})
+    assert sorted(reuse_unchanged_runs(before, data, tmp_path / "a", pseudo)) == sorted(REAL_ONLY)
+    # nor is a pseudo-label generator lent to a labelled-only benchmark
+    shutil.copytree(before, tmp_path / "pseudo")
+    record_path = tmp_path / "pseudo/fold_0/diffusion/training_data.json"
+    record = json.loads(record_path.read_text())
+    record_path.write_text(json.dumps(record | {"pseudo_labelled": {"ids": ["u1_0"], "layouts": "L", "teacher": "T"}}))
+    assert sorted(reuse_unchanged_runs(tmp_path / "pseudo", data, tmp_path / "b", _config())) == sorted(REAL_ONLY)
 
 
 def test_comparison_refuses_different_experiments(finished: tuple[Path, Path, dict]) -> None:

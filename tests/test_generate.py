@@ -221,6 +221,7 @@ def test_style_pools_from_dataset_and_plain_folders(toy, tmp_path):
         "slideA/a_1": "slideA", "slideA/a_2": "slideA", "slideB/b_1": "slideB",
         "loose_01": "loose", "loose_02": "loose", "solo": "solo",
     }
+    pool.verify()  # generate reads every reference first; a plain folder has no dataset.json to check
     write_image(tmp_path / "volumes" / "mri_01.nii.gz", np.random.default_rng(0).random((20, 24, 3)).astype(np.float32))
     volume_pool = open_style_pool(tmp_path / "volumes", 1)
     assert [(r.id, r.case_id, r.slice_index) for r in volume_pool.refs] == [

@@ -82,6 +82,10 @@ CALIBRATION_JSON = "calibration.json"  # where each row stopped rising and the b
 PSEUDO_DIR = "pseudo"  # inside a fold: PSEUDO_DIR/SEED_DIR, the baseline's pseudo-labels (self-training)
 PSEUDO_JSON = "pseudo_labels.json"  # a pseudo-labelled set: teacher, threshold, image ids and cases
 PSEUDO_LABELS_DIR = "labels"  # a pseudo-labelled set's label images (255: not confident)
+GENERATOR_POOL_JSON = "generator_pool.json"  # inside a fold: the pseudo pool split into generator and reference cases
+GENERATOR_PSEUDO_DIR = "generator_pseudo"  # inside a fold: the generator half's pseudo-labelled set
+GENERATOR_LAYOUTS_DIR = "generator_layouts"  # inside a fold: the layouts the generator trains on (<id>.png)
+STYLE_REFS_DIR = "style_references"  # inside a fold: copies of the reference half, <case>/<file> (the style pool)
 
 # --- whole-loop run (segsynth run) ------------------------------------------------------------------
 PLAN_JSON = "plan.json"

@@ -72,6 +72,14 @@ class AutoencoderReference(Record):
     sha256: str
 
 
+class PseudoPairsRecord(Record):
+    """The pseudo-labelled image/layout pairs a diffusion run trained on beside its labelled samples."""
+
+    ids: list[str] = Field(description="the unlabelled images trained on, with their pseudo-label layouts")
+    layouts: str = Field(description="the folder of their layouts (<id>.png)")
+    teacher: str = Field(description="the segmentation run whose predictions the layouts are")
+
+
 class TrainingData(Record):
     """``training_data.json`` of a diffusion or ControlNet run: what it learnt from.
 
@@ -92,6 +100,7 @@ class TrainingData(Record):
     channels: int | None = Field(None, ge=1, le=4, description="ControlNet runs: image channels of the data")
     hint: list[str] | None = Field(None, description="ControlNet runs: the hint's channels, in order")
     data_sha256: str | None = Field(None, description="content hash of the training files (segsynth.io.hashing.data_hash)")
+    pseudo_labelled: PseudoPairsRecord | None = Field(None, description="diffusion runs given pseudo-labelled pairs")
 
 
 class BackboneRecord(Record):

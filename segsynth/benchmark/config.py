@@ -52,6 +52,30 @@ class SelfTrainingSection(StrictModel):
         return mix
 
 
+class GeneratorDataSection(StrictModel):
+    """What each fold's generator trains on besides its labelled cases (``generator``).
+
+    In the low-label regime a fold's generator sees one or two labelled cases, so its style
+    encoder meets one or two styles. With ``pseudo_labels`` (off by default until its effect
+    downstream is measured) the fold's pseudo pool (the unlabelled images self-training may label:
+    never a validation, test or left-out labelled case) is split by case: ``reference_fraction``
+    of its cases become the zero-shot style references the synthetic sets are drawn with, and the
+    fold's baseline network (first seed) labels the images of the other cases, which the
+    generator trains on beside the labelled ones (see :mod:`segsynth.benchmark.generator_data`).
+    Keeping the two halves apart keeps the references zero-shot: no reference was a training image.
+
+    Attributes:
+        pseudo_labels: train the fold generator on pseudo-labelled pool images too.
+        reference_fraction: share of the pool's cases kept as style references (both halves get
+            at least one case, so it lies strictly between 0 and 1).
+        threshold: smallest softmax maximum for a confident pixel, as ``self_training.threshold``.
+    """
+
+    pseudo_labels: bool = False
+    reference_fraction: float = Field(default=0.5, gt=0.0, lt=1.0)
+    threshold: float = Field(default=SelfTrainingSection.model_fields["threshold"].default, gt=0.0, le=1.0)
+
+
 class CalibrationSection(StrictModel):
     """Plan the shared step budget on the data (:mod:`segsynth.benchmark.calibrate`): with
     ``enabled``, every row trains once on fold ``fold`` (first seed) with early stopping after
@@ -102,6 +126,7 @@ class BenchmarkConfig(StrictModel):
             upper reference for "gap closed"). The better free control of each fold, chosen on
             its validation cases, is what the table's headline column compares with.
         self_training: the ``self_training`` control's recipe.
+        generator: what the fold generators train on besides the labelled cases (pseudo-labels).
         calibration: measure the shared step budget on the data first (off: the planned budget).
         low_label: keep a fraction (float) or a number (int) of each fold's training cases labelled.
         val_fraction: training cases held out for model selection.
@@ -120,6 +145,7 @@ class BenchmarkConfig(StrictModel):
     controls: list[Literal["heavy_augmentation", "self_training", "all_labelled"]] = Field(
         default_factory=lambda: list(CONTROLS))
     self_training: SelfTrainingSection = Field(default_factory=SelfTrainingSection)
+    generator: GeneratorDataSection = Field(default_factory=GeneratorDataSection)
     calibration: CalibrationSection = Field(default_factory=CalibrationSection)
     low_label: float | int | None = None
     val_fraction: float = Field(default=0.25, gt=0.0, lt=1.0)

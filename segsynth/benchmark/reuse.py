@@ -10,7 +10,9 @@ earlier benchmark folder, each only after checking that it is what this benchmar
 - a real-only segmentation run: finished, trained on the same data folder with no synthetic set,
   and its saved recipe equal to the one this benchmark plans for that row and seed;
 - a fold's diffusion run: released, trained on the same data folder and samples, and its saved
-  recipe equal to this benchmark's.
+  recipe equal to this benchmark's; never one trained on pseudo-labels, nor any for a benchmark
+  with ``generator.pseudo_labels`` (its pairs, teacher and style references are made in the new
+  folder).
 
 Runs that used synthetic data are never copied: they depend on the generator being compared.
 Copies are atomic, so a killed reuse is repeated safely by the same command.
@@ -84,11 +86,12 @@ def real_only_run_matches(run: Path, data: Path, wanted: SegTrainConfig) -> bool
 
 
 def diffusion_run_matches(run: Path, data: Path, split: Split, wanted: DiffusionTrainConfig) -> bool:
-    """Is ``run`` a released diffusion model trained on ``data``'s fold samples with recipe ``wanted``?"""
+    """Is ``run`` a released diffusion model trained on ``data``'s fold samples, and on them only
+    (no pseudo-labelled pairs), with recipe ``wanted``?"""
     if not (run / PIPELINE_DIR / "model_index.json").is_file() or not (run / TRAINING_DATA_JSON).is_file():
         return False
     record = read_record(run / TRAINING_DATA_JSON, TrainingData)
-    if record.data_root != str(data.resolve()):
+    if record.data_root != str(data.resolve()) or record.pseudo_labelled is not None:
         return False
     if sorted(record.train_ids or []) != sorted(split.train_ids + split.val_ids):
         return False
@@ -131,7 +134,8 @@ def reuse_unchanged_runs(previous: Path, data: Path, out: Path, config: Benchmar
     candidates: list[tuple[Path, Path, bool]] = []
     for fold, split in enumerate(splits):
         old, new = fold_dir(previous, fold) / DIFFUSION_DIR, fold_dir(out, fold) / DIFFUSION_DIR
-        candidates.append((old, new, diffusion_run_matches(old, data, split, generator)))
+        lend = not config.generator.pseudo_labels and diffusion_run_matches(old, data, split, generator)
+        candidates.append((old, new, lend))
         for seed in config.seeds:
             for setting in real_only:
                 old, new = seg_run_dir(previous, fold, setting, seed), seg_run_dir(out, fold, setting, seed)

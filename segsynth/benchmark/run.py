@@ -59,12 +59,14 @@ from segsynth.benchmark.recipes import (
     segmentation_recipe,
     setting_names,
 )
+from segsynth.benchmark.generator_data import check_generator_data, generator_data
 from segsynth.benchmark.reuse import reuse_unchanged_runs
 from segsynth.benchmark.selftrain import pseudo_labelled_set, pseudo_pool
 from segsynth.benchmark.summary import markdown_table, summarise
 from segsynth.config import ConfigError, parse_config, save_resolved_config
 from segsynth.data.format import load_spec
 from segsynth.data.loader import SegDataset, index_dataset
+from segsynth.diffusion.samples import PseudoPairs
 from segsynth.diffusion.train import train_diffusion
 from segsynth.io.atomic import atomic_write_json, atomic_write_text
 from segsynth.io.lock import owns_folder
@@ -87,44 +89,50 @@ def _folds(data: Path, out: Path, cfg: BenchmarkConfig) -> list[Split]:
     return splits
 
 
-def train_generator(data: Path, run: Path, cfg: BenchmarkConfig, train_ids: list[str], console: Console) -> Path:
-    """The benchmark's generator in ``run``, trained on ``train_ids``: found finished, continued from
-    where a kill left it (even before its first checkpoint), or trained from the start."""
+def train_generator(data: Path, run: Path, cfg: BenchmarkConfig, train_ids: list[str], console: Console,
+                    pseudo_pairs: PseudoPairs | None = None) -> Path:
+    """The benchmark's generator in ``run``, trained on ``train_ids`` (and ``pseudo_pairs``): found
+    finished, continued from where a kill left it (even before its first checkpoint), or trained
+    from the start."""
     if (run / PIPELINE_DIR / "model_index.json").is_file():
         return run
     return train_diffusion(data, diffusion_recipe(data, cfg), run, resume=(run / CONFIG_YAML).is_file(),
-                           train_ids=train_ids, console=console)
+                           train_ids=train_ids, console=console, pseudo_pairs=pseudo_pairs)
 
 
 def _synthetic(run: Path, out: Path, n: int, layouts: str, cfg: BenchmarkConfig, console: Console,
-               judge: Path | None = None) -> Path:
+               judge: Path | None = None, styles: Path | None = None) -> Path:
     if (out / MANIFEST_JSONL).is_file() and (out / DATASET_JSON).is_file():
         return out
     # The section names its settings as GenerationConfig does; n and layouts are this set's own.
     settings = cfg.generation.model_dump()
     if settings["filter"] is not None:
         settings["filter"]["judge"] = judge
-    gen = GenerationConfig.model_validate({**settings, "n": n, "layouts": layouts})
+    gen = GenerationConfig.model_validate({**settings, "n": n, "layouts": layouts, "styles": styles})
     generate(run, out, gen, resume=out.exists(), console=console)
     return out
 
 
-def fold_judge(data: Path, out: Path, config: BenchmarkConfig, splits: list[Split], fold: int,
-               console: Console) -> Path | None:
-    """The judge of the fold's filtered synthetic sets (None without ``generation.filter``): the
-    fold's baseline run of the first seed, trained (or found) here before anything is generated.
+def fold_teacher(data: Path, out: Path, config: BenchmarkConfig, splits: list[Split], fold: int,
+                 console: Console) -> Path:
+    """The fold's baseline run of the first seed, trained (or found) here before anything is
+    generated: the judge of filtered synthetic sets and the teacher of the generator's pseudo-labels.
 
     It is the very run of the baseline row (same folder and recipe, so it is trained once): fitted
     on the fold's labelled training cases and selected on its validation cases. The test cases are
     never trained on; they are only scored, as for every row.
     """
-    if config.generation.filter is None:
-        return None
     split, seed = splits[fold], config.seeds[0]
     run = seg_run_dir(out, fold, BASELINE, seed)
     recipe = segmentation_recipe(config, BASELINE, seed, segmentation_budget(data, splits, config))
     _segmentation(data, run, split.train_ids, split, recipe, None, console)
     return run
+
+
+def fold_judge(data: Path, out: Path, config: BenchmarkConfig, splits: list[Split], fold: int,
+               console: Console) -> Path | None:
+    """The judge of the fold's filtered synthetic sets: :func:`fold_teacher` (None without ``generation.filter``)."""
+    return fold_teacher(data, out, config, splits, fold, console) if config.generation.filter is not None else None
 
 
 def _needs_variants(cfg: BenchmarkConfig) -> bool:
@@ -164,7 +172,7 @@ def check_inputs(data: Path, config: BenchmarkConfig) -> None:
         ConfigError / DataReadError / ValueError: the first problem, naming its key or file.
     """
     spec = load_spec(data)
-    diffusion_recipe(data, config)
+    diffusion = diffusion_recipe(data, config)
     for seed in config.seeds:
         for setting in setting_names(config):
             segmentation_recipe(config, setting, seed, 1)
@@ -183,6 +191,7 @@ def check_inputs(data: Path, config: BenchmarkConfig) -> None:
                                  f"left-out labelled case of fold {fold}, so the self_training control has nothing to "
                                  "pseudo-label; "
                                  "remove self_training from controls or add unlabelled images of other cases")
+    check_generator_data(data, diffusion, labelled, unlabeled, splits, config)
     SegDataset(data, "unlabeled", refs=unlabeled, spec=spec).verify()
 
 
@@ -218,8 +227,12 @@ def fold_generator(
 ) -> tuple[Path, Path, Path | None]:
     """Train (or reuse) fold ``fold``'s diffusion model and its synthetic sets.
 
-    The diffusion model sees only that fold's labelled training and validation cases; with
-    ``generation.filter`` the fold's baseline network judges the samples (:func:`fold_judge`).
+    The diffusion model sees only that fold's labelled training and validation cases and, with
+    ``generator.pseudo_labels``, the fold's baseline network's pseudo-labels of the generator half
+    of its unlabelled pool; its sets then draw style references from the other half only
+    (:mod:`segsynth.benchmark.generator_data`), otherwise from the whole ``unlabeled/`` folder
+    (references are never trained on, but may be images of test cases). With ``generation.filter``
+    the fold's baseline network judges the samples (:func:`fold_judge`).
 
     Returns:
         ``(diffusion run, synthetic set, variants set or None)``: the set of ``generation.n``
@@ -234,13 +247,20 @@ def fold_generator(
     split = splits[fold]
     # Validation cases are labelled data the study has, so the generator may learn from them too;
     # test cases never reach it.
-    run = train_generator(Path(data), folder / DIFFUSION_DIR, config, split.train_ids + split.val_ids, console)
+    extra = None
+    if config.generator.pseudo_labels:
+        teacher = fold_teacher(Path(data), Path(out), config, splits, fold, console)
+        extra = generator_data(Path(data), folder, split, fold, config, teacher)
+    run = train_generator(Path(data), folder / DIFFUSION_DIR, config, split.train_ids + split.val_ids, console,
+                          extra.pairs if extra is not None else None)
     judge = fold_judge(Path(data), Path(out), config, splits, fold, console)
-    synth = _synthetic(run, folder / SYNTH_DIR, config.generation.n, config.generation.layouts, config, console, judge)
+    styles = extra.references if extra is not None else None
+    synth = _synthetic(run, folder / SYNTH_DIR, config.generation.n, config.generation.layouts, config, console,
+                       judge, styles)
     variants = None
     if _needs_variants(config):
         n = config.generation.per_mask * (len(split.train_ids) + len(split.val_ids))
-        variants = _synthetic(run, folder / VARIANTS_DIR, n, "variants", config, console, judge)
+        variants = _synthetic(run, folder / VARIANTS_DIR, n, "variants", config, console, judge, styles)
     return run, synth, variants
 
 

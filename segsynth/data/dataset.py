@@ -107,13 +107,21 @@ class SegDataset(Dataset):
                 raise DataReadError(ref.mask_path, f"undeclared label values {bad.tolist()[:10]}; {LABEL_HINT}")
         return image, mask
 
-    def verify(self) -> None:
+    def read_all(self) -> None:
         """Read every sample once, so a bad file stops a command before any work, naming the file.
 
         The arrays stay cached, so the reading is not wasted for a run that goes on to train.
 
-        Then the whole folder goes through ``segsynth data check``'s validation, so a command never
-        accepts a folder the check rejects (an orphan mask, an unlabelled file without a case id).
+        Raises:
+            DataReadError: the first unreadable, non-finite, misshapen or mislabelled sample.
+        """
+        for index in range(len(self)):
+            self.load_arrays(index)
+
+    def verify(self) -> None:
+        """:meth:`read_all`, then the whole folder through ``segsynth data check``'s validation, so a
+        command never accepts a folder the check rejects (an orphan mask, an unlabelled file without
+        a case id).
 
         Raises:
             DataReadError: the first unreadable, non-finite, misshapen or mislabelled sample, or
@@ -121,8 +129,7 @@ class SegDataset(Dataset):
         """
         from segsynth.data.check import require_valid  # the checker itself reads through this module
 
-        for index in range(len(self)):
-            self.load_arrays(index)
+        self.read_all()
         require_valid(self.root)
 
     def __getitem__(self, index: int) -> dict[str, Any]:

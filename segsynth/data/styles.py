@@ -73,6 +73,11 @@ class ImageFolderPool(SegDataset):
         )
         super().__init__(root, split="unlabeled", refs=refs, spec=spec)
 
+    def verify(self) -> None:
+        """Read every image once (:meth:`~segsynth.data.dataset.SegDataset.read_all`); a plain folder
+        has no ``dataset.json``, so ``segsynth data check``'s folder validation does not apply."""
+        self.read_all()
+
 
 def open_style_pool(path: str | Path, channels: int) -> SegDataset:
     """The unlabelled images at ``path`` as a dataset the style samplers accept.

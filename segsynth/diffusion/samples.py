@@ -67,6 +67,31 @@ class SampleSettings:
                    edge_image_prob=cfg.data.edge_image_prob, include_unlabeled=cfg.data.include_unlabeled)
 
 
+@dataclass(frozen=True)
+class PseudoPairs:
+    """Image/layout pairs from outside the labelled set that a denoiser trains on like labelled samples.
+
+    The benchmark's fold generator gets unlabelled images its baseline network labelled
+    (:mod:`segsynth.benchmark.generator_data`): each ref's ``mask_path`` is its layout. They come in
+    made, so this stage does not depend on how; ``layouts`` and ``teacher`` say where from and are
+    recorded in ``training_data.json`` with the ids, so a resumed run refuses other pairs.
+
+    Attributes:
+        refs: the pairs (image of the data folder, layout file), without ``slice_index``.
+        layouts: the folder of the layout files.
+        teacher: the run whose predictions the layouts are.
+    """
+
+    refs: tuple[SampleRef, ...]
+    layouts: Path
+    teacher: Path
+
+    def record(self) -> dict[str, Any]:
+        """What ``training_data.json`` keeps of them (``pseudo_labelled``)."""
+        return {"ids": [r.id for r in self.refs], "layouts": str(self.layouts.resolve()),
+                "teacher": str(self.teacher.resolve())}
+
+
 def select_refs(data: Path, spec: DatasetSpec, train_ids: Sequence[str] | None) -> list[SampleRef]:
     """The labelled samples to train on: all of ``data``, or exactly ``train_ids``."""
     refs = index_dataset(data, "labeled", spec)

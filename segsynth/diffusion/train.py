@@ -21,7 +21,7 @@ epoch leaves out its last ``N mod W`` samples of the permutation). Launch with
 Run folder::
 
     RUN/config.yaml            resolved config
-    RUN/training_data.json     data root, train ids, style sampler, N, content hash of the training files
+    RUN/training_data.json     data root, train ids, pseudo-labelled pairs, style sampler, N, content hash of the training files
     RUN/train_log.jsonl        one JSON object per log interval
     RUN/samples/step_*.png     layout | style refs | sample grids (EMA weights)
     RUN/checkpoints/step_*/    resumable state
@@ -60,7 +60,7 @@ from segsynth.diffusion.objective import diffusion_loss, make_train_scheduler
 from segsynth.diffusion.performance import apply_memory_format, fused_optimizer_options, maybe_compile
 from segsynth.diffusion.pipeline import SegSynthPipeline
 from segsynth.diffusion.sample_grid import save_sample_grid
-from segsynth.diffusion.samples import BatchPlan, SampleSettings, TrainingSamples, epoch_order, select_refs
+from segsynth.diffusion.samples import BatchPlan, PseudoPairs, SampleSettings, TrainingSamples, epoch_order, select_refs
 from segsynth.engine import DefaultHooks, Engine, EngineSettings, RunRecord, prepare_run_folder
 from segsynth.io.atomic import atomic_directory, remove_stale_temporaries
 from segsynth.io.hashing import data_hash, model_hash
@@ -341,6 +341,7 @@ def train_diffusion(
     train_ids: Sequence[str] | None = None,
     console: Console | None = None,
     autoencoder: str | Path | None = None,
+    pseudo_pairs: PseudoPairs | None = None,
 ) -> Path:
     """Train (or resume) a diffusion model on the labelled images of ``data``.
 
@@ -356,6 +357,9 @@ def train_diffusion(
         autoencoder: a ``train-autoencoder`` folder: latent mode. The denoiser works on the
             autoencoder's latents (``model.image_size`` stays the image crop, the layout is pooled
             to the latent grid), and the released pipeline carries the autoencoder to decode.
+        pseudo_pairs: pseudo-labelled image/layout pairs trained on beside ``train_ids`` (one
+            dataset only); they share its style-reference pool, so the style encoder meets their
+            styles too.
 
     Returns:
         The run folder; its ``pipeline/`` holds the released model.
@@ -365,8 +369,8 @@ def train_diffusion(
         raise ValueError("no dataset folder to train on")
     if len(set(roots)) != len(roots):
         raise ValueError(f"a dataset folder is listed twice: {[str(r) for r in roots]}")
-    if len(roots) > 1 and train_ids is not None:
-        raise ValueError("train_ids select samples of one dataset; they cannot be combined with several datasets")
+    if len(roots) > 1 and (train_ids is not None or pseudo_pairs is not None):
+        raise ValueError("train_ids and pseudo_pairs extend one dataset; they cannot be combined with several datasets")
     data, out = roots[0], Path(out)
     cfg = config if isinstance(config, DiffusionTrainConfig) else load_config(DiffusionTrainConfig, config)
     specs = [load_spec(root) for root in roots]
@@ -383,6 +387,9 @@ def train_diffusion(
     extra = [(root, select_refs(root, s, None)) for root, s in zip(roots[1:], specs[1:])]
     training_data = {"data_root": str(data), "train_ids": [ref.id for ref in refs],
                      "style_sampler": cfg.data.style_sampler, "num_refs": cfg.model.style.num_refs}
+    if pseudo_pairs is not None:
+        training_data["pseudo_labelled"] = pseudo_pairs.record()
+        refs = [*refs, *pseudo_pairs.refs]
     if extra:
         training_data["datasets"] = [{"data_root": str(root), "train_ids": [r.id for r in rf], "prompt": s.prompt}
                                      for (root, rf), s in zip([(data, refs), *extra], specs)]
@@ -409,6 +416,7 @@ def train_diffusion(
             TRAINING_DATA_JSON, training_data, {
                 "train_ids": "the training samples differ from those of the run being resumed",
                 "unlabeled_ids": "the unlabelled training images differ from those of the run being resumed",
+                "pseudo_labelled": "the pseudo-labelled pairs differ from those of the run being resumed",
                 "autoencoder.sha256": "the run being resumed was trained with another autoencoder (or none)",
                 "data_sha256": "the training files differ in content from those of the run being resumed"}, added=("data_sha256",))])
     if vae is not None and cfg.data.cache_latents:
