@@ -8,7 +8,7 @@ silently changing an experiment is worse than a crash).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -16,6 +16,12 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from segsynth.io.atomic import atomic_write_text
 from segsynth.io.yaml_file import read_yaml
 from segsynth.recipes import config_source, recipe_names
+
+
+#: The generation samplers every config and command accepts (their factories are
+#: :data:`segsynth.diffusion.schedulers.SAMPLERS`, which a test holds to exactly these names). Declared
+#: here, below every stage's config, so that configs read by the command line stay free of diffusers.
+SamplerName = Literal["ddim", "dpmpp", "unipc"]
 
 
 class StrictModel(BaseModel):

@@ -14,6 +14,7 @@ from diffusers import DiffusionPipeline
 
 from segsynth.diffusion.objective import ObjectiveConfig, make_train_scheduler
 from segsynth.diffusion.pipeline import SegSynthPipeline
+from segsynth.config import ConfigError, load_config
 from segsynth.diffusion.schedulers import SAMPLERS, make_sampler
 from segsynth.models import ModelConfig, SegSynthModel
 
@@ -223,3 +224,23 @@ def test_output_types_and_return_dict_follow_diffusers():
     two_channel = tiny_pipeline(channels=2)
     with pytest.raises(ValueError, match="'pil' needs 1, 3 or 4 channels"):
         two_channel(layout, None, output_type="pil")
+
+
+def test_every_config_accepts_exactly_the_samplers_that_exist() -> None:
+    """One sampler name type: each config refuses a name without a factory and accepts each factory's."""
+    from typing import get_args
+
+    from segsynth.backbone.config import BackboneTrainConfig
+    from segsynth.benchmark import BenchmarkConfig
+    from segsynth.config import SamplerName
+    from segsynth.diffusion.config import DiffusionTrainConfig
+    from segsynth.diffusion.schedulers import SAMPLERS
+    from segsynth.synth.config import GenerationConfig
+
+    assert set(get_args(SamplerName)) == set(SAMPLERS)
+    for cls, key, base in ((GenerationConfig, "sampler", {"n": 1}), (BenchmarkConfig, "generation.sampler", {}),
+                           (DiffusionTrainConfig, "sampling.sampler", {}), (BackboneTrainConfig, "sampling.sampler", {})):
+        for name in SAMPLERS:
+            assert load_config(cls, None, {**base, key: name}) is not None
+        with pytest.raises(ConfigError, match="sampler"):
+            load_config(cls, None, {**base, key: "euler"})

@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from segsynth.config import StrictModel
+from segsynth.config import SamplerName, StrictModel
 from segsynth.diffusion.config import OptimisationConfig
 
 
@@ -100,7 +100,7 @@ class BackboneSamplingConfig(StrictModel):
         seed: noise seed of sample 0 (sample i uses ``seed + i``).
     """
 
-    sampler: Literal["ddim", "dpmpp", "unipc"] = "dpmpp"
+    sampler: SamplerName = "dpmpp"
     steps: int = Field(20, ge=1, le=1000)
     guidance_scale: float = Field(7.5, ge=0)
     conditioning_scale: float = Field(1.0, ge=0)

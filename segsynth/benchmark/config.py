@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field, NonNegativeInt, field_validator
 
-from segsynth.config import StrictModel
+from segsynth.config import SamplerName, StrictModel
 from segsynth.seg.config import parse_mix
 from segsynth.synth.config import FilterSettings, GenerationConfig
 
@@ -27,7 +27,7 @@ class GenerationSection(StrictModel):
     layouts: Literal["augmented", "composed"] = "augmented"
     per_mask: int = Field(default=10, ge=1)
     # The sampling defaults are generate's own (segsynth.synth.config.GenerationConfig).
-    sampler: Literal["ddim", "dpmpp", "unipc"] = GenerationConfig.model_fields["sampler"].default
+    sampler: SamplerName = GenerationConfig.model_fields["sampler"].default
     steps: int = Field(default=GenerationConfig.model_fields["steps"].default, ge=1)
     style_guidance: float = Field(default=GenerationConfig.model_fields["style_guidance"].default, ge=0.0)
     guidance_rescale: float = Field(default=GenerationConfig.model_fields["guidance_rescale"].default, ge=0.0, le=1.0)

@@ -7,6 +7,7 @@ named flags that were given, then ``--set key=value``, as in the training comman
 from __future__ import annotations
 
 from pathlib import Path
+from typing import get_args
 
 import typer
 from rich.table import Table
@@ -14,6 +15,7 @@ from rich.table import Table
 from segsynth.cli.app import app
 from segsynth.cli.errors import console, user_errors
 from segsynth.cli.options import ConfigOption, SetOption, command_config
+from segsynth.config import SamplerName
 from segsynth.synth.config import GenerationConfig
 
 
@@ -64,7 +66,7 @@ def generate(
     ),
     style_sampler: str | None = typer.Option(None, help="augmented | nearby | multi_patch (default: the run's)."),
     num_refs: int | None = typer.Option(None, help="Style references per sample (default: the run's N)."),
-    sampler: str | None = typer.Option(None, help="ddim | dpmpp | unipc" + _default("sampler") + "."),
+    sampler: str | None = typer.Option(None, help=" | ".join(get_args(SamplerName)) + _default("sampler") + "."),
     steps: int | None = typer.Option(None, help="Denoising steps" + _default("steps") + "."),
     style_guidance: float | None = typer.Option(
         None, help="Style guidance scale, as STEDM" + _default("style_guidance") + "."

@@ -10,7 +10,7 @@ from typing import Literal, Self
 
 from pydantic import Field, model_validator
 
-from segsynth.config import StrictModel
+from segsynth.config import SamplerName, StrictModel
 from segsynth.data.style_sampling import STYLE_SAMPLERS
 from segsynth.diffusion.objective import ObjectiveConfig
 from segsynth.models.config import ModelConfig
@@ -139,7 +139,7 @@ class SamplingConfig(StrictModel):
         seed: noise seed of the previews, fixed so grids of different steps are comparable.
     """
 
-    sampler: Literal["ddim", "dpmpp", "unipc"] = "dpmpp"
+    sampler: SamplerName = "dpmpp"
     steps: int = Field(20, ge=1, le=1000)
     style_guidance_scale: float = Field(1.5, ge=0)
     layout_guidance_scale: float = Field(1.0, ge=0)

@@ -45,6 +45,7 @@ from diffusers.utils import BaseOutput
 from diffusers.utils import logging as diffusers_logging
 from diffusers.utils.torch_utils import randn_tensor
 
+from segsynth.config import SamplerName
 from segsynth.diffusion.schedulers import SAMPLERS, make_sampler
 from segsynth.latent.autoencoder import decode_latents
 from segsynth.diffusion.tiling import DEFAULT_TILES_PER_CALL, Window, tiled_prediction
@@ -285,7 +286,7 @@ class SegSynthPipeline(DiffusionPipeline):
         style_images: torch.Tensor | None = None,
         *,
         num_inference_steps: int = 20,
-        sampler: str = "dpmpp",
+        sampler: SamplerName = "dpmpp",
         style_guidance_scale: float = 1.5,
         layout_guidance_scale: float = 1.0,
         guidance_rescale: float = 0.7,

@@ -1,8 +1,9 @@
 """Samplers for generation, each derived from the training scheduler's config.
 
 Deriving them with ``from_config`` keeps the betas, T, timestep spacing and prediction type the
-model was trained with; only the solver differs. A name -> factory table (not type dispatch) so
-adding a sampler is one line.
+model was trained with; only the solver differs. A name -> factory table (not type dispatch): adding
+a sampler is its line here and its name in :data:`segsynth.config.SamplerName`, the type every config
+and command checks names against.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from typing import Any
 
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, SchedulerMixin, UniPCMultistepScheduler
 
-SAMPLERS: dict[str, Callable[[Mapping[str, Any]], SchedulerMixin]] = {
+from segsynth.config import SamplerName
+
+SAMPLERS: dict[SamplerName, Callable[[Mapping[str, Any]], SchedulerMixin]] = {
     "ddim": lambda config: DDIMScheduler.from_config(config),
     "dpmpp": lambda config: DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++", solver_order=2),
     "unipc": lambda config: UniPCMultistepScheduler.from_config(config),

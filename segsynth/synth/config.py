@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
-from segsynth.config import StrictModel, parse_config
+from segsynth.config import SamplerName, StrictModel, parse_config
 
 Count = Annotated[int, Field(ge=1)]
 Steps = Annotated[int, Field(ge=1, le=1000)]
@@ -29,7 +29,6 @@ Seed = Annotated[int, Field(ge=0)]
 Side = Annotated[int, Field(ge=8)]
 Pixels = Annotated[int, Field(ge=0)]
 LayoutKind = Literal["augmented", "variants", "composed"]
-SamplerName = Literal["ddim", "dpmpp", "unipc"]
 
 #: Default prompt guidance of a text model (``model.text``). In ``benchmarks/results/edge_text.json``
 #: (one 1500-step model of the three built-in datasets), guidance 3 instead of 1 raises how often
