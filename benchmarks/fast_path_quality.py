@@ -24,16 +24,13 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import tempfile
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import torch
-from rich.console import Console
+from common import TINY, builtin_data, record_header, table_console
 from rich.table import Table
-from speed_tasks import TINY, builtin_data
 
 from segsynth.config import load_config
 from segsynth.device import resolve_mixed_precision
@@ -64,7 +61,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the library keeps an explicit setting
     torch.set_num_threads(args.threads)
-    console = Console() if sys.stdout.isatty() else Console(width=132)
+    console = table_console(132)
     data = builtin_data()
     work = Path(tempfile.mkdtemp(prefix="segsynth-quality-"))
     curves: dict[str, dict[int, dict[int, float]]] = {name: {} for name in PRECISIONS}
@@ -106,9 +103,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                   f"{'within' if verdict else 'OUTSIDE'} run-to-run noise; {within:.0%} of logged points within "
                   "one fp32 std")
     result = {
-        "benchmark": "fast_path_quality",
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(["benchmarks/fast_path_quality.py", *(argv if argv is not None else sys.argv[1:])]),
+        **record_header("fast_path_quality", argv),
         "config": str(TINY.relative_to(ROOT)), "steps": args.steps, "batch_size": args.batch_size,
         "log_every": args.log_every, "seeds": args.seeds, "threads": args.threads,
         "default_resolves_to": resolve_mixed_precision("auto"),
