@@ -42,8 +42,10 @@ from common import (
     ours_loss,
     processor,
     run_record,
-    synthetic_batch,
+    save_result,
+    set_threads,
     sync,
+    synthetic_batch,
     table_console,
 )
 from diffusers import UNet2DModel
@@ -52,7 +54,6 @@ from rich.table import Table
 from segsynth.config import load_config
 from segsynth.diffusion import SegSynthPipeline, make_train_scheduler
 from segsynth.diffusion.config import DiffusionTrainConfig
-from segsynth.io.atomic import atomic_write_json
 from segsynth.models import ModelConfig, SegSynthModel
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -218,14 +219,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
              "train_steps": 10, "sample_images": 2, "threads": 1}
     full = {"config": ROOT / "segsynth" / "recipes" / "base.yaml", "image_size": None, "batch_size": None, "warmup_steps": 5,
             "train_steps": 30, "sample_images": 4, "threads": None}
-    fill_profile(args, quick, full)
-    return args
+    return fill_profile(args, quick, full)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     variants = args.variants or (list(VARIANTS) if device.type == "cuda" else ["fp32"])
     overrides = {k: v for k, v in {"model.image_size": args.image_size, "train.batch_size": args.batch_size,
@@ -306,9 +305,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "train": train_rows,
         "sampling": sample_rows,
     }
-    atomic_write_json(args.out, result)
-    console.print(f"wrote {args.out}")
-    return result
+    return save_result(args.out, result, console)
 
 
 if __name__ == "__main__":

@@ -57,8 +57,10 @@ from common import (
     measured_matmul_tflops,
     ours_loss,
     run_record,
-    synthetic_batch,
+    save_result,
+    set_threads,
     sync,
+    synthetic_batch,
     table_console,
     unet_call_flops,
     unet_inputs,
@@ -69,7 +71,6 @@ from segsynth.config import load_config
 from segsynth.diffusion import SegSynthPipeline, diffusion_loss, make_train_scheduler
 from segsynth.diffusion.config import DiffusionTrainConfig
 from segsynth.diffusion.performance import apply_memory_format, maybe_compile
-from segsynth.io.atomic import atomic_write_json
 from segsynth.models import SegSynthModel
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -246,8 +247,7 @@ def default_variants(device: torch.device, quick: bool) -> list[Variant]:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     variants = args.variants or default_variants(device, args.quick)
     overrides = {k: v for k, v in {"model.image_size": args.image_size, "train.batch_size": args.batch_size,
@@ -324,9 +324,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "variants": rows,
     }
     out = args.out or ROOT / "benchmarks" / "results" / f"bench_gpu-{slug(name)}.json"
-    atomic_write_json(out, result)
-    console.print(f"wrote {out}")
-    return result
+    return save_result(out, result, console)
 
 
 if __name__ == "__main__":

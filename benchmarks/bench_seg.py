@@ -56,6 +56,7 @@ from common import (
     record_header,
     reset_accelerate,
     seconds_since,
+    set_threads,
     synthetic_discs,
     table_console,
 )
@@ -222,14 +223,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     quick = {"warmup_steps": 2, "train_steps": 12, "infer_batches": 12, "threads": 1}
     full = {"warmup_steps": 3, "train_steps": 30, "infer_batches": 30, "threads": None}
-    fill_profile(args, quick, full)
-    return args
+    return fill_profile(args, quick, full)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     console = table_console(140)
     started = time.perf_counter()
     load = os.getloadavg()[0]

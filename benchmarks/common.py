@@ -113,6 +113,23 @@ def write_json(path: Path, obj: Any) -> None:
     path.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
 
 
+def save_result(path: Path, result: dict[str, Any], console: Console) -> dict[str, Any]:
+    """Write a speed benchmark's ``result`` to ``path`` (atomic, key-sorted JSON), say so, and return it."""
+    from segsynth.io.atomic import atomic_write_json
+
+    atomic_write_json(path, result)
+    console.print(f"wrote {path}")
+    return result
+
+
+def set_threads(threads: int | None) -> None:
+    """Run torch on ``threads`` CPU threads; None (or 0) leaves the count as it is."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 def seconds_since(start: float) -> float:
     """Wall seconds since ``start`` (a :func:`time.perf_counter` reading), to a tenth."""
     return round(time.perf_counter() - start, 1)

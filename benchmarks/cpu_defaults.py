@@ -41,11 +41,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import builtin_data, diffusion_task, fill_profile, record_header, table_console
+from common import builtin_data, diffusion_task, fill_profile, record_header, save_result, table_console
 from rich.table import Table
 
 from segsynth.device import cpu_flags, resolve_mixed_precision
-from segsynth.io.atomic import atomic_write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = {"train.batch_size": 4}
@@ -184,9 +183,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         console.print(f"compile: first step {c['first_step_seconds']:.0f} s, step {c['eager_step_seconds']:.3f} s "
                       f"eager vs {c['compiled_step_seconds']:.3f} s compiled ({c['speed_up']:.2f}x); repaid after "
                       f"{c['steps_to_repay']:.0f} steps" if c["steps_to_repay"] else "compile: no gain per step")
-    atomic_write_json(args.out, result)
-    console.print(f"wrote {args.out}")
-    return result
+    return save_result(args.out, result, console)
 
 
 if __name__ == "__main__":

@@ -119,11 +119,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.child:
         child(args.seconds, args.barrier, args.out, args.data, args.library_threads)
         return {}
-    from common import builtin_data, table_console
+    from common import builtin_data, save_result, table_console
     from rich.table import Table
 
     from segsynth.cpus import usable_cpus
-    from segsynth.io.atomic import atomic_write_json
 
     cpus = usable_cpus()
     #: name -> (processes, environment, threads chosen by the library)
@@ -170,9 +169,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "best_single_process_steps_per_s": best_solo,
         "rows": rows,
     }
-    atomic_write_json(args.out, result)
-    console.print(f"wrote {args.out}")
-    return result
+    return save_result(args.out, result, console)
 
 
 if __name__ == "__main__":

@@ -29,14 +29,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import TINY, builtin_data, record_header, table_console
+from common import TINY, builtin_data, record_header, save_result, table_console
 from rich.table import Table
 
 from segsynth.config import load_config
 from segsynth.device import resolve_mixed_precision
 from segsynth.diffusion.config import DiffusionTrainConfig
 from segsynth.diffusion.train import train_diffusion
-from segsynth.io.atomic import atomic_write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 PRECISIONS = {"fp32": "no", "default": "auto"}
@@ -115,9 +114,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "curves": {name: {str(seed): {str(k): v for k, v in c.items()} for seed, c in per.items()}
                    for name, per in curves.items()},
     }
-    atomic_write_json(args.out, result)
-    console.print(f"wrote {args.out}")
-    return result
+    return save_result(args.out, result, console)
 
 
 if __name__ == "__main__":

@@ -54,6 +54,7 @@ from common import (
     fill_profile,
     processor,
     record_header,
+    save_result,
     seg_task,
     table_console,
 )
@@ -62,7 +63,6 @@ from rich.table import Table
 from segsynth.cpus import usable_cpus
 from segsynth.device import BF16_CPU_FLAGS, cpu_flags, resolve_mixed_precision
 from segsynth.diffusion.pipeline import SegSynthPipeline
-from segsynth.io.atomic import atomic_write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 #: flags worth recording: what decides which kernels oneDNN and MKL can use
@@ -297,9 +297,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "peaks": peaks,
         "workloads": rows,
     }
-    atomic_write_json(args.out, result)
-    console.print(f"wrote {args.out}")
-    return result
+    return save_result(args.out, result, console)
 
 
 if __name__ == "__main__":
