@@ -25,29 +25,35 @@ under ~3 min on 2 CPU cores); on a GPU: ``.venv/bin/python benchmarks/bench_diff
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
-import platform
-import sys
 import time
-from collections.abc import Callable, Iterator
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import diffusers
 import torch
 import torch.nn.functional as F
+from common import (
+    TrainLoop,
+    add_model_arguments,
+    autocast,
+    count_calls,
+    count_params,
+    fill_profile,
+    ours_loss,
+    processor,
+    run_record,
+    save_result,
+    set_threads,
+    sync,
+    synthetic_batch,
+    table_console,
+)
 from diffusers import UNet2DModel
-from diffusers.training_utils import EMAModel
-from profiles import fill_profile
-from rich.console import Console
 from rich.table import Table
 
 from segsynth.config import load_config
-from segsynth.diffusion import SegSynthPipeline, diffusion_loss, make_train_scheduler
+from segsynth.diffusion import SegSynthPipeline, make_train_scheduler
 from segsynth.diffusion.config import DiffusionTrainConfig
-from segsynth.io.atomic import atomic_write_json
 from segsynth.models import ModelConfig, SegSynthModel
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,10 +80,6 @@ def baseline_unet(mc: ModelConfig, widths: tuple[int, ...]) -> UNet2DModel:
         attention_head_dim=mc.attention_head_dim,
         norm_num_groups=mc.norm_num_groups,
     )
-
-
-def count_params(module: torch.nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
 
 
 def match_baseline_widths(mc: ModelConfig, target: int) -> tuple[tuple[int, ...], int]:
@@ -120,30 +122,7 @@ def match_baseline_widths(mc: ModelConfig, target: int) -> tuple[tuple[int, ...]
 
 
 # --------------------------------------------------------------------------------------------
-# Synthetic data and the two training steps.
-
-
-def synthetic_batch(mc: ModelConfig, batch_size: int, device: torch.device, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Images in [0, 1], a layout of random discs (one per foreground class) and N references."""
-    g = torch.Generator().manual_seed(seed)
-    s, k = mc.image_size, mc.num_classes
-    yy, xx = torch.meshgrid(torch.arange(s), torch.arange(s), indexing="ij")
-    mask = torch.zeros(batch_size, s, s, dtype=torch.long)
-    for label in range(1, k):
-        centre = torch.randint(s // 4, 3 * s // 4, (batch_size, 2), generator=g)
-        radius = torch.randint(max(2, s // 10), max(3, s // 4), (batch_size,), generator=g)
-        inside = (yy - centre[:, 0, None, None]) ** 2 + (xx - centre[:, 1, None, None]) ** 2 <= radius[:, None, None] ** 2
-        mask[inside] = label
-    image = (0.2 + 0.6 * mask.float() / (k - 1)).unsqueeze(1).expand(-1, mc.image_channels, -1, -1)
-    image = (image + 0.05 * torch.randn(image.shape, generator=g)).clamp(0, 1)
-    refs = torch.rand(batch_size, mc.style.num_refs, mc.image_channels, s, s, generator=g)
-    return {"image": image.to(device), "mask": mask.to(device), "style_images": refs.to(device)}
-
-
-def autocast(device: torch.device, variant: str) -> contextlib.AbstractContextManager:
-    if variant.startswith("bf16"):
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+# The training steps' memory format, the baseline's loss, and their timing.
 
 
 def to_variant(module: torch.nn.Module, batch: dict[str, torch.Tensor], variant: str) -> dict[str, torch.Tensor]:
@@ -152,38 +131,6 @@ def to_variant(module: torch.nn.Module, batch: dict[str, torch.Tensor], variant:
         return batch
     module.to(memory_format=torch.channels_last)
     return {k: v.contiguous(memory_format=torch.channels_last) if v.ndim == 4 else v for k, v in batch.items()}
-
-
-class TrainLoop:
-    """One optimiser step per call; the same AdamW, clipping and (optional) EMA for both models."""
-
-    def __init__(self, module: torch.nn.Module, loss_fn: Callable[[torch.Generator], torch.Tensor],
-                 cfg: DiffusionTrainConfig, device: torch.device, variant: str, ema: bool) -> None:
-        self.module, self.loss_fn, self.device, self.variant = module, loss_fn, device, variant
-        self.grad_clip = cfg.train.grad_clip
-        self.optimizer = torch.optim.AdamW(module.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-        self.ema = EMAModel(module.parameters(), decay=cfg.train.ema_decay) if ema else None
-        if self.ema is not None:
-            self.ema.to(device)
-        self.generator = torch.Generator(device=device).manual_seed(cfg.train.seed)
-
-    def step(self) -> torch.Tensor:
-        self.module.train()
-        with autocast(self.device, self.variant):
-            loss = self.loss_fn(self.generator)
-        loss.backward()
-        if self.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.grad_clip)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.ema is not None:
-            self.ema.step(self.module.parameters())
-        return loss.detach()
-
-
-def ours_loss(model: SegSynthModel, cfg: DiffusionTrainConfig, batch: dict[str, torch.Tensor]):
-    scheduler = make_train_scheduler(cfg.objective)
-    return lambda g: diffusion_loss(model, scheduler, batch, cfg.objective, g)["loss"]
 
 
 def baseline_loss(unet: UNet2DModel, cfg: DiffusionTrainConfig, batch: dict[str, torch.Tensor], variant: str):
@@ -201,11 +148,6 @@ def baseline_loss(unet: UNet2DModel, cfg: DiffusionTrainConfig, batch: dict[str,
         return F.mse_loss(pred.float(), noise.float())
 
     return loss
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def time_training(loops: dict[str, TrainLoop], warmup: int, steps: int, block: int, device: torch.device) -> dict[str, dict[str, Any]]:
@@ -238,23 +180,6 @@ def time_training(loops: dict[str, TrainLoop], warmup: int, steps: int, block: i
 # Sampling.
 
 
-@contextlib.contextmanager
-def count_calls(module: torch.nn.Module) -> Iterator[dict[str, int]]:
-    """Count ``module``'s forward calls and the batch rows they carried (CFG doubles the rows)."""
-    counts = {"calls": 0, "rows": 0}
-
-    def hook(_module, args, kwargs):
-        sample = args[0] if args else kwargs["sample"]
-        counts["calls"] += 1
-        counts["rows"] += int(sample.shape[0])
-
-    handle = module.register_forward_pre_hook(hook, with_kwargs=True)
-    try:
-        yield counts
-    finally:
-        handle.remove()
-
-
 def time_sampling(model: SegSynthModel, cfg: DiffusionTrainConfig, batch: dict[str, torch.Tensor], images: int,
                   device: torch.device, variant: str) -> list[dict[str, Any]]:
     pipe = SegSynthPipeline.from_model(model, make_train_scheduler(cfg.objective))
@@ -264,7 +189,7 @@ def time_sampling(model: SegSynthModel, cfg: DiffusionTrainConfig, batch: dict[s
     model.eval()
     for name, sampler, steps in SAMPLING:
         gen = [torch.Generator(device=device).manual_seed(i) for i in range(images)]
-        with autocast(device, variant):
+        with autocast(device, variant.startswith("bf16")):
             pipe(layout, refs, num_inference_steps=2, sampler=sampler, generator=gen, **GUIDANCE)  # warm-up
             sync(device)
             with count_calls(pipe.unet) as counts:
@@ -278,41 +203,6 @@ def time_sampling(model: SegSynthModel, cfg: DiffusionTrainConfig, batch: dict[s
             "seconds": seconds, "s_per_image": seconds / images, "finite": bool(torch.isfinite(out).all()),
         })
     return rows
-
-
-# --------------------------------------------------------------------------------------------
-
-
-def run_record(name: str, argv: list[str] | None, args: argparse.Namespace, device: torch.device, device_name: str,
-               cfg: DiffusionTrainConfig) -> dict[str, Any]:
-    """What every benchmark JSON starts with: the command, the machine and software, and the config."""
-    return {
-        "benchmark": name,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join([f"benchmarks/{name}.py", *(argv if argv is not None else sys.argv[1:])]),
-        "quick": args.quick,
-        "device": str(device),
-        "device_name": device_name,
-        "torch": torch.__version__,
-        "diffusers": diffusers.__version__,
-        "python": platform.python_version(),
-        "threads": torch.get_num_threads(),
-        "config_file": str(args.config.relative_to(ROOT) if args.config.resolve().is_relative_to(ROOT) else args.config),
-        "config": cfg.model_dump(mode="json"),
-    }
-
-
-def add_model_arguments(parser: argparse.ArgumentParser, quick_help: str) -> None:
-    """The options every speed benchmark shares: which model, at what size, timed for how long."""
-    parser.add_argument("--quick", action="store_true", help=quick_help)
-    parser.add_argument("--config", type=Path, default=None, help="training config (default base.yaml; tiny.yaml with --quick)")
-    parser.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
-    parser.add_argument("--image-size", type=int, default=None, help="override model.image_size")
-    parser.add_argument("--batch-size", type=int, default=None, help="override train.batch_size")
-    parser.add_argument("--num-classes", type=int, default=None, help="override model.num_classes (K of the layout)")
-    parser.add_argument("--warmup-steps", type=int, default=None, help="untimed training steps per model / variant")
-    parser.add_argument("--train-steps", type=int, default=None, help="timed training steps per model / variant")
-    parser.add_argument("--sample-images", type=int, default=None, help="images per sampling setting")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -329,21 +219,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
              "train_steps": 10, "sample_images": 2, "threads": 1}
     full = {"config": ROOT / "segsynth" / "recipes" / "base.yaml", "image_size": None, "batch_size": None, "warmup_steps": 5,
             "train_steps": 30, "sample_images": 4, "threads": None}
-    fill_profile(args, quick, full)
-    return args
+    return fill_profile(args, quick, full)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     variants = args.variants or (list(VARIANTS) if device.type == "cuda" else ["fp32"])
     overrides = {k: v for k, v in {"model.image_size": args.image_size, "train.batch_size": args.batch_size,
                                    "model.num_classes": args.num_classes}.items() if v is not None}
     cfg = load_config(DiffusionTrainConfig, args.config, overrides)
     mc, batch_size = cfg.model, cfg.train.batch_size
-    console = Console() if sys.stdout.isatty() else Console(width=132)
+    console = table_console(132)
 
     with torch.device("meta"):
         probe = SegSynthModel.from_config(mc)
@@ -405,7 +293,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                           f"{row['s_per_image']:.3f}", f"{ref['s_per_image'] / row['s_per_image']:.1f}x")
         console.print(table)
 
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else processor()
     result = {
         **run_record("bench_diffusion", argv, args, device, device_name, cfg),
         "timing": {"warmup_steps": args.warmup_steps, "train_steps": args.train_steps, "ema": args.ema,
@@ -417,9 +305,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "train": train_rows,
         "sampling": sample_rows,
     }
-    atomic_write_json(args.out, result)
-    console.print(f"wrote {args.out}")
-    return result
+    return save_result(args.out, result, console)
 
 
 if __name__ == "__main__":

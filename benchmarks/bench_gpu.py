@@ -35,12 +35,9 @@ Writes ``benchmarks/results/bench_gpu-<device>.json``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import itertools
 import math
-import platform
 import re
-import sys
 import time
 import traceback
 from dataclasses import dataclass
@@ -48,25 +45,32 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from bench_diffusion import TrainLoop, add_model_arguments, count_calls, ours_loss, run_record, synthetic_batch
-from profiles import fill_profile
-from rich.console import Console
+from common import (
+    TrainLoop,
+    add_model_arguments,
+    autocast,
+    channels_last_conv_inputs,
+    count_calls,
+    counted_flops,
+    device_name,
+    fill_profile,
+    measured_matmul_tflops,
+    ours_loss,
+    run_record,
+    save_result,
+    set_threads,
+    sync,
+    synthetic_batch,
+    table_console,
+    unet_call_flops,
+    unet_inputs,
+)
 from rich.table import Table
 
 from segsynth.config import load_config
 from segsynth.diffusion import SegSynthPipeline, diffusion_loss, make_train_scheduler
 from segsynth.diffusion.config import DiffusionTrainConfig
-from segsynth.diffusion.performance import (
-    apply_memory_format,
-    channels_last_conv_inputs,
-    flop_counter_mode,
-    maybe_compile,
-    measured_matmul_tflops,
-    sync,
-    unet_call_flops,
-    unet_inputs,
-)
-from segsynth.io.atomic import atomic_write_json
+from segsynth.diffusion.performance import apply_memory_format, maybe_compile
 from segsynth.models import SegSynthModel
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,23 +101,6 @@ class Variant:
 ALL_VARIANTS = tuple(Variant(p, cl, c) for p, cl, c in itertools.product(PRECISIONS, (False, True), (False, True)))
 
 
-def autocast(device: torch.device, variant: Variant) -> contextlib.AbstractContextManager:
-    if variant.precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def device_name(device: torch.device) -> str:
-    """The GPU's name, or the CPU model from /proc/cpuinfo."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
 def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "unknown"
 
@@ -131,11 +118,9 @@ def count_train_step_flops(model: SegSynthModel, cfg: DiffusionTrainConfig, batc
     scheduler = make_train_scheduler(cfg.objective)
     generator = torch.Generator(device=batch["image"].device).manual_seed(0)
     model.train()
-    counter = flop_counter_mode()
-    with counter:
-        diffusion_loss(model, scheduler, batch, cfg.objective, generator)["loss"].backward()
+    flops = counted_flops(lambda: diffusion_loss(model, scheduler, batch, cfg.objective, generator)["loss"].backward())
     model.zero_grad(set_to_none=True)
-    return int(counter.get_total_flops())
+    return flops
 
 
 def time_training(loop: TrainLoop, warmup: int, steps: int, device: torch.device) -> dict[str, Any]:
@@ -165,7 +150,7 @@ def time_sampling(model: SegSynthModel, cfg: DiffusionTrainConfig, batch: dict[s
     guidance = {"sampler": s.sampler, "style_guidance_scale": s.style_guidance_scale,
                 "layout_guidance_scale": s.layout_guidance_scale, "guidance_rescale": s.guidance_rescale}
     model.eval()
-    with autocast(device, variant):
+    with autocast(device, variant.precision == "bf16"):
         gen = [torch.Generator(device=device).manual_seed(i) for i in range(images)]
         start = time.perf_counter()
         pipe(layout, refs, num_inference_steps=2, generator=gen, **guidance)  # warm-up (and eval-mode compile)
@@ -195,7 +180,7 @@ def run_variant(variant: Variant, cfg: DiffusionTrainConfig, batch: dict[str, to
     model = apply_memory_format(SegSynthModel.from_config(cfg.model).to(device), variant.channels_last)
     if variant.channels_last:
         kwargs = unet_inputs(model.unet, 2)
-        with torch.no_grad(), autocast(device, variant):
+        with torch.no_grad(), autocast(device, variant.precision == "bf16"):
             nhwc, convs = channels_last_conv_inputs(model, lambda: model.unet(**kwargs))
         row["nhwc_conv_inputs"] = [nhwc, convs]
     try:
@@ -262,8 +247,7 @@ def default_variants(device: torch.device, quick: bool) -> list[Variant]:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     variants = args.variants or default_variants(device, args.quick)
     overrides = {k: v for k, v in {"model.image_size": args.image_size, "train.batch_size": args.batch_size,
@@ -271,7 +255,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     cfg = load_config(DiffusionTrainConfig, args.config, overrides)
     mc, batch_size = cfg.model, cfg.train.batch_size
     name = device_name(device)
-    console = Console() if sys.stdout.isatty() else Console(width=150)
+    console = table_console(150)
 
     matmul_size = args.matmul_size or (8192 if device.type == "cuda" else 1024)
     matmul = {str(dtype).removeprefix("torch."): measured_matmul_tflops(device, dtype, matmul_size,
@@ -340,9 +324,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "variants": rows,
     }
     out = args.out or ROOT / "benchmarks" / "results" / f"bench_gpu-{slug(name)}.json"
-    atomic_write_json(out, result)
-    console.print(f"wrote {out}")
-    return result
+    return save_result(out, result, console)
 
 
 if __name__ == "__main__":

@@ -40,24 +40,30 @@ import contextlib
 import math
 import os
 import platform
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState
+from common import (
+    count_params,
+    fill_profile,
+    processor,
+    record_header,
+    reset_accelerate,
+    seconds_since,
+    set_threads,
+    synthetic_discs,
+    table_console,
+)
 from monai.losses import DiceCELoss
-from profiles import fill_profile
-from rich.console import Console
 from rich.table import Table
 
-from segsynth.device import make_accelerator
+from segsynth.device import cpu_flags, make_accelerator
 from segsynth.io.atomic import atomic_write_json
 from segsynth.seg.config import NetworkConfig, SegTrainConfig
 from segsynth.seg.networks import build_network, predict_logits, size_divisor
@@ -76,18 +82,13 @@ CHANNELS, NUM_CLASSES = 1, 3
 def use_precision(mixed_precision: str) -> Accelerator:
     """A fresh accelerator of ``mixed_precision``: accelerate's state allows one setting per
     process, so it is reset first (only this benchmark switches; a run never does)."""
-    AcceleratorState._reset_state(reset_partial_state=True)
+    reset_accelerate()
     return make_accelerator(mixed_precision)
 
 
 def bf16_support() -> dict[str, Any]:
     """Whether bf16 autocast can run here, and the CPU instructions that make it fast (or not)."""
-    flags: set[str] = set()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
+    flags = cpu_flags()
     record: dict[str, Any] = {"cpu_flags": sorted(flags & {"avx512_bf16", "amx_bf16", "amx_tile", "avx512f", "avx2"})}
     try:
         accelerator = use_precision("bf16")
@@ -104,17 +105,7 @@ def bf16_support() -> dict[str, Any]:
 
 def synthetic_batch(batch_size: int, size: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Images ``(B, 1, S, S)`` in [0, 1] and masks ``(B, S, S)`` of one disc per foreground class."""
-    g = torch.Generator().manual_seed(seed)
-    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
-    mask = torch.zeros(batch_size, size, size, dtype=torch.long)
-    for label in range(1, NUM_CLASSES):
-        centre = torch.randint(size // 4, 3 * size // 4, (batch_size, 2), generator=g)
-        radius = torch.randint(max(2, size // 10), max(3, size // 4), (batch_size,), generator=g)
-        inside = (yy - centre[:, 0, None, None]) ** 2 + (xx - centre[:, 1, None, None]) ** 2 <= radius[:, None, None] ** 2
-        mask[inside] = label
-    image = (0.2 + 0.6 * mask.float() / (NUM_CLASSES - 1)).unsqueeze(1)
-    image = (image + 0.05 * torch.randn(image.shape, generator=g)).clamp(0, 1)
-    return image, mask
+    return synthetic_discs(batch_size, size, NUM_CLASSES, CHANNELS, torch.Generator().manual_seed(seed))
 
 
 @dataclass
@@ -218,10 +209,6 @@ def time_cell(loops: list[Loop], warmup: int, steps: int, block: int, infer_step
     }
 
 
-def count_params(module: torch.nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1 thread, 2 warm-up + 12 timed steps per variant")
@@ -236,15 +223,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     quick = {"warmup_steps": 2, "train_steps": 12, "infer_batches": 12, "threads": 1}
     full = {"warmup_steps": 3, "train_steps": 30, "infer_batches": 30, "threads": None}
-    fill_profile(args, quick, full)
-    return args
+    return fill_profile(args, quick, full)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    console = Console() if sys.stdout.isatty() else Console(width=140)
+    set_threads(args.threads)
+    console = table_console(140)
     started = time.perf_counter()
     load = os.getloadavg()[0]
     bf16 = bf16_support()
@@ -270,7 +255,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 console.print(f"{net_name} {size} px batch {batch_size}: " + ", ".join(
                     f"{n} {timed[n]['train_images_per_s']:.1f} img/s" for n, _, _ in variants))
                 del loops
-    AcceleratorState._reset_state(reset_partial_state=True)
+    reset_accelerate()
 
     table = Table(title=f"segmentation training / validation images/s, {torch.get_num_threads()} thread(s), "
                         f"ratios vs fp32 of the same row group")
@@ -285,12 +270,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         console.print(f"bf16 not timed: {bf16['reason']}")
 
     result = {
-        "benchmark": "bench_seg",
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(["benchmarks/bench_seg.py", *(argv if argv is not None else sys.argv[1:])]),
+        **record_header("bench_seg", argv),
         "quick": args.quick,
         "device": "cpu",
-        "device_name": platform.processor() or platform.machine(),
+        "device_name": processor(),
         "torch": torch.__version__,
         "monai": version("monai"),
         "accelerate": version("accelerate"),
@@ -310,7 +293,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "timing": {"warmup_steps": args.warmup_steps, "train_steps": args.train_steps,
                    "infer_batches": args.infer_batches, "order": "variants alternate in blocks within a cell"},
         "rows": rows,
-        "seconds": round(time.perf_counter() - started, 1),
+        "seconds": seconds_since(started),
     }
     atomic_write_json(args.out, result)
     console.print(f"wrote {args.out} in {result['seconds']:.0f} s")

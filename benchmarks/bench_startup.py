@@ -13,19 +13,18 @@ Run: ``.venv/bin/python benchmarks/bench_startup.py`` (about 30 s); writes
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
 from importlib.metadata import version
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
 import numpy as np
+from common import processor, record_header, write_json
 from rich.console import Console
 from rich.table import Table
 
@@ -96,18 +95,15 @@ def main(argv: list[str] | None = None) -> None:
     console = Console(width=120)
     console.print(table)
     record = {
-        "benchmark": "bench_startup",
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(["benchmarks/bench_startup.py", *(argv if argv is not None else sys.argv[1:])]),
-        "device_name": platform.processor() or platform.machine(),
+        **record_header("bench_startup", argv),
+        "device_name": processor(),
         "cpus": os.cpu_count(),
         "load_average_1min": load,
         "torch": version("torch"),
         "python": platform.python_version(),
         "rows": rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=2) + "\n")
+    write_json(args.out, record)
     console.print(f"wrote {args.out}")
 
 

@@ -14,13 +14,13 @@ Run: ``.venv/bin/python benchmarks/bench_tiling.py`` (about a minute on 2 CPU co
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
 import numpy as np
 import torch
+from common import count_calls, write_json
 from rich.console import Console
 from rich.table import Table
 
@@ -89,15 +89,13 @@ def main(argv: list[str] | None = None) -> None:
         seams.append({"overlap": overlap, "tiles": len(tile_windows(64, 64, 16, overlap)),
                       "seam_ratio": seam_ratio(images, tile_windows(64, 64, 16, overlap))})
     costs = []
-    seen: list[tuple[int, ...]] = []
-    hook = pipe.unet.inner.register_forward_hook(lambda module, inputs, output: seen.append(tuple(inputs[0].shape)))
     for size in args.sizes:
-        seen.clear()
-        tick = time.perf_counter()
-        sample(pipe, size, None, images=1)
-        costs.append({"size": size, "s_per_image": time.perf_counter() - tick, "unet_calls": len(seen),
-                      "largest_unet_input": list(max(seen, key=lambda s: int(np.prod(s))))})
-    hook.remove()
+        with count_calls(pipe.unet.inner) as counts:
+            tick = time.perf_counter()
+            sample(pipe, size, None, images=1)
+            seconds = time.perf_counter() - tick
+        costs.append({"size": size, "s_per_image": seconds, "unet_calls": counts["calls"],
+                      "largest_unet_input": counts["largest"]})
 
     table = Table(title="seams: 64 px images of 16 px tiles (1 = invisible)")
     for col in ("overlap px", "tiles", "seam ratio"):
@@ -111,9 +109,8 @@ def main(argv: list[str] | None = None) -> None:
     for row in costs:
         table.add_row(str(row["size"]), f"{row['s_per_image']:.2f}", str(row["unet_calls"]), str(row["largest_unet_input"]))
     console.print(table)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"benchmark": "bench_tiling", "train_steps": args.steps, "seams": seams,
-                                    "cost": costs, "torch": torch.__version__}, indent=2) + "\n")
+    write_json(args.out, {"benchmark": "bench_tiling", "train_steps": args.steps, "seams": seams,
+                          "cost": costs, "torch": torch.__version__})
     console.print(f"wrote {args.out}")
 
 

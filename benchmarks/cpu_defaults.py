@@ -35,21 +35,16 @@ import argparse
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import torch
-from profiles import fill_profile
-from rich.console import Console
+from common import builtin_data, diffusion_task, fill_profile, record_header, save_result, table_console
 from rich.table import Table
-from speed_tasks import builtin_data, diffusion_task
 
 from segsynth.device import cpu_flags, resolve_mixed_precision
-from segsynth.io.atomic import atomic_write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = {"train.batch_size": 4}
@@ -134,7 +129,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    console = Console() if sys.stdout.isatty() else Console(width=132)
+    console = table_console(132)
     load = os.getloadavg()[0]
     data = builtin_data()
     out = Path(tempfile.mkdtemp(prefix="segsynth-cpu-defaults-"))
@@ -173,9 +168,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                       f"{r['round_ratio_min']:.2f}-{r['round_ratio_max']:.2f}", f"{r['speed_vs_before_wall']:.2f}x")
     console.print(table)
     result: dict[str, Any] = {
-        "benchmark": "cpu_defaults",
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(["benchmarks/cpu_defaults.py", *(argv if argv is not None else sys.argv[1:])]),
+        **record_header("cpu_defaults", argv),
         "quick": args.quick, "threads": args.threads, "rounds": args.rounds, "steps_per_round": args.steps,
         "torch": torch.__version__, "python": platform.python_version(),
         "native_bf16": "avx512_bf16" in cpu_flags() or "amx_bf16" in cpu_flags(),
@@ -190,9 +183,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         console.print(f"compile: first step {c['first_step_seconds']:.0f} s, step {c['eager_step_seconds']:.3f} s "
                       f"eager vs {c['compiled_step_seconds']:.3f} s compiled ({c['speed_up']:.2f}x); repaid after "
                       f"{c['steps_to_repay']:.0f} steps" if c["steps_to_repay"] else "compile: no gain per step")
-    atomic_write_json(args.out, result)
-    console.print(f"wrote {args.out}")
-    return result
+    return save_result(args.out, result, console)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Two training processes on the same cores: does throughput collapse, and which thread setting avoids it.
 
 Each scenario starts one or two child processes that build the library's own ``train-diffusion``
-task (tiny recipe, 64 px, batch 4; :mod:`speed_tasks`), warm up, wait until every child is warm,
+task (tiny recipe, 64 px, batch 4; :func:`common.diffusion_task`), warm up, wait until every child is warm,
 then call ``train_step`` for a fixed number of seconds and report their steps/s. A pair's
 throughput is the sum of its two processes; it is compared with the best single process of the
 same thread setting and with the best single process overall (the machine's capacity for this
@@ -40,11 +40,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from profiles import fill_profile
+from common import fill_profile, record_header
 
 ROOT = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve().parent
@@ -60,7 +59,7 @@ def child(seconds: float, barrier: Path, out: Path, data: Path, library_threads:
 
         default_thread_count()
     import torch
-    from speed_tasks import diffusion_task
+    from common import diffusion_task
 
     task, batch = diffusion_task(data, out, {"train.batch_size": 4})
     task.train_step(batch, 0)
@@ -120,12 +119,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.child:
         child(args.seconds, args.barrier, args.out, args.data, args.library_threads)
         return {}
-    from rich.console import Console
+    from common import builtin_data, save_result, table_console
     from rich.table import Table
-    from speed_tasks import builtin_data
 
     from segsynth.cpus import usable_cpus
-    from segsynth.io.atomic import atomic_write_json
 
     cpus = usable_cpus()
     #: name -> (processes, environment, threads chosen by the library)
@@ -140,7 +137,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "pair_library": (2, {}, True),
     }
     data = builtin_data()
-    console = Console() if sys.stdout.isatty() else Console(width=132)
+    console = table_console(132)
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in scenarios}
     loads = []
     for _ in range(args.repeats):
@@ -164,9 +161,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                       f"{r['of_best_single_process']:.0%}")
     console.print(table)
     result = {
-        "benchmark": "cpu_threads",
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(["benchmarks/cpu_threads.py", *(argv if argv is not None else sys.argv[1:])]),
+        **record_header("cpu_threads", argv),
         "quick": args.quick, "seconds_per_scenario": args.seconds, "repeats": args.repeats,
         "usable_cpus": cpus, "python": platform.python_version(),
         "load_average_1min_per_scenario": loads,
@@ -174,9 +169,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "best_single_process_steps_per_s": best_solo,
         "rows": rows,
     }
-    atomic_write_json(args.out, result)
-    console.print(f"wrote {args.out}")
-    return result
+    return save_result(args.out, result, console)
 
 
 if __name__ == "__main__":

@@ -44,11 +44,11 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 
 import torch
+from common import command_line, seconds_since
 from rich.console import Console
 
 from segsynth.benchmark import BenchmarkConfig, markdown_table, profile_overrides, rich_table, run_benchmark
@@ -91,10 +91,10 @@ def main(argv: list[str] | None = None) -> None:
     tick = time.perf_counter()
     results = run_benchmark(data, args.work / label, cfg, console=console, reuse=args.reuse)
     results["benchmark"] = "downstream"
-    results["command"] = " ".join(["python", "benchmarks/downstream.py", *(argv if argv is not None else sys.argv[1:])])
+    results["command"] = command_line("downstream", argv, prefix=["python"])
     results["machine"] = {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                           "torch": torch.__version__, "platform": platform.platform()}
-    results["wall_time_s"] = round(time.perf_counter() - tick, 1)
+    results["wall_time_s"] = seconds_since(tick)
     console.print(rich_table(results))
     args.results.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.results / f"downstream-{label}.json", results)

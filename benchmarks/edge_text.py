@@ -35,13 +35,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from common import command_line, seconds_since, train_unless_done, write_json
 from torch import nn
 
 from segsynth.config import load_config
@@ -50,7 +49,6 @@ from segsynth.data.builtin import build_builtin
 from segsynth.data.loader import SegDataset
 from segsynth.diffusion.config import DiffusionTrainConfig
 from segsynth.diffusion.pipeline import SegSynthPipeline
-from segsynth.diffusion.train import train_diffusion
 from segsynth.evaluation.layout_fidelity import score_layouts
 from segsynth.models.text import encode_prompts
 from segsynth.synth.config import GenerationConfig
@@ -133,7 +131,7 @@ def edge_experiment(data: Path, work: Path, size: int, steps: int, n: int) -> di
     for edge in (False, True):
         cfg = load_config(DiffusionTrainConfig, None, {**model_overrides(size, steps), "model.edge": edge})
         run = work / f"run_edge_{edge}_{steps}"
-        train_s = _train(data, cfg, run)
+        train_s = _rounded(train_unless_done(data, cfg, run))
         rows.setdefault("train_s", {})[f"edge={edge}"] = train_s
         for source in (["layout", "image"] if edge else [None]):
             out = work / f"synth_edge_{edge}_{source}_{steps}_{n}"
@@ -152,13 +150,9 @@ def edge_experiment(data: Path, work: Path, size: int, steps: int, n: int) -> di
     return rows
 
 
-def _train(data: Path | list[Path], cfg: DiffusionTrainConfig, run: Path) -> float | None:
-    """Train ``run`` unless a finished one is there; seconds taken, or None when it was reused."""
-    if (run / "pipeline").is_dir():
-        return None
-    tick = time.perf_counter()
-    train_diffusion(data, cfg, run, resume=run.is_dir())
-    return round(time.perf_counter() - tick, 1)
+def _rounded(seconds: float | None) -> float | None:
+    """Training seconds to a tenth; None (a reused model) stays None."""
+    return None if seconds is None else round(seconds, 1)
 
 
 def text_experiment(roots: list[Path], work: Path, size: int, steps: int, per_prompt: int,
@@ -172,7 +166,7 @@ def text_experiment(roots: list[Path], work: Path, size: int, steps: int, per_pr
     cfg = load_config(DiffusionTrainConfig, None, {**model_overrides(size, steps), "model.text": True,
                                                    "objective.cond_drop.layout": layout_drop})
     run = work / (f"run_text_{steps}" if layout_drop == 0 else f"run_text_{steps}_layoutdrop{layout_drop:g}")
-    train_s = _train(roots, cfg, run)
+    train_s = _rounded(train_unless_done(roots, cfg, run))
     pipe = SegSynthPipeline.from_pretrained(run / "pipeline")
     pipe.set_progress_bar_config(disable=True)
     channels = pipe.unet.config.image_channels
@@ -265,7 +259,7 @@ def main(argv: list[str] | None = None) -> None:
     for name in DATASETS:
         if not (data / name).is_dir():
             build_builtin(name, data / name, tile_size=args.size)
-    command = shlex.join([".venv/bin/python", "benchmarks/edge_text.py", *(sys.argv[1:] if argv is None else argv)])
+    command = command_line("edge_text", argv, prefix=[".venv/bin/python"], quote=True)
     results: dict[str, object] = {"benchmark": "edge_text", "command": command, "size": args.size,
                                   "samples": args.samples, "threads": args.threads}
     if not args.skip_edge:
@@ -273,9 +267,8 @@ def main(argv: list[str] | None = None) -> None:
     if not args.skip_text:
         results["text"] = [text_experiment([data / n for n in DATASETS], args.out, args.size, steps, args.samples,
                                            *sampling) for steps, *sampling in args.text_runs]
-    results["seconds"] = round(time.perf_counter() - started, 1)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(results, indent=2) + "\n")
+    results["seconds"] = seconds_since(started)
+    write_json(args.json, results)
     print(json.dumps(results, indent=2))
 
 

@@ -24,22 +24,18 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import tempfile
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import torch
-from rich.console import Console
+from common import TINY, builtin_data, record_header, save_result, table_console
 from rich.table import Table
-from speed_tasks import TINY, builtin_data
 
 from segsynth.config import load_config
 from segsynth.device import resolve_mixed_precision
 from segsynth.diffusion.config import DiffusionTrainConfig
 from segsynth.diffusion.train import train_diffusion
-from segsynth.io.atomic import atomic_write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 PRECISIONS = {"fp32": "no", "default": "auto"}
@@ -64,7 +60,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the library keeps an explicit setting
     torch.set_num_threads(args.threads)
-    console = Console() if sys.stdout.isatty() else Console(width=132)
+    console = table_console(132)
     data = builtin_data()
     work = Path(tempfile.mkdtemp(prefix="segsynth-quality-"))
     curves: dict[str, dict[int, dict[int, float]]] = {name: {} for name in PRECISIONS}
@@ -106,9 +102,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                   f"{'within' if verdict else 'OUTSIDE'} run-to-run noise; {within:.0%} of logged points within "
                   "one fp32 std")
     result = {
-        "benchmark": "fast_path_quality",
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(["benchmarks/fast_path_quality.py", *(argv if argv is not None else sys.argv[1:])]),
+        **record_header("fast_path_quality", argv),
         "config": str(TINY.relative_to(ROOT)), "steps": args.steps, "batch_size": args.batch_size,
         "log_every": args.log_every, "seeds": args.seeds, "threads": args.threads,
         "default_resolves_to": resolve_mixed_precision("auto"),
@@ -120,9 +114,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "curves": {name: {str(seed): {str(k): v for k, v in c.items()} for seed, c in per.items()}
                    for name, per in curves.items()},
     }
-    atomic_write_json(args.out, result)
-    console.print(f"wrote {args.out}")
-    return result
+    return save_result(args.out, result, console)
 
 
 if __name__ == "__main__":

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import sys
 from pathlib import Path
+
+from common import command_line
 
 from segsynth.benchmark.compare import compare_generators
 from segsynth.data.builtin import BUILTIN_DATASETS
@@ -54,8 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--datasets", nargs="+", choices=list(BUILTIN_DATASETS), default=list(BUILTIN_DATASETS))
     args = parser.parse_args(argv)
-    command = shlex.join([".venv/bin/python", "benchmarks/generator_comparison.py",
-                          *(sys.argv[1:] if argv is None else argv)])
+    command = command_line("generator_comparison", argv, prefix=[".venv/bin/python"], quote=True)
     table: dict[str, dict[str, dict]] = {}
     for name in args.names:
         ran = [d for d in args.datasets if (args.results / f"downstream-{d}-{name}.json").is_file()]

@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+from common import write_json
 from rich.console import Console
 from rich.table import Table
 
@@ -89,9 +90,8 @@ def main(argv: list[str] | None = None) -> None:
     ):
         table.add_row(label, *("{:.3g} ({:.3g})".format(*pick(rows[m]["metrics"])) for m in rows))
     console.print(table)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"benchmark": "latent_vs_pixel", "data": str(args.data), "config": str(args.config),
-                                    "autoencoder": str(ae), "n": args.n, "seconds": seconds, "rows": rows}, indent=2) + "\n")
+    write_json(args.out, {"benchmark": "latent_vs_pixel", "data": str(args.data), "config": str(args.config),
+                          "autoencoder": str(ae), "n": args.n, "seconds": seconds, "rows": rows})
     console.print(f"wrote {args.out}")
 
 

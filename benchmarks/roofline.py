@@ -6,7 +6,7 @@ channels, 3x3, at 64 px, batch 4), forward only, each at 1 and 2 threads; the fa
 single calls, and the best kernel of a dtype is its peak (MKL's fp32 matmul is not the fastest
 fp32 kernel on every CPU; oneDNN's convolution can beat it). The achieved
 rate of each workload is its FLOPs, counted by ``torch.utils.flop_counter.FlopCounterMode`` over
-one real call (via :func:`segsynth.diffusion.performance.flop_counter_mode`, which adds the CPU
+one real call (via ``flop_counter_mode`` of ``benchmarks/common.py``, which adds the CPU
 attention kernel), divided by its measured time. The workloads call the library's own code:
 
 - ``diffusion_train``: ``DiffusionTask.train_step`` (the ``train-diffusion`` step: objective with
@@ -33,30 +33,36 @@ without ``--quick`` the workloads run at 1 and 2 threads with more rounds. Write
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from profiles import fill_profile
-from rich.console import Console
+from common import (
+    autocast,
+    autoencoder_task,
+    builtin_data,
+    counted_flops,
+    cpu_model_name,
+    diffusion_task,
+    fill_profile,
+    processor,
+    record_header,
+    save_result,
+    seg_task,
+    table_console,
+)
 from rich.table import Table
-from speed_tasks import autoencoder_task, builtin_data, diffusion_task, seg_task
 
 from segsynth.cpus import usable_cpus
 from segsynth.device import BF16_CPU_FLAGS, cpu_flags, resolve_mixed_precision
-from segsynth.diffusion.performance import flop_counter_mode
 from segsynth.diffusion.pipeline import SegSynthPipeline
-from segsynth.io.atomic import atomic_write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 #: flags worth recording: what decides which kernels oneDNN and MKL can use
@@ -64,18 +70,6 @@ SHOWN_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16
                "amx_bf16", "amx_int8")
 #: the tiny UNet's first-level convolution: batch 4, 32 -> 32 channels, 3x3, 64 x 64
 CONV_SHAPE = {"batch": 4, "in": 32, "out": 32, "kernel": 3, "size": 64}
-
-
-def counted_flops(call: Callable[[], Any], grad: bool = True) -> int:
-    """FLOPs of ``call()`` as PyTorch dispatches them (multiply-add = 2).
-
-    ``grad=False`` enters ``no_grad`` before the counter: the counter's module tracker fails on
-    a call that switches gradients off inside it.
-    """
-    counter = flop_counter_mode()
-    with torch.set_grad_enabled(grad), counter:
-        call()
-    return int(counter.get_total_flops())
 
 
 def best_rate(call: Callable[[], Any], flops: int, repeats: int) -> float:
@@ -130,13 +124,12 @@ def sampling_call(task: Any, steps: int, images: int) -> Callable[[], Any]:
 
     def call() -> Any:
         model.eval()
-        autocast = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
         gens = [torch.Generator().manual_seed(i) for i in range(images)]
         params = [p for p in model.parameters() if p.requires_grad]
         try:  # frozen, as in a released pipeline (the FLOP counter's module tracker trips on trainable ones)
             for p in params:
                 p.requires_grad_(False)
-            with torch.no_grad(), autocast:
+            with torch.no_grad(), autocast("cpu", precision == "bf16"):
                 return pipe(layout, refs, num_inference_steps=steps, sampler="dpmpp", generator=gens,
                             style_guidance_scale=s.style_guidance_scale,
                             layout_guidance_scale=s.layout_guidance_scale, guidance_rescale=s.guidance_rescale).images
@@ -226,7 +219,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    console = Console() if sys.stdout.isatty() else Console(width=140)
+    console = table_console(140)
     load = os.getloadavg()[0]
     peak_threads = sorted({1, 2, *args.threads})
     peaks = measure_peaks(peak_threads, args.matmul_sizes, args.repeats)
@@ -281,12 +274,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     flags = cpu_flags()
     result = {
-        "benchmark": "roofline",
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(["benchmarks/roofline.py", *(argv if argv is not None else sys.argv[1:])]),
+        **record_header("roofline", argv),
         "quick": args.quick,
-        "machine": {"processor": platform.processor() or platform.machine(),
-                    "model_name": _cpu_model_name(), "usable_cpus": usable_cpus(),
+        "machine": {"processor": processor(),
+                    "model_name": cpu_model_name() or "", "usable_cpus": usable_cpus(),
                     "cpu_flags": sorted(f for f in SHOWN_FLAGS if f in flags),
                     "native_bf16": bool(flags & BF16_CPU_FLAGS),
                     "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
@@ -306,17 +297,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "peaks": peaks,
         "workloads": rows,
     }
-    atomic_write_json(args.out, result)
-    console.print(f"wrote {args.out}")
-    return result
-
-
-def _cpu_model_name() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return ""
+    return save_result(args.out, result, console)
 
 
 if __name__ == "__main__":

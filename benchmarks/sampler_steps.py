@@ -23,12 +23,12 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+from common import command_line, count_calls, train_unless_done, write_json
 from rich.console import Console
 from rich.table import Table
 
@@ -36,7 +36,6 @@ from segsynth.artifacts.names import PIPELINE_DIR, UNLABELED_DIR
 from segsynth.config import load_config
 from segsynth.diffusion.config import DiffusionTrainConfig
 from segsynth.diffusion.pipeline import SegSynthPipeline
-from segsynth.diffusion.train import train_diffusion
 from segsynth.evaluation import evaluate_synth
 from segsynth.synth.config import GenerationConfig
 from segsynth.synth.generate import generate
@@ -57,28 +56,7 @@ SETTINGS: list[tuple[str, int, float]] = [
 ]
 
 
-class RowCounter:
-    """Counts the image rows the UNet denoises (a guided step sends its conditional and null rows)."""
-
-    def __init__(self, unet: torch.nn.Module) -> None:
-        self.rows = 0
-        unet.register_forward_hook(self._count)
-
-    def _count(self, module: torch.nn.Module, args: tuple, output: Any) -> None:
-        self.rows += int(args[0].shape[0])
-
-
-def train_or_reuse(data: Path, config: Path, steps: int, run: Path) -> float | None:
-    """Train the model into ``run`` (seconds), or reuse a finished one (None)."""
-    if (run / PIPELINE_DIR / "model_index.json").is_file():
-        return None
-    tick = time.perf_counter()
-    cfg = load_config(DiffusionTrainConfig, config, {"train.steps": steps})
-    train_diffusion(data, cfg, run, resume=run.exists(), console=Console(stderr=True))
-    return time.perf_counter() - tick
-
-
-def measure(pipe: SegSynthPipeline, counter: RowCounter, data: Path, work: Path, n: int, setting: tuple[str, int, float],
+def measure(pipe: SegSynthPipeline, data: Path, work: Path, n: int, setting: tuple[str, int, float],
             seg_run: Path | None) -> dict[str, Any]:
     """Generate one set with ``setting`` (afresh, so its UNet rows are counted) and score it."""
     sampler, steps, guidance = setting
@@ -87,11 +65,11 @@ def measure(pipe: SegSynthPipeline, counter: RowCounter, data: Path, work: Path,
     shutil.rmtree(out, ignore_errors=True)
     cfg = GenerationConfig(n=n, layout_data=data, styles=data / UNLABELED_DIR, sampler=sampler, steps=steps,
                            style_guidance=guidance, seed=0)
-    counter.rows = 0
-    tick = time.perf_counter()
-    generate(pipe, out, cfg)
-    seconds = time.perf_counter() - tick
-    rows = counter.rows
+    with count_calls(pipe.unet) as counts:
+        tick = time.perf_counter()
+        generate(pipe, out, cfg)
+        seconds = time.perf_counter() - tick
+    rows = counts["rows"]
     metrics = evaluate_synth(out, data, seg_run, out=work / f"eval_{name}", console=Console(stderr=True))
     fidelity = metrics["layout_fidelity"]
     seg = metrics["distribution"]["seg_encoder"]
@@ -137,25 +115,24 @@ def main(argv: list[str] | None = None) -> None:
     work, data = args.work.resolve(), args.data.resolve()
     work.mkdir(parents=True, exist_ok=True)
     run = work / "run"
-    train_s = train_or_reuse(data, args.config, args.train_steps, run)
+    cfg = load_config(DiffusionTrainConfig, args.config, {"train.steps": args.train_steps})
+    train_s = train_unless_done(data, cfg, run, console=Console(stderr=True))
     pipe = SegSynthPipeline.from_pretrained(str(run / PIPELINE_DIR))
     pipe.set_progress_bar_config(disable=True)
-    counter = RowCounter(pipe.unet)
     rows: list[dict[str, Any]] = []
     seg_run: Path | None = None
     for setting in SETTINGS:
-        rows.append(measure(pipe, counter, data, work, args.n, setting, seg_run))
+        rows.append(measure(pipe, data, work, args.n, setting, seg_run))
         seg_run = Path(rows[0]["seg_run"])  # one real-data network scores every set
         print(json.dumps(rows[-1]), flush=True)
     result = {
         "benchmark": "sampler_steps",
-        "command": " ".join(["benchmarks/sampler_steps.py", *(argv if argv is not None else sys.argv[1:])]),
+        "command": command_line("sampler_steps", argv),
         "data": str(data), "config": str(args.config), "train_steps": args.train_steps, "train_s": train_s,
         "n": args.n, "torch_threads": torch.get_num_threads(), "reference": "ddim 128 steps, style guidance 1.5 (STEDM)",
         "rows": rows, "recommendation": recommend(rows, args.tolerance),
     }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    write_json(args.json, result)
     table = Table(title=f"samplers on {data.name}: {args.n} samples each, one model ({args.train_steps} steps)")
     for column in ("sampler", "steps", "guidance", "UNet rows/img", "s/img", "fidelity Dice", "ceiling", "FID", "KID",
                    "retrieval"):

@@ -32,15 +32,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from common import command_line, seconds_since, summarise, train_keeping_seconds, write_json
 from rich.console import Console
 from rich.table import Table
 
@@ -49,7 +48,6 @@ from segsynth.data.builtin import build_builtin
 from segsynth.data.io import read_image, write_image
 from segsynth.data.loader import SegDataset
 from segsynth.diffusion.config import DiffusionTrainConfig
-from segsynth.diffusion.train import train_diffusion
 from segsynth.evaluation import EvaluationConfig, evaluate_synth
 from segsynth.evaluation.sets import load_style_references, load_synthetic
 from segsynth.evaluation.style_retrieval import style_retrieval
@@ -61,20 +59,14 @@ ROOT = Path(__file__).resolve().parents[1]
 #: The sampler the committed results were drawn with (fixed here: generate's default may change).
 SAMPLING = {"sampler": "dpmpp", "steps": 20}
 DATASETS = ("histo-he", "nuclei-fluo")
-TRAIN_SECONDS = "bench_train_seconds.json"
 
 
 def train(data: Path, steps: int, consistency: float, run: Path, config: Path) -> dict[str, Any]:
     """Train ``run`` unless its pipeline exists; the training seconds it recorded and whether reused."""
-    reused = (run / "pipeline").is_dir()
-    if not reused:
-        cfg = load_config(DiffusionTrainConfig, config, {
-            "train.steps": steps, "train.sample_every": 0, "train.checkpoint_every": steps,
-            "objective.style_consistency": consistency})
-        tick = time.perf_counter()
-        train_diffusion(data, cfg, run, resume=run.is_dir())
-        (run / TRAIN_SECONDS).write_text(json.dumps({"train_s": round(time.perf_counter() - tick, 1)}))
-    seconds = json.loads((run / TRAIN_SECONDS).read_text())["train_s"] if (run / TRAIN_SECONDS).is_file() else None
+    cfg = load_config(DiffusionTrainConfig, config, {
+        "train.steps": steps, "train.sample_every": 0, "train.checkpoint_every": steps,
+        "objective.style_consistency": consistency})
+    seconds, reused = train_keeping_seconds(data, cfg, run)
     return {"run": str(run), "steps": steps, "style_consistency": consistency, "train_s": seconds, "reused": reused}
 
 
@@ -134,31 +126,6 @@ def real_ceiling(synth: Path, seed: int) -> dict[str, Any]:
         sets.append([(record.style_source, ref) for ref in record.style_ids])
     result = style_retrieval(queries, sets, refs, synthetic.spec.channels, seed)
     return {"query": "a real unlabelled image of the references' case, not one of them", **result}
-
-
-def summarise(metrics: dict[str, Any]) -> dict[str, Any]:
-    """The numbers of one ``metrics.json`` that the table shows (the whole file is kept alongside)."""
-    style, div = metrics["style_retrieval"], metrics["diversity"]
-    fid = metrics["layout_fidelity"]
-    dist = metrics["distribution"]
-    return {
-        "pairwise": style["pairwise_accuracy"], "top1": style["top1_accuracy"], "top1_chance": style["top1_chance"],
-        "stain_pairwise": style["by_part"]["stain"]["pairwise_accuracy"],
-        "stain_top1": style["by_part"]["stain"]["top1_accuracy"],
-        "gram_pairwise": style["by_part"]["gram"]["pairwise_accuracy"],
-        "gram_top1": style["by_part"]["gram"]["top1_accuracy"],
-        "num_reference_sets": style["num_reference_sets"],
-        "diversity_synthetic": div["synthetic_same_layout"]["stain_texture"],
-        "diversity_real": div["real_different_images"]["stain_texture"],
-        "diversity_ratio": div["ratio_to_real"]["stain_texture"],
-        "dice": fid["synthetic"]["summary"]["dice"]["mean_fg"]["mean"],
-        "dice_ceiling": fid["real_held_out"]["summary"]["dice"]["mean_fg"]["mean"],
-        "fidelity_fraction": fid["fraction_of_ceiling"]["mean_fg"],
-        **{f"{kind}_{feature}": dist[feature]["synthetic_vs_real"][f"{kind}_mean" if kind == "kid" else kind]
-           for feature in ("seg_encoder", "stain_texture") for kind in ("fid", "kid")},
-        **{f"{kind}_{feature}_real_vs_real": dist[feature]["real_vs_real"][f"{kind}_mean" if kind == "kid" else kind]
-           for feature in ("seg_encoder", "stain_texture") for kind in ("fid", "kid")},
-    }
 
 
 def evaluate(synth: Path, data: Path, seg_run: str | None, seed: int) -> dict[str, Any]:
@@ -258,16 +225,15 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     started = time.perf_counter()
-    command = "PYTHONPATH=$PWD OMP_NUM_THREADS=1 " + shlex.join(
-        [".venv/bin/python", "benchmarks/style_ablation.py", *(sys.argv[1:] if argv is None else argv)])
+    command = "PYTHONPATH=$PWD OMP_NUM_THREADS=1 " + command_line("style_ablation", argv, prefix=[".venv/bin/python"],
+                                                                  quote=True)
     results: dict[str, Any] = {"benchmark": "style_ablation", "command": command, "config": str(args.config),
                                "steps": args.steps, "n": args.n, "per_mask": args.per_mask, "seed": args.seed,
                                "datasets": {name: run_dataset(name, args) for name in args.datasets}}
-    results["seconds_this_call"] = round(time.perf_counter() - started, 1)  # small when everything was reused
+    results["seconds_this_call"] = seconds_since(started)  # small when everything was reused
     rich_table, md = table(results)
     Console(width=200).print(rich_table)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(results, indent=2) + "\n")
+    write_json(args.json, results)
     args.json.with_suffix(".md").write_text(
         f"# Style ablation\n\n`{command}`\n\nPairwise chance 0.5; top-1 chance in brackets. \"real ceiling\": the "
         "same retrieval queried with a real unlabelled image of the references' case. Diversity ratio: same-layout "

@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import torch
+from common import count_params
 
 from segsynth.diffusion import ObjectiveConfig, SegSynthPipeline, diffusion_loss, make_train_scheduler
 from segsynth.models import ModelConfig, SegSynthModel
@@ -126,7 +127,7 @@ def run(injection: str, steps: int, seed: int, batch_size: int, prediction_type:
         "injection": injection,
         "prediction_type": prediction_type,
         "seed": seed,
-        "params": sum(p.numel() for p in model.parameters()),
+        "params": count_params(model),
         "train_s": round(train_s, 1),
         "heldout_loss": heldout_loss(model, scheduler, heldout, drop_style=False, prediction_type=prediction_type),
         "heldout_loss_no_style": heldout_loss(model, scheduler, heldout, drop_style=True, prediction_type=prediction_type),

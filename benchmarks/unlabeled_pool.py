@@ -19,28 +19,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import shutil
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from common import command_line, summarise, train_keeping_seconds, write_json
 from rich.console import Console
 from rich.table import Table
 
-from segsynth.artifacts.names import DATASET_JSON, IMAGES_DIR, MASKS_DIR, PIPELINE_DIR, UNLABELED_DIR
+from segsynth.artifacts.names import DATASET_JSON, IMAGES_DIR, MASKS_DIR, UNLABELED_DIR
 from segsynth.config import load_config
 from segsynth.data.builtin import build_builtin
 from segsynth.data.format import load_spec, save_spec
 from segsynth.diffusion.config import DiffusionTrainConfig
-from segsynth.diffusion.train import train_diffusion
 from segsynth.evaluation import EvaluationConfig, evaluate_synth
 from segsynth.synth.config import GenerationConfig
 from segsynth.synth.generate import generate
-from style_ablation import TRAIN_SECONDS, summarise  # the numbers the style ablation reports, the same way
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASETS = ("histo-he", "nuclei-fluo")
@@ -83,14 +79,10 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict[str, Any]:
     seg_run: str | None = None
     for label, pooled in CHOICES.items():
         run = work / f"run_pool{int(pooled)}_{args.steps}"
-        if not (run / PIPELINE_DIR).is_dir():
-            cfg = load_config(DiffusionTrainConfig, args.config, {
-                "train.steps": args.steps, "train.sample_every": 0, "train.checkpoint_every": args.steps,
-                "data.include_unlabeled": pooled})
-            tick = time.perf_counter()
-            train_diffusion(train_copy, cfg, run, resume=run.is_dir())
-            (run / TRAIN_SECONDS).write_text(json.dumps({"train_s": round(time.perf_counter() - tick, 1)}))
-        train_s = json.loads((run / TRAIN_SECONDS).read_text())["train_s"] if (run / TRAIN_SECONDS).is_file() else None
+        cfg = load_config(DiffusionTrainConfig, args.config, {
+            "train.steps": args.steps, "train.sample_every": 0, "train.checkpoint_every": args.steps,
+            "data.include_unlabeled": pooled})
+        train_s, _ = train_keeping_seconds(train_copy, cfg, run)
         synth = work / f"synth_pool{int(pooled)}_n{args.n}"
         if not (synth / "manifest.jsonl").is_file():
             shutil.rmtree(synth, ignore_errors=True)
@@ -117,13 +109,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     args.work = args.work.resolve()
     results = {name: run_dataset(name, args) for name in args.datasets}
-    command = shlex.join(["benchmarks/unlabeled_pool.py", *(argv if argv is not None else sys.argv[1:])])
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"benchmark": "unlabeled_pool", "command": command, "steps": args.steps,
-                                     "n": args.n, "per_mask": args.per_mask, "torch_threads": torch.get_num_threads(),
-                                     "sampling": {k: GenerationConfig.model_fields[k].default
-                                                  for k in ("sampler", "steps", "style_guidance")},
-                                     "datasets": results}, indent=2) + "\n", encoding="utf-8")
+    command = command_line("unlabeled_pool", argv, quote=True)
+    write_json(args.json, {"benchmark": "unlabeled_pool", "command": command, "steps": args.steps,
+                           "n": args.n, "per_mask": args.per_mask, "torch_threads": torch.get_num_threads(),
+                           "sampling": {k: GenerationConfig.model_fields[k].default
+                                        for k in ("sampler", "steps", "style_guidance")},
+                           "datasets": results})
     table = Table(title=f"unlabelled pool in the denoiser ({args.steps} steps, {args.n} samples, zero-shot references)")
     for column in ("dataset", "training", "pairwise (stain/gram)", "top-1 (chance)", "diversity", "Dice/ceiling",
                    "FID seg (real)", "train s"):

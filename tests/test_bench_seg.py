@@ -4,13 +4,10 @@ every variant is timed in the same cell, and bf16 is either timed or its absence
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
+import bench_seg  # the benchmark script itself (benchmarks/ is on pytest's pythonpath)
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import bench_seg  # noqa: E402  (the benchmark script itself)
 
 
 def test_bench_seg_times_every_variant_and_writes_its_command(tmp_path: Path) -> None:

@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from common import flop_counter_mode
 from torch import nn
 
 import segsynth.cpus as cpus
 import segsynth.device as device
-from segsynth.diffusion.performance import flop_counter_mode, fused_optimizer_options
+from segsynth.diffusion.performance import fused_optimizer_options
 
 
 def test_flop_count_of_a_conv_matches_the_analytic_formula() -> None:

@@ -1,4 +1,4 @@
-"""GPU-efficiency helpers on the CPU: FLOP counting, fused attention, channels_last, torch.compile."""
+"""GPU-efficiency helpers on the CPU (the library's and the benchmarks'): FLOP counting, fused attention, channels_last, torch.compile."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from common import channels_last_conv_inputs, flop_counter_mode, unet_call_flops, unet_inputs
 from conftest import TINY_DIFFUSION_MODEL
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 from monai.data import MetaTensor
@@ -16,15 +17,7 @@ from test_style_sampling import write_blob_dataset
 import segsynth.diffusion.performance as performance
 from segsynth.config import ConfigError, load_config
 from segsynth.diffusion.config import DiffusionTrainConfig
-from segsynth.diffusion.performance import (
-    apply_memory_format,
-    channels_last_conv_inputs,
-    compile_unavailable_reason,
-    flop_counter_mode,
-    maybe_compile,
-    unet_call_flops,
-    unet_inputs,
-)
+from segsynth.diffusion.performance import apply_memory_format, compile_unavailable_reason, maybe_compile
 from segsynth.diffusion.pipeline import SegSynthPipeline
 import segsynth.diffusion.train as diffusion_train
 from segsynth.diffusion.train import train_diffusion

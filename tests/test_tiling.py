@@ -3,13 +3,10 @@ denoiser input, and no visible seams on a flat-style layout."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import sys
-
 import numpy as np
 import pytest
 import torch
+from bench_tiling import train_flat_model  # the benchmark's flat-image model (benchmarks/ is on pytest's pythonpath)
 from conftest import TINY_DIFFUSION_MODEL
 
 from segsynth.diffusion.objective import ObjectiveConfig, make_train_scheduler
@@ -17,9 +14,6 @@ from segsynth.diffusion.pipeline import SegSynthPipeline
 from segsynth.diffusion.tiling import blend_window, seam_ratio, tile_starts, tile_windows, tiled_prediction
 from segsynth.models import SegSynthModel
 from segsynth.models.config import ModelConfig
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from bench_tiling import train_flat_model  # noqa: E402  (the benchmark's flat-image model)
 
 #: Border-to-interior gradient-energy ratio above which a seam is visible (1 = no seam).
 SEAM_THRESHOLD = 1.25
