@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from segsynth.cli import app
 from segsynth.config import ConfigError, load_config
 from segsynth.data.check import check_dataset
-from segsynth.data.format import load_spec
+from segsynth.data.format import DatasetFormatError, load_spec
 from segsynth.data.io import DataReadError, image_shape, read_image, write_image
 from segsynth.data.loader import SegDataset, index_dataset
 from segsynth.seg.config import SegTrainConfig
@@ -267,6 +267,16 @@ def test_a_fifo_in_a_data_folder_is_refused_by_name_without_opening_it(tmp_path:
     if folder == "unlabeled":
         with pytest.raises(DataReadError, match=r"zz_9\.png: is a FIFO"):
             open_style_pool(root, channels=1)
+
+
+def test_a_dataset_json_that_is_not_a_file_is_named_as_such_not_as_missing(tmp_path: Path) -> None:
+    root = write_tiny_dataset(tmp_path / "data", cases=("p1", "p2"))
+    (root / "dataset.json").unlink()
+    with pytest.raises(DatasetFormatError, match="missing"):
+        load_spec(root)
+    make_fifo(root / "dataset.json")
+    with pytest.raises(DatasetFormatError, match=r"dataset\.json: not a regular file"):
+        load_spec(root)
 
 
 def test_a_fifo_among_style_images_is_refused_by_name(tmp_path: Path) -> None:

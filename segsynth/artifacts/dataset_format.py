@@ -100,6 +100,8 @@ def load_spec(root: str | Path) -> DatasetSpec:
     """Read and validate ``root/dataset.json``."""
     path = Path(root) / DATASET_JSON
     if not path.is_file():
+        if path.exists():  # a folder, FIFO, socket or device: never opened (a FIFO would block)
+            raise DatasetFormatError(f"{path}: not a regular file; dataset.json must be a JSON file")
         raise DatasetFormatError(f"{path}: missing (every dataset folder needs a dataset.json)")
     data = read_json_object(path, DatasetFormatError)
     try:
