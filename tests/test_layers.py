@@ -21,7 +21,7 @@ PACKAGE_DIR = Path(segsynth.__file__).parent
 #: package root is at the bottom: importing any submodule imports it first, and it imports nothing
 #: but :mod:`segsynth.lazy` (its public names are strings, loaded on first use).
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("kernel", ("segsynth", "segsynth.lazy", "segsynth.recipes", "segsynth.console", "segsynth.progress")),
+    ("kernel", ("segsynth", "segsynth.lazy", "segsynth.renamed", "segsynth.recipes", "segsynth.console", "segsynth.progress")),
     ("files", ("segsynth.io",)),
     ("config", ("segsynth.config",)),
     ("contracts", ("segsynth.artifacts",)),
