@@ -115,7 +115,7 @@ def generate(
 
     What ``cfg`` leaves None the run fills in (layout data, style pool, style sampler and number
     of references from its ``training_data.json``; the prompt from the layout data); the resolved
-    :class:`GenerationRecord` is what ``generation.json`` keeps and what a resume must match.
+    :class:`GenerationRecipe` is what ``generation.json`` keeps and what a resume must match.
 
     Args:
         run: a training run folder (``RUN/pipeline`` + ``RUN/training_data.json``), a saved
