@@ -62,6 +62,8 @@ def alias_package(old: str, new: str) -> None:
     shim.__all__ = list(getattr(package, "__all__", ()))
     for name in shim.__all__:
         setattr(shim, name, getattr(package, name))
+    if hasattr(package, "__getattr__"):  # the new package's own renamed names, answered (and warned) by it
+        shim.__getattr__ = package.__getattr__
     for info in pkgutil.iter_modules(package.__path__):
         submodule = importlib.import_module(f"{new}.{info.name}")
         sys.modules[f"{old}.{info.name}"] = submodule

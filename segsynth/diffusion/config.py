@@ -99,7 +99,7 @@ class DataConfig(StrictModel):
         cache_latents: latent models only: encode each training image once, store the latents in
             ``RUN/latent_cache/`` and train on latent-aligned crops of them instead of encoding
             every crop (one autoencoder pass per image instead of per sample and step). Needs
-            ``augmentation: none`` (see :mod:`segsynth.latent.cache`).
+            ``augmentation: none`` (see :mod:`segsynth.autoencoder.cache`).
         include_unlabeled: also train on the images of ``DATA/unlabeled/`` (the low-label user has
             few masks and many images): they enter every epoch with the layout and the edge map
             dropped to their learned null embeddings, so the denoiser and the style encoder learn

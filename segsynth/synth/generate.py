@@ -122,7 +122,7 @@ def generate(
             pipeline folder, a :class:`SegSynthPipeline` (no run: ``cfg.layout_data`` is needed,
             and without ``cfg.styles`` the model's learned null style is used), or a
             ``train-diffusion --backbone`` run (a ControlNet on a frozen Stable Diffusion: no style
-            references; the prompt and the edge map steer it, see :mod:`segsynth.backbone`).
+            references; the prompt and the edge map steer it, see :mod:`segsynth.controlnet`).
         out: the synthetic set's folder.
         cfg: the set's settings (see :class:`GenerationConfig`).
         shard: ``(i, n)``: generate only the i-th of n contiguous index ranges.
@@ -146,7 +146,7 @@ def generate(
     check_out_apart(out, generation_inputs(run, cfg))
     check_continuable(out, "synthetic_set")
     if not isinstance(run, SegSynthPipeline):
-        from segsynth.backbone.sample import is_controlnet_run
+        from segsynth.controlnet.sample import is_controlnet_run
 
         if is_controlnet_run(run):
             return _generate_with_controlnet(run, out, cfg, shard=shard, resume=resume, console=console,
