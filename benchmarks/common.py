@@ -211,8 +211,8 @@ def autoencoder_task(data: Path, out: Path, overrides: dict[str, Any] | None = N
     """``train-autoencoder``'s task on ``data``, and one batch of its tile draws."""
     from segsynth.config import load_config
     from segsynth.engine import EngineSettings
-    from segsynth.latent.config import AutoencoderTrainConfig
-    from segsynth.latent.train import AutoencoderTask, ImagePool
+    from segsynth.autoencoder.config import AutoencoderTrainConfig
+    from segsynth.autoencoder.train import AutoencoderTask, ImagePool
 
     cfg = load_config(AutoencoderTrainConfig, None, overrides or {})
     pool = ImagePool([data.resolve()], cfg.holdout, cfg.seed)

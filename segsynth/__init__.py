@@ -9,7 +9,7 @@ The public API, stage by stage (each stage reads and writes plain folders):
 - diffusion: :class:`ModelConfig`, :class:`SegSynthModel`, :class:`SegSynthPipeline`,
   :class:`DiffusionTrainConfig`, :func:`train_diffusion`;
 - latent mode and backbones: :class:`AutoencoderTrainConfig`, :func:`train_autoencoder`,
-  :class:`BackboneTrainConfig`, :func:`train_controlnet` (ControlNet on a frozen Stable Diffusion);
+  :class:`ControlNetTrainConfig`, :func:`train_controlnet` (ControlNet on a frozen Stable Diffusion);
 - synthesis: :class:`GenerationConfig`, :func:`generate` (large images in blended tiles with ``size``;
   samples a frozen real-data network does not read as their layouts dropped with a :class:`FilterConfig`);
 - segmentation: :class:`SegTrainConfig`, :func:`train_seg`, :func:`evaluate_seg`, and :func:`predict`
@@ -33,19 +33,20 @@ line start without loading torch, diffusers or MONAI; ``from segsynth import X``
 from __future__ import annotations
 
 from segsynth.lazy import lazy_exports
+from segsynth.renamed import renamed_attributes
 
 __version__ = "0.1.0"
 
 #: Public name -> the module that defines it.
 _EXPORTS = {
-    "AutoencoderTrainConfig": "segsynth.latent",
+    "AutoencoderTrainConfig": "segsynth.autoencoder",
     "BUILTIN_DATASETS": "segsynth.data.builtin",
-    "BackboneTrainConfig": "segsynth.backbone",
     "BenchmarkConfig": "segsynth.benchmark",
     "BenchmarkResults": "segsynth.artifacts.schemas",
     "CheckReport": "segsynth.data.check",
     "CheckpointManager": "segsynth.io",
     "ConfigError": "segsynth.config",
+    "ControlNetTrainConfig": "segsynth.controlnet",
     "DataReadError": "segsynth.data",
     "DatasetFormatError": "segsynth.data",
     "DatasetSpec": "segsynth.data",
@@ -98,12 +99,17 @@ _EXPORTS = {
     "run_all": "segsynth.run",
     "run_benchmark": "segsynth.benchmark",
     "save_spec": "segsynth.data",
-    "train_autoencoder": "segsynth.latent",
-    "train_controlnet": "segsynth.backbone",
+    "train_autoencoder": "segsynth.autoencoder",
+    "train_controlnet": "segsynth.controlnet",
     "train_diffusion": "segsynth.diffusion.train",
     "train_seg": "segsynth.seg",
     "write_image": "segsynth.data",
 }
 
 __all__ = sorted([*_EXPORTS, "__version__"])
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+
+#: Old public name -> its new name; the old one still works, with a DeprecationWarning, for one release.
+_RENAMED = {"BackboneTrainConfig": "ControlNetTrainConfig"}
+
+_lazy_getattr, __dir__ = lazy_exports(__name__, _EXPORTS)
+__getattr__ = renamed_attributes(__name__, _RENAMED, fallback=_lazy_getattr)

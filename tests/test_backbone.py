@@ -17,10 +17,10 @@ from safetensors.torch import load_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 from typer.testing import CliRunner
 
-from segsynth.backbone import BackboneError, check_backbone_folder, load_backbone, sample_images
-from segsynth.backbone.config import BackboneTrainConfig
-from segsynth.backbone.hint import HINT_CHANNELS, hints_from_layouts
-from segsynth.backbone.train import train_controlnet
+from segsynth.controlnet import BackboneError, check_backbone_folder, load_backbone, sample_images
+from segsynth.controlnet.config import ControlNetTrainConfig
+from segsynth.controlnet.hint import HINT_CHANNELS, hints_from_layouts
+from segsynth.controlnet.train import train_controlnet
 from segsynth.cli import app
 from segsynth.config import load_config
 from segsynth.io.checkpoint import CheckpointManager
@@ -126,7 +126,7 @@ def test_training_changes_only_the_controlnet(backbone: Path, straight: Path) ->
 def test_backbone_is_frozen_during_a_step(backbone: Path, data: Path, tmp_path: Path,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """In memory too: after training, the loaded UNet, VAE and text encoder hold the file's weights."""
-    import segsynth.backbone.train as train_module
+    import segsynth.controlnet.train as train_module
 
     seen = {}
     real = train_module.ControlNetTask.release
@@ -139,7 +139,7 @@ def test_backbone_is_frozen_during_a_step(backbone: Path, data: Path, tmp_path: 
         real(self, step)
 
     monkeypatch.setattr(train_module.ControlNetTask, "release", keep)
-    train_controlnet(data, backbone, load_config(BackboneTrainConfig, None, {**TINY, "train.steps": 1}), tmp_path / "run")
+    train_controlnet(data, backbone, load_config(ControlNetTrainConfig, None, {**TINY, "train.steps": 1}), tmp_path / "run")
     unet_file = load_file(backbone / "unet" / "diffusion_pytorch_model.safetensors")
     assert seen["unet"].keys() == unet_file.keys() and all(torch.equal(seen["unet"][k], unet_file[k]) for k in unet_file)
     text_file = load_file(backbone / "text_encoder" / "model.safetensors")
@@ -150,7 +150,7 @@ def test_backbone_is_frozen_during_a_step(backbone: Path, data: Path, tmp_path: 
 def test_controlnet_logs_its_curve_to_csv(backbone: Path, data: Path, tmp_path: Path) -> None:
     from test_tracking import assert_csv_matches_train_log
 
-    cfg = load_config(BackboneTrainConfig, None, {**TINY, "train.log_with": "csv"})
+    cfg = load_config(ControlNetTrainConfig, None, {**TINY, "train.log_with": "csv"})
     assert_csv_matches_train_log(train_controlnet(data, backbone, cfg, tmp_path / "run"), "loss")
 
 
@@ -169,10 +169,10 @@ def test_controlnet_saves_reloads_and_samples_images_of_the_hint_size(straight: 
 
 def test_resume_after_stopping_at_step_one_equals_the_straight_run(backbone: Path, data: Path, straight: Path,
                                                                    tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import segsynth.backbone.train as train_module
+    import segsynth.controlnet.train as train_module
 
     run = tmp_path / "resumed"
-    cfg = load_config(BackboneTrainConfig, None, {**TINY, "train.checkpoint_every": 1})
+    cfg = load_config(ControlNetTrainConfig, None, {**TINY, "train.checkpoint_every": 1})
     real_loss, calls = train_module.ControlNetTask.loss, {"n": 0}
 
     def stops_in_step_two(self: train_module.ControlNetTask, *args: object) -> torch.Tensor:

@@ -16,7 +16,7 @@ from test_train_diffusion import TINY
 import yaml
 
 from segsynth.benchmark import BenchmarkConfig, markdown_table, run_benchmark, summarise
-from segsynth.benchmark.plan import SEG_PASSES, SEG_STEP_FLOOR, fit_generator, image_side, segmentation_steps
+from segsynth.benchmark.sizing import SEG_PASSES, SEG_STEP_FLOOR, fit_generator, image_side, segmentation_steps
 from segsynth.benchmark.stats import mean_std, paired_difference
 from segsynth.config import ConfigError, load_config, parse_config
 from segsynth.diffusion.config import DiffusionTrainConfig

@@ -12,7 +12,7 @@ from segsynth.benchmark.config import BenchmarkConfig
 from segsynth.config import ConfigError, load_config, save_resolved_config
 from segsynth.diffusion.config import DiffusionTrainConfig
 from segsynth.io.run_log import changed_keys
-from segsynth.latent.config import AutoencoderTrainConfig
+from segsynth.autoencoder.config import AutoencoderTrainConfig
 from segsynth.models import SegSynthModel
 from segsynth.recipes import recipe_names
 from segsynth.seg.config import SegTrainConfig

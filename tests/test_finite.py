@@ -90,7 +90,7 @@ def test_train_diffusion_stops_at_a_nan_loss_keeping_the_last_good_checkpoint(da
 
 
 def test_train_autoencoder_stops_at_a_non_finite_loss(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import segsynth.latent.train as train_module
+    import segsynth.autoencoder.train as train_module
 
     real = train_module.ReconstructionObjective.forward
 

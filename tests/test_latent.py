@@ -13,10 +13,10 @@ from safetensors.torch import load_file
 from segsynth.config import ConfigError
 from segsynth.diffusion.config import DiffusionTrainConfig
 from segsynth.diffusion.train import train_diffusion
-from segsynth.latent import AutoencoderModelConfig, AutoencoderTrainConfig, build_autoencoder, load_autoencoder
-from segsynth.latent.autoencoder import decode_latents, encode_images
+from segsynth.autoencoder import AutoencoderModelConfig, AutoencoderTrainConfig, build_autoencoder, load_autoencoder
+from segsynth.autoencoder.autoencoder import decode_latents, encode_images
 from segsynth.artifacts.names import IMAGE_SPLIT_JSON, RECONSTRUCTION_JSON
-from segsynth.latent.train import ImagePool, reconstruction_quality, train_autoencoder
+from segsynth.autoencoder.train import ImagePool, reconstruction_quality, train_autoencoder
 from segsynth.models.unet import LayoutStyleUNet
 from segsynth.synth.generate import load_run
 
@@ -177,7 +177,7 @@ def test_cached_latents_are_made_once_per_image_and_train(data, autoencoder_run,
     from safetensors import safe_open
 
     from segsynth.data.loader import SegDataset
-    from segsynth.latent.cache import LatentCache
+    from segsynth.autoencoder.cache import LatentCache
 
     cfg = DiffusionTrainConfig.model_validate(
         {**LATENT_DIFFUSION, "data": {"augmentation": "none", "cache_latents": True}})

@@ -19,9 +19,9 @@ PACKAGE_DIR = Path(segsynth.__file__).parent
 
 #: The layers, bottom first. A module belongs to the layer of its longest matching prefix. The
 #: package root is at the bottom: importing any submodule imports it first, and it imports nothing
-#: but :mod:`segsynth.lazy` (its public names are strings, loaded on first use).
+#: but :mod:`segsynth.lazy` and :mod:`segsynth.renamed` (its public names are strings, loaded on first use).
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("kernel", ("segsynth", "segsynth.lazy", "segsynth.recipes", "segsynth.console", "segsynth.progress")),
+    ("kernel", ("segsynth", "segsynth.lazy", "segsynth.renamed", "segsynth.recipes", "segsynth.console", "segsynth.progress")),
     ("files", ("segsynth.io",)),
     ("config", ("segsynth.config",)),
     ("contracts", ("segsynth.artifacts",)),
@@ -38,9 +38,9 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("runtime", ("segsynth.cpus", "segsynth.device", "segsynth.tracking", "segsynth.fits")),
     ("data", ("segsynth.data",)),
     ("models", ("segsynth.models", "segsynth.engine")),
-    ("latent", ("segsynth.latent",)),
+    ("autoencoder", ("segsynth.autoencoder", "segsynth.latent")),
     ("diffusion", ("segsynth.diffusion",)),
-    ("backbone", ("segsynth.backbone",)),
+    ("controlnet", ("segsynth.controlnet", "segsynth.backbone")),
     ("seg", ("segsynth.seg",)),
     ("evaluation", ("segsynth.evaluation",)),
     ("synth", ("segsynth.synth",)),

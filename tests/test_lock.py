@@ -19,12 +19,12 @@ import pytest
 from conftest import write_tiny_dataset, write_untrained_run
 from typer.testing import CliRunner
 
-from segsynth.backbone.train import train_controlnet
+from segsynth.controlnet.train import train_controlnet
 from segsynth.benchmark import BenchmarkConfig, run_benchmark
 from segsynth.cli import app
 from segsynth.diffusion.train import train_diffusion
 from segsynth.io.lock import FOLDER_LOCK, FolderInUseError, FolderLock
-from segsynth.latent.train import train_autoencoder
+from segsynth.autoencoder.train import train_autoencoder
 from segsynth.seg.train import train_seg
 from segsynth.synth.manifest import read_manifest
 

@@ -14,8 +14,8 @@ from test_latent import TINY_AE
 from typer.testing import CliRunner
 
 from segsynth.cli import app
-from segsynth.latent.autoencoder import build_autoencoder, load_autoencoder
-from segsynth.latent.config import AutoencoderModelConfig
+from segsynth.autoencoder.autoencoder import build_autoencoder, load_autoencoder
+from segsynth.autoencoder.config import AutoencoderModelConfig
 
 
 @pytest.fixture(scope="module")

@@ -230,7 +230,7 @@ def test_every_config_accepts_exactly_the_samplers_that_exist() -> None:
     """One sampler name type: each config refuses a name without a factory and accepts each factory's."""
     from typing import get_args
 
-    from segsynth.backbone.config import BackboneTrainConfig
+    from segsynth.controlnet.config import ControlNetTrainConfig
     from segsynth.benchmark import BenchmarkConfig
     from segsynth.config import SamplerName
     from segsynth.diffusion.config import DiffusionTrainConfig
@@ -239,7 +239,7 @@ def test_every_config_accepts_exactly_the_samplers_that_exist() -> None:
 
     assert set(get_args(SamplerName)) == set(SAMPLERS)
     for cls, key, base in ((GenerationConfig, "sampler", {"n": 1}), (BenchmarkConfig, "generation.sampler", {}),
-                           (DiffusionTrainConfig, "sampling.sampler", {}), (BackboneTrainConfig, "sampling.sampler", {})):
+                           (DiffusionTrainConfig, "sampling.sampler", {}), (ControlNetTrainConfig, "sampling.sampler", {})):
         for name in SAMPLERS:
             assert load_config(cls, None, {**base, key: name}) is not None
         with pytest.raises(ConfigError, match="sampler"):

@@ -45,8 +45,8 @@ from segsynth.artifacts.schemas import (
     read_record,
 )
 from segsynth.evaluation import default_seg_config
-from segsynth.latent import AutoencoderTrainConfig
-from segsynth.latent.train import train_autoencoder
+from segsynth.autoencoder import AutoencoderTrainConfig
+from segsynth.autoencoder.train import train_autoencoder
 from segsynth.report import build_report
 from segsynth.seg.train import train_seg
 

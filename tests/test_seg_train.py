@@ -168,10 +168,10 @@ def test_synthetic_from_held_out_layouts_never_trains_and_real_images_are_refuse
         train_seg(toy, tmp_path / "run3", independent, synthetic=[toy], console=QUIET)
     refs = index_dataset(toy)
     split_obj = resolve_split(refs, cfg)
-    from segsynth.seg.mixing import SyntheticSet
+    from segsynth.seg.mixing import SyntheticTrainingSet
 
     n = len(SegDataset(synth))
-    leaky = SyntheticSet(synth, SegDataset(synth), [split_obj.val_ids[0]] * n, True, ["variants"] * n)
+    leaky = SyntheticTrainingSet(synth, SegDataset(synth), [split_obj.val_ids[0]] * n, True, ["variants"] * n)
     with pytest.raises(ValueError, match="use validation/test layouts"):
         check_no_leakage(split_obj, refs, [leaky])
 

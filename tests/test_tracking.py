@@ -11,7 +11,7 @@ import pytest
 import segsynth.tracking as tracking
 from segsynth.config import ConfigError
 from segsynth.diffusion.train import train_diffusion
-from segsynth.latent import AutoencoderTrainConfig, train_autoencoder
+from segsynth.autoencoder import AutoencoderTrainConfig, train_autoencoder
 from segsynth.tracking import CSVTracker, flat_config, make_trackers
 from conftest import write_tiny_dataset
 from test_latent import TINY_AE_TRAIN

@@ -186,7 +186,7 @@ class RejectedRecord(StrictModel):
 class GenerationRecord(Record):
     """``generation.json``: the recipe of a synthetic set (resuming refuses another one)."""
 
-    config: dict[str, Any] = Field(description="GenerationConfig.record() of the call that made the set")
+    config: dict[str, Any] = Field(description="the GenerationRecipe (segsynth.synth.config) of the call that made the set")
     dataset: DatasetSpec = Field(description="the set's dataset.json as first written")
     filtered: FilterOutcome | None = Field(None, description="sets made with a filter: what it kept, once complete")
 

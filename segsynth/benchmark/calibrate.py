@@ -2,7 +2,7 @@
 
 A shared budget is only fair if it is long enough for every row: a baseline still learning when
 it stops makes any extra data look useful, and a setting cut short looks worse than it is. The
-planned budget (:mod:`segsynth.benchmark.plan`) is a floor measured on the built-in datasets;
+planned budget (:mod:`segsynth.benchmark.sizing`) is a floor measured on the built-in datasets;
 calibration measures it on the data at hand. On one fold and one seed, every row (baseline,
 controls, synthetic settings) trains with early stopping (``train.patience`` validations without
 a smoothed validation gain of ``train.min_delta``) up to ``max_factor`` times the planned budget;

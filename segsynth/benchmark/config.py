@@ -110,7 +110,7 @@ class BenchmarkConfig(StrictModel):
 
     Every segmentation run of a benchmark trains the same number of optimiser steps with the same
     batch size, schedule, augmentation and validation: ``segmentation_overrides["train.steps"]``
-    when given, otherwise the budget planned from the data (:mod:`segsynth.benchmark.plan`).
+    when given, otherwise the budget planned from the data (:mod:`segsynth.benchmark.sizing`).
 
     Attributes:
         folds: k of the k-fold split by case.

@@ -12,7 +12,7 @@ from typing import Any
 
 from segsynth.artifacts.names import FOLD_DIR, PSEUDO_DIR, SEED_DIR, SEG_RUNS_DIR
 from segsynth.benchmark.config import FREE_CONTROLS, BenchmarkConfig, split_setting
-from segsynth.benchmark.plan import fit_generator, image_side, segmentation_steps
+from segsynth.benchmark.sizing import fit_generator, image_side, segmentation_steps
 from segsynth.config import load_config
 from segsynth.data.format import load_spec
 from segsynth.data.loader import index_dataset

@@ -24,9 +24,9 @@ def train_autoencoder_command(
     with user_errors(resumable=True):
         from segsynth.artifacts.names import RECONSTRUCTION_JSON
         from segsynth.artifacts.schemas import Reconstruction, read_record
-        from segsynth.latent.config import AutoencoderTrainConfig
+        from segsynth.autoencoder.config import AutoencoderTrainConfig
         from segsynth.io.guard import check_continuable, check_out_apart
-        from segsynth.latent.train import train_autoencoder
+        from segsynth.autoencoder.train import train_autoencoder
 
         check_out_apart(out, data)
         check_continuable(out, "autoencoder_run")

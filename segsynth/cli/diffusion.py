@@ -61,14 +61,14 @@ def train_diffusion_command(
 
 def train_backbone_command(data: list[Path], backbone: Path, config: Path | None, out: Path, resume: bool,
                            overrides: list[str], autoencoder: Path | None, seed: int | None) -> None:
-    """``train-diffusion --backbone``: a ControlNet on a frozen Stable Diffusion folder (segsynth.backbone)."""
+    """``train-diffusion --backbone``: a ControlNet on a frozen Stable Diffusion folder (segsynth.controlnet)."""
     with user_errors(resumable=True):
-        from segsynth.backbone.config import BackboneTrainConfig
-        from segsynth.backbone.train import train_controlnet
+        from segsynth.controlnet.config import ControlNetTrainConfig
+        from segsynth.controlnet.train import train_controlnet
 
         if autoencoder is not None:
             raise ConfigError("--autoencoder and --backbone exclude each other (the backbone brings its own VAE)")
-        cfg = command_config(BackboneTrainConfig, config, overrides, {"train.seed": seed})
+        cfg = command_config(ControlNetTrainConfig, config, overrides, {"train.seed": seed})
         run = train_controlnet(data[0] if len(data) == 1 else data, backbone, cfg, out, resume=resume, console=console)
     lines = (run / TRAIN_LOG).read_text(encoding="utf-8").splitlines()
     last = json.loads(lines[-1]) if lines else {}

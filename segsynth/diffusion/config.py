@@ -14,6 +14,7 @@ from segsynth.config import SamplerName, StrictModel
 from segsynth.data.style_sampling import STYLE_SAMPLERS
 from segsynth.diffusion.objective import ObjectiveConfig
 from segsynth.models.config import ModelConfig
+from segsynth.renamed import renamed_attributes
 from segsynth.tracking import LogWith
 
 
@@ -58,7 +59,7 @@ class OptimisationConfig(StrictModel):
         return self
 
 
-class TrainConfig(OptimisationConfig):
+class DiffusionTrainSection(OptimisationConfig):
     """Optimisation and bookkeeping of the diffusion model (:class:`OptimisationConfig` plus these).
 
     Attributes:
@@ -98,7 +99,7 @@ class DataConfig(StrictModel):
         cache_latents: latent models only: encode each training image once, store the latents in
             ``RUN/latent_cache/`` and train on latent-aligned crops of them instead of encoding
             every crop (one autoencoder pass per image instead of per sample and step). Needs
-            ``augmentation: none`` (see :mod:`segsynth.latent.cache`).
+            ``augmentation: none`` (see :mod:`segsynth.autoencoder.cache`).
         include_unlabeled: also train on the images of ``DATA/unlabeled/`` (the low-label user has
             few masks and many images): they enter every epoch with the layout and the edge map
             dropped to their learned null embeddings, so the denoiser and the style encoder learn
@@ -155,7 +156,7 @@ class DiffusionTrainConfig(StrictModel):
 
     model: ModelConfig = Field(default_factory=ModelConfig)
     objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
-    train: TrainConfig = Field(default_factory=TrainConfig)
+    train: DiffusionTrainSection = Field(default_factory=DiffusionTrainSection)
     data: DataConfig = Field(default_factory=DataConfig)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
 
@@ -179,3 +180,6 @@ class DiffusionTrainConfig(StrictModel):
                     f"{name} embedding that guidance needs is never trained; set the drop > 0 or the scale to 1"
                 )
         return self
+
+
+__getattr__ = renamed_attributes(__name__, {"TrainConfig": "DiffusionTrainSection"})

@@ -47,7 +47,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from segsynth.config import SamplerName
 from segsynth.diffusion.schedulers import SAMPLERS, make_sampler
-from segsynth.latent.autoencoder import decode_latents
+from segsynth.autoencoder.autoencoder import decode_latents
 from segsynth.diffusion.tiling import DEFAULT_TILES_PER_CALL, Window, tiled_prediction
 from segsynth.models.model import SegSynthModel
 from segsynth.models.style import StyleAggregator, StyleEncoder, encode_style

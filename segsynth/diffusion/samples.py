@@ -25,7 +25,7 @@ from segsynth.data.format import DatasetSpec
 from segsynth.data.loader import SampleRef, SegDataset, index_dataset, sample_seed
 from segsynth.data.style_sampling import StyleSampler, make_style_sampler, random_patch
 from segsynth.diffusion.config import DiffusionTrainConfig
-from segsynth.latent.cache import LatentCache
+from segsynth.autoencoder.cache import LatentCache
 
 
 @dataclass(frozen=True)

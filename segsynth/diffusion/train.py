@@ -66,8 +66,8 @@ from segsynth.io.atomic import atomic_directory, remove_stale_temporaries
 from segsynth.io.hashing import data_hash, model_hash
 from segsynth.io.lock import owns_folder
 from segsynth.io.run_log import train_keys
-from segsynth.latent.autoencoder import encode_images, latent_factor, load_autoencoder
-from segsynth.latent.cache import LatentCache
+from segsynth.autoencoder.autoencoder import encode_images, latent_factor, load_autoencoder
+from segsynth.autoencoder.cache import LatentCache
 from segsynth.models import SegSynthModel
 from segsynth.models.text import encode_prompts
 

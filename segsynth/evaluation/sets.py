@@ -21,13 +21,14 @@ from segsynth.data.format import DatasetSpec, load_spec
 from segsynth.data.loader import SegDataset, index_dataset
 from segsynth.artifacts.manifest import read_manifest
 from segsynth.data.styles import open_style_pool
+from segsynth.renamed import renamed_attributes
 
 REAL_SPLITS = ("labeled", "unlabeled", "all")
 
 
 @dataclass
-class SyntheticSet:
-    """A synthetic set in memory.
+class SyntheticArrays:
+    """A synthetic set loaded in memory as arrays, with its manifest records.
 
     Attributes:
         root: its folder.
@@ -52,7 +53,7 @@ class SyntheticSet:
         return int(self.images.shape[-2]), int(self.images.shape[-1])
 
 
-def load_synthetic(root: str | Path, max_samples: int | None = None, seed: int = 0) -> SyntheticSet:
+def load_synthetic(root: str | Path, max_samples: int | None = None, seed: int = 0) -> SyntheticArrays:
     """Load a synthetic set (our dataset format + ``manifest.jsonl``).
 
     Args:
@@ -80,7 +81,7 @@ def load_synthetic(root: str | Path, max_samples: int | None = None, seed: int =
     if len(shapes) != 1:
         raise ValueError(f"{root}: synthetic images differ in shape ({sorted(shapes)[:3]}); expected one size")
     refs = [dataset.refs[int(i)] for i in keep]
-    return SyntheticSet(
+    return SyntheticArrays(
         root=root,
         spec=dataset.spec,
         ids=[r.id for r in refs],
@@ -181,7 +182,7 @@ def real_tiles(
     )
 
 
-def load_style_references(synthetic: SyntheticSet, max_side: int = 512) -> dict[tuple[str, str], np.ndarray]:
+def load_style_references(synthetic: SyntheticArrays, max_side: int = 512) -> dict[tuple[str, str], np.ndarray]:
     """Every pool image named as a style reference in the set's manifest.
 
     Returns:
@@ -209,3 +210,6 @@ def load_style_references(synthetic: SyntheticSet, max_side: int = 512) -> dict[
             top, left = max(0, (height - max_side) // 2), max(0, (width - max_side) // 2)
             images[(source, ref_id)] = np.ascontiguousarray(image[:, top : top + max_side, left : left + max_side])
     return images
+
+
+__getattr__ = renamed_attributes(__name__, {"SyntheticSet": "SyntheticArrays"})

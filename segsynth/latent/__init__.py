@@ -1,15 +1,7 @@
-"""Latent mode: an autoencoder trained on the project's own images, and the codec the denoiser uses."""
+"""Deprecated: latent mode's autoencoder moved to :mod:`segsynth.autoencoder`. ``segsynth.latent``
+and its submodules (``.autoencoder``, ``.cache``, ``.config``, ``.train``) stay importable, as the
+very objects of the new package, for one release and warn on import."""
 
-from segsynth.latent.autoencoder import build_autoencoder, decode_latents, encode_images, load_autoencoder
-from segsynth.latent.config import AutoencoderModelConfig, AutoencoderTrainConfig
-from segsynth.latent.train import train_autoencoder
+from segsynth.renamed import alias_package
 
-__all__ = [
-    "AutoencoderModelConfig",
-    "AutoencoderTrainConfig",
-    "build_autoencoder",
-    "decode_latents",
-    "encode_images",
-    "load_autoencoder",
-    "train_autoencoder",
-]
+alias_package(__name__, "segsynth.autoencoder")

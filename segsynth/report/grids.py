@@ -17,7 +17,7 @@ import torch
 
 from segsynth.artifacts.names import UNLABELED_DIR
 from segsynth.diffusion.sample_grid import MIN_TILE, sample_grid
-from segsynth.evaluation.sets import SyntheticSet
+from segsynth.evaluation.sets import SyntheticArrays
 from segsynth.data.styles import open_style_pool
 
 
@@ -73,7 +73,7 @@ def _enlarge(tensor: torch.Tensor, factor: int) -> torch.Tensor:
     return tensor.repeat_interleave(factor, -1).repeat_interleave(factor, -2) if factor > 1 else tensor
 
 
-def _grid(synthetic: SyntheticSet, rows: list[int], refs: _References) -> np.ndarray:
+def _grid(synthetic: SyntheticArrays, rows: list[int], refs: _References) -> np.ndarray:
     size = synthetic.image_size
     styles = []
     for i in rows:
@@ -105,7 +105,7 @@ def _distinct_layouts(masks: np.ndarray, ranked: list[int], rows: int) -> list[i
     return chosen + [i for i in ranked if i not in chosen][: rows - len(chosen)]
 
 
-def synthetic_grids(synthetic: SyntheticSet, rows_per_grid: int = 4, max_style_groups: int = 6) -> tuple[list[Grid], str | None]:
+def synthetic_grids(synthetic: SyntheticArrays, rows_per_grid: int = 4, max_style_groups: int = 6) -> tuple[list[Grid], str | None]:
     """Grids per foreground class and per style source.
 
     Returns:

@@ -27,7 +27,7 @@ from pydantic import Field
 from segsynth.artifacts.names import DATASET_JSON, PLAN_JSON, UNLABELED_DIR
 from segsynth.benchmark import BenchmarkConfig
 from segsynth.benchmark.foreground import benchmark_folds
-from segsynth.benchmark.plan import SEG_PASSES, SEG_STEP_FLOOR, fit_generator, image_side
+from segsynth.benchmark.sizing import SEG_PASSES, SEG_STEP_FLOOR, fit_generator, image_side
 from segsynth.benchmark.recipes import segmentation_budget
 from segsynth.config import ConfigError, StrictModel, load_config, parse_config
 from segsynth.data.info import dataset_info

@@ -2,6 +2,7 @@
 case-level splits, and per-case metrics. Works on any dataset folder, synthetic or real; it does
 not depend on the diffusion stages."""
 
+from segsynth.renamed import renamed_attributes
 from segsynth.seg.config import MixConfig, NetworkConfig, SegTrainConfig, parse_mix
 from segsynth.seg.evaluate import evaluate_seg
 from segsynth.seg.loss import IGNORE_LABEL, IgnoringDiceCELoss
@@ -10,7 +11,7 @@ from segsynth.seg.mixing import (
     ConcatMixing,
     MergeMixing,
     RatioMixing,
-    SyntheticSet,
+    SyntheticTrainingSet,
     load_synthetic_set,
     make_mixing,
     merge_cell_size,
@@ -44,7 +45,7 @@ __all__ = [
     "RatioMixing",
     "SegTrainConfig",
     "Split",
-    "SyntheticSet",
+    "SyntheticTrainingSet",
     "build_network",
     "check_no_leakage",
     "evaluate_seg",
@@ -69,3 +70,6 @@ __all__ = [
     "save_splits",
     "train_seg",
 ]
+
+
+__getattr__ = renamed_attributes(__name__, {"SyntheticSet": "SyntheticTrainingSet"})

@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from segsynth.config import ConfigError, StrictModel
+from segsynth.renamed import renamed_attributes
 from segsynth.tracking import LogWith
 
 
@@ -67,7 +68,7 @@ class OptimConfig(StrictModel):
     schedule: Literal["constant", "cosine"] = "cosine"
 
 
-class TrainConfig(StrictModel):
+class SegTrainSection(StrictModel):
     """Loop settings. The budget is counted in optimiser steps, never in epochs.
 
     A step is one batch of ``batch_size`` examples, whatever the examples are: mixing synthetic
@@ -154,7 +155,7 @@ class SegTrainConfig(StrictModel):
     network: NetworkConfig = Field(default_factory=NetworkConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
-    train: TrainConfig = Field(default_factory=TrainConfig)
+    train: SegTrainSection = Field(default_factory=SegTrainSection)
     split: SplitConfig = Field(default_factory=SplitConfig)
     mix: MixConfig = Field(default_factory=MixConfig)
 
@@ -181,3 +182,6 @@ def parse_mix(spec: str) -> dict[str, object]:
         except ValueError:
             raise ConfigError(f"--mix {spec!r}: {value!r} is not a number") from None
     return overrides
+
+
+__getattr__ = renamed_attributes(__name__, {"TrainConfig": "SegTrainSection"})

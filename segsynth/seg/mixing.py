@@ -39,6 +39,7 @@ from segsynth.artifacts.schemas import ManifestRecord
 from segsynth.data.format import DatasetFormatError
 from segsynth.data.io import name_key, split_ext
 from segsynth.data.loader import SegDataset, sample_seed
+from segsynth.renamed import renamed_attributes
 from segsynth.seg.config import MixConfig
 from segsynth.artifacts.manifest import read_manifest
 
@@ -49,7 +50,7 @@ PlanItem = tuple[SampleKey, SampleKey | None]
 
 
 @dataclass
-class SyntheticSet:
+class SyntheticTrainingSet:
     """A synthetic dataset folder plus, per sample, the real sample id its layout came from.
 
     Attributes:
@@ -73,7 +74,7 @@ class SyntheticSet:
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def without_layouts(self, forbidden: set[str]) -> SyntheticSet:
+    def without_layouts(self, forbidden: set[str]) -> SyntheticTrainingSet:
         """A copy without the samples whose layout was drawn from a ``forbidden`` real id.
 
         Used to keep synthetic images made from validation or test masks out of training.
@@ -81,7 +82,7 @@ class SyntheticSet:
         keep = [i for i, lid in enumerate(self.layout_ids) if lid not in forbidden]
         dropped = [self.dataset.refs[i].id for i in range(len(self)) if self.layout_ids[i] in forbidden]
         dataset = SegDataset(self.root, refs=[self.dataset.refs[i] for i in keep])
-        return SyntheticSet(
+        return SyntheticTrainingSet(
             self.root, dataset, [self.layout_ids[i] for i in keep], self.has_manifest,
             [self.layout_sources[i] for i in keep], dropped,
         )
@@ -117,7 +118,7 @@ def records_by_image(root: Path) -> dict[str, ManifestRecord] | None:
     return by_stem
 
 
-def load_synthetic_set(root: str | Path, real: SegDataset, *, layouts_independent: bool = False) -> SyntheticSet:
+def load_synthetic_set(root: str | Path, real: SegDataset, *, layouts_independent: bool = False) -> SyntheticTrainingSet:
     """Open a synthetic set and check it is compatible with the real dataset ``real``.
 
     Leakage can only be ruled out for samples whose manifest row names the real layout they were
@@ -166,7 +167,7 @@ def load_synthetic_set(root: str | Path, real: SegDataset, *, layouts_independen
     # in the form of the real sample ids they are compared with (a set written before ids were NFC)
     layout_ids = [None if record is None or record.layout_id is None else name_key(record.layout_id) for record in records]
     sources = [None if record is None else record.layout_source for record in records]
-    return SyntheticSet(root, dataset, layout_ids, manifest is not None, sources)
+    return SyntheticTrainingSet(root, dataset, layout_ids, manifest is not None, sources)
 
 
 class MixingStrategy(Protocol):
@@ -307,7 +308,7 @@ class MergeMixing:
 VARIANTS_HINT = "segsynth generate RUN --layouts variants --per-mask N --out SET"
 
 
-def _check_variant_sets(synthetic: list[SyntheticSet]) -> None:
+def _check_variant_sets(synthetic: list[SyntheticTrainingSet]) -> None:
     """Merge needs sets drawn from the real masks unchanged (``generate --layouts variants``)."""
     for s in synthetic:
         if not s.has_manifest:
@@ -320,7 +321,7 @@ def _check_variant_sets(synthetic: list[SyntheticSet]) -> None:
             )
 
 
-def make_mixing(cfg: MixConfig, real: SegDataset, synthetic: list[SyntheticSet], seed: int) -> MixingStrategy:
+def make_mixing(cfg: MixConfig, real: SegDataset, synthetic: list[SyntheticTrainingSet], seed: int) -> MixingStrategy:
     """Build the strategy named by ``cfg.strategy`` over ``real`` and ``synthetic``.
 
     Raises:
@@ -482,3 +483,6 @@ class PlanDataset(Dataset):
         if self.paired:
             out["has_partner"] = partner is not None
         return out
+
+
+__getattr__ = renamed_attributes(__name__, {"SyntheticSet": "SyntheticTrainingSet"})

@@ -57,7 +57,7 @@ from segsynth.seg.convergence import convergence, smoothed, validations_without_
 from segsynth.seg.mixing import (
     MixingStrategy,
     PlanDataset,
-    SyntheticSet,
+    SyntheticTrainingSet,
     load_synthetic_set,
     make_mixing,
     merge_cell_size,
@@ -120,7 +120,7 @@ def resolve_split(
     return make_split(refs, train, val, test)
 
 
-def check_no_leakage(split: Split, refs: Sequence[SampleRef], synthetic: Sequence[SyntheticSet]) -> None:
+def check_no_leakage(split: Split, refs: Sequence[SampleRef], synthetic: Sequence[SyntheticTrainingSet]) -> None:
     """Refuse a run whose validation could see a test case or a synthetic image.
 
     Raises:
@@ -349,7 +349,7 @@ def engine_settings(cfg: SegTrainConfig) -> EngineSettings:
                           shown=("loss", "val_dice", "best_val_dice"))
 
 
-def _check_sizes(real: SegDataset, synthetic: Sequence[SyntheticSet], patch_size: int | None) -> None:
+def _check_sizes(real: SegDataset, synthetic: Sequence[SyntheticTrainingSet], patch_size: int | None) -> None:
     """Without ``patch_size`` a batch stacks whole images: refuse a synthetic set of another size
     up front instead of failing at the first mixed batch."""
     if patch_size is not None or not synthetic or not len(real):

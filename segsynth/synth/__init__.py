@@ -9,6 +9,7 @@ a package attribute cannot be both that submodule and the function.
 from __future__ import annotations
 
 from segsynth.lazy import lazy_exports
+from segsynth.renamed import renamed_attributes
 
 _EXPORTS = {
     "AugmentedLayouts": "segsynth.synth.layouts",
@@ -17,7 +18,7 @@ _EXPORTS = {
     "FilterConfig": "segsynth.synth.config",
     "FilterSettings": "segsynth.synth.config",
     "GenerationConfig": "segsynth.synth.config",
-    "GenerationRecord": "segsynth.synth.config",
+    "GenerationRecipe": "segsynth.synth.config",
     "GenerationResult": "segsynth.synth.generate",
     "ImageFolderPool": "segsynth.data.styles",
     "LayoutJudge": "segsynth.synth.judge",
@@ -33,4 +34,5 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+_lazy_getattr, __dir__ = lazy_exports(__name__, _EXPORTS)
+__getattr__ = renamed_attributes(__name__, {"GenerationRecord": "GenerationRecipe"}, fallback=_lazy_getattr)

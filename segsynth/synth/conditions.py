@@ -15,11 +15,11 @@ from segsynth.data.edges import edge_map
 from segsynth.data.loader import SegDataset
 from segsynth.diffusion.pipeline import SamplingSettings, SegSynthPipeline
 from segsynth.fits import Estimate
-from segsynth.synth.config import TEXT_GUIDANCE, GenerationConfig, GenerationRecord
+from segsynth.synth.config import TEXT_GUIDANCE, GenerationConfig, GenerationRecipe
 from segsynth.synth.layouts import LayoutSource, VariantLayouts
 
 
-def sampling_settings(record: GenerationRecord) -> SamplingSettings:
+def sampling_settings(record: GenerationRecipe) -> SamplingSettings:
     """The keywords of :meth:`SegSynthPipeline.__call__` a record decides: the one place where the
     record's names meet the pipeline's (scales of conditions a model lacks are 1, i.e. off)."""
     return SamplingSettings(
@@ -98,7 +98,7 @@ def _optional_conditions(pipeline: SegSynthPipeline, cfg: GenerationConfig) -> d
     return found
 
 
-def _condition_inputs(block: range, draws: list[dict[str, Any]], config: GenerationRecord, layouts: LayoutSource,
+def _condition_inputs(block: range, draws: list[dict[str, Any]], config: GenerationRecipe, layouts: LayoutSource,
                       text: torch.Tensor | None, pipeline: SegSynthPipeline) -> dict[str, torch.Tensor]:
     """Edge maps and prompt embeddings of one block, for edge / text models (nothing otherwise)."""
     inputs: dict[str, torch.Tensor] = {}

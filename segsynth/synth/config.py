@@ -1,6 +1,6 @@
 """What a synthetic set is made with: the user's :class:`GenerationConfig`, and the
-:class:`GenerationRecord` that ``generation.json`` saves once the run has filled in what the user
-left to it.
+:class:`GenerationRecipe` that ``generation.json`` saves (its ``config`` record) once the run has
+filled in what the user left to it.
 
 Two types, because they answer two questions. The config is what a user asks for: None leaves a
 setting to the run (its training data, style sampler, number of references) and the batch size is
@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, model_validator
 
 from segsynth.config import SamplerName, StrictModel, parse_config
+from segsynth.renamed import renamed_attributes
 
 Count = Annotated[int, Field(ge=1)]
 Steps = Annotated[int, Field(ge=1, le=1000)]
@@ -144,15 +145,15 @@ class GenerationConfig(StrictModel):
                              "(a mask unchanged next to its own image)")
         return self
 
-    def resolve(self, model_hash: str, num_shards: int, resolved: Mapping[str, Any]) -> GenerationRecord:
-        """The record of a set made with this config: the settings the user decides as they are,
+    def resolve(self, model_hash: str, num_shards: int, resolved: Mapping[str, Any]) -> GenerationRecipe:
+        """The recipe of a set made with this config: the settings the user decides as they are,
         ``resolved`` (what the run filled in, and the model-dependent edge / text keys) for the rest.
 
         Raises:
             ConfigError: a resolved value the record refuses (naming the key).
         """
         own = self.model_dump(include=set(RECORD_VERBATIM))
-        return parse_config(GenerationRecord, {**own, "model_hash": model_hash, "num_shards": num_shards, **resolved},
+        return parse_config(GenerationRecipe, {**own, "model_hash": model_hash, "num_shards": num_shards, **resolved},
                             "generate")
 
 
@@ -161,8 +162,9 @@ RECORD_VERBATIM = ("n", "layouts", "per_mask", "class_prior", "sampler", "steps"
                    "guidance_rescale", "seed", "size", "tile_overlap")
 
 
-class GenerationRecord(StrictModel):
-    """Everything that decides the bytes of a synthetic set (saved as ``generation.json``).
+class GenerationRecipe(StrictModel):
+    """Everything that decides the bytes of a synthetic set (the ``config`` key of ``generation.json``,
+    whose whole file is :class:`segsynth.artifacts.schemas.GenerationRecord`).
 
     Resuming, or adding a shard, with different values is refused: the set would mix two recipes.
     Only the keys that edge / text models or large images use have defaults: they are left out of
@@ -199,3 +201,6 @@ class GenerationRecord(StrictModel):
         optional = {name: field.default for name, field in type(self).model_fields.items() if not field.is_required()}
         data = self.model_dump(mode="json")
         return {k: v for k, v in data.items() if not (k in optional and v == optional[k])}
+
+
+__getattr__ = renamed_attributes(__name__, {"GenerationRecord": "GenerationRecipe"})

@@ -51,7 +51,7 @@ def _generate_with_controlnet(
     guidance (default: the run's). A setting it would ignore (:data:`CONTROLNET_UNUSED`) is refused
     unless left at its default, so no one believes a set was made with it.
     """
-    from segsynth.backbone.sample import load_controlnet_run, sample_images
+    from segsynth.controlnet.sample import load_controlnet_run, sample_images
 
     unused = [name for name in CONTROLNET_UNUSED if getattr(cfg, name) != GenerationConfig.model_fields[name].default]
     if unused:

@@ -18,7 +18,7 @@ from segsynth.artifacts.schemas import Guidance, ManifestRecord
 from segsynth.data.io import write_image
 from segsynth.data.loader import sample_seed
 from segsynth.data.styles import StyleSource
-from segsynth.synth.config import GenerationRecord
+from segsynth.synth.config import GenerationRecipe
 from segsynth.synth.layouts import LayoutSource
 
 
@@ -72,7 +72,7 @@ def _write_sample(
     index: int,
     draw: dict[str, Any],
     image: torch.Tensor,
-    config: GenerationRecord,
+    config: GenerationRecipe,
     prompt: str,
 ) -> ManifestRecord:
     sample_id = f"synth_{index:07d}"

@@ -17,7 +17,7 @@ from segsynth.artifacts.names import IMAGES_DIR
 from segsynth.artifacts.schemas import RejectedRecord
 from segsynth.io.finite import check_images
 from segsynth.progress import StepProgress
-from segsynth.synth.config import GenerationConfig, GenerationRecord
+from segsynth.synth.config import GenerationConfig, GenerationRecipe
 from segsynth.synth.draws import SetDraws, _blocks, _draw, _to_pixels, _write_sample
 from segsynth.synth.shards import ShardJob, shard_range
 
@@ -35,14 +35,14 @@ def _judge(cfg: GenerationConfig, spec: DatasetSpec, device: str | torch.device 
     return LayoutJudge(cfg.filter, spec.channels, spec.class_names, device)
 
 
-def filter_draws(config: GenerationRecord) -> int:
+def filter_draws(config: GenerationRecipe) -> int:
     """Draws a filtered set may make in all: ``ceil(max_attempts_factor * n)`` (split over the shards
     like the samples, :func:`shard_range`)."""
     assert config.filter is not None
     return math.ceil(round(config.filter.max_attempts_factor * config.n, 9))
 
 
-def _write_filtered(out: Path, config: GenerationRecord, judge: LayoutJudge, sources: SetDraws, job: ShardJob,
+def _write_filtered(out: Path, config: GenerationRecipe, judge: LayoutJudge, sources: SetDraws, job: ShardJob,
                     prompt: str) -> int:
     """Fill this shard's samples from its draws in order, keeping a draw only if the judge passes it.
 
@@ -117,7 +117,7 @@ def _write_filtered(out: Path, config: GenerationRecord, judge: LayoutJudge, sou
     return generated
 
 
-def _filtered_parts_complete(out: Path, config: GenerationRecord) -> bool:
+def _filtered_parts_complete(out: Path, config: GenerationRecipe) -> bool:
     """Cheap test whether every shard of a filtered set is done: all its samples kept, or all its
     draws decided (kept or rejected)."""
     total = filter_draws(config)

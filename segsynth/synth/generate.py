@@ -115,14 +115,14 @@ def generate(
 
     What ``cfg`` leaves None the run fills in (layout data, style pool, style sampler and number
     of references from its ``training_data.json``; the prompt from the layout data); the resolved
-    :class:`GenerationRecord` is what ``generation.json`` keeps and what a resume must match.
+    :class:`GenerationRecipe` is what ``generation.json`` keeps and what a resume must match.
 
     Args:
         run: a training run folder (``RUN/pipeline`` + ``RUN/training_data.json``), a saved
             pipeline folder, a :class:`SegSynthPipeline` (no run: ``cfg.layout_data`` is needed,
             and without ``cfg.styles`` the model's learned null style is used), or a
             ``train-diffusion --backbone`` run (a ControlNet on a frozen Stable Diffusion: no style
-            references; the prompt and the edge map steer it, see :mod:`segsynth.backbone`).
+            references; the prompt and the edge map steer it, see :mod:`segsynth.controlnet`).
         out: the synthetic set's folder.
         cfg: the set's settings (see :class:`GenerationConfig`).
         shard: ``(i, n)``: generate only the i-th of n contiguous index ranges.
@@ -146,7 +146,7 @@ def generate(
     check_out_apart(out, generation_inputs(run, cfg))
     check_continuable(out, "synthetic_set")
     if not isinstance(run, SegSynthPipeline):
-        from segsynth.backbone.sample import is_controlnet_run
+        from segsynth.controlnet.sample import is_controlnet_run
 
         if is_controlnet_run(run):
             return _generate_with_controlnet(run, out, cfg, shard=shard, resume=resume, console=console,

@@ -19,7 +19,7 @@ from segsynth.io.finite import check_images
 from segsynth.io.json_file import read_json_object
 from segsynth.io.lock import FolderLock
 from segsynth.progress import StepProgress
-from segsynth.synth.config import GenerationRecord
+from segsynth.synth.config import GenerationRecipe
 from segsynth.synth.draws import SetDraws, _blocks, _draw, _write_sample
 from segsynth.synth.filtered import _filtered_parts_complete, _write_filtered, filter_draws
 from segsynth.synth.shards import SET_LOCK_WAIT_S, ShardJob, shard_lock_name, shard_range
@@ -48,7 +48,7 @@ class GenerationResult:
     complete: bool
 
 
-def synthetic_spec(source: DatasetSpec, config: GenerationRecord) -> DatasetSpec:
+def synthetic_spec(source: DatasetSpec, config: GenerationRecipe) -> DatasetSpec:
     """``dataset.json`` of the synthetic set (without cases): the source's labels, channels,
     modality and prompt, and an honest account of where images and masks come from.
 
@@ -83,7 +83,7 @@ def synthetic_spec(source: DatasetSpec, config: GenerationRecord) -> DatasetSpec
     )
 
 
-def _write_set(out: Path, config: GenerationRecord, source_spec: DatasetSpec, sources: SetDraws, job: ShardJob,
+def _write_set(out: Path, config: GenerationRecipe, source_spec: DatasetSpec, sources: SetDraws, job: ShardJob,
                judge: LayoutJudge | None = None) -> GenerationResult:
     """Claim ``out``, then draw, render and commit the job's shard block by block (resumably), and
     merge the set when every shard is done. Only ``sources.render`` depends on the model. With a
@@ -132,7 +132,7 @@ def _write_set(out: Path, config: GenerationRecord, source_spec: DatasetSpec, so
         return GenerationResult(out, generated, len(done), len(indices), complete)
 
 
-def _claim_output(out: Path, config: GenerationRecord, spec: DatasetSpec, part: Path, resume: bool) -> None:
+def _claim_output(out: Path, config: GenerationRecipe, spec: DatasetSpec, part: Path, resume: bool) -> None:
     """Check ``out`` may be written by this call and record the recipe in ``generation.json``.
 
     A folder that already holds a set made with other settings is refused (resume or not); without
@@ -216,7 +216,7 @@ def _merge_locked(out: Path, record_path: Path) -> Path:
     saved = read_json_object(record_path)
     if not isinstance(saved.get("config"), dict) or not isinstance(saved.get("dataset"), dict):
         raise ValueError(f"{record_path}: needs the objects 'config' and 'dataset'")
-    config = parse_config(GenerationRecord, saved["config"], str(record_path))
+    config = parse_config(GenerationRecipe, saved["config"], str(record_path))
     records: list[ManifestRecord] = []
     rejected: list[RejectedRecord] = []
     incomplete = []
@@ -250,7 +250,7 @@ def _merge_locked(out: Path, record_path: Path) -> Path:
     return out / MANIFEST_JSONL
 
 
-def _record_filter_outcome(out: Path, record_path: Path, saved: dict[str, Any], config: GenerationRecord, kept: int,
+def _record_filter_outcome(out: Path, record_path: Path, saved: dict[str, Any], config: GenerationRecipe, kept: int,
                            rejected: list[RejectedRecord]) -> None:
     """Write what the filter did into ``generation.json`` (key ``filtered``), and merge the shards'
     rejected draws into ``rejected.jsonl``. Rewritten with the same bytes by every merge."""

@@ -2,7 +2,7 @@
 
 Sampling is diffusers' ``StableDiffusionControlNetPipeline`` (no safety checker, ``output_type="pt"``)
 with a sampler derived from the backbone's scheduler config, the hint of
-:mod:`segsynth.backbone.hint` as its control image and the run's prompt; sample ``i`` uses its own
+:mod:`segsynth.controlnet.hint` as its control image and the run's prompt; sample ``i`` uses its own
 noise generator seeded ``seed + i``, so a sample does not depend on its batch. Single-channel
 datasets get the channel mean of the RGB output.
 """
@@ -20,9 +20,9 @@ from diffusers import ControlNetModel
 
 from segsynth.artifacts.names import BACKBONE_JSON, CONFIG_YAML, CONTROLNET_DIR, TRAINING_DATA_JSON
 from segsynth.artifacts.schemas import BackboneRecord, TrainingData, read_record
-from segsynth.backbone.config import BackboneTrainConfig
-from segsynth.backbone.hint import hints_from_layouts
-from segsynth.backbone.load import BackboneError, load_backbone
+from segsynth.controlnet.config import ControlNetTrainConfig
+from segsynth.controlnet.hint import hints_from_layouts
+from segsynth.controlnet.load import BackboneError, load_backbone
 from segsynth.config import load_config
 from segsynth.diffusion.schedulers import make_sampler
 from segsynth.io.hashing import model_hash
@@ -41,7 +41,7 @@ class ControlNetRun:
     """
 
     pipeline: Any  # diffusers StableDiffusionControlNetPipeline (its import pulls in transformers)
-    config: BackboneTrainConfig
+    config: ControlNetTrainConfig
     training_data: dict[str, Any]
 
     @property
@@ -96,7 +96,7 @@ def load_controlnet_run(run: str | Path, backbone: str | Path | None = None, dev
     for name in (CONFIG_YAML, TRAINING_DATA_JSON, BACKBONE_JSON):
         if not (run / name).is_file():
             raise FileNotFoundError(f"{run}: not a train-diffusion --backbone run ({name} missing)")
-    config = load_config(BackboneTrainConfig, run / CONFIG_YAML)
+    config = load_config(ControlNetTrainConfig, run / CONFIG_YAML)
     training_data = read_record(run / TRAINING_DATA_JSON, TrainingData)
     if training_data.num_classes is None or not training_data.prompts:
         raise ValueError(f"{run / TRAINING_DATA_JSON}: a ControlNet run records its num_classes and prompts")

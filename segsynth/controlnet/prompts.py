@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-from segsynth.backbone.load import Backbone
+from segsynth.controlnet.load import Backbone
 
 
 @torch.no_grad()

@@ -1,4 +1,5 @@
-"""Recipes planned from the data, so a benchmark fits the folder it is given (nnU-Net manners).
+"""A benchmark sized to the folder it is given (nnU-Net manners): the generator's image size and
+the segmentation step budget, planned from the data.
 
 * The generator draws images at the data's own size: ``model.image_size`` is the median side of
   the labelled images unless the diffusion config names one; channels and classes always come

@@ -50,8 +50,8 @@ from segsynth.engine import DefaultHooks, Engine, EngineSettings, RunRecord, pre
 from segsynth.io.atomic import atomic_directory, atomic_write_json
 from segsynth.io.hashing import data_hash
 from segsynth.io.lock import owns_folder
-from segsynth.latent.autoencoder import build_autoencoder, encode_images
-from segsynth.latent.config import AutoencoderTrainConfig
+from segsynth.autoencoder.autoencoder import build_autoencoder, encode_images
+from segsynth.autoencoder.config import AutoencoderTrainConfig
 
 #: Settings a resumed run may change: how long and how visibly it runs, not what a step computes.
 RESUMABLE_CHANGES = {"steps", "checkpoint_every", "log_every", "eval_tiles", "log_with"}

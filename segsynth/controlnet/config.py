@@ -12,6 +12,7 @@ from pydantic import Field, model_validator
 
 from segsynth.config import SamplerName, StrictModel
 from segsynth.diffusion.config import OptimisationConfig
+from segsynth.renamed import renamed_attributes
 
 
 class BackboneSection(StrictModel):
@@ -90,7 +91,7 @@ class BackboneTrainSection(OptimisationConfig):
 
 
 class BackboneSamplingConfig(StrictModel):
-    """Defaults of :func:`segsynth.backbone.sample.sample_images` for this run.
+    """Defaults of :func:`segsynth.controlnet.sample.sample_images` for this run.
 
     Attributes:
         sampler: diffusers scheduler, derived from the backbone's scheduler config.
@@ -107,7 +108,7 @@ class BackboneSamplingConfig(StrictModel):
     seed: int = Field(0, ge=0)
 
 
-class BackboneTrainConfig(StrictModel):
+class ControlNetTrainConfig(StrictModel):
     """Everything ``segsynth train-diffusion --backbone`` needs besides data, backbone and run folders."""
 
     backbone: BackboneSection = Field(default_factory=BackboneSection)
@@ -115,3 +116,6 @@ class BackboneTrainConfig(StrictModel):
     data: BackboneDataConfig = Field(default_factory=BackboneDataConfig)
     train: BackboneTrainSection = Field(default_factory=BackboneTrainSection)
     sampling: BackboneSamplingConfig = Field(default_factory=BackboneSamplingConfig)
+
+
+__getattr__ = renamed_attributes(__name__, {"BackboneTrainConfig": "ControlNetTrainConfig"})

@@ -15,7 +15,7 @@ from diffusers import AutoencoderKL
 from segsynth.artifacts.names import AUTOENCODER_DIR
 from segsynth.io.model_config import check_model_folder
 from segsynth.io.untrusted import refuse_unsafe_files
-from segsynth.latent.config import AutoencoderModelConfig
+from segsynth.autoencoder.config import AutoencoderModelConfig
 
 
 def build_autoencoder(cfg: AutoencoderModelConfig, channels: int, tile_size: int) -> AutoencoderKL:

@@ -2,7 +2,7 @@
 
 The ControlNet starts as a copy of the backbone UNet's encoder (``ControlNetModel.from_unet``,
 zero-initialised output convolutions, as in Zhang et al., 2023) and learns to steer the frozen
-UNet with a hint made from the mask and the edge map (:mod:`segsynth.backbone.hint`); the
+UNet with a hint made from the mask and the edge map (:mod:`segsynth.controlnet.hint`); the
 prompt is the dataset's ``dataset.json`` prompt, replaced by the empty prompt with probability
 ``data.prompt_drop``. VAE, UNet and text encoder never change. Training crops come from
 :class:`segsynth.diffusion.samples.TrainingSamples` (paired augmentation, random crop, edge map
@@ -15,7 +15,7 @@ checkpoints, precision and resume.
 
 Run folder::
 
-    RUN/config.yaml            resolved BackboneTrainConfig
+    RUN/config.yaml            resolved ControlNetTrainConfig
     RUN/backbone.json          backbone path, variant and sha256 of its safetensors
     RUN/training_data.json     data roots, train ids, prompts, classes, channels
     RUN/train_log.jsonl        one JSON object per log interval
@@ -39,10 +39,10 @@ from rich.console import Console
 from torch.utils.data import DataLoader, Dataset
 
 from segsynth.artifacts.names import BACKBONE_JSON, CONFIG_YAML, CONTROLNET_DIR, DATASET_JSON, TRAINING_DATA_JSON
-from segsynth.backbone.config import BackboneTrainConfig
-from segsynth.backbone.hint import HINT_CHANNELS, make_hint
-from segsynth.backbone.load import Backbone, load_backbone
-from segsynth.backbone.prompts import encode_backbone_prompts
+from segsynth.controlnet.config import ControlNetTrainConfig
+from segsynth.controlnet.hint import HINT_CHANNELS, make_hint
+from segsynth.controlnet.load import Backbone, load_backbone
+from segsynth.controlnet.prompts import encode_backbone_prompts
 from segsynth.config import ConfigError, load_config
 from segsynth.data.format import DatasetSpec, load_spec
 from segsynth.data.loader import sample_seed
@@ -62,7 +62,7 @@ RESUMABLE_CHANGES = {"steps", "checkpoint_every", "keep_checkpoints", "log_every
 DEFAULT_HINT_WIDTHS = (16, 32, 96, 256)
 
 
-def hint_widths(cfg: BackboneTrainConfig, vae_factor: int) -> tuple[int, ...]:
+def hint_widths(cfg: ControlNetTrainConfig, vae_factor: int) -> tuple[int, ...]:
     """The ControlNet's ``conditioning_embedding_out_channels``: it must halve the hint to the latent grid."""
     levels = int(math.log2(vae_factor)) + 1
     widths = cfg.controlnet.conditioning_embedding_out_channels
@@ -77,7 +77,7 @@ def hint_widths(cfg: BackboneTrainConfig, vae_factor: int) -> tuple[int, ...]:
     return widths
 
 
-def sample_settings(cfg: BackboneTrainConfig) -> SampleSettings:
+def sample_settings(cfg: ControlNetTrainConfig) -> SampleSettings:
     """The crops a ControlNet trains on: RGB (single-channel images repeated), with the edge map, no
     style references."""
     return SampleSettings(image_size=cfg.data.image_size, channels=3, augmentation=cfg.data.augmentation,
@@ -85,7 +85,7 @@ def sample_settings(cfg: BackboneTrainConfig) -> SampleSettings:
                           edge_image_prob=cfg.data.edge_image_prob)
 
 
-def engine_settings(cfg: BackboneTrainConfig) -> EngineSettings:
+def engine_settings(cfg: ControlNetTrainConfig) -> EngineSettings:
     """The engine's loop settings from the ``train`` section."""
     t = cfg.train
     return EngineSettings(label="train-diffusion --backbone", steps=t.steps, log_every=t.log_every,
@@ -133,7 +133,7 @@ class ControlNetTask(DefaultHooks):
     fp32 under autocast), else in fp32.
     """
 
-    def __init__(self, engine: Engine, backbone: Backbone, cfg: BackboneTrainConfig, samples: HintSamples,
+    def __init__(self, engine: Engine, backbone: Backbone, cfg: ControlNetTrainConfig, samples: HintSamples,
                  prompts: Sequence[str]) -> None:
         self.cfg, self.out, self.samples = cfg, engine.out, samples
         self.accelerator = engine.accelerator
@@ -231,7 +231,7 @@ class ControlNetTask(DefaultHooks):
 def train_controlnet(
     data: str | Path | Sequence[str | Path],
     backbone: str | Path,
-    config: BackboneTrainConfig | str | Path | None,
+    config: ControlNetTrainConfig | str | Path | None,
     out: str | Path,
     resume: bool = False,
     train_ids: Sequence[str] | None = None,
@@ -241,8 +241,8 @@ def train_controlnet(
 
     Args:
         data: dataset folder, or several (each sample gets its own dataset's prompt).
-        backbone: local diffusers Stable Diffusion folder (:mod:`segsynth.backbone.load`); never downloaded.
-        config: a :class:`BackboneTrainConfig`, a YAML path, or None for the defaults.
+        backbone: local diffusers Stable Diffusion folder (:mod:`segsynth.controlnet.load`); never downloaded.
+        config: a :class:`ControlNetTrainConfig`, a YAML path, or None for the defaults.
         out: run folder (see the module docstring).
         resume: continue from the newest complete checkpoint in ``out``.
         train_ids: restrict training to these sample ids of ``data`` (one dataset only).
@@ -259,7 +259,7 @@ def train_controlnet(
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ValueError("train-diffusion --backbone runs as a single process; start it without accelerate launch/torchrun")
     out = Path(out)
-    cfg = config if isinstance(config, BackboneTrainConfig) else load_config(BackboneTrainConfig, config)
+    cfg = config if isinstance(config, ControlNetTrainConfig) else load_config(ControlNetTrainConfig, config)
     # The same check prepare_run_folder makes, done first so a used folder fails before the backbone loads.
     check_resume(out / CONFIG_YAML, cfg, resume, train_keys(RESUMABLE_CHANGES))
     specs = [load_spec(root) for root in roots]

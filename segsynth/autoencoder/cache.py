@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save
 
 from segsynth.data.loader import SegDataset
 from segsynth.io.atomic import atomic_write_bytes
-from segsynth.latent.autoencoder import encode_images, latent_factor
+from segsynth.autoencoder.autoencoder import encode_images, latent_factor
 
 
 def pad_to_grid(array: np.ndarray, factor: int, minimum: int) -> np.ndarray:
