@@ -75,7 +75,7 @@ def test_an_old_name_of_a_moved_package_reaches_the_new_object() -> None:
 def test_the_names_that_were_one_are_now_two() -> None:
     from segsynth.artifacts.schemas import GenerationRecord
     from segsynth.evaluation.sets import SyntheticArrays
-    from segsynth.seg.mixing import SyntheticTrainingSet
+    from segsynth.seg.synthetic_sets import SyntheticTrainingSet
     from segsynth.synth.config import GenerationRecipe
 
     assert SyntheticArrays is not SyntheticTrainingSet

@@ -27,7 +27,7 @@ from segsynth.cli import app
 from segsynth.data.format import DatasetFormatError
 from segsynth.data.io import write_image
 from segsynth.data.loader import SegDataset
-from segsynth.seg.mixing import load_synthetic_set
+from segsynth.seg.synthetic_sets import load_synthetic_set
 
 FUZZ = settings(max_examples=12, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])

@@ -22,14 +22,14 @@ from segsynth.seg.config import MixConfig, parse_mix
 from segsynth.seg.mixing import (
     ConcatMixing,
     MergeMixing,
-    PlanDataset,
     RatioMixing,
-    load_synthetic_set,
     make_mixing,
     merge_cell_size,
     merge_grid,
     random_merge,
 )
+from segsynth.seg.plan_dataset import PlanDataset
+from segsynth.seg.synthetic_sets import load_synthetic_set
 
 
 @pytest.fixture(scope="module")

@@ -168,7 +168,7 @@ def test_synthetic_from_held_out_layouts_never_trains_and_real_images_are_refuse
         train_seg(toy, tmp_path / "run3", independent, synthetic=[toy], console=QUIET)
     refs = index_dataset(toy)
     split_obj = resolve_split(refs, cfg)
-    from segsynth.seg.mixing import SyntheticTrainingSet
+    from segsynth.seg.synthetic_sets import SyntheticTrainingSet
 
     n = len(SegDataset(synth))
     leaky = SyntheticTrainingSet(synth, SegDataset(synth), [split_obj.val_ids[0]] * n, True, ["variants"] * n)

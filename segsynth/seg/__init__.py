@@ -11,8 +11,6 @@ from segsynth.seg.mixing import (
     ConcatMixing,
     MergeMixing,
     RatioMixing,
-    SyntheticTrainingSet,
-    load_synthetic_set,
     make_mixing,
     merge_cell_size,
     merge_grid,
@@ -30,6 +28,7 @@ from segsynth.seg.splits import (
     make_split,
     save_splits,
 )
+from segsynth.seg.synthetic_sets import SyntheticTrainingSet, load_synthetic_set
 from segsynth.seg.train import check_no_leakage, resolve_split, train_seg
 
 __all__ = [

@@ -54,20 +54,13 @@ from segsynth.io.lock import owns_folder
 from segsynth.io.run_log import train_keys
 from segsynth.seg.config import SegTrainConfig
 from segsynth.seg.convergence import convergence, smoothed, validations_without_gain
-from segsynth.seg.mixing import (
-    MixingStrategy,
-    PlanDataset,
-    SyntheticTrainingSet,
-    load_synthetic_set,
-    make_mixing,
-    merge_cell_size,
-    merge_grid,
-    random_merge,
-)
+from segsynth.seg.mixing import MixingStrategy, make_mixing, merge_cell_size, merge_grid, random_merge
+from segsynth.seg.plan_dataset import PlanDataset
 from segsynth.seg.loss import IgnoringDiceCELoss
 from segsynth.seg.networks import build_network, predict_logits, save_network, size_divisor
 from segsynth.seg.pseudo import PseudoLabelledSet, load_pseudo_set
 from segsynth.seg.splits import Split, hold_out_cases, ids_of_cases, low_label_cases, make_split
+from segsynth.seg.synthetic_sets import SyntheticTrainingSet, load_synthetic_set
 
 def resolve_split(
     refs: Sequence[SampleRef],
