@@ -19,7 +19,8 @@ from segsynth.io.checkpoint import CheckpointManager
 from segsynth.seg import train as seg_train
 from segsynth.seg.config import SegTrainConfig
 from segsynth.seg.evaluate import evaluate_seg
-from segsynth.seg.train import check_no_leakage, resolve_split, train_seg
+from segsynth.seg.train import train_seg
+from segsynth.seg.training_data import check_no_leakage, resolve_split
 
 QUIET = Console(quiet=True)
 

@@ -29,7 +29,8 @@ from segsynth.seg.splits import (
     save_splits,
 )
 from segsynth.seg.synthetic_sets import SyntheticTrainingSet, load_synthetic_set
-from segsynth.seg.train import check_no_leakage, resolve_split, train_seg
+from segsynth.seg.train import train_seg
+from segsynth.seg.training_data import check_no_leakage, resolve_split
 
 __all__ = [
     "EMPTY_MASK_CONVENTION",
