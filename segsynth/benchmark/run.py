@@ -271,6 +271,10 @@ def run_benchmark(
 ) -> dict[str, Any]:
     """Run (or continue) the whole benchmark and write ``results.json`` and ``results.md``.
 
+    One function on purpose: it is the benchmark's schedule (budget, then folds x seeds x settings
+    in row order, then the summary); the self-training row relies on its seed's baseline having
+    run first, which this one loop makes visible.
+
     Args:
         reuse: an earlier benchmark folder on the same data: its runs that this config would make
             unchanged (real-only rows, and the fold generators when only the sampling differs) are

@@ -109,7 +109,11 @@ def generate(
     ),
     device: str | None = typer.Option(None, help="cpu, cuda or cuda:N (default: this process's GPU if there is one)."),
 ) -> None:
-    """Generate synthetic images for layouts in the style of unlabelled reference images."""
+    """Generate synthetic images for layouts in the style of unlabelled reference images.
+    \f
+    Long because its parameter list is the command line (one typer option each); the body only
+    turns the options into a GenerationConfig and calls :func:`segsynth.synth.generate`.
+    """
     with user_errors(resumable=True):
         named = {
             "n": n, "layouts": layouts, "per_mask": per_mask, "class_prior": _parse_prior(class_prior),

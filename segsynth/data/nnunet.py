@@ -321,6 +321,9 @@ def export_nnunet(
 ) -> dict[str, Any]:
     """Write the labelled part of dataset ``src`` as an nnU-Net v2 raw dataset at ``out``.
 
+    One function on purpose: every case, ``dataset.json`` and the folds are written inside one
+    atomic directory from the case maps its loop fills, so the export appears whole or not at all.
+
     With ``merge_real``, the real dataset's cases are written as they are and the cases of ``src``
     (synthetic) get the ``syn_`` prefix; ``splits_final.json`` then holds folds over the *real*
     cases only. A synthetic case is never in a ``val`` list, and is in a fold's ``train`` list only

@@ -191,6 +191,9 @@ def diffusion_loss(
 ) -> dict[str, torch.Tensor]:
     """One training loss evaluation.
 
+    One function on purpose: the random draws (timesteps, noise, condition drops) must happen in
+    this order for a resumed or multi-process run to repeat them, and splitting it would scatter that order.
+
     Args:
         model: a :class:`~segsynth.models.SegSynthModel` (or a wrapper with the same ``forward``).
         scheduler: the training scheduler from :func:`make_train_scheduler`.

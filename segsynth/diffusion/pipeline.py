@@ -303,6 +303,9 @@ class SegSynthPipeline(DiffusionPipeline):
     ) -> SegSynthPipelineOutput | tuple:
         """Draw one image per layout.
 
+        Long because it is diffusers' ``__call__`` convention, most of it the argument list; the
+        body is one linear sequence (checks, conditions, noise, the solver loop over tiles, decoding).
+
         Args:
             layout: ``(B, H, W)`` integer labels in ``[0, K)``; larger than the model's
                 ``image_size``, it is denoised in overlapping tiles of that size.

@@ -345,6 +345,10 @@ def train_diffusion(
 ) -> Path:
     """Train (or resume) a diffusion model on the labelled images of ``data``.
 
+    One function on purpose: it builds ``training_data.json`` step by step, and every check
+    (config, data files, memory) runs in this order before the run folder is written; split up,
+    that order, which resume depends on, would be scattered.
+
     Args:
         data: dataset folder (``dataset.json``, ``images/``, ``masks/``), or a list of them to train
             one model on several datasets (e.g. several modalities told apart by their prompts

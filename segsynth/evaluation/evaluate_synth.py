@@ -93,6 +93,9 @@ def evaluate_synth(
 ) -> dict[str, Any]:
     """Measure a synthetic set against the real data and write ``OUT/metrics.json``.
 
+    One function on purpose: it reads top to bottom as the sections of ``metrics.json`` in order,
+    each a call to its own module, sharing the loaded sets, the network and the seed.
+
     Args:
         synth: synthetic set folder (dataset format + ``manifest.jsonl``).
         real: the real labelled dataset folder the generator learnt from (same labels and channels).

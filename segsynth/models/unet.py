@@ -119,6 +119,11 @@ class LayoutStyleUNet(ModelMixin, ConfigMixin):
         latent_channels: int = 0,
         latent_factor: int = 1,
     ) -> None:
+        """Check the arguments (see the class) and build the layers they describe.
+
+        One function on purpose: diffusers records exactly this signature as the model config, and
+        the attributes made here are the names saved weights load into, so they stay in one place.
+        """
         super().__init__()
         if latent_channels < 0 or latent_factor < 1 or (latent_channels == 0) != (latent_factor == 1):
             raise ValueError(f"need latent_channels > 0 with latent_factor > 1 (or 0 and 1 in pixel space), "

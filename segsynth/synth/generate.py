@@ -113,6 +113,10 @@ def generate(
 ) -> GenerationResult:
     """Generate ``cfg.n`` synthetic image/mask pairs into ``out`` (our dataset format + manifest).
 
+    One function on purpose: it resolves the recipe and runs every check (settings, model vs data,
+    memory, each layout and style file) in this order before the first output is written; the
+    writing itself is :func:`segsynth.synth.writer._write_set`.
+
     What ``cfg`` leaves None the run fills in (layout data, style pool, style sampler and number
     of references from its ``training_data.json``; the prompt from the layout data); the resolved
     :class:`GenerationRecipe` is what ``generation.json`` keeps and what a resume must match.
