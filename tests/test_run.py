@@ -133,6 +133,13 @@ def test_plan_falls_back_to_augmented_styles_for_single_image_cases(tmp_path: Pa
         "diffusion.data.style_sampler"].value == "multi_patch"
 
 
+def test_plan_has_no_control_that_repeats_the_baseline(tmp_path: Path) -> None:
+    """A run trains on every labelled case, so an all-labelled row would be the baseline's runs again."""
+    plan = plan_run(write_tiny_dataset(tmp_path / "data"), device="cpu")
+    assert "low_label" not in plan.choices
+    assert plan.choices["controls"].value == ["heavy_augmentation", "self_training"]
+
+
 def test_plan_crops_images_larger_than_the_recipe(tmp_path: Path) -> None:
     plan = plan_run(write_tiny_dataset(tmp_path / "data", size=96), device="cpu")
     assert plan.choices["diffusion.model.image_size"].value == 64
