@@ -10,7 +10,10 @@ synthetic setting, ΔDice vs baseline before and after and the case-paired diffe
 
 A generator run on some datasets only is compared on those (the table lists them).
 
-writes ``benchmarks/results/downstream-before-after.json`` and ``.md``.
+writes ``benchmarks/results/downstream-before-after.json`` and ``.md``. With ``--profile screening``
+it compares the screening runs instead (``downstream-<dataset>-screening.json`` against
+``downstream-<dataset>-<name>-screening.json``, from ``downstream.py --profile screening --name <name>``)
+and writes ``downstream-before-after-screening.json`` and ``.md``.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from segsynth.data.builtin import BUILTIN_DATASETS
 from segsynth.io.atomic import atomic_write_json, atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
+#: What a generator is in a benchmark's config: its training overrides, its training data and its sampling.
+GENERATOR_KEYS = ("diffusion_overrides", "generator", "generation")
 
 
 def _fmt(d: dict[str, float]) -> str:
@@ -53,26 +58,29 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--names", nargs="+", required=True, help="the new generators' --name in benchmarks/downstream.py")
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--datasets", nargs="+", choices=list(BUILTIN_DATASETS), default=list(BUILTIN_DATASETS))
+    parser.add_argument("--profile", choices=["screening"], default=None,
+                        help="compare the screening runs of downstream.py --profile screening")
     args = parser.parse_args(argv)
+    suffix = f"-{args.profile}" if args.profile else ""
     command = command_line("generator_comparison", argv, prefix=[".venv/bin/python"], quote=True)
     table: dict[str, dict[str, dict]] = {}
     for name in args.names:
-        ran = [d for d in args.datasets if (args.results / f"downstream-{d}-{name}.json").is_file()]
+        ran = [d for d in args.datasets if (args.results / f"downstream-{d}-{name}{suffix}.json").is_file()]
         if not ran:
-            raise SystemExit(f"no downstream-<dataset>-{name}.json in {args.results}")
+            raise SystemExit(f"no downstream-<dataset>-{name}{suffix}.json in {args.results}")
         if len(ran) < len(args.datasets):
             print(f"{name}: run on {', '.join(ran)} only")
         for dataset in ran:
-            before = json.loads((args.results / f"downstream-{dataset}.json").read_text(encoding="utf-8"))
-            after = json.loads((args.results / f"downstream-{dataset}-{name}.json").read_text(encoding="utf-8"))
+            before = json.loads((args.results / f"downstream-{dataset}{suffix}.json").read_text(encoding="utf-8"))
+            after = json.loads((args.results / f"downstream-{dataset}-{name}{suffix}.json").read_text(encoding="utf-8"))
             table.setdefault(name, {})[dataset] = compare_generators(before, after) | {
-                "before_generator": {k: before["config"][k] for k in ("diffusion_overrides", "generation")},
-                "after_generator": {k: after["config"][k] for k in ("diffusion_overrides", "generation")},
+                "before_generator": {k: before["config"].get(k) for k in GENERATOR_KEYS},
+                "after_generator": {k: after["config"].get(k) for k in GENERATOR_KEYS},
             }
-    atomic_write_json(args.results / "downstream-before-after.json",
-                      {"benchmark": "downstream-before-after", "command": command, "generators": table})
+    label = f"downstream-before-after{suffix}"
+    atomic_write_json(args.results / f"{label}.json", {"benchmark": label, "command": command, "generators": table})
     text = markdown(table, command)
-    atomic_write_text(args.results / "downstream-before-after.md", text)
+    atomic_write_text(args.results / f"{label}.md", text)
     print(text)
 
 
