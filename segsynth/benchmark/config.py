@@ -18,7 +18,7 @@ class GenerationSection(StrictModel):
     settings on a second set of ``per_mask`` same-mask variants of every labelled mask the fold's
     generator saw (DiffBoost), the only kind of set merging accepts.
 
-    ``filter`` (off by default until its effect downstream is measured) drops synthetic samples that
+    ``filter`` (off by default: a screening run found no downstream gain) drops synthetic samples that
     the fold's baseline network (first seed: trained on the fold's labelled training cases, selected
     on its validation cases) does not segment as their layout, see ``segsynth generate``'s filter.
     """
@@ -56,8 +56,8 @@ class GeneratorDataSection(StrictModel):
     """What each fold's generator trains on besides its labelled cases (``generator``).
 
     In the low-label regime a fold's generator sees one or two labelled cases, so its style
-    encoder meets one or two styles. With ``pseudo_labels`` (off by default until its effect
-    downstream is measured) the fold's pseudo pool (the unlabelled images self-training may label:
+    encoder meets one or two styles. With ``pseudo_labels`` (off by default: a screening run found no
+    downstream gain) the fold's pseudo pool (the unlabelled images self-training may label:
     never a validation, test or left-out labelled case) is split by case: ``reference_fraction``
     of its cases become the zero-shot style references the synthetic sets are drawn with, and the
     fold's baseline network (first seed) labels the images of the other cases, which the
