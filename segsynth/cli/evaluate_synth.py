@@ -15,7 +15,7 @@ from rich.markup import escape
 
 from segsynth.cli.app import app
 from segsynth.cli.errors import console, user_errors
-from segsynth.cli.options import ConfigOption, SetOption, command_config
+from segsynth.cli.options import ConfigOption, SetOption, command_config, config_options
 
 
 @app.command("evaluate-synth")
@@ -31,14 +31,14 @@ def evaluate_synth_command(
     seed: int | None = typer.Option(None, "--seed", help="Seed of subsets and of the random style/texture network (sets seed)."),
 ) -> None:
     """Measure a synthetic set: layout fidelity, zero-shot style retrieval, FID/KID, diversity."""
+    options = dict(locals())  # the parameters, each option named as its EvaluationConfig field
     with user_errors():
         from segsynth.artifacts.names import EVALUATION_DIR, METRICS_JSON
         from segsynth.evaluation.config import EvaluationConfig
         from segsynth.evaluation.evaluate_synth import evaluate_synth
         from segsynth.evaluation.table import metrics_table
 
-        cfg = command_config(EvaluationConfig, config, overrides,
-                             {"real_split": real_split, "max_samples": max_samples, "seed": seed})
+        cfg = command_config(EvaluationConfig, config, overrides, config_options(EvaluationConfig, options))
 
         result = evaluate_synth(synth, real, seg_run, config=cfg, out=out, console=console)
         console.print(metrics_table(result))

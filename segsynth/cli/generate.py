@@ -14,7 +14,7 @@ from rich.table import Table
 
 from segsynth.cli.app import app
 from segsynth.cli.errors import console, user_errors
-from segsynth.cli.options import ConfigOption, SetOption, command_config
+from segsynth.cli.options import ConfigOption, SetOption, command_config, config_options
 from segsynth.config import SamplerName
 from segsynth.synth.config import GenerationConfig
 
@@ -114,15 +114,9 @@ def generate(
     Long because its parameter list is the command line (one typer option each); the body only
     turns the options into a GenerationConfig and calls :func:`segsynth.synth.generate`.
     """
+    options = dict(locals())  # the parameters, each option named as its GenerationConfig field
     with user_errors(resumable=True):
-        named = {
-            "n": n, "layouts": layouts, "per_mask": per_mask, "class_prior": _parse_prior(class_prior),
-            "layout_data": layout_data, "styles": styles, "style_sampler": style_sampler, "num_refs": num_refs,
-            "sampler": sampler, "steps": steps, "style_guidance": style_guidance, "layout_guidance": layout_guidance,
-            "guidance_rescale": guidance_rescale, "batch_size": batch_size, "seed": seed, "edges": edges,
-            "edge_guidance": edge_guidance, "prompt": prompt, "text_guidance": text_guidance, "size": size,
-            "tile_overlap": tile_overlap,
-        }
+        named = config_options(GenerationConfig, options) | {"class_prior": _parse_prior(class_prior)}
         cfg = command_config(GenerationConfig, config, overrides, named)
 
         from segsynth.synth.generate import generate as run_generation

@@ -8,6 +8,7 @@ its own named options (``--seed``, ``--mix``, ...) are dotted overrides too, app
 from __future__ import annotations
 
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -37,6 +38,15 @@ def parse_overrides(items: list[str]) -> dict[str, object]:
             raise ConfigError(f"--set {item!r}: expected key=value, e.g. train.steps=100")
         overrides[key.strip()] = parse_yaml_text(value, f"--set {item!r}", ConfigError)
     return overrides
+
+
+def config_options(cls: type[BaseModel], values: Mapping[str, Any]) -> dict[str, Any]:
+    """The options among ``values`` (a command's parameters) that are top-level fields of ``cls``.
+
+    A command names each such option exactly as its config field, so this is the whole mapping:
+    no hand-kept list of keys can drift from the config.
+    """
+    return {name: value for name, value in values.items() if name in cls.model_fields}
 
 
 def command_config(cls: type[T], config: Path | None, sets: list[str], named: dict[str, Any] | None = None) -> T:
