@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     overrides |= {"run_folds": args.run_folds} if args.run_folds else {}
     cfg = load_config(BenchmarkConfig, args.config, overrides)
     tick = time.perf_counter()
-    results = run_benchmark(data, args.work / label, cfg, console=console, reuse=args.reuse)
+    results = run_benchmark(data, cfg, args.work / label, console=console, reuse=args.reuse)
     results["benchmark"] = "downstream"
     results["command"] = command_line("downstream", argv, prefix=["python"])
     results["machine"] = {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),

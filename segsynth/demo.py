@@ -155,7 +155,7 @@ def run_demo(out: str | Path, console: Console | None = None, smoke: bool = Fals
 
     stage(f"3/4 benchmark at equal step budgets: real only, controls and + synthetic, fold 0 test cases, "
           f"{len(cfg.seeds)} seed(s)")
-    results = run_benchmark(data, bench, cfg, console=console)
+    results = run_benchmark(data, cfg, bench, console=console)
     console.print(rich_table(results))
     console.print(f"[bold]{headline(results)}[/]; baseline runs still rising at the end: "
                   f"{results['settings']['baseline']['still_rising']} of {results['settings']['baseline']['runs']}")

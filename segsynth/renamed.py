@@ -11,11 +11,13 @@ Two tools, one per kind of rename:
 
 from __future__ import annotations
 
+import functools
 import importlib
 import pkgutil
 import sys
 import warnings
 from collections.abc import Callable, Mapping
+from os import PathLike
 from typing import Any
 
 
@@ -68,3 +70,43 @@ def alias_package(old: str, new: str) -> None:
         submodule = importlib.import_module(f"{new}.{info.name}")
         sys.modules[f"{old}.{info.name}"] = submodule
         setattr(shim, info.name, submodule)
+
+
+_YAML_SUFFIXES = (".yaml", ".yml")
+
+
+def _old_config_out_order(config: Any, out: Any) -> bool:
+    """Whether ``(config, out)`` were passed in the former order ``(out, config)``.
+
+    Decided by what the values are: a config object (any pydantic model) in the ``out`` slot, a
+    path with no ``out`` at all (the former ``f(data, out)``), or a YAML file in the ``out`` slot
+    next to a path that is not one. Two paths that are not YAML files are read in the new order.
+    """
+    from pydantic import BaseModel
+
+    if isinstance(out, BaseModel):
+        return True
+    if out is None:
+        return config is not None and not isinstance(config, BaseModel)
+    is_yaml = lambda value: isinstance(value, (str, PathLike)) and str(value).lower().endswith(_YAML_SUFFIXES)  # noqa: E731
+    return is_yaml(out) and not is_yaml(config)
+
+
+def former_out_config_order(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Accept a ``fn(data, config, out, ...)`` called the former way, ``fn(data, out, config, ...)``.
+
+    Every stage now takes ``(data, config, out)``; a call in the old order is recognised by
+    :func:`_old_config_out_order`, swapped, and warned about (for one release).
+    """
+
+    @functools.wraps(fn)
+    def accepting(data: Any, config: Any = None, out: Any = None, *args: Any, **kwargs: Any) -> Any:
+        if _old_config_out_order(config, out):
+            warnings.warn(f"{fn.__name__}(data, out, config) is deprecated: pass {fn.__name__}(data, config, out); "
+                          "the old order will be refused in the next release", DeprecationWarning, stacklevel=2)
+            config, out = out, config
+        if out is None:
+            raise TypeError(f"{fn.__name__}() needs the output folder out")
+        return fn(data, config, out, *args, **kwargs)
+
+    return accepting

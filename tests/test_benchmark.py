@@ -104,7 +104,7 @@ def test_tiny_benchmark_trains_every_setting_for_the_same_steps(tmp_path: Path) 
         "generation": {"n": 4, "steps": 2, "batch_size": 4, "per_mask": 2},
     })
     out = tmp_path / "bench"
-    results = run_benchmark(data, out, cfg)
+    results = run_benchmark(data, cfg, out)
     names = ["baseline", "baseline+heavy-aug", "self-training", "all-labelled", "ratio:0.5", "merge:0.6", "concat"]
     assert list(results["settings"]) == names
     # Equal budgets: every run's own log ends at the same step, with the same batch and validation steps.
@@ -140,13 +140,13 @@ def test_tiny_benchmark_trains_every_setting_for_the_same_steps(tmp_path: Path) 
     assert "real test cases" in (out / "results.md").read_text()
     # running again re-uses every finished sub-run and gives the same table
     before = {p: p.stat().st_mtime_ns for p in out.rglob("metrics.json")}
-    again = run_benchmark(data, out, cfg)
+    again = run_benchmark(data, cfg, out)
     assert again["settings"] == results["settings"]
     assert {p: p.stat().st_mtime_ns for p in out.rglob("metrics.json")} == before
     with pytest.raises(ValueError, match="another config"):
-        run_benchmark(data, out, cfg.model_copy(update={"seeds": [5]}))
+        run_benchmark(data, cfg.model_copy(update={"seeds": [5]}), out)
     # run_folds only selects folds: all of them continues the same benchmark, fold 0 is not trained again
-    both = run_benchmark(data, out, cfg.model_copy(update={"run_folds": None}))
+    both = run_benchmark(data, cfg.model_copy(update={"run_folds": None}), out)
     assert both["settings"]["baseline"]["folds"] == 2 and both["settings"]["baseline"]["runs"] == 4
     assert all(p.stat().st_mtime_ns == t for p, t in before.items())
 
@@ -171,7 +171,7 @@ def test_generator_takes_the_data_size_and_a_misfit_is_refused(tmp_path: Path) -
     # the benchmark refuses before any training: nothing but its own folder is written
     cfg = parse_config(BenchmarkConfig, {"diffusion_overrides": {**TINY, "model.image_size": 32}})
     with pytest.raises(ConfigError, match="differs from the data's 16 px"):
-        run_benchmark(data, tmp_path / "bench", cfg)
+        run_benchmark(data, cfg, tmp_path / "bench")
     assert not (tmp_path / "bench").exists()
 
 

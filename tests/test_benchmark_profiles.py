@@ -19,7 +19,7 @@ from segsynth.cli import app
 def plan_only(monkeypatch: pytest.MonkeyPatch) -> None:
     """The CLI's benchmark writes its folder and config (benchmark.yaml), then stops before training."""
 
-    def prepare(data: Path, out: Path, cfg: BenchmarkConfig, console: object = None, reuse: object = None) -> None:
+    def prepare(data: Path, cfg: BenchmarkConfig, out: Path, console: object = None, reuse: object = None) -> None:
         prepare_benchmark(data, out, cfg, check=False)
         raise typer.Exit(0)
 
@@ -100,7 +100,7 @@ def test_calibration_gives_every_row_the_latest_stop(tmp_path: Path) -> None:
         "generation": {"n": 4, "steps": 2, "batch_size": 4, "per_mask": 2},
     })
     out = tmp_path / "bench"
-    results = run_benchmark(data, out, cfg)
+    results = run_benchmark(data, cfg, out)
     calibration = json.loads((out / "calibration.json").read_text())
     assert set(calibration["rows"]) == {"baseline", "baseline+heavy-aug", "ratio:0.5"}
     assert calibration["cap"] == 6 and calibration["planned"] == 2

@@ -39,7 +39,7 @@ def finished(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict
     root = tmp_path_factory.mktemp("reuse")
     data = write_tiny_dataset(root / "data", cases=("p1", "p2", "p3", "p4", "p5", "p6"), per_case=2, size=16, unlabeled=2)
     out = root / "before"
-    return data, out, run_benchmark(data, out, _config())
+    return data, out, run_benchmark(data, _config(), out)
 
 
 def test_a_sampling_change_reuses_the_generator_and_the_real_only_rows(finished: tuple[Path, Path, dict],
@@ -47,7 +47,7 @@ def test_a_sampling_change_reuses_the_generator_and_the_real_only_rows(finished:
     data, before, old = finished
     sampling = _config(generation={"n": 4, "steps": 3, "batch_size": 4, "per_mask": 2})
     after = tmp_path / "after"
-    new = run_benchmark(data, after, sampling, reuse=before)
+    new = run_benchmark(data, sampling, after, reuse=before)
     assert sorted(new["reused"]["runs"]) == sorted(["fold_0/diffusion", *REAL_ONLY])
     assert json.loads((after / REUSED_JSON).read_text())["from"] == str(before.resolve())
     for run in REAL_ONLY:  # copied, not retrained: the very same scores
@@ -67,7 +67,7 @@ def test_a_sampling_change_reuses_the_generator_and_the_real_only_rows(finished:
     assert row["after_minus_before"]["mean"] == pytest.approx(row["after"]["mean"] - row["before"]["mean"])
     # running the same command again continues: nothing is copied or trained twice
     stamps = {p: p.stat().st_mtime_ns for p in after.rglob("metrics.json")}
-    assert run_benchmark(data, after, sampling, reuse=before)["settings"] == new["settings"]
+    assert run_benchmark(data, sampling, after, reuse=before)["settings"] == new["settings"]
     assert {p: p.stat().st_mtime_ns for p in after.rglob("metrics.json")} == stamps
 
 

@@ -45,7 +45,7 @@ def test_synthetic_with_heavy_aug_and_self_training_train_the_baselines_budget(t
         "generation": {"n": 4, "steps": 2, "batch_size": 4, "per_mask": 2},
     })
     out = tmp_path / "bench"
-    results = run_benchmark(data, out, cfg)
+    results = run_benchmark(data, cfg, out)
     names = ["baseline", "baseline+heavy-aug", "self-training", "ratio:0.5", "ratio:0.5+heavy-aug"]
     assert results["order"] == names
     runs = {p.parent.parent.name: p.parent for p in out.glob("fold_0/seg/*/seed_0/train_log.jsonl")}
@@ -160,7 +160,7 @@ def test_a_fold_with_nothing_to_pseudo_label_is_refused_before_any_work(tmp_path
     save_spec(data, spec.model_copy(update={"unlabeled_cases": {"u1_0": "p1", "u1_1": "p1"}}))
     cfg = parse_config(BenchmarkConfig, {"folds": 2, "low_label": 2, "val_fraction": 0.5})
     with pytest.raises(ValueError, match="self_training control has nothing to pseudo-label"):
-        run_benchmark(data, tmp_path / "bench", cfg)
+        run_benchmark(data, cfg, tmp_path / "bench")
     assert not (tmp_path / "bench").exists()
     # without the control the same data is fine up to training (the styles still come from unlabeled/)
     from segsynth.benchmark.run import check_inputs

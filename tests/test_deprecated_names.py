@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import importlib
 import sys
+import warnings
+from pathlib import Path
 
 import pytest
 
@@ -89,3 +91,31 @@ def test_the_public_api_names_the_new_spelling() -> None:
     assert "BackboneTrainConfig" not in segsynth._EXPORTS
     for name, module in segsynth._EXPORTS.items():
         assert not module.startswith(("segsynth.backbone", "segsynth.latent")), (name, module)
+
+
+def test_the_former_out_config_order_still_works_with_a_warning(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``train_seg`` and ``run_benchmark`` take ``(data, config, out)``; a call in the former order
+    ``(data, out, config)`` is recognised by what the values are, swapped, and warned about."""
+    from segsynth.benchmark import BenchmarkConfig
+    from segsynth.renamed import _old_config_out_order
+    from segsynth.seg.config import SegTrainConfig
+
+    cfg, out = SegTrainConfig(), tmp_path / "run"
+    assert not _old_config_out_order(cfg, out) and not _old_config_out_order(None, out)
+    assert not _old_config_out_order(tmp_path / "seg.yaml", out)
+    assert _old_config_out_order(out, cfg) and _old_config_out_order(out, None)
+    assert _old_config_out_order(out, tmp_path / "seg.yml")
+
+    import segsynth.benchmark.run as bench_run
+    seen: list[tuple[object, object]] = []
+    monkeypatch.setattr(bench_run, "prepare_benchmark", lambda data, out, config, **_: seen.append((config, out)) or 1 / 0)
+    bench = BenchmarkConfig()
+    with pytest.warns(DeprecationWarning, match=r"run_benchmark\(data, config, out\)"), pytest.raises(ZeroDivisionError):
+        bench_run.run_benchmark(tmp_path / "data", tmp_path / "bench", bench)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        with pytest.raises(ZeroDivisionError):
+            bench_run.run_benchmark(tmp_path / "data", bench, tmp_path / "bench2")
+    assert seen == [(bench, tmp_path / "bench"), (bench, tmp_path / "bench2")]
+    with pytest.raises(TypeError, match="needs the output folder"):
+        bench_run.run_benchmark(tmp_path / "data", bench)

@@ -150,8 +150,8 @@ def test_a_refused_writer_leaves_no_folder_behind(tmp_path: Path) -> None:
     lambda out: train_diffusion("/no/data", None, out),
     lambda out: train_autoencoder("/no/data", None, out),
     lambda out: train_controlnet("/no/data", "/no/backbone", None, out),
-    lambda out: train_seg("/no/data", out),
-    lambda out: run_benchmark("/no/data", out, BenchmarkConfig()),
+    lambda out: train_seg("/no/data", None, out),
+    lambda out: run_benchmark("/no/data", BenchmarkConfig(), out),
 ], ids=["train-diffusion", "train-autoencoder", "controlnet", "train-seg", "benchmark"])
 def test_every_trainer_refuses_a_run_folder_another_process_owns(tmp_path: Path, command) -> None:
     out = tmp_path / "run"

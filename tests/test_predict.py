@@ -44,7 +44,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory, one_torch_thread: None) ->
     data = write_tiny_dataset(root / "data", cases=("p1", "p2", "p3", "p4"))
     runs: dict[str | None, Path] = {"data": data}
     for patch in (None, 8):
-        runs[patch] = train_seg(data, root / f"run_{patch}", _config(patch), console=QUIET)
+        runs[patch] = train_seg(data, _config(patch), root / f"run_{patch}", console=QUIET)
     return runs
 
 

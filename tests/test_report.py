@@ -54,7 +54,7 @@ def bench(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for setting, mix in (("baseline", {}), ("ratio_0.5", {"mix": {"strategy": "ratio", "synthetic_fraction": 0.5}})):
         cfg = seg_cfg.model_copy(update={"mix": seg_cfg.mix.model_copy(update=mix.get("mix", {}))})
         seg = fold / "seg" / setting / "seed_0"
-        train_seg(data, seg, cfg, synthetic=[fold / "synth"] if mix else ())
+        train_seg(data, cfg, seg, synthetic=[fold / "synth"] if mix else ())
         metrics = evaluate_seg(seg, data)
         atomic_write_json(seg / "metrics.json", metrics)
         runs.append({"fold": 0, "seed": 0, "setting": setting.replace("_", ":"), "run": str(seg), "metrics": metrics})

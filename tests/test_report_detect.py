@@ -143,7 +143,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     tmp = tmp_path_factory.mktemp("detect")
     data = write_tiny_dataset(tmp / "data", cases=("p1", "p2", "p3", "p4"), size=16)
     ae = train_autoencoder(data, AutoencoderTrainConfig.model_validate(TINY_AE_TRAIN), tmp / "ae")
-    seg = train_seg(data, tmp / "seg", default_seg_config(16, steps=2))
+    seg = train_seg(data, default_seg_config(16, steps=2), tmp / "seg")
     return data, Path(ae), Path(seg)
 
 

@@ -106,7 +106,7 @@ def toy(tmp_path_factory) -> Path:
 
 def test_tiny_run_learns_and_writes_its_folder(toy: Path, tmp_path: Path) -> None:
     torch.set_num_threads(1)
-    run = train_seg(toy, tmp_path / "run", tiny_config(steps=20, val_every=2), console=QUIET)
+    run = train_seg(toy, tiny_config(steps=20, val_every=2), tmp_path / "run", console=QUIET)
     for name in ("config.yaml", "split.json", "train_log.jsonl", "training.json", "best/model.json", "best/model.safetensors"):
         assert (run / name).is_file(), name
     assert CheckpointManager(run).complete_steps()
@@ -154,7 +154,7 @@ def test_synthetic_from_held_out_layouts_never_trains_and_real_images_are_refuse
     synth = make_synthetic_set(tmp_path / "synth", toy, variants=1)
     cfg = tiny_config(steps=2, val_every=2)
     cfg.mix.strategy = "concat"
-    run = train_seg(toy, tmp_path / "run", cfg, synthetic=[synth], console=QUIET)
+    run = train_seg(toy, cfg, tmp_path / "run", synthetic=[synth], console=QUIET)
     split = json.loads((run / "split.json").read_text())
     excluded = split["synthetic"][0]["excluded_held_out_layouts"]
     held = set(split["val_ids"]) | set(split["test_ids"])
@@ -163,10 +163,10 @@ def test_synthetic_from_held_out_layouts_never_trains_and_real_images_are_refuse
     # The real dataset passed as a "synthetic" set would put validation images into training: it has
     # no manifest, so it is refused for that first, and declared independent, for its images.
     with pytest.raises(ValueError, match="manifest.jsonl: missing"):
-        train_seg(toy, tmp_path / "run2", cfg, synthetic=[toy], console=QUIET)
+        train_seg(toy, cfg, tmp_path / "run2", synthetic=[toy], console=QUIET)
     independent = cfg.model_copy(update={"mix": cfg.mix.model_copy(update={"layouts_independent": True})})
     with pytest.raises(ValueError, match="synthetic set contains real validation/test image"):
-        train_seg(toy, tmp_path / "run3", independent, synthetic=[toy], console=QUIET)
+        train_seg(toy, independent, tmp_path / "run3", synthetic=[toy], console=QUIET)
     refs = index_dataset(toy)
     split_obj = resolve_split(refs, cfg)
     from segsynth.seg.synthetic_sets import SyntheticTrainingSet
@@ -184,7 +184,7 @@ def test_a_synthetic_set_made_only_from_held_out_layouts_is_refused_by_name(toy:
     synth = make_synthetic_set(tmp_path / "synth", toy, variants=1, layout_ids=held)
     with pytest.raises(DatasetFormatError, match=rf"synth: all {len(held)} synthetic samples were drawn from layouts "
                                                  "of validation or test cases"):
-        train_seg(toy, tmp_path / "run", tiny_config(steps=2, val_every=2), synthetic=[synth], console=QUIET)
+        train_seg(toy, tiny_config(steps=2, val_every=2), tmp_path / "run", synthetic=[synth], console=QUIET)
     assert not (tmp_path / "run").exists()
 
 
@@ -200,7 +200,7 @@ def test_resumed_run_equals_uninterrupted(toy: Path, tmp_path: Path, monkeypatch
     cfg.optim.schedule = "cosine"
     cfg.mix.strategy = "merge"
     cfg.mix.cell = 96  # 8 px cells at 32 px
-    full = train_seg(toy, tmp_path / "full", cfg, synthetic=[synth], console=QUIET)
+    full = train_seg(toy, cfg, tmp_path / "full", synthetic=[synth], console=QUIET)
 
     real_step = seg_train.SegTask.train_step
     calls = {"n": 0}
@@ -213,12 +213,12 @@ def test_resumed_run_equals_uninterrupted(toy: Path, tmp_path: Path, monkeypatch
 
     monkeypatch.setattr(seg_train.SegTask, "train_step", crash_in_third_stretch)
     with pytest.raises(KeyboardInterrupt):
-        train_seg(toy, tmp_path / "resumed", cfg, synthetic=[synth], console=QUIET)
+        train_seg(toy, cfg, tmp_path / "resumed", synthetic=[synth], console=QUIET)
     monkeypatch.setattr(seg_train.SegTask, "train_step", real_step)
     assert CheckpointManager(tmp_path / "resumed").complete_steps() == [4]
     with pytest.raises(FileExistsError, match="--resume"):
-        train_seg(toy, tmp_path / "resumed", cfg, synthetic=[synth], console=QUIET)
-    resumed = train_seg(toy, tmp_path / "resumed", cfg, synthetic=[synth], resume=True, console=QUIET)
+        train_seg(toy, cfg, tmp_path / "resumed", synthetic=[synth], console=QUIET)
+    resumed = train_seg(toy, cfg, tmp_path / "resumed", synthetic=[synth], resume=True, console=QUIET)
 
     def untimed_log(run: Path) -> list[dict]:  # every field but the speed is a pure function of the seed
         return [{k: v for k, v in json.loads(line).items() if k != "it_per_s"}
@@ -237,7 +237,7 @@ def test_resumed_run_equals_uninterrupted(toy: Path, tmp_path: Path, monkeypatch
     from segsynth.config import ConfigError
 
     with pytest.raises(ConfigError, match="cannot resume with a different optim.lr"):
-        train_seg(toy, tmp_path / "resumed", changed, synthetic=[synth], resume=True, console=QUIET)
+        train_seg(toy, changed, tmp_path / "resumed", synthetic=[synth], resume=True, console=QUIET)
 
 
 def test_cli_train_seg_and_evaluate_seg(toy: Path, tmp_path: Path) -> None:
@@ -301,5 +301,5 @@ def test_a_non_finite_loss_stops_training_before_anything_is_saved(toy: Path, tm
     cfg = tiny_config(steps=6, val_every=3)
     cfg.optim.lr = 1e30  # finite, but the weights overflow within a few steps
     with pytest.raises(NonFiniteError, match=r"train-seg: step [1-6]: loss term 'loss' is (nan|inf)"):
-        train_seg(toy, tmp_path / "run", cfg, console=QUIET)
+        train_seg(toy, cfg, tmp_path / "run", console=QUIET)
     assert not CheckpointManager(tmp_path / "run").complete_steps()

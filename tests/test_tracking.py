@@ -67,5 +67,5 @@ def test_train_seg_logs_its_curve_to_csv(tmp_path: Path) -> None:
     from segsynth.seg.train import train_seg
 
     data = make_toy_dataset(tmp_path / "data", cases=4, per_case=2, size=16)
-    run = train_seg(data, tmp_path / "run", seg_config(steps=4, val_every=2, log_with="csv"), console=QUIET)
+    run = train_seg(data, seg_config(steps=4, val_every=2, log_with="csv"), tmp_path / "run", console=QUIET)
     assert {"val_dice", "val_dice_smoothed"} <= assert_csv_matches_train_log(run, "loss")

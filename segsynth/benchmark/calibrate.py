@@ -96,7 +96,7 @@ def calibrated_budget(
         synthetic = [] if strategy == "none" or pseudo else [variants if strategy == "merge" else synth]
         train_ids = all_labelled_ids(ids, split) if setting == CONTROL_NAMES["all_labelled"] else split.train_ids
         if not (run / TRAINING_JSON).is_file():
-            train_seg(data, run, recipe, synthetic=synthetic, train_ids=train_ids, val_ids=split.val_ids,
+            train_seg(data, recipe, run, synthetic=synthetic, train_ids=train_ids, val_ids=split.val_ids,
                       resume=(run / CONFIG_YAML).is_file(), console=console, pseudo_labelled=pseudo)
         summary = read_record(run / TRAINING_JSON, TrainingSummary)
         rows[setting] = {"stopped_at": summary.steps, "stopped_early": summary.stopped_early,

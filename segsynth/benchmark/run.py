@@ -70,6 +70,7 @@ from segsynth.diffusion.samples import PseudoPairs
 from segsynth.diffusion.train import train_diffusion
 from segsynth.io.atomic import atomic_write_json, atomic_write_text
 from segsynth.io.lock import owns_folder
+from segsynth.renamed import former_out_config_order
 from segsynth.io.yaml_file import read_yaml
 from segsynth.seg.config import SegTrainConfig, parse_mix
 from segsynth.seg.evaluate import evaluate_seg
@@ -149,8 +150,8 @@ def _segmentation(
     resume = (run / CONFIG_YAML).is_file()
     train_seg(
         data,
-        run,
         seg_cfg,
+        run,
         synthetic=[synth] if synth is not None else (),
         train_ids=train_ids,
         val_ids=split.val_ids,
@@ -264,9 +265,10 @@ def fold_generator(
     return run, synth, variants
 
 
+@former_out_config_order
 @owns_folder("out")
 def run_benchmark(
-    data: str | Path, out: str | Path, config: BenchmarkConfig, console: Console | None = None,
+    data: str | Path, config: BenchmarkConfig, out: str | Path, console: Console | None = None,
     reuse: str | Path | None = None,
 ) -> dict[str, Any]:
     """Run (or continue) the whole benchmark and write ``results.json`` and ``results.md``.
@@ -276,6 +278,10 @@ def run_benchmark(
     run first, which this one loop makes visible.
 
     Args:
+        data: the real dataset folder.
+        config: the benchmark's config.
+        out: the benchmark folder. ``(data, config, out)`` is every stage's order; the former
+            ``(data, out, config)`` still works for one release, with a DeprecationWarning.
         reuse: an earlier benchmark folder on the same data: its runs that this config would make
             unchanged (real-only rows, and the fold generators when only the sampling differs) are
             copied in first (:mod:`segsynth.benchmark.reuse`) and listed in the results.

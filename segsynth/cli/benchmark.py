@@ -81,6 +81,6 @@ def benchmark(
         configs = [c for c in (cfg.diffusion_config, cfg.segmentation_config) if c and Path(c).exists()]
         check_out_apart(out, [data, reuse, *configs])
         check_continuable(out, "benchmark")
-        results = run_benchmark(data, out, cfg, console=console, reuse=reuse)
+        results = run_benchmark(data, cfg, out, console=console, reuse=reuse)
         console.print(rich_table(results))
         console.print(f"results: {out / RESULTS_JSON} and {out / RESULTS_MD}")

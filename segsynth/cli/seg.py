@@ -42,7 +42,7 @@ def train_seg_command(
         cfg = command_config(SegTrainConfig, base, overrides, named)
         if synthetic and cfg.mix.strategy == "none":
             cfg.mix.strategy = "ratio"
-        run = train_seg(data, out, cfg, synthetic=synthetic, resume=resume, console=console)
+        run = train_seg(data, cfg, out, synthetic=synthetic, resume=resume, console=console)
         console.print(f"[green]done[/]: {run}  (best network: {run / BEST_DIR})")
 
 

@@ -72,7 +72,7 @@ def _seg_run(real: Path, out: Path, seg_run: str | Path | None, seg_config: Any,
     config = seg_config if seg_config is not None else default_seg_config(image_size)
     console.print(f"no --seg-run given: training a segmentation network on the real data into {run}")
     resume = (run / CONFIG_YAML).is_file()
-    train_seg(real, run, config, resume=resume, console=console)
+    train_seg(real, config, run, resume=resume, console=console)
     return run, True
 
 

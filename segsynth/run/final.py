@@ -270,7 +270,7 @@ def train_final(data: Path, out: Path, plan: RunPlan, cfg: BenchmarkConfig, cons
             _nnunet_export(synthetic[0], data, final / FINAL_NNUNET_DIR)
         seg = final / FINAL_SEG_DIR
         if not (seg / TRAINING_JSON).is_file():
-            train_seg(data, seg, seg_cfg, synthetic=synthetic, train_ids=ids, resume=(seg / CONFIG_YAML).is_file(),
+            train_seg(data, seg_cfg, seg, synthetic=synthetic, train_ids=ids, resume=(seg / CONFIG_YAML).is_file(),
                       console=console)
         _copy_network(seg / BEST_DIR, final / NETWORK_DIR)
         card = model_card(data, out, plan, choice, results, seg_cfg)

@@ -99,7 +99,7 @@ def run_all(data: str | Path, out: str | Path, plan_only: bool = False, device: 
     bench = out / BENCHMARK_DIR
     paths["benchmark"] = bench / RESULTS_JSON
     if not _finished(paths["benchmark"], cfg):
-        run_benchmark(data, bench, cfg, console=console)
+        run_benchmark(data, cfg, bench, console=console)
 
     fold = (cfg.run_folds or [0])[0]
     evaluation = out / EVALUATION_DIR

@@ -50,6 +50,7 @@ from segsynth.engine import DefaultHooks, Engine, EngineSettings, RunRecord, pre
 from segsynth.io.atomic import atomic_write_json
 from segsynth.io.lock import owns_folder
 from segsynth.io.run_log import train_keys
+from segsynth.renamed import former_out_config_order
 from segsynth.seg.config import SegTrainConfig
 from segsynth.seg.convergence import convergence, smoothed, validations_without_gain
 from segsynth.seg.mixing import MixingStrategy, make_mixing, merge_cell_size, merge_grid, random_merge
@@ -301,11 +302,12 @@ def memory_estimate(cfg: SegTrainConfig, channels: int, num_classes: int, shape:
     )
 
 
+@former_out_config_order
 @owns_folder("out")
 def train_seg(
     data: str | Path,
-    out: str | Path,
     config: SegTrainConfig | str | Path | None = None,
+    out: str | Path | None = None,
     synthetic: Sequence[str | Path] = (),
     train_ids: Sequence[str] | None = None,
     val_ids: Sequence[str] | None = None,
@@ -317,8 +319,10 @@ def train_seg(
 
     Args:
         data: real labelled dataset folder.
-        out: run folder (must not hold a run unless ``resume``).
         config: a :class:`SegTrainConfig`, a YAML path, or None for defaults (on resume: the run's).
+        out: run folder (must not hold a run unless ``resume``). The order ``(data, config, out)``
+            is every stage's; the former ``(data, out, config)`` still works for one release, with
+            a DeprecationWarning.
         synthetic: synthetic set folders (dataset format + ``manifest.jsonl``), mixed per ``config.mix``.
         train_ids: real training sample ids (default: a split of ``data`` by case).
         val_ids: validation ids (default: drawn by case from the training cases).
