@@ -88,8 +88,12 @@ def _old_config_out_order(config: Any, out: Any) -> bool:
         return True
     if out is None:
         return config is not None and not isinstance(config, BaseModel)
-    is_yaml = lambda value: isinstance(value, (str, PathLike)) and str(value).lower().endswith(_YAML_SUFFIXES)  # noqa: E731
-    return is_yaml(out) and not is_yaml(config)
+    return _is_yaml_path(out) and not _is_yaml_path(config)
+
+
+def _is_yaml_path(value: Any) -> bool:
+    """Whether ``value`` is a path (``str`` or path-like) naming a YAML file."""
+    return isinstance(value, (str, PathLike)) and str(value).lower().endswith(_YAML_SUFFIXES)
 
 
 def former_out_config_order(fn: Callable[..., Any]) -> Callable[..., Any]:
