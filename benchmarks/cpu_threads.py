@@ -55,11 +55,13 @@ def child(seconds: float, barrier: Path, out: Path, data: Path, library_threads:
     ``library_threads``: choose the thread count as the ``segsynth`` command does, before torch loads.
     """
     if library_threads:
-        from segsynth.cpus import default_thread_count
+        from segsynth.cpu_share import share_cpus
 
-        default_thread_count()
+        share_cpus()
     import torch
     from common import diffusion_task
+
+    from segsynth.cpu_share import rebalance_threads
 
     task, batch = diffusion_task(data, out, {"train.batch_size": 4})
     task.train_step(batch, 0)
@@ -69,6 +71,7 @@ def child(seconds: float, barrier: Path, out: Path, data: Path, library_threads:
         time.sleep(0.05)
     steps, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
+        rebalance_threads()  # as the training engine does before every step
         task.train_step(batch, steps + 2)
         steps += 1
     print(json.dumps({"steps_per_s": steps / (time.perf_counter() - start), "threads": torch.get_num_threads()}))

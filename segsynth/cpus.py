@@ -2,14 +2,14 @@
 
 Torch-free on purpose: the console entry point decides before torch is imported, by setting
 ``OMP_NUM_THREADS`` (torch, oneDNN and OpenMP read it when they start, and child processes
-inherit it). A library caller is never overridden: it keeps the ``torch.set_num_threads`` it chose.
+inherit it); :mod:`segsynth.cpu_share` then divides these CPUs among the commands running on them.
+A library caller is never overridden: it keeps the ``torch.set_num_threads`` it chose.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import MutableMapping
 from pathlib import Path
 
 
@@ -47,6 +47,11 @@ def usable_cpus() -> int:
     return max(1, cpus)
 
 
+def launch_processes() -> int:
+    """Processes of this launch on this machine: ``LOCAL_WORLD_SIZE`` (``torchrun``, ``accelerate launch``), else 1."""
+    return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+
+
 def cpu_threads(processes: int | None = None) -> int:
     """Threads for one process: the usable CPUs shared among the ``processes`` on this machine.
 
@@ -55,18 +60,5 @@ def cpu_threads(processes: int | None = None) -> int:
             ``torchrun`` / ``accelerate launch``; 1 otherwise).
     """
     if processes is None:
-        processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+        processes = launch_processes()
     return max(1, usable_cpus() // max(1, processes))
-
-
-def default_thread_count(environ: MutableMapping[str, str] = os.environ) -> int:
-    """Set ``OMP_NUM_THREADS`` to :func:`cpu_threads` where it is unset; an explicit value wins.
-
-    Called once by the console entry point, before torch is imported.
-
-    Returns:
-        The thread count now in ``environ``.
-    """
-    if not environ.get("OMP_NUM_THREADS", "").strip():
-        environ["OMP_NUM_THREADS"] = str(cpu_threads())
-    return int(environ["OMP_NUM_THREADS"])

@@ -82,15 +82,6 @@ def test_cgroup_quota_files(tmp_path: Path) -> None:
     assert cpus.cgroup_cpu_limit(tmp_path) == 2.0
 
 
-def test_explicit_omp_num_threads_wins(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cpus, "usable_cpus", lambda: 2)
-    assert cpus.default_thread_count({"OMP_NUM_THREADS": "1"}) == 1
-    environ: dict[str, str] = {}
-    assert cpus.default_thread_count(environ) == 2 and environ == {"OMP_NUM_THREADS": "2"}
-    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
-    assert cpus.default_thread_count({"OMP_NUM_THREADS": " "}) == 1
-
-
 def test_training_keeps_the_callers_thread_count(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A library caller's ``torch.set_num_threads`` survives building a trainer's accelerator."""
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
@@ -108,7 +99,8 @@ def test_console_entry_chooses_threads_before_torch_starts(tmp_path: Path) -> No
     """``segsynth`` sets ``OMP_NUM_THREADS`` from the usable CPUs when the environment leaves it unset.
 
     As one of a launch of two processes it takes half of them, which torch alone would not do."""
-    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"} | {"LOCAL_WORLD_SIZE": "2"}
+    env = ({k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+           | {"LOCAL_WORLD_SIZE": "2", "TMPDIR": str(tmp_path)})  # its own registry of running commands
     code = ("import os, sys; sys.argv = ['segsynth', '--version']\n"
             "from segsynth.cli import main\n"
             "try:\n    main()\nexcept SystemExit:\n    pass\n"

@@ -109,3 +109,24 @@ def test_duplicate_stems_are_refused_by_the_loader(tmp_path):
     write_image(first.with_suffix(".tif"), read_image(first))
     with pytest.raises(DataReadError, match="shares the stem"):
         index_dataset(root)
+
+
+@pytest.mark.parametrize("strength", ["light", "heavy"])
+def test_untracked_augmentation_draws_and_values_equal_monais_tracked_compose(strength: str) -> None:
+    """The augmentation skips MONAI's metadata tracking for speed; what it draws and returns is unchanged."""
+    from monai.data import MetaTensor, get_track_meta
+    from monai.transforms import Compose
+
+    plain = paired_augmentation(strength)
+    tracked = Compose(plain.transforms)
+    g = torch.Generator().manual_seed(0)
+    sample = {"image": torch.rand(1, 24, 24, generator=g), "mask": torch.randint(0, 3, (1, 24, 24), generator=g)}
+    for seed in range(6):
+        plain.set_random_state(seed=seed)
+        a = plain({k: v.clone() for k, v in sample.items()})
+        tracked.set_random_state(seed=seed)
+        b = tracked({k: v.clone() for k, v in sample.items()})
+        for key in sample:
+            assert type(a[key]) is torch.Tensor and isinstance(b[key], MetaTensor)
+            assert torch.equal(a[key], b[key].as_tensor())
+    assert get_track_meta()  # the process-wide switch is back as it was

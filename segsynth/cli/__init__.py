@@ -31,9 +31,9 @@ from segsynth.cli import recipes as _recipes  # noqa: E402,F401
 def main() -> None:
     """Console-script entry point, inside the error boundary (no traceback reaches a user)."""
     from segsynth.cli.errors import command_stage, error_boundary
-    from segsynth.cpus import default_thread_count
+    from segsynth.cpu_share import share_cpus
 
-    default_thread_count()
+    share_cpus()
     with error_boundary(command_stage(sys.argv[1:], {group.name for group in app.registered_groups if group.name})):
         app()
 

@@ -106,8 +106,8 @@ def maybe_compile(model: nn.Module, enabled: bool, device: torch.device | str | 
     the EMA and the released pipeline. In place, the module and its ``state_dict`` stay as they
     are; only its calls go through the compiled graph (recompiled when shapes or train/eval
     mode change, e.g. once for training and once for guided sampling with its doubled batch).
-    The denoiser's inputs are turned into plain tensors on the way in (the data loader yields
-    MONAI ``MetaTensor`` s, which compilation cannot trace); values and gradients are unchanged.
+    The denoiser's inputs are turned into plain tensors on the way in (a caller's own MONAI
+    loader yields ``MetaTensor`` s, which compilation cannot trace); values and gradients are unchanged.
 
     Args:
         model: a :class:`SegSynthModel`, a :class:`LayoutStyleUNet` or any module; see
@@ -146,6 +146,6 @@ def _plain(value: Any) -> Any:
 
 def _plain_tensor_inputs(_module: nn.Module, args: tuple[Any, ...],
                          kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    """Hand the compiled UNet plain tensors: the training batches are MONAI ``MetaTensor`` s, a
+    """Hand the compiled UNet plain tensors: a batch from a MONAI loader holds ``MetaTensor`` s, a
     tensor subclass whose ``__torch_function__`` the compiler's autograd tracing cannot handle."""
     return tuple(_plain(v) for v in args), {k: _plain(v) for k, v in kwargs.items()}

@@ -45,6 +45,7 @@ from diffusers.utils import BaseOutput
 from diffusers.utils import logging as diffusers_logging
 from diffusers.utils.torch_utils import randn_tensor
 
+from segsynth.cpu_share import rebalance_threads
 from segsynth.config import SamplerName
 from segsynth.diffusion.schedulers import SAMPLERS, make_sampler
 from segsynth.autoencoder.autoencoder import decode_latents
@@ -359,6 +360,8 @@ class SegSynthPipeline(DiffusionPipeline):
         multiple = 2 ** (len(self.unet.config.block_out_channels) - 1)
 
         for t in self.progress_bar(solver.timesteps):
+            rebalance_threads()  # this command's share of the CPUs, re-counted in the background
+
             def predict(x_tiles: torch.Tensor, windows: list[Window]) -> torch.Tensor:
                 tiles = self._tile_inputs(windows, layout, style, guide)
                 return self.guided_prediction(x_tiles, t, tiles.pop("layout"), tiles.pop("style"), *scales, **tiles)

@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.transforms import Compose, RandSpatialCropd, SpatialPadd
+from monai.transforms import RandSpatialCropd, SpatialPadd
 from torch.utils.data import Dataset
 
-from segsynth.data.augment import paired_augmentation
+from segsynth.data.augment import PlainCompose, paired_augmentation
 from segsynth.data.edges import edge_map
 from segsynth.data.format import DatasetSpec
 from segsynth.data.loader import SampleRef, SegDataset, index_dataset, sample_seed
@@ -178,7 +178,7 @@ class TrainingSamples(Dataset):
                  text: torch.Tensor | None = None, extra: Sequence[tuple[Path, Sequence[SampleRef]]] = ()) -> None:
         size = settings.image_size
         keys = ["image", "mask"]
-        augment = Compose([
+        augment = PlainCompose([
             paired_augmentation(settings.augmentation),
             SpatialPadd(keys, spatial_size=(size, size), mode="symmetric", allow_missing_keys=True),
             RandSpatialCropd(keys, roi_size=(size, size), random_size=False, allow_missing_keys=True),

@@ -21,6 +21,7 @@ from pydantic import BaseModel
 from rich.console import Console
 
 from segsynth.artifacts.names import TRAIN_LOG
+from segsynth.cpu_share import rebalance_threads
 from segsynth.device import make_accelerator
 from segsynth.engine.task import EngineSettings, TrainTask
 from segsynth.io.atomic import remove_stale_temporaries
@@ -97,6 +98,7 @@ class Engine:
         with StepProgress(s.label, s.steps, console if self.is_main else None, self.step) as progress:
             if self.step < s.steps and not task.should_stop():
                 for batch in task.batches(self.step):
+                    rebalance_threads()  # this command's share of the CPUs, re-counted in the background
                     terms = task.train_step(batch, self.step)
                     reduced = {k: float(acc.reduce(v.detach().float().reshape(1), "mean")) for k, v in terms.items()}
                     check_losses(reduced, self.step + 1, s.label)  # reduced: every process stops here

@@ -6,11 +6,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from monai.data import MetaTensor
-from monai.transforms import Compose, RandSpatialCropd, SpatialPadd
+from monai.transforms import RandSpatialCropd, SpatialPadd
 from torch.utils.data import Dataset
 
-from segsynth.data.augment import paired_augmentation
+from segsynth.data.augment import PlainCompose, paired_augmentation
 from segsynth.data.loader import SegDataset, sample_seed
 from segsynth.seg.mixing import VARIANTS_HINT, PlanItem, SampleKey
 
@@ -60,7 +59,7 @@ class PlanDataset(Dataset):
                 RandSpatialCropd(image_keys + label_keys, roi, random_size=False),
             ]
         steps.append(paired_augmentation(augment, image_keys, label_keys))
-        self.transform = Compose(steps)
+        self.transform = PlainCompose(steps)
 
     def __len__(self) -> int:
         return len(self.plan)
@@ -93,7 +92,7 @@ class PlanDataset(Dataset):
         sample = self.transform(sample)
         out: dict[str, Any] = {"source": primary[0]}
         for key, value in sample.items():
-            tensor = value.as_tensor() if isinstance(value, MetaTensor) else torch.as_tensor(value)
+            tensor = torch.as_tensor(value)
             if key.endswith("image"):
                 out[key] = tensor.float().clamp(0.0, 1.0)
             else:
