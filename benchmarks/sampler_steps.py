@@ -57,18 +57,21 @@ SETTINGS: list[tuple[str, int, float]] = [
 
 
 def measure(pipe: SegSynthPipeline, data: Path, work: Path, n: int, setting: tuple[str, int, float],
-            seg_run: Path | None) -> dict[str, Any]:
-    """Generate one set with ``setting`` (afresh, so its UNet rows are counted) and score it."""
+            seg_run: Path | None, mixed_precision: str = "no") -> dict[str, Any]:
+    """Generate one set with ``setting`` (afresh, so its UNet rows are counted) and score it.
+
+    ``mixed_precision``: generate's setting (``no``, fp32, is what this benchmark's table was drawn in).
+    """
     sampler, steps, guidance = setting
-    name = f"{sampler}_{steps}_{guidance}"
+    name = f"{sampler}_{steps}_{guidance}" + ("" if mixed_precision == "no" else f"_{mixed_precision}")
     out = work / f"synth_{name}"
     shutil.rmtree(out, ignore_errors=True)
     cfg = GenerationConfig(n=n, layout_data=data, styles=data / UNLABELED_DIR, sampler=sampler, steps=steps,
-                           style_guidance=guidance, seed=0)
+                           style_guidance=guidance, seed=0, mixed_precision=mixed_precision)
     with count_calls(pipe.unet) as counts:
-        tick = time.perf_counter()
+        tick, cpu_tick = time.perf_counter(), time.process_time()
         generate(pipe, out, cfg)
-        seconds = time.perf_counter() - tick
+        seconds, cpu_seconds = time.perf_counter() - tick, time.process_time() - cpu_tick
     rows = counts["rows"]
     metrics = evaluate_synth(out, data, seg_run, out=work / f"eval_{name}", console=Console(stderr=True))
     fidelity = metrics["layout_fidelity"]
@@ -76,7 +79,8 @@ def measure(pipe: SegSynthPipeline, data: Path, work: Path, n: int, setting: tup
     style = metrics["style_retrieval"]
     return {
         "sampler": sampler, "steps": steps, "style_guidance": guidance,
-        "unet_rows_per_image": rows / n, "seconds_per_image": seconds / n,
+        "mixed_precision": mixed_precision,
+        "unet_rows_per_image": rows / n, "seconds_per_image": seconds / n, "cpu_seconds_per_image": cpu_seconds / n,
         "fidelity_dice": fidelity["synthetic"]["summary"]["dice"]["mean_fg"]["mean"],
         "ceiling_dice": fidelity["real_held_out"]["summary"]["dice"]["mean_fg"]["mean"],
         "fid": seg["synthetic_vs_real"]["fid"], "kid": seg["synthetic_vs_real"]["kid_mean"],

@@ -10,6 +10,8 @@ Python caller keeps whatever ``torch.set_num_threads`` it chose.
 
 from __future__ import annotations
 
+import contextlib
+
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -63,6 +65,24 @@ def resolve_mixed_precision(choice: str, cpu_bf16: bool = True) -> str:
     if choice == "fp16" and not torch.cuda.is_available():
         raise ConfigError("train.mixed_precision fp16 needs a CUDA device")
     return choice
+
+
+def sampling_precision(choice: str, device: torch.device) -> str:
+    """``fp32`` or ``bf16``: the precision a ``mixed_precision`` choice samples in on ``device``.
+
+    ``auto`` is bf16 on CUDA and on a CPU with native bf16 (where it pays), fp32 elsewhere.
+    """
+    if choice == "auto":
+        native = device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())
+        return "bf16" if native else "fp32"
+    return "bf16" if choice == "bf16" else "fp32"
+
+
+def sampling_autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast on ``device`` for ``precision`` ``bf16``; a context that changes nothing for ``fp32``."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def _allow_precision(precision: str) -> None:

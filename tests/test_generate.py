@@ -16,6 +16,7 @@ from segsynth.cli import app
 from segsynth.data.format import load_spec
 from segsynth.data.io import write_image
 from segsynth.data.loader import SegDataset, sample_seed
+from segsynth.device import sampling_precision
 from segsynth.diffusion.objective import ObjectiveConfig, make_train_scheduler
 from segsynth.diffusion.pipeline import SegSynthPipeline
 from segsynth.models.config import ModelConfig
@@ -281,6 +282,8 @@ def test_a_config_object_a_config_file_and_cli_flags_write_the_same_set(pipe, to
         "styles": str((toy / "unlabeled").resolve()), "style_sampler": "multi_patch", "num_refs": 2, "sampler": "ddim",
         "steps": 2, "style_guidance": 2.0, "layout_guidance": 1.0, "guidance_rescale": 0.5, "seed": 3, "num_shards": 1,
         "model_hash": model_hash(run / "pipeline"),
+        # the default precision (auto) is recorded only where it is bf16 (a CPU with native bf16)
+        **({"precision": "bf16"} if sampling_precision("auto", torch.device("cpu")) == "bf16" else {}),
     }
     unknown = CliRunner().invoke(app, ["generate", str(run), "--out", str(tmp_path / "x"), "-n", "1", "--set", "stpes=2"])
     assert unknown.exit_code == 2 and "stpes: unknown key" in unknown.output and not (tmp_path / "x").exists()
@@ -301,3 +304,38 @@ def test_cli_generate_and_refusal(pipe, toy, tmp_path):
     assert refused.exit_code == 2 and "--resume" in refused.output
     bad = CliRunner().invoke(app, [*args[:-2], "--class-prior", "nucleus:1", "--resume"])
     assert bad.exit_code == 2 and "class-prior" in bad.output
+
+
+def test_sampling_precision_follows_the_device(monkeypatch):
+    from segsynth import device
+
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: False)
+    assert device.sampling_precision("auto", torch.device("cpu")) == "fp32"
+    assert device.sampling_precision("auto", torch.device("cuda")) == "bf16"
+    assert device.sampling_precision("bf16", torch.device("cpu")) == "bf16"
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: True)
+    assert device.sampling_precision("auto", torch.device("cpu")) == "bf16"
+    assert device.sampling_precision("no", torch.device("cuda")) == "fp32"
+
+
+def test_bf16_sampling_runs_the_denoiser_in_bf16_is_recorded_and_never_mixed_into_an_fp32_set(pipe, toy, tmp_path):
+    cfg = GenerationConfig(n=3, styles=toy / "unlabeled", layout_data=toy, mixed_precision="bf16", **FAST)
+    seen: list[torch.dtype] = []
+    hook = pipe.unet.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    try:
+        generate(pipe, tmp_path / "bf16", cfg)
+    finally:
+        hook.remove()
+    assert seen and set(seen) == {torch.bfloat16}
+    assert json.loads((tmp_path / "bf16" / "generation.json").read_text())["config"]["precision"] == "bf16"
+    fp32 = cfg.model_copy(update={"mixed_precision": "no"})
+    generate(pipe, tmp_path / "fp32", fp32)
+    # an fp32 set leaves the key out, so sets made before the option keep their bytes
+    assert "precision" not in json.loads((tmp_path / "fp32" / "generation.json").read_text())["config"]
+    a, b = SegDataset(tmp_path / "bf16"), SegDataset(tmp_path / "fp32")
+    for i in range(3):
+        assert torch.equal(a[i]["mask"], b[i]["mask"])  # same draws...
+        difference = (a[i]["image"] - b[i]["image"]).abs()
+        assert 0 < difference.max() and difference.mean() < 0.05  # ...rendered in another precision
+    with pytest.raises(ValueError, match="other settings.*precision"):
+        generate(pipe, tmp_path / "bf16", fp32, resume=True)

@@ -33,6 +33,7 @@ class GenerationSection(StrictModel):
     guidance_rescale: float = Field(default=GenerationConfig.model_fields["guidance_rescale"].default, ge=0.0, le=1.0)
     batch_size: int = Field(default=16, ge=1)
     filter: FilterSettings | None = None
+    mixed_precision: Literal["auto", "no", "bf16"] = GenerationConfig.model_fields["mixed_precision"].default
 
 
 class SelfTrainingSection(StrictModel):

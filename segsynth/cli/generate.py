@@ -108,6 +108,10 @@ def generate(
         None, help="Pixels shared by neighbouring tiles with --size (default: tile/4)."
     ),
     device: str | None = typer.Option(None, help="cpu, cuda or cuda:N (default: this process's GPU if there is one)."),
+    mixed_precision: str | None = typer.Option(
+        None, help="auto (bf16 autocast on CUDA and on a CPU with native bf16) | no | bf16" + _default("mixed_precision")
+        + "."
+    ),
 ) -> None:
     """Generate synthetic images for layouts in the style of unlabelled reference images.
     \f

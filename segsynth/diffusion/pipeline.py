@@ -260,7 +260,7 @@ class SegSynthPipeline(DiffusionPipeline):
             drop_style=drops("style"),
             drop_layout=drops("layout"),
             **extra,
-        ).chunk(n)
+        ).float().chunk(n)  # under bf16 autocast the guidance arithmetic still runs in fp32
         if n == 1:
             return preds[0]
         pred = {k: preds[branches.index(flags[k])] for k in levels}

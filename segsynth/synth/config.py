@@ -113,6 +113,11 @@ class GenerationConfig(StrictModel):
         batch_size: samples per pipeline call (changes no sample, so it is not recorded).
         filter: drop samples whose image a frozen real-data segmenter does not read as their layout
             (:class:`FilterConfig`); rejected draws are listed in ``rejected.jsonl``. None: keep all.
+        mixed_precision: ``auto`` runs the denoiser under bf16 autocast on CUDA and on a CPU with
+            native bf16 (full precision elsewhere), ``bf16`` asks for it, ``no`` keeps fp32. The
+            sampler's state, the guidance arithmetic and the decoded images stay fp32. The set's
+            ``generation.json`` records the precision it was drawn in (``precision``), since it
+            changes the bytes; see ``benchmarks/sampling_precision.py`` for speed and fidelity.
     """
 
     n: Count
@@ -137,6 +142,7 @@ class GenerationConfig(StrictModel):
     tile_overlap: Pixels | None = None
     batch_size: Count = 8
     filter: FilterConfig | None = None
+    mixed_precision: Literal["auto", "no", "bf16"] = "auto"
 
     @model_validator(mode="after")
     def _image_edges_need_variants(self) -> GenerationConfig:
@@ -194,6 +200,7 @@ class GenerationRecipe(StrictModel):
     size: Side | None = None
     tile_overlap: Pixels | None = None
     filter: FilterRecord | None = None
+    precision: Literal["fp32", "bf16"] = "fp32"
 
     def saved(self) -> dict[str, Any]:
         """The record as ``generation.json`` holds it: the optional keys only where they differ

@@ -30,7 +30,7 @@ from segsynth.synth.writer import GenerationResult, _write_set
 #: references (so no style sampler, N or style / layout guidance), weighs its hint by the run's
 #: conditioning scale rather than an edge guidance, and samples whole images, never tiles.
 CONTROLNET_UNUSED = ("styles", "style_sampler", "num_refs", "style_guidance", "layout_guidance", "guidance_rescale",
-                     "edge_guidance", "tile_overlap")
+                     "edge_guidance", "tile_overlap", "mixed_precision")
 
 
 def _generate_with_controlnet(

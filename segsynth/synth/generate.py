@@ -40,6 +40,7 @@ from rich.console import Console
 from segsynth.artifacts.names import TRAINING_DATA_JSON, UNLABELED_DIR
 from segsynth.artifacts.schemas import ManifestRecord
 from segsynth.data.styles import StyleSource, open_style_pool
+from segsynth.device import sampling_autocast, sampling_precision
 from segsynth.diffusion.pipeline import SegSynthPipeline
 from segsynth.fits import check_memory
 from segsynth.io.guard import check_continuable, check_out_apart
@@ -182,6 +183,7 @@ def generate(
             training_data.get("num_refs") or pipeline.style_aggregator.config.num_refs
         ),
         **_optional_conditions(pipeline, cfg),
+        "precision": sampling_precision(cfg.mixed_precision, pipeline.device),
     })
     if record.styles is not None:  # before any output: a linear aggregator takes only its own N
         pipeline.style_aggregator.check_num_refs(record.num_refs)
@@ -213,13 +215,14 @@ def generate(
     settings = sampling_settings(record)
 
     def render(block: range, draws: list[dict[str, Any]]) -> torch.Tensor:
-        return pipeline(
-            torch.from_numpy(np.stack([d["layout"] for d in draws])).to(pipeline.device),
-            None if style_source is None else torch.from_numpy(np.stack([d["style"] for d in draws])).to(pipeline.device),
-            generator=[torch.Generator().manual_seed(d["seed"]) for d in draws],
-            **settings,
-            **_condition_inputs(block, draws, record, layout_source, text, pipeline),
-        ).images
+        with sampling_autocast(pipeline.device, record.precision):
+            return pipeline(
+                torch.from_numpy(np.stack([d["layout"] for d in draws])).to(pipeline.device),
+                None if style_source is None else torch.from_numpy(np.stack([d["style"] for d in draws])).to(pipeline.device),
+                generator=[torch.Generator().manual_seed(d["seed"]) for d in draws],
+                **settings,
+                **_condition_inputs(block, draws, record, layout_source, text, pipeline),
+            ).images
 
     return _write_set(out, record, source_spec, SetDraws(layout_source, style_source, render, cfg.batch_size),
                       ShardJob(shard, resume, console, on_sample), judge)

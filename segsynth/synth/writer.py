@@ -145,10 +145,10 @@ def _claim_output(out: Path, config: GenerationRecipe, spec: DatasetSpec, part: 
         if not record_path.is_file():
             raise FileExistsError(f"{out}: exists, is not empty and holds no {GENERATION_JSON}; choose another folder")
         previous = read_json_object(record_path)
-        if previous.get("config") != record["config"]:
-            changed = sorted(
-                key for key in record["config"] if previous.get("config", {}).get(key) != record["config"][key]
-            )
+        before = previous.get("config", {})
+        if before != record["config"]:
+            changed = sorted(key for key in {*before, *record["config"]}
+                             if before.get(key) != record["config"].get(key))  # a key one record leaves out too
             raise ValueError(f"{record_path}: this set was made with other settings (differs in {changed})")
         if not resume and (config.num_shards == 1 or part.exists()):
             raise FileExistsError(f"{out}: already holds generated samples; pass --resume to continue them")
