@@ -91,6 +91,45 @@ def measure(pipe: SegSynthPipeline, data: Path, work: Path, n: int, setting: tup
     }
 
 
+def sampling_parser(description: str, train_steps: int, tolerance: float, name: str) -> argparse.ArgumentParser:
+    """The options of a benchmark that samples sets from one trained model and scores them
+    (``--tolerance``: the fidelity, in Dice, a setting may lose against the reference)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--data", type=Path, required=True, help="dataset folder with unlabeled/ (segsynth data builtin)")
+    parser.add_argument("--work", type=Path, required=True, help="folder for the model, the sets and their scores")
+    parser.add_argument("--config", type=Path, default=ROOT / "segsynth" / "recipes" / "tiny.yaml")
+    parser.add_argument("--train-steps", type=int, default=train_steps)
+    parser.add_argument("-n", type=int, default=48, help="samples per setting")
+    parser.add_argument("--tolerance", type=float, default=tolerance, help="fidelity (Dice) a setting may lose")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / f"{name}.json")
+    return parser
+
+
+def trained_pipeline(data: Path, work: Path, config: Path, train_steps: int) -> tuple[SegSynthPipeline, float | None]:
+    """The one model every setting samples from, trained into ``work/run`` unless it is there, and
+    the seconds its training took (None when reused)."""
+    work.mkdir(parents=True, exist_ok=True)
+    run = work / "run"
+    cfg = load_config(DiffusionTrainConfig, config, {"train.steps": train_steps})
+    train_s = train_unless_done(data, cfg, run, console=Console(stderr=True))
+    pipe = SegSynthPipeline.from_pretrained(str(run / PIPELINE_DIR))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe, train_s
+
+
+def measure_all(pipe: SegSynthPipeline, data: Path, work: Path, n: int,
+                settings: list[tuple[tuple[str, int, float], str]]) -> list[dict[str, Any]]:
+    """:func:`measure` of each ``(setting, mixed_precision)``, all scored by the first one's real-data network."""
+    rows: list[dict[str, Any]] = []
+    seg_run: Path | None = None
+    for setting, precision in settings:
+        rows.append(measure(pipe, data, work, n, setting, seg_run, precision))
+        seg_run = Path(rows[0]["seg_run"])
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def recommend(rows: list[dict[str, Any]], tolerance: float) -> dict[str, Any]:
     """The setting with the fewest UNet rows whose fidelity is within ``tolerance`` of the reference's."""
     reference = rows[0]
@@ -104,31 +143,13 @@ def recommend(rows: list[dict[str, Any]], tolerance: float) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, required=True, help="dataset folder with unlabeled/ (segsynth data builtin)")
-    parser.add_argument("--work", type=Path, required=True, help="folder for the model, the sets and their scores")
-    parser.add_argument("--config", type=Path, default=ROOT / "segsynth" / "recipes" / "tiny.yaml")
-    parser.add_argument("--train-steps", type=int, default=600)
-    parser.add_argument("-n", type=int, default=48, help="samples per setting")
-    parser.add_argument("--tolerance", type=float, default=0.02, help="fidelity (Dice) a cheaper setting may lose")
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "sampler_steps.json")
+    parser = sampling_parser(__doc__.splitlines()[0], train_steps=600, tolerance=0.02, name="sampler_steps")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     work, data = args.work.resolve(), args.data.resolve()
-    work.mkdir(parents=True, exist_ok=True)
-    run = work / "run"
-    cfg = load_config(DiffusionTrainConfig, args.config, {"train.steps": args.train_steps})
-    train_s = train_unless_done(data, cfg, run, console=Console(stderr=True))
-    pipe = SegSynthPipeline.from_pretrained(str(run / PIPELINE_DIR))
-    pipe.set_progress_bar_config(disable=True)
-    rows: list[dict[str, Any]] = []
-    seg_run: Path | None = None
-    for setting in SETTINGS:
-        rows.append(measure(pipe, data, work, args.n, setting, seg_run))
-        seg_run = Path(rows[0]["seg_run"])  # one real-data network scores every set
-        print(json.dumps(rows[-1]), flush=True)
+    pipe, train_s = trained_pipeline(data, work, args.config, args.train_steps)
+    rows = measure_all(pipe, data, work, args.n, [(setting, "no") for setting in SETTINGS])
     result = {
         "benchmark": "sampler_steps",
         "command": command_line("sampler_steps", argv),

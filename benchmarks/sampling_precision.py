@@ -3,7 +3,7 @@
 One model (the ``tiny`` recipe unless ``--config``) is trained on a dataset, or reused from
 ``--work``; three settings then generate the same ``-n`` layouts with the same style references and
 noise (same seed), and ``evaluate_synth`` scores each set with one segmentation network trained
-once on the real data (``sampler_steps.measure``):
+once on the real data (``sampler_steps.measure_all``):
 
 - DPM-Solver++ 20 steps, fp32: the sampling the speed issue started from;
 - DPM-Solver++ 10 steps, fp32: ``generate``'s default sampler before this benchmark;
@@ -23,58 +23,33 @@ writes ``benchmarks/results/sampling_precision.json``.
 
 from __future__ import annotations
 
-import argparse
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
-from common import command_line, cpu_model_name, train_unless_done, write_json
+from common import command_line, cpu_model_name, write_json
 from rich.console import Console
 from rich.table import Table
-from sampler_steps import measure
+from sampler_steps import measure_all, sampling_parser, trained_pipeline
 
-from segsynth.artifacts.names import PIPELINE_DIR
-from segsynth.config import load_config
 from segsynth.device import cpu_flags, sampling_precision
-from segsynth.diffusion.config import DiffusionTrainConfig
-from segsynth.diffusion.pipeline import SegSynthPipeline
 
 ROOT = Path(__file__).resolve().parents[1]
-#: (sampler, steps, style guidance, generate's mixed_precision): the starting point first.
-SETTINGS: list[tuple[str, int, float, str]] = [
-    ("dpmpp", 20, 1.5, "no"),
-    ("dpmpp", 10, 1.5, "no"),
-    ("dpmpp", 10, 1.5, "bf16"),
+#: ((sampler, steps, style guidance), generate's mixed_precision): the starting point first.
+SETTINGS: list[tuple[tuple[str, int, float], str]] = [
+    (("dpmpp", 20, 1.5), "no"),
+    (("dpmpp", 10, 1.5), "no"),
+    (("dpmpp", 10, 1.5), "bf16"),
 ]
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, required=True, help="dataset folder with unlabeled/ (segsynth data builtin)")
-    parser.add_argument("--work", type=Path, required=True, help="folder for the model, the sets and their scores")
-    parser.add_argument("--config", type=Path, default=ROOT / "segsynth" / "recipes" / "tiny.yaml")
-    parser.add_argument("--train-steps", type=int, default=400)
-    parser.add_argument("-n", type=int, default=48, help="samples per setting")
-    parser.add_argument("--tolerance", type=float, default=0.01, help="fidelity (Dice) bf16 may lose against fp32")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "sampling_precision.json")
+    parser = sampling_parser(__doc__.splitlines()[0], train_steps=400, tolerance=0.01, name="sampling_precision")
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    work, data = args.work.resolve(), args.data.resolve()
-    work.mkdir(parents=True, exist_ok=True)
-    run = work / "run"
-    cfg = load_config(DiffusionTrainConfig, args.config, {"train.steps": args.train_steps})
-    train_s = train_unless_done(data, cfg, run, console=Console(stderr=True))
-    pipe = SegSynthPipeline.from_pretrained(str(run / PIPELINE_DIR))
-    pipe.set_progress_bar_config(disable=True)
-    rows: list[dict[str, Any]] = []
-    seg_run: Path | None = None
-    for sampler, steps, guidance, precision in SETTINGS:
-        rows.append(measure(pipe, data, work, args.n, (sampler, steps, guidance), seg_run, precision))
-        seg_run = Path(rows[0]["seg_run"])  # one real-data network scores every set
-        print(json.dumps(rows[-1]), flush=True)
-    start, fp32, bf16 = rows
+    torch.set_num_threads(args.threads or 1)
+    data = args.data.resolve()
+    pipe, train_s = trained_pipeline(data, args.work.resolve(), args.config, args.train_steps)
+    start, fp32, bf16 = rows = measure_all(pipe, data, args.work.resolve(), args.n, SETTINGS)
     result = {
         "benchmark": "sampling_precision",
         "command": command_line("sampling_precision", argv),
