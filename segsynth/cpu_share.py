@@ -24,7 +24,6 @@ not seen (each user has their own folder).
 from __future__ import annotations
 
 import atexit
-import fcntl
 import os
 import tempfile
 import threading
@@ -33,6 +32,11 @@ from pathlib import Path
 from typing import IO
 
 from segsynth.cpus import cpu_threads, launch_processes, usable_cpus
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no registry, each command runs its launch's share (segsynth.cpus)
+    fcntl = None  # type: ignore[assignment]
 
 #: Seconds between two counts of the commands sharing this one's CPUs.
 RECOUNT_SECONDS = 1.0
@@ -43,6 +47,13 @@ ENTRY_SUFFIX = ".cpus"
 def registry_dir() -> Path:
     """The folder in which this user's running commands register."""
     return Path(tempfile.gettempdir()) / f"segsynth-cpu-share-{os.getuid()}"
+
+
+def affinity() -> frozenset[int]:
+    """The CPU ids this process may run on (all of them where the platform does not tell)."""
+    if hasattr(os, "sched_getaffinity"):
+        return frozenset(os.sched_getaffinity(0))
+    return frozenset(range(os.cpu_count() or 1))
 
 
 def parse_cpus(text: str) -> frozenset[int]:
@@ -65,7 +76,7 @@ class CpuShare:
 
     def __init__(self, registry: Path, cpus: frozenset[int] | None = None, usable: int | None = None) -> None:
         self.registry = registry
-        self.cpus = cpus if cpus is not None else frozenset(os.sched_getaffinity(0))
+        self.cpus = cpus if cpus is not None else affinity()
         self.usable = usable if usable is not None else usable_cpus()
         self.entry = registry / f"{os.getpid()}{ENTRY_SUFFIX}"
         self._handle = self._register()
@@ -152,7 +163,8 @@ def _forget_in_child() -> None:
     _active = None
 
 
-os.register_at_fork(after_in_child=_forget_in_child)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_in_child)
 
 
 def share_cpus(environ: MutableMapping[str, str] = os.environ, registry: Path | None = None) -> int:
@@ -161,7 +173,8 @@ def share_cpus(environ: MutableMapping[str, str] = os.environ, registry: Path | 
     Where ``OMP_NUM_THREADS`` is set, it wins and nothing is registered. Otherwise the command
     registers, sets ``OMP_NUM_THREADS`` to its current share, and keeps the share up to date
     (see :func:`rebalance_threads`). Where the registry cannot be written (a read-only temp
-    folder), the command runs its share of its launch without watching others.
+    folder) or the platform has no ``flock``, the command runs its share of its launch without
+    watching others.
 
     Returns:
         The thread count now in ``environ``.
@@ -169,9 +182,13 @@ def share_cpus(environ: MutableMapping[str, str] = os.environ, registry: Path | 
     global _active
     if environ.get("OMP_NUM_THREADS", "").strip():
         return int(environ["OMP_NUM_THREADS"])
-    try:
-        share = CpuShare(registry if registry is not None else registry_dir())
-    except OSError:
+    share = None
+    if fcntl is not None:  # POSIX
+        try:
+            share = CpuShare(registry if registry is not None else registry_dir())
+        except OSError:
+            share = None
+    if share is None:
         environ["OMP_NUM_THREADS"] = str(cpu_threads())
         return int(environ["OMP_NUM_THREADS"])
     share.start()

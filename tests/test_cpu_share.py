@@ -143,3 +143,11 @@ def test_the_sampler_applies_the_share_before_every_step(monkeypatch: pytest.Mon
     layout, refs = inputs(1)
     tiny_pipeline()(layout, refs, num_inference_steps=3, sampler="ddim")
     assert counting.calls == 3
+
+
+def test_an_unwritable_registry_falls_back_to_the_launchs_share(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cpu_share, "cpu_threads", lambda: 3)
+    (tmp_path / "a-file").write_text("")
+    environ: dict[str, str] = {}
+    assert share_cpus(environ, registry=tmp_path / "a-file" / "registry") == 3 and environ == {"OMP_NUM_THREADS": "3"}
+    assert cpu_share._active is None
