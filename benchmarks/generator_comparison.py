@@ -1,6 +1,8 @@
 """Before/after table of two generators on the downstream benchmark, per built-in dataset.
 
-Reads the committed ``downstream-<dataset>.json`` (the earlier generator) and, per new generator,
+Reads the committed ``downstream-<dataset>.json`` (the earlier generator; ``--base NAME``:
+``downstream-<dataset>-NAME.json``, e.g. a canonical benchmark kept under its own name after the
+recipe changed) and, per new generator,
 ``downstream-<dataset>-<name>.json`` (run with ``benchmarks/downstream.py --name <name> --reuse``),
 checks they are the same experiment (same folds, seeds, budget and baseline scores) and writes, per
 synthetic setting, ΔDice vs baseline before and after and the case-paired difference after − before
@@ -60,6 +62,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--datasets", nargs="+", choices=list(BUILTIN_DATASETS), default=list(BUILTIN_DATASETS))
     parser.add_argument("--profile", choices=["screening"], default=None,
                         help="compare the screening runs of downstream.py --profile screening")
+    parser.add_argument("--base", default=None,
+                        help="the earlier benchmark's --name (default: the canonical downstream-<dataset>.json)")
     args = parser.parse_args(argv)
     suffix = f"-{args.profile}" if args.profile else ""
     command = command_line("generator_comparison", argv, prefix=[".venv/bin/python"], quote=True)
@@ -71,7 +75,8 @@ def main(argv: list[str] | None = None) -> None:
         if len(ran) < len(args.datasets):
             print(f"{name}: run on {', '.join(ran)} only")
         for dataset in ran:
-            before = json.loads((args.results / f"downstream-{dataset}{suffix}.json").read_text(encoding="utf-8"))
+            base = dataset if args.base is None else f"{dataset}-{args.base}"
+            before = json.loads((args.results / f"downstream-{base}{suffix}.json").read_text(encoding="utf-8"))
             after = json.loads((args.results / f"downstream-{dataset}-{name}{suffix}.json").read_text(encoding="utf-8"))
             table.setdefault(name, {})[dataset] = compare_generators(before, after) | {
                 "before_generator": {k: before["config"].get(k) for k in GENERATOR_KEYS},

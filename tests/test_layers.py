@@ -35,7 +35,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "segsynth.io.run_log",
         ),
     ),
-    ("runtime", ("segsynth.cpus", "segsynth.device", "segsynth.tracking", "segsynth.fits")),
+    ("runtime", ("segsynth.cpus", "segsynth.cpu_share", "segsynth.device", "segsynth.tracking", "segsynth.fits")),
     ("data", ("segsynth.data",)),
     ("models", ("segsynth.models", "segsynth.engine")),
     ("autoencoder", ("segsynth.autoencoder", "segsynth.latent")),
