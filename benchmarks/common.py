@@ -262,12 +262,12 @@ def sync(device: torch.device | str) -> None:
 
 
 def autocast(device: torch.device | str, bf16: bool) -> contextlib.AbstractContextManager:
-    """bf16 autocast on ``device`` when ``bf16``, else a context that changes nothing."""
+    """bf16 autocast on ``device`` when ``bf16``, else a context that changes nothing (``generate``'s own)."""
     import torch
 
-    if bf16:
-        return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    from segsynth.device import sampling_autocast
+
+    return sampling_autocast(torch.device(device), "bf16" if bf16 else "fp32")
 
 
 def count_params(module: nn.Module) -> int:

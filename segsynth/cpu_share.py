@@ -2,8 +2,8 @@
 
 Two processes that each run one OpenMP thread per CPU on the same CPUs do not share them: idle
 OpenMP threads spin while they wait for a peer the scheduler has taken off its core, and together
-the two ran at 14-36 % of one process's training steps/s; with one thread each they ran at 145 %
-(``benchmarks/cpu_threads.py``). A user who starts ``generate`` beside a training run, or two
+the two ran at 48 % of one process's training steps/s; sharing as below, they ran at 125 %
+(``benchmarks/results/cpu_threads.json``). A user who starts ``generate`` beside a training run, or two
 benchmarks on one node, should get the second outcome without knowing about threads.
 
 So every ``segsynth`` command that chooses its own threads (``OMP_NUM_THREADS`` unset) registers
@@ -83,7 +83,6 @@ class CpuShare:
         self.wanted = self.threads_now()
         self.applied: int | None = None
         self._stop = threading.Event()
-        self._watcher: threading.Thread | None = None
 
     def _register(self) -> IO[str]:
         """Write and lock this command's entry; it appears under its final name already locked."""
@@ -128,8 +127,7 @@ class CpuShare:
 
     def start(self) -> None:
         """Re-count in a daemon thread every :data:`RECOUNT_SECONDS` until :meth:`close`."""
-        self._watcher = threading.Thread(target=self._watch, name="segsynth-cpu-share", daemon=True)
-        self._watcher.start()
+        threading.Thread(target=self._watch, name="segsynth-cpu-share", daemon=True).start()
 
     def _watch(self) -> None:
         while not self._stop.wait(RECOUNT_SECONDS):

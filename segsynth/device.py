@@ -11,7 +11,6 @@ Python caller keeps whatever ``torch.set_num_threads`` it chose.
 from __future__ import annotations
 
 import contextlib
-
 import os
 from functools import lru_cache
 from pathlib import Path
